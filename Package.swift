@@ -1,0 +1,91 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [.unsafeFlags(["-warnings-as-errors"])]
+
+let package = Package(
+    name: "Vivarium",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "vivarium", targets: ["vivarium"]),
+        .executable(name: "vivarium-bench", targets: ["vivarium-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+    ],
+    targets: [
+        .target(name: "CVivariumOS"),
+        .target(
+            name: "VivariumCore",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
+        .target(
+            name: "VivariumOS",
+            dependencies: ["CVivariumOS", "VivariumCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        .target(
+            name: "VivariumImages",
+            dependencies: [
+                "VivariumCore", "VivariumOS", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "VivariumRuntime",
+            dependencies: ["VivariumCore", "VivariumOS", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        .target(
+            name: "VivariumStore",
+            dependencies: ["VivariumCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: strict),
+        .target(
+            name: "VivariumEngine",
+            dependencies: [
+                "VivariumCore", "VivariumOS", "VivariumImages", "VivariumRuntime", "VivariumStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "VivariumAPI",
+            dependencies: [
+                "VivariumCore", "VivariumEngine",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "vivarium",
+            dependencies: [
+                "VivariumCore", "VivariumOS", "VivariumEngine", "VivariumAPI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "VivariumTestSupport",
+            dependencies: ["VivariumCore", "VivariumOS"],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "vivarium-bench",
+            dependencies: ["VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumTestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "VivariumCoreTests",
+            dependencies: ["VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumTestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "VivariumIntegrationTests",
+            dependencies: ["VivariumCore", "VivariumOS", "VivariumTestSupport"],
+            swiftSettings: strict),
+    ]
+)

@@ -1,0 +1,63 @@
+#ifndef VIVARIUM_OS_H
+#define VIVARIUM_OS_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/// Flags for vv_spawn.
+/// Run the child in a private mount namespace with /sys/fs/cgroup/unified detached, so that
+/// crun on a hybrid cgroup host sees a pure v1 layout.
+#define VV_SPAWN_HIDE_CGROUP2 1
+/// Start the child in a new session (setsid).
+#define VV_SPAWN_SETSID 2
+
+typedef struct {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    int stdin_fd;   ///< -1: /dev/null
+    int stdout_fd;  ///< -1: /dev/null
+    int stderr_fd;  ///< -1: /dev/null
+    int flags;
+} vv_spawn_attr;
+
+/// Spawns a process (clone with CLONE_VFORK|CLONE_VM|CLONE_PIDFD). On success returns 0 and sets
+/// *pid and *pidfd; on failure returns -errno (including errors of the child before exec).
+int vv_spawn(const vv_spawn_attr *attr, pid_t *pid, int *pidfd);
+
+/// Non-blocking reap of an exited child through its pidfd. Returns 1 and fills code/killed when it
+/// was reaped, 0 when it has not exited, -errno on error (-ECHILD: not our child).
+int vv_pidfd_reap(int pidfd, int *code, int *signaled);
+
+int vv_pidfd_open(pid_t pid);
+int vv_pidfd_send_signal(int pidfd, int sig);
+
+/// Creates a user namespace with the given id maps ("inside outside count" lines) and returns an
+/// O_CLOEXEC fd to it, or -errno.
+int vv_userns_fd(const char *uid_map, const char *gid_map);
+
+/// open_tree(OPEN_TREE_CLONE) of src, idmapped through userns_fd (and read-only when readonly != 0),
+/// then move_mount onto target. Returns 0 or -errno.
+int vv_idmapped_bind(const char *src, const char *target, int userns_fd, int readonly);
+
+int vv_mount(const char *source, const char *target, const char *fstype, unsigned long flags,
+             const char *data);
+int vv_umount(const char *target, int detach);
+
+int vv_set_child_subreaper(void);
+
+int vv_epoll_create(void);
+int vv_epoll_add(int epfd, int fd, uint64_t data);
+int vv_epoll_del(int epfd, int fd);
+/// Waits for events; fills datas with the data of each ready fd. Returns the count or -errno.
+int vv_epoll_wait(int epfd, uint64_t *datas, int max, int timeout_ms);
+
+int vv_eventfd(void);
+
+/// A pipe, both ends O_CLOEXEC, the read end non-blocking. Returns 0 or -errno.
+int vv_pipe(int fds[2]);
+
+/// statfs f_type of path, or -errno.
+long vv_fs_type(const char *path);
+
+#endif

@@ -1,0 +1,269 @@
+#define _GNU_SOURCE
+#include "vivarium_os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/mount.h>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+struct spawn_ctx {
+    const vv_spawn_attr *attr;
+    int devnull;
+    volatile int err;
+};
+
+/* Runs in the vfork child: shares memory with the parent thread, which is suspended until exec.
+   Only raw syscalls and async-signal-safe calls here. */
+static int spawn_child(void *arg) {
+    struct spawn_ctx *ctx = arg;
+    const vv_spawn_attr *a = ctx->attr;
+    sigset_t all;
+    sigemptyset(&all);
+    for (int s = 1; s < NSIG; s++) {
+        if (s == SIGKILL || s == SIGSTOP) continue;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_DFL;
+        syscall(SYS_rt_sigaction, s, &sa, NULL, _NSIG / 8);
+    }
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, _NSIG / 8);
+
+    int fds[3] = {a->stdin_fd, a->stdout_fd, a->stderr_fd};
+    for (int i = 0; i < 3; i++) {
+        int fd = fds[i] >= 0 ? fds[i] : ctx->devnull;
+        if (fd == i) {
+            int fl = fcntl(fd, F_GETFD);
+            if (fl >= 0) fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC);
+        } else if (dup2(fd, i) < 0) {
+            goto fail;
+        }
+    }
+    syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
+    if (a->flags & VV_SPAWN_SETSID) setsid();
+    if (a->flags & VV_SPAWN_HIDE_CGROUP2) {
+        if (unshare(CLONE_NEWNS) < 0) goto fail;
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) goto fail;
+        if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
+            goto fail;
+    }
+    execve(a->path, a->argv, a->envp);
+fail:
+    ctx->err = errno ? errno : EIO;
+    _exit(127);
+}
+
+int vv_spawn(const vv_spawn_attr *attr, pid_t *pid, int *pidfd) {
+    struct spawn_ctx ctx = {.attr = attr, .devnull = -1, .err = 0};
+    ctx.devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (ctx.devnull < 0) return -errno;
+    size_t stack_size = 64 * 1024;
+    void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) {
+        int e = errno;
+        close(ctx.devnull);
+        return -e;
+    }
+    /* Block all signals across clone so no handler of the parent runs on the child's stack. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int fd = -1;
+    pid_t p = clone(spawn_child, (char *)stack + stack_size, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &ctx,
+                    &fd, NULL, NULL);
+    int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    munmap(stack, stack_size);
+    close(ctx.devnull);
+    if (p < 0) return -clone_errno;
+    if (ctx.err != 0) {
+        /* The child failed before exec and has exited: reap it here, it never ran anything. */
+        siginfo_t info;
+        syscall(SYS_waitid, P_PIDFD, fd, &info, WEXITED, NULL);
+        close(fd);
+        return -ctx.err;
+    }
+    *pid = p;
+    *pidfd = fd;
+    return 0;
+}
+
+int vv_pidfd_reap(int pidfd, int *code, int *signaled) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (syscall(SYS_waitid, P_PIDFD, pidfd, &info, WEXITED | WNOHANG, NULL) < 0) return -errno;
+    if (info.si_pid == 0) return 0;
+    *signaled = (info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED);
+    *code = info.si_status;
+    return 1;
+}
+
+int vv_pidfd_open(pid_t pid) {
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (fd < 0) return -errno;
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return fd;
+}
+
+int vv_pidfd_send_signal(int pidfd, int sig) {
+    if (syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0) return -errno;
+    return 0;
+}
+
+static int userns_child(void *arg) {
+    int *fds = arg;
+    close(fds[1]);
+    char c;
+    while (read(fds[0], &c, 1) < 0 && errno == EINTR) {}
+    _exit(0);
+}
+
+static int write_file(const char *path, const char *data) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    size_t len = strlen(data);
+    ssize_t n = write(fd, data, len);
+    int e = errno;
+    close(fd);
+    if (n < 0) return -e;
+    return (size_t)n == len ? 0 : -EIO;
+}
+
+int vv_userns_fd(const char *uid_map, const char *gid_map) {
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0) return -errno;
+    size_t stack_size = 16 * 1024;
+    void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) {
+        int e = errno;
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return -e;
+    }
+    int pfd = -1;
+    pid_t pid = clone(userns_child, (char *)stack + stack_size, CLONE_NEWUSER | CLONE_VM | CLONE_PIDFD | SIGCHLD, pipefd,
+                      &pfd, NULL, NULL);
+    int e = errno;
+    int result;
+    if (pid < 0) {
+        result = -e;
+    } else {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/uid_map", pid);
+        result = write_file(path, uid_map);
+        if (result == 0) {
+            snprintf(path, sizeof path, "/proc/%d/gid_map", pid);
+            result = write_file(path, gid_map);
+        }
+        if (result == 0) {
+            snprintf(path, sizeof path, "/proc/%d/ns/user", pid);
+            result = open(path, O_RDONLY | O_CLOEXEC);
+            if (result < 0) result = -errno;
+        }
+    }
+    close(pipefd[1]);
+    if (pid > 0) {
+        siginfo_t info;
+        while (syscall(SYS_waitid, P_PIDFD, pfd, &info, WEXITED, NULL) < 0 && errno == EINTR) {}
+        close(pfd);
+    }
+    close(pipefd[0]);
+    munmap(stack, stack_size);
+    return result;
+}
+
+int vv_idmapped_bind(const char *src, const char *target, int userns_fd, int readonly) {
+    int fd = (int)syscall(SYS_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    if (fd < 0) return -errno;
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_IDMAP | (readonly ? MOUNT_ATTR_RDONLY : 0) | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
+    attr.userns_fd = (uint64_t)userns_fd;
+    if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    if (syscall(SYS_move_mount, fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    close(fd);
+    return 0;
+}
+
+int vv_mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data) {
+    return mount(source, target, fstype, flags, data) < 0 ? -errno : 0;
+}
+
+int vv_umount(const char *target, int detach) {
+    return umount2(target, detach ? MNT_DETACH : 0) < 0 ? -errno : 0;
+}
+
+int vv_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0 ? -errno : 0; }
+
+int vv_epoll_create(void) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int vv_epoll_add(int epfd, int fd, uint64_t data) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN | EPOLLHUP | EPOLLERR;
+    ev.data.u64 = data;
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+int vv_epoll_del(int epfd, int fd) { return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) < 0 ? -errno : 0; }
+
+int vv_epoll_wait(int epfd, uint64_t *datas, int max, int timeout_ms) {
+    struct epoll_event evs[64];
+    if (max > 64) max = 64;
+    int n = epoll_wait(epfd, evs, max, timeout_ms);
+    if (n < 0) return -errno;
+    for (int i = 0; i < n; i++) datas[i] = evs[i].data.u64;
+    return n;
+}
+
+int vv_eventfd(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+int vv_pipe(int fds[2]) {
+    if (pipe2(fds, O_CLOEXEC) < 0) return -errno;
+    int fl = fcntl(fds[0], F_GETFL);
+    fcntl(fds[0], F_SETFL, fl | O_NONBLOCK);
+    return 0;
+}
+
+#include <sys/vfs.h>
+long vv_fs_type(const char *path) {
+    struct statfs st;
+    if (statfs(path, &st) < 0) return -errno;
+    return (long)st.f_type;
+}

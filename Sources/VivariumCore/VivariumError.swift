@@ -1,0 +1,44 @@
+/// The one error type of Vivarium. `code` is stable snake_case and part of the API contract.
+public struct VivariumError: Error, CustomStringConvertible, Sendable, Equatable {
+    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible, Codable {
+        public let rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        public static let invalidArgument = Code(rawValue: "invalid_argument")
+        public static let invalidName = Code(rawValue: "invalid_name")
+        public static let notFound = Code(rawValue: "not_found")
+        public static let imageNotFound = Code(rawValue: "image_not_found")
+        public static let alreadyExists = Code(rawValue: "already_exists")
+        public static let imageInUse = Code(rawValue: "image_in_use")
+        public static let invalidState = Code(rawValue: "invalid_state")
+        public static let payloadTooLarge = Code(rawValue: "payload_too_large")
+        public static let resourceExhausted = Code(rawValue: "resource_exhausted")
+        public static let unavailable = Code(rawValue: "unavailable")
+        public static let runtimeFailure = Code(rawValue: "runtime_failure")
+        public static let internalError = Code(rawValue: "internal")
+        public static let unsupportedMediaType = Code(rawValue: "unsupported_media_type")
+        public static let methodNotAllowed = Code(rawValue: "method_not_allowed")
+    }
+
+    public let code: Code
+    public let message: String
+    public let cause: String?
+
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.cause = cause.map { String(describing: $0) }
+    }
+
+    public var description: String {
+        if let cause { return "\(code): \(message) (\(cause))" }
+        return "\(code): \(message)"
+    }
+
+    /// Wraps any error into a VivariumError, keeping an existing one as is.
+    public static func wrap(_ error: any Error, _ code: Code = .internalError, _ message: String) -> VivariumError {
+        if let e = error as? VivariumError { return e }
+        return VivariumError(code, message, cause: error)
+    }
+}

@@ -1,0 +1,217 @@
+import Foundation
+
+/// JSON wire types of the REST API, shared by the daemon and the CLI. Keys are snake_case on the
+/// wire (see `WireCoding`).
+public enum WireCoding {
+    public static func encoder() -> JSONEncoder {
+        let e = JSONEncoder()
+        e.keyEncodingStrategy = .convertToSnakeCase
+        e.dateEncodingStrategy = .iso8601
+        e.outputFormatting = [.sortedKeys]
+        return e
+    }
+    public static func decoder() -> JSONDecoder {
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        d.dateDecodingStrategy = .iso8601
+        return d
+    }
+}
+
+public struct CreateSandboxRequest: Codable, Sendable {
+    public var name: String?
+    public var image: String?
+    public var memoryBytes: Int64?
+    public var milliCpus: Int64?
+    public var pids: Int64?
+    public var env: [String: String]?
+    public var labels: [String: String]?
+    public var ttlSeconds: Int64?
+    public var readOnly: Bool?
+    public var restart: String?
+
+    public init(
+        name: String? = nil, image: String? = nil, memoryBytes: Int64? = nil, milliCpus: Int64? = nil,
+        pids: Int64? = nil, env: [String: String]? = nil, labels: [String: String]? = nil,
+        ttlSeconds: Int64? = nil, readOnly: Bool? = nil, restart: String? = nil
+    ) {
+        self.name = name
+        self.image = image
+        self.memoryBytes = memoryBytes
+        self.milliCpus = milliCpus
+        self.pids = pids
+        self.env = env
+        self.labels = labels
+        self.ttlSeconds = ttlSeconds
+        self.readOnly = readOnly
+        self.restart = restart
+    }
+}
+
+public struct SandboxInfo: Codable, Sendable {
+    public var id: String
+    public var name: String
+    public var tenant: String
+    public var image: String
+    public var imageDigest: String
+    public var state: String
+    public var pid: Int32?
+    public var memoryBytes: Int64
+    public var milliCpus: Int64
+    public var pids: Int64
+    public var env: [String: String]
+    public var labels: [String: String]
+    public var readOnly: Bool
+    public var restart: String
+    public var createdAt: Date
+    public var expiresAt: Date?
+    public var hostUidBase: Int64
+    /// Bytes written to the sandbox's upper (writable) layer; only filled by a single-sandbox get.
+    public var diskUsageBytes: Int64?
+
+    public init(
+        id: String, name: String, tenant: String, image: String, imageDigest: String, state: String, pid: Int32?,
+        memoryBytes: Int64, milliCpus: Int64, pids: Int64, env: [String: String], labels: [String: String],
+        readOnly: Bool, restart: String, createdAt: Date, expiresAt: Date?, hostUidBase: Int64,
+        diskUsageBytes: Int64?
+    ) {
+        self.id = id
+        self.name = name
+        self.tenant = tenant
+        self.image = image
+        self.imageDigest = imageDigest
+        self.state = state
+        self.pid = pid
+        self.memoryBytes = memoryBytes
+        self.milliCpus = milliCpus
+        self.pids = pids
+        self.env = env
+        self.labels = labels
+        self.readOnly = readOnly
+        self.restart = restart
+        self.createdAt = createdAt
+        self.expiresAt = expiresAt
+        self.hostUidBase = hostUidBase
+        self.diskUsageBytes = diskUsageBytes
+    }
+}
+
+public struct Page<Item: Codable & Sendable>: Codable, Sendable {
+    public var items: [Item]
+    public var nextCursor: String?
+    public init(items: [Item], nextCursor: String?) {
+        self.items = items
+        self.nextCursor = nextCursor
+    }
+}
+
+public struct ExecRequest: Codable, Sendable {
+    public var argv: [String]
+    /// Run `argv` joined by spaces through `/bin/sh -c`.
+    public var shell: Bool?
+    public var env: [String: String]?
+    public var workdir: String?
+    public var user: UInt32?
+    public var timeoutSeconds: Double?
+    public var maxOutputBytes: Int?
+
+    public static let maxArgs = 4096
+    public static let maxArgvBytes = 256 << 10
+    public static let defaultTimeout = 60.0
+    public static let maxTimeout = 24.0 * 3600
+    public static let defaultMaxOutput = 1 << 20
+    public static let maxOutputCap = 16 << 20
+
+    public init(
+        argv: [String], shell: Bool? = nil, env: [String: String]? = nil, workdir: String? = nil,
+        user: UInt32? = nil, timeoutSeconds: Double? = nil, maxOutputBytes: Int? = nil
+    ) {
+        self.argv = argv
+        self.shell = shell
+        self.env = env
+        self.workdir = workdir
+        self.user = user
+        self.timeoutSeconds = timeoutSeconds
+        self.maxOutputBytes = maxOutputBytes
+    }
+}
+
+public struct ExecResult: Codable, Sendable {
+    public var exitCode: Int32
+    public var stdout: Data
+    public var stderr: Data
+    public var stdoutTruncated: Bool
+    public var stderrTruncated: Bool
+    public var timedOut: Bool
+    public var durationMs: Double
+
+    public init(
+        exitCode: Int32, stdout: Data, stderr: Data, stdoutTruncated: Bool, stderrTruncated: Bool, timedOut: Bool,
+        durationMs: Double
+    ) {
+        self.exitCode = exitCode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdoutTruncated = stdoutTruncated
+        self.stderrTruncated = stderrTruncated
+        self.timedOut = timedOut
+        self.durationMs = durationMs
+    }
+}
+
+public struct ImportImageRequest: Codable, Sendable {
+    /// A rootfs directory or a tar archive of one, on the daemon's host.
+    public var path: String
+    public var name: String
+    public init(path: String, name: String) {
+        self.path = path
+        self.name = name
+    }
+}
+
+public struct ImageInfo: Codable, Sendable {
+    public var name: String
+    public var tenant: String
+    public var digest: String
+    public var sizeBytes: Int64
+    public var createdAt: Date
+    public init(name: String, tenant: String, digest: String, sizeBytes: Int64, createdAt: Date) {
+        self.name = name
+        self.tenant = tenant
+        self.digest = digest
+        self.sizeBytes = sizeBytes
+        self.createdAt = createdAt
+    }
+}
+
+public struct ErrorBody: Codable, Sendable {
+    public struct Detail: Codable, Sendable {
+        public var code: String
+        public var message: String
+        public var requestId: String
+        public init(code: String, message: String, requestId: String) {
+            self.code = code
+            self.message = message
+            self.requestId = requestId
+        }
+    }
+    public var error: Detail
+    public init(error: Detail) { self.error = error }
+}
+
+public struct HealthInfo: Codable, Sendable {
+    public var status: String
+    public var version: String
+    public var cgroupMode: String
+    public var sandboxes: Int
+    public init(status: String, version: String, cgroupMode: String, sandboxes: Int) {
+        self.status = status
+        self.version = version
+        self.cgroupMode = cgroupMode
+        self.sandboxes = sandboxes
+    }
+}
+
+public enum VivariumVersion {
+    public static let string = "0.1.0"
+}

@@ -1,0 +1,80 @@
+import Foundation
+import Glibc
+import VivariumCore
+
+/// File-system helpers that never cross into a mount below the tree they work on.
+public enum FileSystem {
+    public static func makeDirectory(_ path: String, mode: mode_t = 0o700, owner: (uid_t, gid_t)? = nil) throws {
+        if mkdir(path, mode) != 0 && errno != EEXIST {
+            try FileManager.default.createDirectory(
+                atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: Int(mode)])
+        }
+        _ = chmod(path, mode)
+        if let (u, g) = owner, chown(path, u, g) != 0 { throw posixError("chown \(path)") }
+    }
+
+    /// Writes a file atomically (temp file, fsync, rename) with the given mode.
+    public static func writeAtomically(_ data: Data, to path: String, mode: mode_t = 0o600) throws {
+        let tmp = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw posixError("create \(tmp)") }
+        var ok = true
+        data.withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = write(fd, raw.baseAddress! + off, raw.count - off)
+                if n <= 0 {
+                    if n < 0 && errno == EINTR { continue }
+                    ok = false
+                    break
+                }
+                off += n
+            }
+        }
+        if ok { ok = fsync(fd) == 0 }
+        close(fd)
+        guard ok, rename(tmp, path) == 0 else {
+            unlink(tmp)
+            throw posixError("write \(path)")
+        }
+    }
+
+    /// Removes a tree. Refuses while anything is mounted at or below it, so that a forgotten mount
+    /// can never lead the removal into an image or a host directory.
+    public static func removeTree(_ path: String) throws {
+        guard exists(path) else { return }
+        let mounted = Mounts.mounts(under: path)
+        guard mounted.isEmpty else {
+            throw VivariumError(.internalError, "refusing to remove \(path): \(mounted[0]) is mounted")
+        }
+        do {
+            try FileManager.default.removeItem(atPath: path)
+        } catch {
+            if exists(path) { throw VivariumError(.internalError, "remove \(path)", cause: error) }
+        }
+    }
+
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+
+    /// Bytes allocated by the files below `path` (st_blocks), without following links or crossing
+    /// into other file systems.
+    public static func diskUsage(_ path: String) -> Int64 {
+        var root = stat()
+        guard lstat(path, &root) == 0 else { return 0 }
+        var total: Int64 = Int64(root.st_blocks) * 512
+        guard let en = FileManager.default.enumerator(atPath: path) else { return total }
+        while let rel = en.nextObject() as? String {
+            var st = stat()
+            guard lstat(path + "/" + rel, &st) == 0 else { continue }
+            if st.st_dev != root.st_dev {
+                en.skipDescendants()
+                continue
+            }
+            total += Int64(st.st_blocks) * 512
+        }
+        return total
+    }
+}

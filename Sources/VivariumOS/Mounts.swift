@@ -1,0 +1,119 @@
+import CVivariumOS
+import Foundation
+import Glibc
+import VivariumCore
+
+/// Mount table access and the mount syscalls Vivarium needs.
+public enum Mounts {
+    /// Mount points of this process's mount namespace, from /proc/self/mountinfo (octal escapes decoded).
+    public static func mountPoints() -> [String] {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ", omittingEmptySubsequences: false)
+            return f.count > 4 ? unescape(String(f[4])) : nil
+        }
+    }
+
+    public static func isMountPoint(_ path: String) -> Bool {
+        mountPoints().contains(path)
+    }
+
+    /// Mount points at or below `dir`, deepest first.
+    public static func mounts(under dir: String) -> [String] {
+        let prefix = dir.hasSuffix("/") ? dir : dir + "/"
+        return mountPoints().filter { $0 == dir || $0.hasPrefix(prefix) }.sorted { $0.count > $1.count }
+    }
+
+    static func unescape(_ s: String) -> String {
+        guard s.contains("\\") else { return s }
+        var out = [UInt8]()
+        let b = Array(s.utf8)
+        var i = 0
+        while i < b.count {
+            if b[i] == 92, i + 3 < b.count, let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+                out.append(v)
+                i += 4
+            } else {
+                out.append(b[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Bind-mounts `source` on `target` through an idmapped clone: ids on disk appear shifted by the
+    /// user namespace `userns` (see `UserNamespace`). The image stays untouched.
+    public static func idmappedBind(source: String, target: String, userns: UserNamespace, readOnly: Bool) throws {
+        let rc = vv_idmapped_bind(source, target, userns.fd, readOnly ? 1 : 0)
+        guard rc == 0 else { throw posixError("idmapped mount of \(source) on \(target)", -rc) }
+    }
+
+    public static func overlay(lower: String, upper: String, work: String, target: String) throws {
+        let data = "lowerdir=\(lower),upperdir=\(upper),workdir=\(work)"
+        let rc = vv_mount("overlay", target, "overlay", UInt(MS_NODEV), data)
+        guard rc == 0 else { throw posixError("overlay mount on \(target)", -rc) }
+    }
+
+    /// Unmounts `target`; not mounted is success. Falls back to a lazy unmount when busy.
+    public static func unmount(_ target: String) throws {
+        var rc = vv_umount(target, 0)
+        if rc == -EBUSY { rc = vv_umount(target, 1) }
+        guard rc == 0 || rc == -EINVAL || rc == -ENOENT else { throw posixError("unmount \(target)", -rc) }
+    }
+
+    /// Unmounts everything at or below `dir`, deepest first.
+    public static func unmountAll(under dir: String) throws {
+        for m in mounts(under: dir) { try unmount(m) }
+    }
+}
+
+/// An fd to a user namespace holding one id mapping, for idmapped mounts. Closes on deinit.
+public final class UserNamespace: Sendable {
+    public let fd: Int32
+
+    /// A namespace mapping ids 0..<size inside to base..<base+size outside, for uids and gids.
+    public init(base: Int64, size: Int64) throws {
+        let map = "0 \(base) \(size)\n"
+        let rc = vv_userns_fd(map, map)
+        guard rc >= 0 else { throw posixError("user namespace for idmapping", -rc) }
+        fd = rc
+    }
+
+    deinit { close(fd) }
+}
+
+/// The host's cgroup layout, detected at start.
+public enum CgroupMode: String, Sendable, Codable {
+    /// cgroup v2 mounted at /sys/fs/cgroup.
+    case unified
+    /// v1 controllers only.
+    case legacy
+    /// v1 controllers plus a cgroup2 mount at /sys/fs/cgroup/unified: crun must not see the latter.
+    case hybrid
+
+    public static func detect(root: String = "/sys/fs/cgroup") -> CgroupMode {
+        let cgroup2Magic = 0x6367_7270
+        if vv_fs_type(root) == cgroup2Magic { return .unified }
+        if vv_fs_type(root + "/unified") == cgroup2Magic { return .hybrid }
+        return .legacy
+    }
+}
+
+/// An exclusive lock on a state directory, held for the life of the daemon (flock on `lock`).
+public final class StateDirLock: Sendable {
+    let fd: Int32
+    public init(directory: String) throws {
+        let path = directory + "/lock"
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw posixError("open \(path)") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            throw VivariumError(
+                .unavailable, "another vivarium daemon holds the state directory \(directory)")
+        }
+        let pid = "\(getpid())\n"
+        _ = ftruncate(fd, 0)
+        _ = pid.withCString { write(fd, $0, strlen($0)) }
+    }
+    deinit { close(fd) }
+}
