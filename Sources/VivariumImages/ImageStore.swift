@@ -1,0 +1,198 @@
+import Crypto
+import Foundation
+import Logging
+import VivariumCore
+import VivariumOS
+
+/// A content-addressed local image store laid out like an OCI image layout:
+///
+///     <root>/blobs/sha256/<hex>     layers, image configs and manifests, named by their digest
+///     <root>/rootfs/<manifest-hex>  the unpacked root file system of a manifest, read-only lower
+///
+/// An image is known by its manifest digest; names live in the store (database). Importing the same
+/// content twice yields the same digest and shares the unpacked root.
+public struct ImageStore: Sendable {
+    public let root: String
+    let logger: Logger
+
+    public struct Imported: Sendable {
+        public var digest: Digest
+        public var rootfs: String
+        public var sizeBytes: Int64
+    }
+
+    public init(root: String, logger: Logger) throws {
+        self.root = root
+        self.logger = logger
+        for d in [root, root + "/blobs", root + "/blobs/sha256", root + "/rootfs", root + "/tmp"] {
+            try FileSystem.makeDirectory(d, mode: 0o700)
+        }
+    }
+
+    public func blobPath(_ d: Digest) -> String { "\(root)/blobs/sha256/\(d.hex)" }
+    public func rootfsPath(_ manifest: Digest) -> String { "\(root)/rootfs/\(manifest.hex)" }
+
+    /// Imports a root file system from a directory or a tar archive (optionally compressed) on this host.
+    public func importRootfs(from path: String) async throws -> Imported {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw VivariumError(.invalidArgument, "no such file or directory: \(path)")
+        }
+        let work = "\(root)/tmp/import-\(randomHex(bytes: 8))"
+        try FileSystem.makeDirectory(work, mode: 0o700)
+        defer { try? FileSystem.removeTree(work) }
+
+        let layerTmp = work + "/layer.tar"
+        if isDir.boolValue {
+            try await tar(["--create", "--file", layerTmp, "--numeric-owner", "--xattrs", "--sort=name", "-C", path, "."])
+        } else {
+            try FileManager.default.copyItem(atPath: path, toPath: layerTmp)
+        }
+        let (layerDigest, layerSize) = try Self.digestFile(layerTmp)
+        let unpacked = work + "/rootfs"
+        try FileSystem.makeDirectory(unpacked, mode: 0o755)
+        // GNU tar as root keeps numeric owners and modes, strips leading '/', and skips members with '..'.
+        try await tar([
+            "--extract", "--file", layerTmp, "--numeric-owner", "--same-permissions", "--xattrs",
+            "--no-overwrite-dir", "-C", unpacked,
+        ])
+        let diffID = isDir.boolValue ? layerDigest : try await uncompressedDigest(layerTmp)
+
+        let config: [String: Any] = [
+            "architecture": Self.architecture, "os": "linux",
+            "rootfs": ["type": "layers", "diff_ids": [diffID.rawValue]],
+            "config": ["Env": [HardenedSpecDefaults.path]],
+        ]
+        let configData = try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys])
+        let configDigest = Digest.of(configData)
+        let manifest: [String: Any] = [
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": [
+                "mediaType": "application/vnd.oci.image.config.v1+json", "digest": configDigest.rawValue,
+                "size": configData.count,
+            ],
+            "layers": [
+                [
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layerDigest.rawValue,
+                    "size": layerSize,
+                ]
+            ],
+        ]
+        let manifestData = try JSONSerialization.data(withJSONObject: manifest, options: [.sortedKeys])
+        let manifestDigest = Digest.of(manifestData)
+
+        try storeBlob(file: layerTmp, digest: layerDigest)
+        try storeBlob(data: configData, digest: configDigest)
+        try storeBlob(data: manifestData, digest: manifestDigest)
+        let final = rootfsPath(manifestDigest)
+        if !FileSystem.exists(final) {
+            _ = chmod(unpacked, 0o755)
+            guard rename(unpacked, final) == 0 else { throw VivariumError(.internalError, "cannot place \(final)") }
+        }
+        let size = FileSystem.diskUsage(final)
+        logger.info("imported image", metadata: ["digest": "\(manifestDigest)", "bytes": "\(size)"])
+        return Imported(digest: manifestDigest, rootfs: final, sizeBytes: size)
+    }
+
+    /// Removes the unpacked root and blobs of a manifest (its caller checked nothing uses them).
+    public func remove(manifest: Digest) throws {
+        let path = rootfsPath(manifest)
+        if let data = FileManager.default.contents(atPath: blobPath(manifest)),
+            let m = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        {
+            var digests: [String] = []
+            if let c = m["config"] as? [String: Any], let d = c["digest"] as? String { digests.append(d) }
+            for l in (m["layers"] as? [[String: Any]]) ?? [] { if let d = l["digest"] as? String { digests.append(d) } }
+            for d in digests.compactMap(Digest.init(rawValue:)) { unlink(blobPath(d)) }
+        }
+        unlink(blobPath(manifest))
+        try FileSystem.removeTree(path)
+    }
+
+    func storeBlob(file: String, digest: Digest) throws {
+        let dest = blobPath(digest)
+        if FileSystem.exists(dest) { return }
+        guard rename(file, dest) == 0 else { throw VivariumError(.internalError, "cannot store blob \(digest)") }
+        _ = chmod(dest, 0o444)
+    }
+
+    func storeBlob(data: Data, digest: Digest) throws {
+        let dest = blobPath(digest)
+        if FileSystem.exists(dest) { return }
+        try FileSystem.writeAtomically(data, to: dest, mode: 0o444)
+    }
+
+    static func digestFile(_ path: String) throws -> (Digest, Int64) {
+        guard let fh = FileHandle(forReadingAtPath: path) else {
+            throw VivariumError(.invalidArgument, "cannot read \(path)")
+        }
+        defer { try? fh.close() }
+        var h = SHA256()
+        var size: Int64 = 0
+        while let chunk = try fh.read(upToCount: 1 << 20), !chunk.isEmpty {
+            h.update(data: chunk)
+            size += Int64(chunk.count)
+        }
+        return (Digest(sha256: h.finalize()), size)
+    }
+
+    func uncompressedDigest(_ path: String) async throws -> Digest {
+        // The diff id is the digest of the uncompressed layer: gunzip (or copy) it, then hash it.
+        let plain = path + ".plain"
+        let cat = try await Reaper.shared.run(
+            Command("/bin/sh", ["-c", "exec zcat -f -- \"$1\" > \"$2\"", "sh", path, plain]))
+        guard cat.status == .exited(0) else {
+            unlink(plain)
+            return try Self.digestFile(path).0
+        }
+        defer { unlink(plain) }
+        return try Self.digestFile(plain).0
+    }
+
+    func tar(_ args: [String]) async throws {
+        let out = try await Reaper.shared.run(Command("/usr/bin/tar", args, outputLimit: 16 << 10))
+        guard out.status == .exited(0) else {
+            throw VivariumError(.invalidArgument, "tar failed: \(out.stderrString.prefix(400))")
+        }
+    }
+
+    static var architecture: String {
+        #if arch(arm64)
+            "arm64"
+        #else
+            "amd64"
+        #endif
+    }
+
+    /// Builds the default `base` root file system from the host's static busybox.
+    public static func buildBusyboxRootfs(at dir: String, busybox: String) async throws {
+        let fm = FileManager.default
+        for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "proc", "sys", "dev", "run", "home", "var/tmp"] {
+            try fm.createDirectory(atPath: dir + "/" + d, withIntermediateDirectories: true)
+        }
+        _ = chmod(dir + "/tmp", 0o1777)
+        _ = chmod(dir + "/var/tmp", 0o1777)
+        _ = chmod(dir + "/root", 0o700)
+        try fm.copyItem(atPath: busybox, toPath: dir + "/bin/busybox")
+        let list = try await Reaper.shared.run(Command(busybox, ["--list-full"]))
+        guard list.status == .exited(0) else { throw VivariumError(.internalError, "busybox --list-full failed") }
+        for applet in list.stdoutString.split(separator: "\n") where !applet.isEmpty && applet != "bin/busybox" {
+            let path = dir + "/" + applet
+            if FileSystem.exists(path) { continue }
+            _ = symlink("/bin/busybox", path)
+        }
+        let files = [
+            "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+            "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+            "etc/hosts": "127.0.0.1 localhost\n::1 localhost\n",
+            "etc/os-release": "NAME=\"Vivarium base (busybox)\"\nID=vivarium-base\n",
+        ]
+        for (p, c) in files { try Data(c.utf8).write(to: URL(fileURLWithPath: dir + "/" + p)) }
+    }
+}
+
+/// Defaults shared with the runtime spec without importing the runtime.
+enum HardenedSpecDefaults {
+    static let path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+}

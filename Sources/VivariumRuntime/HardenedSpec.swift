@@ -1,0 +1,144 @@
+import Foundation
+import VivariumCore
+
+/// Builds the hardened OCI configuration of a sandbox (DESIGN.md, "The hardened sandbox").
+public struct HardenedSpec: Sendable {
+    /// Where the static init is bind-mounted inside every sandbox.
+    public static let initPath = "/dev/init"
+    public static let idRangeSize: Int64 = 65536
+
+    /// The capability set of uid 0 in a sandbox. Absent on purpose: SYS_ADMIN, NET_ADMIN, NET_RAW,
+    /// SYS_PTRACE, SYS_MODULE, DAC_READ_SEARCH, MKNOD, SETFCAP, SYS_TIME, SYS_BOOT, SYS_RAWIO and the rest.
+    public static let capabilities = [
+        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID",
+        "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE",
+    ]
+
+    public static let maskedPaths = [
+        "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+        "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+    ]
+    public static let readonlyPaths = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+    public static let defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    public var hostname: String
+    public var rootfs: String
+    public var readOnly: Bool
+    public var hostUIDBase: Int64
+    public var limits: ResourceLimits
+    public var env: [String: String]
+    public var cgroupsPath: String
+    public var initBinary: String
+    public var swapAccounting: Bool
+
+    public init(
+        hostname: String, rootfs: String, readOnly: Bool, hostUIDBase: Int64, limits: ResourceLimits,
+        env: [String: String], cgroupsPath: String, initBinary: String, swapAccounting: Bool
+    ) {
+        self.hostname = hostname
+        self.rootfs = rootfs
+        self.readOnly = readOnly
+        self.hostUIDBase = hostUIDBase
+        self.limits = limits
+        self.env = env
+        self.cgroupsPath = cgroupsPath
+        self.initBinary = initBinary
+        self.swapAccounting = swapAccounting
+    }
+
+    public func build() -> RuntimeSpec {
+        let map = [
+            RuntimeSpec.IDMapping(containerID: 0, hostID: UInt32(hostUIDBase), size: UInt32(Self.idRangeSize))
+        ]
+        let quota = limits.milliCPUs * 100
+        return RuntimeSpec(
+            process: Self.process(args: [Self.initPath], env: env, cwd: "/", uid: 0, gid: 0),
+            root: .init(path: rootfs, readonly: readOnly),
+            hostname: hostname,
+            mounts: [
+                .init(destination: "/proc", type: "proc", source: "proc", options: ["nosuid", "noexec", "nodev"]),
+                .init(
+                    destination: "/dev", type: "tmpfs", source: "tmpfs",
+                    options: ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+                .init(
+                    destination: "/dev/pts", type: "devpts", source: "devpts",
+                    options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]),
+                .init(
+                    destination: "/dev/shm", type: "tmpfs", source: "shm",
+                    options: ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+                .init(destination: "/dev/mqueue", type: "mqueue", source: "mqueue", options: ["nosuid", "noexec", "nodev"]),
+                .init(destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"]),
+                .init(destination: "/tmp", type: "tmpfs", source: "tmpfs", options: ["nosuid", "nodev", "mode=1777"]),
+                .init(destination: "/run", type: "tmpfs", source: "tmpfs", options: ["nosuid", "nodev", "mode=755"]),
+                .init(destination: Self.initPath, type: "bind", source: initBinary, options: ["bind", "ro", "nosuid", "nodev"]),
+            ],
+            linux: .init(
+                uidMappings: map, gidMappings: map,
+                namespaces: ["pid", "network", "ipc", "uts", "mount", "user", "cgroup"].map { .init(type: $0) },
+                cgroupsPath: cgroupsPath,
+                resources: .init(
+                    memory: .init(limit: limits.memoryBytes, swap: swapAccounting ? limits.memoryBytes : nil),
+                    cpu: .init(quota: quota, period: 100_000),
+                    pids: .init(limit: limits.pids)),
+                seccomp: Self.seccomp,
+                maskedPaths: Self.maskedPaths,
+                readonlyPaths: Self.readonlyPaths))
+    }
+
+    /// The process of the init or of an exec: the same capabilities (none effective for a non-root
+    /// user), no_new_privs and limits either way.
+    public static func process(args: [String], env: [String: String], cwd: String, uid: UInt32, gid: UInt32)
+        -> RuntimeSpec.Process
+    {
+        var envList = [defaultPath, "HOME=/root"]
+        for (k, v) in env.sorted(by: { $0.key < $1.key }) {
+            envList.removeAll { $0.hasPrefix(k + "=") }
+            envList.append("\(k)=\(v)")
+        }
+        let effective = uid == 0 ? capabilities : []
+        return .init(
+            user: .init(uid: uid, gid: gid), args: args, env: envList, cwd: cwd,
+            capabilities: .init(bounding: capabilities, effective: effective, permitted: effective),
+            rlimits: [.init(type: "RLIMIT_NOFILE", hard: 65536, soft: 65536)])
+    }
+
+    /// Default-allow with a deny list of the calls a sandbox never needs and that widen the kernel's
+    /// attack surface. clone3 answers ENOSYS so that libc falls back to clone, whose namespace flags
+    /// can be filtered (clone3 passes them in memory, out of seccomp's reach).
+    public static let seccomp: RuntimeSpec.Seccomp = {
+        let eperm: UInt32 = 1
+        let denied = [
+            "mount", "umount", "umount2", "pivot_root", "unshare", "setns", "fsopen", "fsconfig", "fsmount", "fspick",
+            "move_mount", "open_tree", "mount_setattr", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+            "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "kexec_load", "kexec_file_load", "init_module",
+            "finit_module", "delete_module", "create_module", "open_by_handle_at", "name_to_handle_at",
+            "userfaultfd", "swapon", "swapoff", "reboot", "acct", "quotactl", "quotactl_fd", "lookup_dcookie",
+            "iopl", "ioperm", "uselib", "vhangup", "io_uring_setup", "io_uring_enter", "io_uring_register",
+            "syslog", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "nfsservctl",
+        ]
+        var rules = [RuntimeSpec.SyscallRule(names: denied, action: "SCMP_ACT_ERRNO", errnoRet: eperm, args: nil)]
+        rules.append(.init(names: ["clone3"], action: "SCMP_ACT_ERRNO", errnoRet: 38, args: nil))
+        let namespaceFlags: [UInt64] = [
+            0x0002_0000,  // CLONE_NEWNS
+            0x0200_0000,  // CLONE_NEWCGROUP
+            0x0400_0000,  // CLONE_NEWUTS
+            0x0800_0000,  // CLONE_NEWIPC
+            0x1000_0000,  // CLONE_NEWUSER
+            0x2000_0000,  // CLONE_NEWPID
+            0x4000_0000,  // CLONE_NEWNET
+        ]
+        for flag in namespaceFlags {
+            rules.append(
+                .init(
+                    names: ["clone"], action: "SCMP_ACT_ERRNO", errnoRet: eperm,
+                    args: [.init(index: 0, value: flag, valueTwo: flag, op: "SCMP_CMP_MASKED_EQ")]))
+        }
+        #if arch(arm64)
+            let arches = ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
+        #else
+            let arches = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+        #endif
+        return .init(defaultAction: "SCMP_ACT_ALLOW", architectures: arches, syscalls: rules)
+    }()
+}

@@ -1,0 +1,95 @@
+import Foundation
+import Logging
+import VivariumCore
+import VivariumOS
+
+/// What the OCI runtime reports about one container.
+public struct ContainerState: Codable, Sendable, Equatable {
+    public var id: String
+    public var pid: Int32
+    public var status: String
+}
+
+/// The seam between the engine and an OCI runtime binary.
+public protocol OCIRuntime: Sendable {
+    /// Creates the container from a bundle: namespaces and init exist, the init has not started.
+    func create(id: String, bundle: String) async throws
+    func start(id: String) async throws
+    func state(id: String) async throws -> ContainerState?
+    func list() async throws -> [ContainerState]
+    func kill(id: String, signal: Int32) async throws
+    func delete(id: String, force: Bool) async throws
+    /// Runs a process (OCI process JSON at `processFile`) in the container and collects its output.
+    /// `started` gets the runtime's own process handle right after the spawn.
+    func exec(
+        id: String, processFile: String, pidFile: String, outputLimit: Int, started: (RunningProcess) -> Void
+    ) async throws -> ProcessOutput
+}
+
+/// The crun driver. Every host-wide crun state lives under `root`, one per Vivarium instance.
+public struct Crun: OCIRuntime {
+    public let binary: String
+    public let root: String
+    public let cgroupMode: CgroupMode
+    let logger: Logger
+
+    public init(binary: String = "/usr/bin/crun", root: String, cgroupMode: CgroupMode, logger: Logger) {
+        self.binary = binary
+        self.root = root
+        self.cgroupMode = cgroupMode
+        self.logger = logger
+    }
+
+    func command(_ args: [String], hideCgroup2: Bool = false, outputLimit: Int = 64 << 10) -> Command {
+        Command(binary, ["--root", root] + args, hideCgroup2: hideCgroup2, outputLimit: outputLimit)
+    }
+
+    @discardableResult
+    func run(_ args: [String], hideCgroup2: Bool = false) async throws -> ProcessOutput {
+        let out = try await Reaper.shared.run(command(args, hideCgroup2: hideCgroup2))
+        guard out.status == .exited(0) else {
+            let msg = out.stderrString.trimmingCharacters(in: .whitespacesAndNewlines)
+            throw VivariumError(.runtimeFailure, "crun \(args.first ?? "") failed (\(out.status)): \(msg.prefix(500))")
+        }
+        return out
+    }
+
+    public func create(id: String, bundle: String) async throws {
+        // crun 1.8 refuses a hybrid cgroup layout; it works when it cannot see the cgroup2 mount.
+        try await run(["create", "--bundle", bundle, id], hideCgroup2: cgroupMode == .hybrid)
+    }
+
+    public func start(id: String) async throws {
+        try await run(["start", id])
+    }
+
+    public func state(id: String) async throws -> ContainerState? {
+        let out = try await Reaper.shared.run(command(["state", id]))
+        guard out.status == .exited(0) else {
+            if out.stderrString.contains("does not exist") || out.stderrString.contains("No such file") { return nil }
+            throw VivariumError(.runtimeFailure, "crun state \(id): \(out.stderrString.prefix(300))")
+        }
+        return try JSONDecoder().decode(ContainerState.self, from: Data(out.stdout))
+    }
+
+    public func list() async throws -> [ContainerState] {
+        let out = try await run(["list", "--format", "json"])
+        if out.stdout.allSatisfy({ $0 == 10 || $0 == 32 }) { return [] }
+        return try JSONDecoder().decode([ContainerState].self, from: Data(out.stdout))
+    }
+
+    public func kill(id: String, signal: Int32) async throws {
+        try await run(["kill", id, String(signal)])
+    }
+
+    public func delete(id: String, force: Bool) async throws {
+        try await run(["delete"] + (force ? ["--force"] : []) + [id])
+    }
+
+    public func exec(
+        id: String, processFile: String, pidFile: String, outputLimit: Int, started: (RunningProcess) -> Void
+    ) async throws -> ProcessOutput {
+        let cmd = command(["exec", "--process", processFile, "--pid-file", pidFile, id], outputLimit: outputLimit)
+        return try await Reaper.shared.start(cmd, started: started).1
+    }
+}

@@ -1,0 +1,95 @@
+import Foundation
+import VivariumCore
+
+public struct ImageRecord: Sendable, Equatable {
+    public var id: Int64
+    public var tenant: String
+    public var name: ResourceName
+    public var digest: Digest
+    /// The unpacked, read-only root file system on the host.
+    public var rootfs: String
+    public var sizeBytes: Int64
+    public var createdAt: Date
+
+    public init(
+        id: Int64 = 0, tenant: String, name: ResourceName, digest: Digest, rootfs: String, sizeBytes: Int64,
+        createdAt: Date
+    ) {
+        self.id = id
+        self.tenant = tenant
+        self.name = name
+        self.digest = digest
+        self.rootfs = rootfs
+        self.sizeBytes = sizeBytes
+        self.createdAt = createdAt
+    }
+}
+
+/// A sandbox and the host resources it holds: its user-id slot, bundle directory (with the lower and
+/// rootfs mount points, upper and work dirs inside) and cgroup path.
+public struct SandboxRecord: Sendable, Equatable {
+    public var id: SandboxID
+    public var tenant: String
+    public var name: ResourceName
+    public var imageID: Int64
+    public var imageName: ResourceName
+    public var imageDigest: Digest
+    public var imageRootfs: String
+    public var spec: SandboxSpec
+    public var state: SandboxState
+    public var uidSlot: Int
+    public var bundle: String
+    public var cgroupPath: String
+    public var createdAt: Date
+    public var expiresAt: Date?
+
+    public init(
+        id: SandboxID, tenant: String, name: ResourceName, imageID: Int64, imageName: ResourceName,
+        imageDigest: Digest, imageRootfs: String, spec: SandboxSpec, state: SandboxState, uidSlot: Int,
+        bundle: String, cgroupPath: String, createdAt: Date, expiresAt: Date?
+    ) {
+        self.id = id
+        self.tenant = tenant
+        self.name = name
+        self.imageID = imageID
+        self.imageName = imageName
+        self.imageDigest = imageDigest
+        self.imageRootfs = imageRootfs
+        self.spec = spec
+        self.state = state
+        self.uidSlot = uidSlot
+        self.bundle = bundle
+        self.cgroupPath = cgroupPath
+        self.createdAt = createdAt
+        self.expiresAt = expiresAt
+    }
+
+    public var lowerMount: String { bundle + "/lower" }
+    public var rootfsMount: String { bundle + "/rootfs" }
+    public var upperDir: String { bundle + "/upper" }
+    public var workDir: String { bundle + "/work" }
+}
+
+/// Repository of sandboxes and images. Every method is one transaction.
+public protocol Store: Sendable {
+    /// Allocates the lowest free user-id slot below `maxSlots` and inserts the record `make` builds
+    /// for it, atomically. Throws `already_exists` for a duplicate name, `resource_exhausted` when
+    /// no slot is free.
+    func insertSandbox(maxSlots: Int, _ make: @Sendable (Int) -> SandboxRecord) throws -> SandboxRecord
+    func updateState(_ id: SandboxID, _ state: SandboxState) throws
+    func sandbox(tenant: String, name: ResourceName) throws -> SandboxRecord?
+    func sandbox(id: SandboxID) throws -> SandboxRecord?
+    /// Sandboxes ordered by name after `after`, at most `limit`.
+    func sandboxes(tenant: String?, after: String?, limit: Int) throws -> [SandboxRecord]
+    func allSandboxes() throws -> [SandboxRecord]
+    func expiredSandboxes(now: Date) throws -> [SandboxRecord]
+    func deleteSandbox(_ id: SandboxID) throws
+    func sandboxCount() throws -> Int
+
+    func insertImage(_ image: ImageRecord) throws -> ImageRecord
+    func image(tenant: String, name: ResourceName) throws -> ImageRecord?
+    func images(tenant: String?) throws -> [ImageRecord]
+    /// Deletes an image; `image_in_use` while a sandbox uses it.
+    func deleteImage(tenant: String, name: ResourceName) throws -> ImageRecord
+    func imageRootfsInUse(_ rootfs: String) throws -> Bool
+}

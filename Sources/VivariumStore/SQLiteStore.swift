@@ -1,0 +1,308 @@
+import Foundation
+import GRDB
+import VivariumCore
+
+/// The embedded store: SQLite through GRDB, WAL mode, named migrations.
+public final class SQLiteStore: Store {
+    let pool: DatabasePool
+
+    public init(path: String) throws {
+        var config = Configuration()
+        config.foreignKeysEnabled = true
+        config.busyMode = .timeout(5)
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA secure_delete = ON")
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        do {
+            pool = try DatabasePool(path: path, configuration: config)
+            try Self.migrator.migrate(pool)
+        } catch {
+            throw VivariumError(.unavailable, "cannot open the database at \(path)", cause: error)
+        }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("0001-tenants-images-sandboxes") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE tenants (
+                        name TEXT PRIMARY KEY NOT NULL,
+                        created_at REAL NOT NULL
+                    );
+                    INSERT INTO tenants (name, created_at) VALUES ('default', julianday('now'));
+                    CREATE TABLE images (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        tenant TEXT NOT NULL REFERENCES tenants(name),
+                        name TEXT NOT NULL,
+                        digest TEXT NOT NULL,
+                        rootfs TEXT NOT NULL,
+                        size_bytes INTEGER NOT NULL,
+                        created_at REAL NOT NULL,
+                        UNIQUE (tenant, name)
+                    );
+                    CREATE TABLE sandboxes (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        tenant TEXT NOT NULL REFERENCES tenants(name),
+                        name TEXT NOT NULL,
+                        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+                        image_name TEXT NOT NULL,
+                        image_digest TEXT NOT NULL,
+                        image_rootfs TEXT NOT NULL,
+                        spec TEXT NOT NULL,
+                        state TEXT NOT NULL,
+                        pid INTEGER,
+                        uid_slot INTEGER NOT NULL UNIQUE,
+                        bundle TEXT NOT NULL,
+                        cgroup_path TEXT NOT NULL,
+                        created_at REAL NOT NULL,
+                        expires_at REAL,
+                        UNIQUE (tenant, name)
+                    );
+                    CREATE INDEX sandboxes_expires ON sandboxes(expires_at) WHERE expires_at IS NOT NULL;
+                    """)
+        }
+        return m
+    }
+
+    func wrap<T>(_ what: String, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let e as VivariumError {
+            throw e
+        } catch let e as DatabaseError where e.resultCode == .SQLITE_CONSTRAINT {
+            if e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE || e.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY {
+                throw VivariumError(.alreadyExists, "\(what) already exists")
+            }
+            throw VivariumError(.invalidState, "\(what): constraint failed", cause: e)
+        } catch {
+            throw VivariumError(.unavailable, "store: \(what) failed", cause: error)
+        }
+    }
+
+    public func insertSandbox(maxSlots: Int, _ make: @Sendable (Int) -> SandboxRecord) throws -> SandboxRecord {
+        try wrap("sandbox") {
+            try pool.write { db in
+                let used = try Int.fetchAll(db, sql: "SELECT uid_slot FROM sandboxes ORDER BY uid_slot")
+                var slot = 0
+                for u in used {
+                    if u != slot { break }
+                    slot += 1
+                }
+                guard slot < maxSlots else {
+                    throw VivariumError(.resourceExhausted, "no free user-id range: \(maxSlots) sandboxes exist")
+                }
+                let r = make(slot)
+                if try Bool.fetchOne(
+                    db, sql: "SELECT 1 FROM sandboxes WHERE tenant = ? AND name = ?", arguments: [r.tenant, r.name.rawValue]
+                ) == true {
+                    throw VivariumError(.alreadyExists, "a sandbox named \(r.name) already exists")
+                }
+                try db.execute(
+                    sql: """
+                        INSERT INTO sandboxes (id, tenant, name, image_id, image_name, image_digest, image_rootfs, spec,
+                            state, pid, uid_slot, bundle, cgroup_path, created_at, expires_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        r.id.rawValue, r.tenant, r.name.rawValue, r.imageID, r.imageName.rawValue, r.imageDigest.rawValue,
+                        r.imageRootfs, try Self.encode(r.spec), r.state.name, r.state.pid, r.uidSlot, r.bundle,
+                        r.cgroupPath, r.createdAt.timeIntervalSince1970, r.expiresAt?.timeIntervalSince1970,
+                    ])
+                return r
+            }
+        }
+    }
+
+    public func updateState(_ id: SandboxID, _ state: SandboxState) throws {
+        try wrap("sandbox state") {
+            try pool.write { db in
+                try db.execute(
+                    sql: "UPDATE sandboxes SET state = ?, pid = ? WHERE id = ?",
+                    arguments: [state.name, state.pid, id.rawValue])
+                guard db.changesCount == 1 else { throw VivariumError(.notFound, "sandbox \(id) not found") }
+            }
+        }
+    }
+
+    static let sandboxColumns = """
+        id, tenant, name, image_id, image_name, image_digest, image_rootfs, spec, state, pid, uid_slot, bundle,
+        cgroup_path, created_at, expires_at
+        """
+
+    public func sandbox(tenant: String, name: ResourceName) throws -> SandboxRecord? {
+        try wrap("sandbox") {
+            try pool.read { db in
+                try Row.fetchOne(
+                    db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE tenant = ? AND name = ?",
+                    arguments: [tenant, name.rawValue]
+                ).map(Self.sandbox)
+            }
+        }
+    }
+
+    public func sandbox(id: SandboxID) throws -> SandboxRecord? {
+        try wrap("sandbox") {
+            try pool.read { db in
+                try Row.fetchOne(
+                    db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE id = ?", arguments: [id.rawValue]
+                ).map(Self.sandbox)
+            }
+        }
+    }
+
+    public func sandboxes(tenant: String?, after: String?, limit: Int) throws -> [SandboxRecord] {
+        try wrap("sandboxes") {
+            try pool.read { db in
+                var sql = "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE 1"
+                var args: StatementArguments = []
+                if let tenant {
+                    sql += " AND tenant = ?"
+                    _ = args.append(contentsOf: [tenant])
+                }
+                if let after {
+                    sql += " AND name > ?"
+                    _ = args.append(contentsOf: [after])
+                }
+                sql += " ORDER BY name, tenant LIMIT ?"
+                _ = args.append(contentsOf: [limit])
+                return try Row.fetchAll(db, sql: sql, arguments: args).map(Self.sandbox)
+            }
+        }
+    }
+
+    public func allSandboxes() throws -> [SandboxRecord] {
+        try wrap("sandboxes") {
+            try pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes ORDER BY created_at").map(
+                    Self.sandbox)
+            }
+        }
+    }
+
+    public func expiredSandboxes(now: Date) throws -> [SandboxRecord] {
+        try wrap("sandboxes") {
+            try pool.read { db in
+                try Row.fetchAll(
+                    db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                    arguments: [now.timeIntervalSince1970]
+                ).map(Self.sandbox)
+            }
+        }
+    }
+
+    public func deleteSandbox(_ id: SandboxID) throws {
+        try wrap("sandbox") {
+            try pool.write { db in try db.execute(sql: "DELETE FROM sandboxes WHERE id = ?", arguments: [id.rawValue]) }
+        }
+    }
+
+    public func sandboxCount() throws -> Int {
+        try wrap("sandboxes") { try pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM sandboxes") ?? 0 } }
+    }
+
+    public func insertImage(_ image: ImageRecord) throws -> ImageRecord {
+        try wrap("image \(image.name)") {
+            try pool.write { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO images (tenant, name, digest, rootfs, size_bytes, created_at)
+                        VALUES (?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        image.tenant, image.name.rawValue, image.digest.rawValue, image.rootfs, image.sizeBytes,
+                        image.createdAt.timeIntervalSince1970,
+                    ])
+                var r = image
+                r.id = db.lastInsertedRowID
+                return r
+            }
+        }
+    }
+
+    static let imageColumns = "id, tenant, name, digest, rootfs, size_bytes, created_at"
+
+    public func image(tenant: String, name: ResourceName) throws -> ImageRecord? {
+        try wrap("image") {
+            try pool.read { db in
+                try Row.fetchOne(
+                    db, sql: "SELECT \(Self.imageColumns) FROM images WHERE tenant = ? AND name = ?",
+                    arguments: [tenant, name.rawValue]
+                ).map(Self.image)
+            }
+        }
+    }
+
+    public func images(tenant: String?) throws -> [ImageRecord] {
+        try wrap("images") {
+            try pool.read { db in
+                if let tenant {
+                    return try Row.fetchAll(
+                        db, sql: "SELECT \(Self.imageColumns) FROM images WHERE tenant = ? ORDER BY name",
+                        arguments: [tenant]
+                    ).map(Self.image)
+                }
+                return try Row.fetchAll(db, sql: "SELECT \(Self.imageColumns) FROM images ORDER BY name").map(Self.image)
+            }
+        }
+    }
+
+    public func deleteImage(tenant: String, name: ResourceName) throws -> ImageRecord {
+        try wrap("image") {
+            try pool.write { db in
+                guard
+                    let img = try Row.fetchOne(
+                        db, sql: "SELECT \(Self.imageColumns) FROM images WHERE tenant = ? AND name = ?",
+                        arguments: [tenant, name.rawValue]
+                    ).map(Self.image)
+                else { throw VivariumError(.imageNotFound, "image \(name) not found") }
+                let users =
+                    try String.fetchAll(
+                        db, sql: "SELECT name FROM sandboxes WHERE image_id = ? ORDER BY name LIMIT 5", arguments: [img.id])
+                guard users.isEmpty else {
+                    throw VivariumError(
+                        .imageInUse, "image \(name) is used by sandbox \(users.joined(separator: ", "))")
+                }
+                try db.execute(sql: "DELETE FROM images WHERE id = ?", arguments: [img.id])
+                return img
+            }
+        }
+    }
+
+    public func imageRootfsInUse(_ rootfs: String) throws -> Bool {
+        try wrap("images") {
+            try pool.read { db in
+                try Bool.fetchOne(db, sql: "SELECT 1 FROM images WHERE rootfs = ? LIMIT 1", arguments: [rootfs]) ?? false
+            }
+        }
+    }
+
+    static func encode(_ spec: SandboxSpec) throws -> String {
+        String(decoding: try JSONEncoder().encode(spec), as: UTF8.self)
+    }
+
+    static func sandbox(_ row: Row) throws -> SandboxRecord {
+        let spec = try JSONDecoder().decode(SandboxSpec.self, from: Data((row["spec"] as String).utf8))
+        guard let id = SandboxID(rawValue: row["id"]), let name = ResourceName(rawValue: row["name"]),
+            let imageName = ResourceName(rawValue: row["image_name"]), let digest = Digest(rawValue: row["image_digest"])
+        else { throw VivariumError(.internalError, "corrupt sandbox row") }
+        let expires: Double? = row["expires_at"]
+        return SandboxRecord(
+            id: id, tenant: row["tenant"], name: name, imageID: row["image_id"], imageName: imageName,
+            imageDigest: digest, imageRootfs: row["image_rootfs"], spec: spec,
+            state: try SandboxState(name: row["state"], pid: row["pid"]), uidSlot: row["uid_slot"],
+            bundle: row["bundle"], cgroupPath: row["cgroup_path"],
+            createdAt: Date(timeIntervalSince1970: row["created_at"]),
+            expiresAt: expires.map { Date(timeIntervalSince1970: $0) })
+    }
+
+    static func image(_ row: Row) throws -> ImageRecord {
+        guard let name = ResourceName(rawValue: row["name"]), let digest = Digest(rawValue: row["digest"]) else {
+            throw VivariumError(.internalError, "corrupt image row")
+        }
+        return ImageRecord(
+            id: row["id"], tenant: row["tenant"], name: name, digest: digest, rootfs: row["rootfs"],
+            sizeBytes: row["size_bytes"], createdAt: Date(timeIntervalSince1970: row["created_at"]))
+    }
+}
