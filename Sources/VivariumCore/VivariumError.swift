@@ -19,6 +19,7 @@ public struct VivariumError: Error, CustomStringConvertible, Sendable, Equatable
         public static let internalError = Code(rawValue: "internal")
         public static let unsupportedMediaType = Code(rawValue: "unsupported_media_type")
         public static let methodNotAllowed = Code(rawValue: "method_not_allowed")
+        public static let badRequest = Code(rawValue: "bad_request")
     }
 
     public let code: Code

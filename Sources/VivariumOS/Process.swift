@@ -322,3 +322,14 @@ import Foundation
 func posixError(_ what: String, _ code: Int32 = Glibc.errno) -> VivariumError {
     VivariumError(.internalError, "\(what): \(String(cString: strerror(code)))")
 }
+
+extension Reaper {
+    /// Sends a signal to a process by pid through a fresh pidfd. Returns false if it is gone.
+    @discardableResult
+    public func signal(pid: Int32, _ sig: Int32) -> Bool {
+        let fd = vv_pidfd_open(pid)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return vv_pidfd_send_signal(fd, sig) == 0
+    }
+}

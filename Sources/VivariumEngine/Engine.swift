@@ -1,0 +1,345 @@
+import Foundation
+import Glibc
+import Logging
+import Synchronization
+import VivariumCore
+import VivariumImages
+import VivariumOS
+import VivariumRuntime
+import VivariumStore
+
+/// The use cases of Vivarium: the only module that composes store, images, runtime and OS.
+public final class Engine: Sendable {
+    public static let defaultTenant = "default"
+    public static let defaultImage = ResourceName(rawValue: "base")!
+
+    public let config: EngineConfiguration
+    let store: any Store
+    let runtime: any OCIRuntime
+    let images: ImageStore
+    let logger: Logger
+    let locks = KeyedLock()
+    /// Sandboxes whose init is being stopped on purpose: their exit is not a crash.
+    let stopping = Mutex<Set<SandboxID>>([])
+    let swapAccounting: Bool
+
+    public init(config: EngineConfiguration, store: any Store, runtime: any OCIRuntime, logger: Logger) throws {
+        self.config = config
+        self.store = store
+        self.runtime = runtime
+        self.logger = logger
+        for d in [config.stateDir, config.sandboxesDir, config.stateDir + "/run", config.crunRoot] {
+            try FileSystem.makeDirectory(d, mode: 0o700)
+        }
+        // The sandboxes dir must be traversable by the sandboxes' id ranges (the overlay upper dirs).
+        try FileSystem.makeDirectory(config.sandboxesDir, mode: 0o711)
+        _ = chmod(config.stateDir, 0o711)
+        self.images = try ImageStore(root: config.imagesDir, logger: logger)
+        switch config.cgroupMode {
+        case .unified: swapAccounting = FileSystem.exists("/sys/fs/cgroup/cgroup.controllers")
+        case .legacy, .hybrid: swapAccounting = FileSystem.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+        }
+    }
+
+    // MARK: Sandboxes
+
+    public func create(tenant: String, _ req: CreateSandboxRequest) async throws -> SandboxInfo {
+        let name = try req.name.map { try ResourceName.parse($0, what: "sandbox name") } ?? Self.generatedName()
+        let imageName = try ResourceName.parse(req.image ?? Self.defaultImage.rawValue, what: "image name")
+        var limits = ResourceLimits.default
+        if let m = req.memoryBytes { limits.memoryBytes = m }
+        if let c = req.milliCpus { limits.milliCPUs = c }
+        if let p = req.pids { limits.pids = p }
+        limits = try limits.validated()
+        let env = req.env ?? [:]
+        try FieldRules.validateEnv(env)
+        let labels = req.labels ?? [:]
+        try FieldRules.validateLabels(labels)
+        if let ttl = req.ttlSeconds, !(1...(366 * 86400)).contains(ttl) {
+            throw VivariumError(.invalidArgument, "ttl must be between 1 second and 366 days")
+        }
+        let restart = try req.restart.map {
+            guard let r = RestartPolicy(rawValue: $0) else {
+                throw VivariumError(.invalidArgument, "restart must be 'always' or 'never'")
+            }
+            return r
+        } ?? .never
+        let spec = SandboxSpec(
+            image: imageName, limits: limits, env: env, labels: labels, readOnly: req.readOnly ?? false,
+            restart: restart, ttlSeconds: req.ttlSeconds)
+        guard let image = try store.image(tenant: tenant, name: imageName) ?? store.image(tenant: Self.defaultTenant, name: imageName)
+        else { throw VivariumError(.imageNotFound, "image \(imageName) not found") }
+
+        return try await locks.withLock("\(tenant)/\(name)") { [self] in
+            let id = SandboxID.random()
+            let now = Date()
+            let cfg = config
+            let record = try store.insertSandbox(maxSlots: config.maxSandboxes) { slot in
+                SandboxRecord(
+                    id: id, tenant: tenant, name: name, imageID: image.id, imageName: image.name,
+                    imageDigest: image.digest, imageRootfs: image.rootfs, spec: spec, state: .creating,
+                    uidSlot: slot, bundle: cfg.sandboxesDir + "/" + id.rawValue,
+                    cgroupPath: "/\(cfg.cgroupParent)/\(id.rawValue)", createdAt: now,
+                    expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(Double($0)) })
+            }
+            do {
+                try prepareDirectories(record)
+                let pid = try await boot(record)
+                try store.updateState(id, .running(pid: pid))
+                var r = record
+                r.state = .running(pid: pid)
+                logger.info("sandbox created", metadata: ["sandbox": "\(name)", "id": "\(id)", "pid": "\(pid)"])
+                return info(r)
+            } catch {
+                logger.warning("create failed, rolling back", metadata: ["sandbox": "\(name)", "error": "\(error)"])
+                await destroyHost(record)
+                try? store.deleteSandbox(id)
+                throw VivariumError.wrap(error, .runtimeFailure, "create failed")
+            }
+        }
+    }
+
+    public func list(tenant: String?, cursor: String?, limit: Int?) throws -> Page<SandboxInfo> {
+        let n = min(max(limit ?? 100, 1), 500)
+        let after = try cursor.map { try Self.decodeCursor($0) }
+        let rows = try store.sandboxes(tenant: tenant, after: after, limit: n + 1)
+        let items = rows.prefix(n).map { info($0) }
+        let next = rows.count > n ? items.last.map { Self.encodeCursor($0.name) } : nil
+        return Page(items: Array(items), nextCursor: next)
+    }
+
+    public func get(tenant: String, name: String) throws -> SandboxInfo {
+        let r = try record(tenant: tenant, name: name)
+        var i = info(r)
+        i.diskUsageBytes = FileSystem.diskUsage(r.upperDir)
+        return i
+    }
+
+    public func start(tenant: String, name: String) async throws -> SandboxInfo {
+        let n = try ResourceName.parse(name, what: "sandbox name")
+        return try await locks.withLock("\(tenant)/\(n)") { [self] in
+            var r = try record(tenant: tenant, name: name)
+            if case .running = r.state { return info(r) }
+            try r.state.requireStopped()
+            let pid = try await boot(r)
+            try store.updateState(r.id, .running(pid: pid))
+            r.state = .running(pid: pid)
+            logger.info("sandbox started", metadata: ["sandbox": "\(n)", "pid": "\(pid)"])
+            return info(r)
+        }
+    }
+
+    public func stop(tenant: String, name: String) async throws -> SandboxInfo {
+        let n = try ResourceName.parse(name, what: "sandbox name")
+        return try await locks.withLock("\(tenant)/\(n)") { [self] in
+            var r = try record(tenant: tenant, name: name)
+            if case .stopped = r.state { return info(r) }
+            _ = try r.state.requireRunning()
+            try await halt(r)
+            try store.updateState(r.id, .stopped)
+            r.state = .stopped
+            logger.info("sandbox stopped", metadata: ["sandbox": "\(n)"])
+            return info(r)
+        }
+    }
+
+    public func delete(tenant: String, name: String, force: Bool) async throws {
+        let n = try ResourceName.parse(name, what: "sandbox name")
+        try await locks.withLock("\(tenant)/\(n)") { [self] in
+            let r = try record(tenant: tenant, name: name)
+            if case .running = r.state, !force {
+                throw VivariumError(.invalidState, "sandbox \(n) is running: stop it first, or force the removal")
+            }
+            try await remove(r)
+            logger.info("sandbox deleted", metadata: ["sandbox": "\(n)"])
+        }
+    }
+
+    /// Marks a sandbox deleting (so that a crash mid-way is finished at the next start), tears its host
+    /// resources down and drops the record.
+    func remove(_ r: SandboxRecord) async throws {
+        try store.updateState(r.id, .deleting)
+        stopping.withLock { _ = $0.insert(r.id) }
+        defer { stopping.withLock { _ = $0.remove(r.id) } }
+        if case .running = r.state { try? await halt(r, grace: .seconds(2)) }
+        await destroyHost(r)
+        try store.deleteSandbox(r.id)
+    }
+
+    func record(tenant: String, name: String) throws -> SandboxRecord {
+        let n = try ResourceName.parse(name, what: "sandbox name")
+        guard let r = try store.sandbox(tenant: tenant, name: n) else {
+            throw VivariumError(.notFound, "sandbox \(n) not found")
+        }
+        return r
+    }
+
+    func info(_ r: SandboxRecord) -> SandboxInfo {
+        SandboxInfo(
+            id: r.id.rawValue, name: r.name.rawValue, tenant: r.tenant, image: r.imageName.rawValue,
+            imageDigest: r.imageDigest.rawValue, state: r.state.name, pid: r.state.pid,
+            memoryBytes: r.spec.limits.memoryBytes, milliCpus: r.spec.limits.milliCPUs, pids: r.spec.limits.pids,
+            env: r.spec.env, labels: r.spec.labels, readOnly: r.spec.readOnly, restart: r.spec.restart.rawValue,
+            createdAt: r.createdAt, expiresAt: r.expiresAt, hostUidBase: hostUIDBase(r), diskUsageBytes: nil)
+    }
+
+    func hostUIDBase(_ r: SandboxRecord) -> Int64 { config.uidBase + Int64(r.uidSlot) * HardenedSpec.idRangeSize }
+
+    static func generatedName() -> ResourceName { ResourceName(rawValue: "sb-" + randomHex(bytes: 4))! }
+
+    static func encodeCursor(_ name: String) -> String { Data(name.utf8).base64EncodedString() }
+    static func decodeCursor(_ c: String) throws -> String {
+        guard c.utf8.count <= 128, let d = Data(base64Encoded: c), let s = String(data: d, encoding: .utf8),
+            ResourceName.isValid(s)
+        else { throw VivariumError(.invalidArgument, "invalid cursor") }
+        return s
+    }
+
+    // MARK: Host work
+
+    func prepareDirectories(_ r: SandboxRecord) throws {
+        let base = hostUIDBase(r)
+        try FileSystem.makeDirectory(r.bundle, mode: 0o711)
+        try FileSystem.makeDirectory(r.lowerMount, mode: 0o755)
+        try FileSystem.makeDirectory(r.rootfsMount, mode: 0o755)
+        try FileSystem.makeDirectory(r.upperDir, mode: 0o755, owner: (uid_t(base), gid_t(base)))
+        try FileSystem.makeDirectory(r.workDir, mode: 0o700, owner: (uid_t(base), gid_t(base)))
+        try FileSystem.makeDirectory(r.bundle + "/exec", mode: 0o700)
+    }
+
+    /// Mounts the root (idmapped image as overlay lower, the sandbox's upper), writes the hardened
+    /// bundle and runs crun create + start. Returns the init's host pid.
+    func boot(_ r: SandboxRecord) async throws -> Int32 {
+        let base = hostUIDBase(r)
+        if !Mounts.isMountPoint(r.rootfsMount) {
+            if !Mounts.isMountPoint(r.lowerMount) {
+                let userns = try UserNamespace(base: base, size: HardenedSpec.idRangeSize)
+                try Mounts.idmappedBind(source: r.imageRootfs, target: r.lowerMount, userns: userns, readOnly: true)
+            }
+            try Mounts.overlay(lower: r.lowerMount, upper: r.upperDir, work: r.workDir, target: r.rootfsMount)
+        }
+        let spec = HardenedSpec(
+            hostname: r.name.rawValue, rootfs: r.rootfsMount, readOnly: r.spec.readOnly, hostUIDBase: base,
+            limits: r.spec.limits, env: r.spec.env, cgroupsPath: r.cgroupPath, initBinary: config.initBinary,
+            swapAccounting: swapAccounting
+        ).build()
+        try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: r.bundle + "/config.json")
+        try await runtime.create(id: r.id.rawValue, bundle: r.bundle)
+        guard let state = try await runtime.state(id: r.id.rawValue), state.pid > 0 else {
+            throw VivariumError(.runtimeFailure, "crun created no init process")
+        }
+        watchInit(r.id, pid: state.pid)
+        try await runtime.start(id: r.id.rawValue)
+        return state.pid
+    }
+
+    /// Stops the init (TERM, then KILL after the grace period) and releases crun's container and the mounts.
+    func halt(_ r: SandboxRecord, grace: Duration? = nil) async throws {
+        stopping.withLock { _ = $0.insert(r.id) }
+        defer { stopping.withLock { _ = $0.remove(r.id) } }
+        if let pid = r.state.pid, Self.processAlive(pid) {
+            let exited = ExitSignal()
+            if Reaper.shared.watch(pid: pid, onExit: { _ in exited.fire() }) {
+                try? await runtime.kill(id: r.id.rawValue, signal: SIGTERM)
+                if !(await exited.wait(timeout: grace ?? config.stopTimeout)) {
+                    try? await runtime.kill(id: r.id.rawValue, signal: SIGKILL)
+                    _ = await exited.wait(timeout: .seconds(5))
+                }
+            }
+        }
+        try await releaseHost(r)
+    }
+
+    /// crun delete --force and unmount; keeps the sandbox's directories (its upper dir is its disk).
+    func releaseHost(_ r: SandboxRecord) async throws {
+        if try await runtime.state(id: r.id.rawValue) != nil {
+            try await runtime.delete(id: r.id.rawValue, force: true)
+        }
+        try Mounts.unmountAll(under: r.bundle)
+    }
+
+    /// Best effort: everything a sandbox holds on the host is gone afterwards, or logged.
+    func destroyHost(_ r: SandboxRecord) async {
+        do {
+            try await releaseHost(r)
+            try FileSystem.removeTree(r.bundle)
+        } catch {
+            logger.error("teardown incomplete", metadata: ["id": "\(r.id)", "error": "\(error)"])
+        }
+    }
+
+    /// Watches a sandbox's init: an exit nobody asked for stops the sandbox, or restarts it under
+    /// `restart: always`.
+    func watchInit(_ id: SandboxID, pid: Int32) {
+        Reaper.shared.watch(pid: pid) { [self] status in
+            guard !stopping.withLock({ $0.contains(id) }) else { return }
+            Task { await self.initExited(id, pid: pid, status: status) }
+        }
+    }
+
+    func initExited(_ id: SandboxID, pid: Int32, status: ExitStatus?) async {
+        guard let r = try? store.sandbox(id: id), r.state.pid == pid else { return }
+        logger.warning(
+            "sandbox init exited", metadata: ["sandbox": "\(r.name)", "status": "\(status.map { "\($0)" } ?? "unknown")"])
+        _ = try? await locks.withLock("\(r.tenant)/\(r.name)") { [self] in
+            guard let cur = try store.sandbox(id: id), cur.state.pid == pid else { return }
+            try await releaseHost(cur)
+            if cur.spec.restart == .always {
+                let newPid = try await boot(cur)
+                try store.updateState(id, .running(pid: newPid))
+                logger.info("sandbox restarted", metadata: ["sandbox": "\(cur.name)", "pid": "\(newPid)"])
+            } else {
+                try store.updateState(id, .stopped)
+            }
+        }
+    }
+
+    /// True when `pid` exists and is not a zombie.
+    static func processAlive(_ pid: Int32) -> Bool {
+        guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let rp = stat.lastIndex(of: ")")
+        else { return false }
+        let rest = stat[stat.index(rp, offsetBy: 2)...]
+        return rest.first != "Z" && rest.first != "X"
+    }
+}
+
+/// A one-shot event with a timed wait.
+final class ExitSignal: Sendable {
+    private struct State {
+        var fired = false
+        var next = 0
+        var waiters: [Int: CheckedContinuation<Bool, Never>] = [:]
+    }
+    private let state = Mutex(State())
+
+    func fire() {
+        let ws = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
+            s.fired = true
+            defer { s.waiters = [:] }
+            return Array(s.waiters.values)
+        }
+        for w in ws { w.resume(returning: true) }
+    }
+
+    /// True if it fired before the timeout ran out.
+    func wait(timeout: Duration) async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let id = state.withLock { s -> Int? in
+                if s.fired { return nil }
+                s.next += 1
+                s.waiters[s.next] = c
+                return s.next
+            }
+            guard let id else { return c.resume(returning: true) }
+            Task {
+                try? await Task.sleep(for: timeout)
+                if let w = self.state.withLock({ $0.waiters.removeValue(forKey: id) }) { w.resume(returning: false) }
+            }
+        }
+    }
+}
+
+extension Engine {
+    public func sandboxCount() throws -> Int { try store.sandboxCount() }
+}

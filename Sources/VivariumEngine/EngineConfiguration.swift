@@ -1,0 +1,74 @@
+import Crypto
+import Foundation
+import VivariumCore
+import VivariumOS
+
+/// Everything the engine needs to know about its host and instance. Every host-wide name (crun root,
+/// cgroup parent, user-id range) derives from the state directory, so that instances with different
+/// state directories run side by side.
+public struct EngineConfiguration: Sendable {
+    public var stateDir: String
+    public var crunBinary: String
+    public var initBinary: String
+    public var busybox: String
+    /// First host uid/gid of this instance's sandbox ranges; sandbox n gets base + n * 65536.
+    public var uidBase: Int64
+    public var maxSandboxes: Int
+    public var cgroupMode: CgroupMode
+    public var ttlSweepInterval: Duration
+    public var stopTimeout: Duration
+
+    public init(
+        stateDir: String, crunBinary: String = "/usr/bin/crun", initBinary: String, busybox: String = "/bin/busybox",
+        uidBase: Int64? = nil, maxSandboxes: Int = 1024, cgroupMode: CgroupMode = .detect(),
+        ttlSweepInterval: Duration = .seconds(2), stopTimeout: Duration = .seconds(10)
+    ) {
+        self.stateDir = stateDir
+        self.crunBinary = crunBinary
+        self.initBinary = initBinary
+        self.busybox = busybox
+        self.maxSandboxes = maxSandboxes
+        self.uidBase = uidBase ?? Self.defaultUIDBase(stateDir: stateDir, maxSandboxes: maxSandboxes)
+        self.cgroupMode = cgroupMode
+        self.ttlSweepInterval = ttlSweepInterval
+        self.stopTimeout = stopTimeout
+    }
+
+    /// A short, stable name of this instance: the first 8 hex digits of SHA-256(state dir).
+    public static func instanceName(stateDir: String) -> String {
+        String(Digest.of(Array(stateDir.utf8)).hex.prefix(8))
+    }
+    public var instance: String { Self.instanceName(stateDir: stateDir) }
+
+    /// Instances get disjoint id blocks of maxSandboxes * 65536 ids above 2^28, chosen by the instance
+    /// hash (the default state dir always gets block 0). Operators running several instances should
+    /// set `uid_base` explicitly to rule out a collision.
+    public static func defaultUIDBase(stateDir: String, maxSandboxes: Int) -> Int64 {
+        let block = Int64(maxSandboxes) * 65536
+        let first: Int64 = 1 << 28
+        let slots = (Int64(UInt32.max) - first) / block
+        if stateDir == "/var/lib/vivarium" || slots <= 1 { return first }
+        let h = Int64(UInt32(instanceName(stateDir: stateDir), radix: 16) ?? 0)
+        return first + (h % slots) * block
+    }
+
+    public var crunRoot: String { stateDir + "/run/crun" }
+    public var sandboxesDir: String { stateDir + "/sandboxes" }
+    public var imagesDir: String { stateDir + "/images" }
+    public var databasePath: String { stateDir + "/vivarium.db" }
+    public var cgroupParent: String { "vivarium-" + instance }
+
+    public func validate() throws {
+        guard uidBase >= 65536, uidBase + Int64(maxSandboxes) * 65536 <= Int64(UInt32.max) else {
+            throw VivariumError(.invalidArgument, "uid_base must be at least 65536 and leave room for max_sandboxes ranges")
+        }
+        guard (1...65536).contains(maxSandboxes) else {
+            throw VivariumError(.invalidArgument, "max_sandboxes must be between 1 and 65536")
+        }
+        for (what, path) in [("crun", crunBinary), ("init", initBinary)] {
+            guard access(path, X_OK) == 0 else {
+                throw VivariumError(.unavailable, "\(what) binary not found or not executable at \(path)")
+            }
+        }
+    }
+}

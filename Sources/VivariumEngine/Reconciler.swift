@@ -1,0 +1,145 @@
+import Foundation
+import Glibc
+import Logging
+import ServiceLifecycle
+import VivariumCore
+import VivariumOS
+import VivariumStore
+
+extension Engine {
+    public struct ReconcileReport: Sendable, CustomStringConvertible {
+        public var adopted = 0
+        public var restarted = 0
+        public var stopped = 0
+        public var rolledBack = 0
+        public var orphansRemoved = 0
+        public var expired = 0
+        public var description: String {
+            "adopted \(adopted), restarted \(restarted), marked stopped \(stopped), rolled back \(rolledBack), "
+                + "orphans removed \(orphansRemoved), expired \(expired)"
+        }
+    }
+
+    /// Brings the host in line with the store at start: adopts live sandboxes, restarts `always`
+    /// sandboxes that did not survive (a reboot, a crash), finishes half-done creates and deletes, and
+    /// removes every crun container, mount, bundle and cgroup that no record owns.
+    public func reconcile() async throws -> ReconcileReport {
+        var report = ReconcileReport()
+        let containers = Dictionary(
+            try await runtime.list().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        let records = try store.allSandboxes()
+        for r in records {
+            do {
+                switch r.state {
+                case .creating, .deleting:
+                    await destroyHost(r)
+                    try store.deleteSandbox(r.id)
+                    report.rolledBack += 1
+                    logger.notice("rolled back an unfinished \(r.state.name)", metadata: ["sandbox": "\(r.name)"])
+                case .running(let pid):
+                    let c = containers[r.id.rawValue]
+                    if let c, c.status == "running", Self.processAlive(c.pid), Mounts.isMountPoint(r.rootfsMount) {
+                        if c.pid != pid { try store.updateState(r.id, .running(pid: c.pid)) }
+                        watchInit(r.id, pid: c.pid)
+                        report.adopted += 1
+                        continue
+                    }
+                    try await releaseHost(r)
+                    if r.spec.restart == .always {
+                        let newPid = try await boot(r)
+                        try store.updateState(r.id, .running(pid: newPid))
+                        report.restarted += 1
+                        logger.notice("restarted sandbox", metadata: ["sandbox": "\(r.name)", "pid": "\(newPid)"])
+                    } else {
+                        try store.updateState(r.id, .stopped)
+                        report.stopped += 1
+                    }
+                case .stopped:
+                    if containers[r.id.rawValue] != nil || !Mounts.mounts(under: r.bundle).isEmpty {
+                        try await releaseHost(r)
+                    }
+                }
+            } catch {
+                logger.error("reconcile failed for sandbox", metadata: ["sandbox": "\(r.name)", "error": "\(error)"])
+            }
+        }
+        report.orphansRemoved = await removeOrphans(known: Set(records.map(\.id.rawValue)), containers: Array(containers.keys))
+        report.expired = await sweepExpired()
+        return report
+    }
+
+    func removeOrphans(known: Set<String>, containers: [String]) async -> Int {
+        var removed = 0
+        guard let current = try? store.allSandboxes() else { return 0 }
+        let live = Set(current.map(\.id.rawValue)).union(known)
+        for id in containers where !live.contains(id) {
+            if (try? await runtime.delete(id: id, force: true)) != nil { removed += 1 }
+        }
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: config.sandboxesDir)) ?? []
+        for e in entries where !live.contains(e) {
+            let dir = config.sandboxesDir + "/" + e
+            do {
+                try Mounts.unmountAll(under: dir)
+                try FileSystem.removeTree(dir)
+                removed += 1
+            } catch {
+                logger.error("cannot remove orphan", metadata: ["path": "\(dir)", "error": "\(error)"])
+            }
+        }
+        for dir in cgroupDirs() {
+            for e in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where !live.contains(e) {
+                var st = stat()
+                if lstat(dir + "/" + e, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, rmdir(dir + "/" + e) == 0 {
+                    removed += 1
+                }
+            }
+        }
+        if removed > 0 { logger.notice("removed orphans", metadata: ["count": "\(removed)"]) }
+        return removed
+    }
+
+    /// The cgroup directories that hold this instance's sandboxes, one per v1 controller or the v2 one.
+    func cgroupDirs() -> [String] {
+        if config.cgroupMode == .unified { return ["/sys/fs/cgroup/" + config.cgroupParent] }
+        let controllers = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []
+        return controllers.filter { $0 != "unified" }.map { "/sys/fs/cgroup/\($0)/\(config.cgroupParent)" }
+            .filter { FileSystem.exists($0) }
+    }
+
+    /// Deletes sandboxes whose TTL ran out. Returns how many.
+    public func sweepExpired(now: Date = Date()) async -> Int {
+        var n = 0
+        for r in (try? store.expiredSandboxes(now: now)) ?? [] {
+            do {
+                try await locks.withLock("\(r.tenant)/\(r.name)") { [self] in
+                    guard let cur = try store.sandbox(id: r.id) else { return }
+                    try await remove(cur)
+                }
+                n += 1
+                logger.info("sandbox expired and was deleted", metadata: ["sandbox": "\(r.name)"])
+            } catch {
+                logger.error("cannot delete expired sandbox", metadata: ["sandbox": "\(r.name)", "error": "\(error)"])
+            }
+        }
+        return n
+    }
+}
+
+/// Deletes expired sandboxes on an interval.
+public struct TTLSweeper: Service {
+    let engine: Engine
+    public init(engine: Engine) { self.engine = engine }
+
+    public func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await gracefulShutdownOrCancel { try await Task.sleep(for: engine.config.ttlSweepInterval) }
+            } catch { return }
+            _ = await engine.sweepExpired()
+        }
+    }
+}
+
+private func gracefulShutdownOrCancel(_ body: @escaping @Sendable () async throws -> Void) async throws {
+    try await cancelWhenGracefulShutdown { try await body() }
+}
