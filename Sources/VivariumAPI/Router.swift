@@ -44,7 +44,8 @@ public enum API {
                 }
                 return n
             }
-            return try json(try engine.list(tenant: tenant, cursor: q.get("cursor").map(String.init), limit: limit))
+            let cursor: String? = q.get("cursor").map { String($0) }
+            return try json(try engine.list(tenant: tenant, cursor: cursor, limit: limit))
         }
         sandboxes.post { req, ctx in
             let body: CreateSandboxRequest = try await decode(req, ctx)

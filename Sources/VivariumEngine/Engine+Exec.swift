@@ -31,28 +31,27 @@ extension Engine {
             unlink(pidFile)
         }
         let started = ContinuousClock.now
-        let timedOut = Atomic<Bool>(false)
-        let timer = Mutex<Task<Void, Never>?>(nil)
+        let timedOut = Flag()
+        let timer = Flag.TaskSlot()
         let out = try await runtime.exec(
             id: r.id.rawValue, processFile: processFile, pidFile: pidFile, outputLimit: limit
         ) { crunProcess in
-            timer.withLock {
-                $0 = Task {
+            timer.set(
+                Task {
                     guard (try? await Task.sleep(for: .milliseconds(Int64(timeout * 1000)))) != nil else { return }
-                    timedOut.store(true, ordering: .relaxed)
+                    timedOut.set()
                     Self.terminateExec(pidFile: pidFile)
                     // The wrapper kills the command's tree and exits; crun follows. If crun lingers, end it.
                     guard (try? await Task.sleep(for: .seconds(5))) != nil else { return }
                     crunProcess.signal(SIGKILL)
-                }
-            }
+                })
         }
-        timer.withLock { $0?.cancel() }
+        timer.cancel()
         let elapsed = ContinuousClock.now - started
         return ExecResult(
             exitCode: out.status.code, stdout: Data(out.stdout), stderr: Data(out.stderr),
             stdoutTruncated: out.stdoutTruncated, stderrTruncated: out.stderrTruncated,
-            timedOut: timedOut.load(ordering: .relaxed),
+            timedOut: timedOut.isSet,
             durationMs: Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15)
     }
 
@@ -88,5 +87,19 @@ extension Engine {
             throw VivariumError(.invalidArgument, "user must be a uid inside the sandbox (0-65535)")
         }
         return req.shell == true ? ["/bin/sh", "-c", req.argv.joined(separator: " ")] : req.argv
+    }
+}
+
+/// A flag set once from any thread.
+final class Flag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
+
+    /// Holds a task to cancel later.
+    final class TaskSlot: Sendable {
+        private let task = Mutex<Task<Void, Never>?>(nil)
+        func set(_ t: Task<Void, Never>) { task.withLock { $0 = t } }
+        func cancel() { task.withLock { $0?.cancel() } }
     }
 }

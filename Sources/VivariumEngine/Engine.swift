@@ -34,10 +34,26 @@ public final class Engine: Sendable {
         // The sandboxes dir must be traversable by the sandboxes' id ranges (the overlay upper dirs).
         try FileSystem.makeDirectory(config.sandboxesDir, mode: 0o711)
         _ = chmod(config.stateDir, 0o711)
+        try Self.checkTraversable(config.sandboxesDir)
         self.images = try ImageStore(root: config.imagesDir, logger: logger)
         switch config.cgroupMode {
         case .unified: swapAccounting = FileSystem.exists("/sys/fs/cgroup/cgroup.controllers")
         case .legacy, .hybrid: swapAccounting = FileSystem.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+        }
+    }
+
+    /// Sandboxes run as unprivileged host ids; crun, inside their user namespace, must reach the bundle.
+    static func checkTraversable(_ path: String) throws {
+        var p = ""
+        for part in path.split(separator: "/") {
+            p += "/" + part
+            var st = stat()
+            guard stat(p, &st) == 0 else { continue }
+            guard st.st_mode & 0o001 != 0 else {
+                throw VivariumError(
+                    .invalidArgument,
+                    "\(p) must be searchable by others (chmod o+x): sandboxes run as unprivileged host ids and crun must reach their root through it")
+            }
         }
     }
 

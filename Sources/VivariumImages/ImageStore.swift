@@ -1,8 +1,9 @@
-import Crypto
+import struct Crypto.SHA256
 import Foundation
 import Logging
 import VivariumCore
 import VivariumOS
+
 
 /// A content-addressed local image store laid out like an OCI image layout:
 ///

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import VivariumCore
 
 /// Builds the hardened OCI configuration of a sandbox (DESIGN.md, "The hardened sandbox").
@@ -100,8 +101,16 @@ public struct HardenedSpec: Sendable {
         return .init(
             user: .init(uid: uid, gid: gid), args: args, env: envList, cwd: cwd,
             capabilities: .init(bounding: capabilities, effective: effective, permitted: effective),
-            rlimits: [.init(type: "RLIMIT_NOFILE", hard: 65536, soft: 65536)])
+            rlimits: [.init(type: "RLIMIT_NOFILE", hard: nofile, soft: nofile)])
     }
+
+    /// Open files per process: 65536, or the daemon's own hard limit when that is lower (raising it
+    /// needs CAP_SYS_RESOURCE on the host, which a sandbox never has).
+    static let nofile: UInt64 = {
+        var rl = rlimit()
+        guard getrlimit(RLIMIT_NOFILE_VALUE, &rl) == 0 else { return 1024 }
+        return min(65536, UInt64(rl.rlim_max))
+    }()
 
     /// Default-allow with a deny list of the calls a sandbox never needs and that widen the kernel's
     /// attack surface. clone3 answers ENOSYS so that libc falls back to clone, whose namespace flags
@@ -142,3 +151,5 @@ public struct HardenedSpec: Sendable {
         return .init(defaultAction: "SCMP_ACT_ALLOW", architectures: arches, syscalls: rules)
     }()
 }
+
+private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)

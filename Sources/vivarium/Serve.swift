@@ -1,0 +1,151 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import VivariumAPI
+import VivariumCore
+import VivariumEngine
+import VivariumOS
+import VivariumRuntime
+import VivariumStore
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the daemon: the API on a unix socket, the reconciler and the TTL sweeper.",
+        discussion: """
+            Needs root. Settings come from flags, then VIVARIUM_* environment variables, then the config file,
+            then defaults (see `vivarium config show`). SIGTERM or SIGINT stop the daemon gracefully and leave
+            sandboxes running; the next `vivarium serve` adopts them.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "First host uid of this instance's sandbox id ranges (env VIVARIUM_UID_BASE).")
+    var uidBase: Int64?
+    @Option(help: "Path to the static vivarium-init binary (env VIVARIUM_INIT).")
+    var initBinary: String?
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: String?
+
+    func run() async throws {
+        var overrides: [String: String] = [:]
+        if let uidBase { overrides["uid_base"] = String(uidBase) }
+        if let initBinary { overrides["init"] = initBinary }
+        if let logLevel { overrides["log_level"] = logLevel }
+        do {
+            let settings = try Settings.resolve(global, overrides: overrides)
+            try await Self.serve(settings)
+        } catch {
+            fail(error)
+        }
+    }
+
+    static func serve(_ s: Settings) async throws {
+        let level = Logger.Level(rawValue: s.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "vivarium")
+        guard geteuid() == 0 else { throw VivariumError(.unavailable, "vivarium serve must run as root") }
+
+        try FileSystem.makeDirectory(s.stateDir, mode: 0o711)
+        let stateLock = try StateDirLock(directory: s.stateDir)
+        let socketLock = try prepareSocketDirectory(s.socket)
+
+        let config = EngineConfiguration(
+            stateDir: s.stateDir, crunBinary: s.crun, initBinary: s.initBinary, busybox: s.busybox, uidBase: s.uidBase,
+            maxSandboxes: s.maxSandboxes, ttlSweepInterval: .seconds(s.ttlSweepSeconds),
+            stopTimeout: .seconds(s.stopTimeoutSeconds))
+        try config.validate()
+        try becomeSubreaper()
+        let store = try SQLiteStore(path: config.databasePath)
+        let runtime = Crun(binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger)
+        let engine = try Engine(config: config, store: store, runtime: runtime, logger: logger)
+        try await engine.ensureBaseImage()
+        let report = try await engine.reconcile()
+        logger.info("reconciled", metadata: ["result": "\(report)"])
+
+        let socketPath = s.socket
+        let app = Application(
+            router: API.router(engine: engine),
+            configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: nil),
+            onServerRunning: { _ in
+                _ = chmod(socketPath, 0o600)
+                let banner = """
+                    vivarium \(VivariumVersion.string) serving on unix:\(socketPath)
+                      state \(config.stateDir) · instance \(config.instance) · cgroups \(config.cgroupMode.rawValue) · uid base \(config.uidBase)
+                      try:  vivarium create demo && vivarium exec demo -- uname -a
+
+                    """
+                FileHandle.standardOutput.write(Data(banner.utf8))
+            },
+            logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: app), .init(service: TTLSweeper(engine: engine))],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+        logger.info("stopped; sandboxes keep running and are adopted at the next start")
+        withExtendedLifetime((stateLock, socketLock)) {}
+    }
+
+    /// The socket lives in a 0700 directory (local root is the administrator) and is guarded by a lock
+    /// file, so that a second daemon cannot unlink a live socket.
+    static func prepareSocketDirectory(_ socket: String) throws -> StateDirLock {
+        let dir = (socket as NSString).deletingLastPathComponent
+        var st = stat()
+        if stat(dir, &st) != 0 {
+            try FileSystem.makeDirectory(dir, mode: 0o700)
+        } else {
+            guard st.st_uid == 0, st.st_mode & 0o077 == 0 else {
+                throw VivariumError(
+                    .invalidArgument, "the socket directory \(dir) must be owned by root with mode 0700")
+            }
+        }
+        do {
+            return try StateDirLock(directory: dir)
+        } catch {
+            throw VivariumError(.unavailable, "another vivarium daemon serves on \(socket)")
+        }
+    }
+}
+
+struct ConfigCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "config", abstract: "Show the effective settings.", subcommands: [Show.self])
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the effective daemon settings (flags > environment > config file > defaults).")
+        @OptionGroup var global: GlobalOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            do {
+                let s = try Settings.resolve(global)
+                let engine = EngineConfiguration(
+                    stateDir: s.stateDir, initBinary: s.initBinary, uidBase: s.uidBase, maxSandboxes: s.maxSandboxes)
+                let rows: [(String, String)] = [
+                    ("config_file", s.configFile ?? "(none)"), ("state_dir", s.stateDir), ("socket", s.socket),
+                    ("crun", s.crun), ("init", s.initBinary), ("busybox", s.busybox),
+                    ("uid_base", String(engine.uidBase)), ("max_sandboxes", String(s.maxSandboxes)),
+                    ("log_level", s.logLevel), ("stop_timeout_seconds", String(s.stopTimeoutSeconds)),
+                    ("ttl_sweep_seconds", String(s.ttlSweepSeconds)), ("instance", engine.instance),
+                    ("cgroup_mode", engine.cgroupMode.rawValue), ("cgroup_parent", engine.cgroupParent),
+                    ("crun_root", engine.crunRoot),
+                ]
+                if json {
+                    try printJSON(Dictionary(uniqueKeysWithValues: rows))
+                } else {
+                    for (k, v) in rows { print("\(k) = \(v)") }
+                }
+            } catch {
+                fail(error)
+            }
+        }
+    }
+}

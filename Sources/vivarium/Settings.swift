@@ -1,0 +1,113 @@
+import ArgumentParser
+import Foundation
+import TOMLKit
+import VivariumCore
+
+/// Options every verb shares: where the daemon's socket and state are, and which config file to read.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "Config file (TOML). Default: /etc/vivarium/config.toml when it exists.")
+    var config: String?
+
+    @Option(name: .long, help: "State directory (env VIVARIUM_STATE_DIR). Default: /var/lib/vivarium.")
+    var stateDir: String?
+
+    @Option(name: .long, help: "API unix socket (env VIVARIUM_SOCKET). Default: /run/vivarium/vivarium.sock.")
+    var socket: String?
+}
+
+/// The daemon's effective settings. Precedence: flags, then environment variables, then the config
+/// file, then defaults.
+struct Settings: Codable {
+    var stateDir = "/var/lib/vivarium"
+    var socket = "/run/vivarium/vivarium.sock"
+    var crun = "/usr/bin/crun"
+    var initBinary = Settings.defaultInit()
+    var busybox = "/bin/busybox"
+    var uidBase: Int64?
+    var maxSandboxes = 1024
+    var logLevel = "info"
+    var stopTimeoutSeconds = 10
+    var ttlSweepSeconds = 2
+    var configFile: String?
+
+    /// Keys accepted in the config file and as VIVARIUM_<KEY> environment variables.
+    static let keys = [
+        "state_dir", "socket", "crun", "init", "busybox", "uid_base", "max_sandboxes", "log_level",
+        "stop_timeout_seconds", "ttl_sweep_seconds",
+    ]
+
+    static func defaultInit() -> String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        let beside = (exe as NSString).deletingLastPathComponent + "/vivarium-init"
+        if FileManager.default.isExecutableFile(atPath: beside) { return beside }
+        return "/usr/local/libexec/vivarium/vivarium-init"
+    }
+
+    static func resolve(_ g: GlobalOptions, overrides: [String: String] = [:]) throws -> Settings {
+        var s = Settings()
+        let env = ProcessInfo.processInfo.environment
+        let explicit = g.config ?? env["VIVARIUM_CONFIG"]
+        let path = explicit ?? "/etc/vivarium/config.toml"
+        if FileManager.default.fileExists(atPath: path) {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw VivariumError(.invalidArgument, "cannot read config file \(path)")
+            }
+            let table: TOMLTable
+            do { table = try TOMLTable(string: text) } catch {
+                throw VivariumError(.invalidArgument, "config file \(path) is not valid TOML: \(error)")
+            }
+            for key in table.keys {
+                guard keys.contains(key), let v = table[key] else {
+                    throw VivariumError(.invalidArgument, "unknown setting '\(key)' in \(path); known: \(keys.joined(separator: ", "))")
+                }
+                let value = v.string ?? v.int.map(String.init) ?? v.bool.map(String.init)
+                guard let value else { throw VivariumError(.invalidArgument, "setting '\(key)' in \(path) has an unsupported type") }
+                try s.set(key, value)
+            }
+            s.configFile = path
+        } else if explicit != nil {
+            throw VivariumError(.invalidArgument, "config file \(path) does not exist")
+        }
+        for key in keys {
+            if let v = env["VIVARIUM_" + key.uppercased()] { try s.set(key, v) }
+        }
+        if let v = g.stateDir { try s.set("state_dir", v) }
+        if let v = g.socket { try s.set("socket", v) }
+        for (k, v) in overrides { try s.set(k, v) }
+        return s
+    }
+
+    mutating func set(_ key: String, _ value: String) throws {
+        func int(_ range: ClosedRange<Int64>) throws -> Int64 {
+            guard let n = Int64(value), range.contains(n) else {
+                throw VivariumError(.invalidArgument, "\(key) must be a number in \(range.lowerBound)...\(range.upperBound)")
+            }
+            return n
+        }
+        func path() throws -> String {
+            guard value.hasPrefix("/"), value.utf8.count < 4096 else {
+                throw VivariumError(.invalidArgument, "\(key) must be an absolute path")
+            }
+            return value
+        }
+        switch key {
+        case "state_dir": stateDir = try path()
+        case "socket":
+            socket = try path()
+            guard socket.utf8.count < 108 else { throw VivariumError(.invalidArgument, "socket path must be under 108 bytes") }
+        case "crun": crun = try path()
+        case "init": initBinary = try path()
+        case "busybox": busybox = try path()
+        case "uid_base": uidBase = try int(65536...Int64(UInt32.max))
+        case "max_sandboxes": maxSandboxes = Int(try int(1...65536))
+        case "log_level":
+            guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(value) else {
+                throw VivariumError(.invalidArgument, "log_level must be trace, debug, info, notice, warning, error or critical")
+            }
+            logLevel = value
+        case "stop_timeout_seconds": stopTimeoutSeconds = Int(try int(0...3600))
+        case "ttl_sweep_seconds": ttlSweepSeconds = Int(try int(1...3600))
+        default: throw VivariumError(.invalidArgument, "unknown setting \(key)")
+        }
+    }
+}
