@@ -181,7 +181,8 @@ struct ErrorMiddleware: RouterMiddleware {
                     "request failed", metadata: ["request_id": "\(context.requestID)", "error": "\(verr)"])
             }
             // Never leak internals: a 500 says only that it failed.
-            let message = status == .internalServerError && verr.code == .internalError ? "internal error" : verr.message
+            let message =
+                status == .internalServerError && verr.code == .internalError ? "internal error" : verr.message
             let body = ErrorBody(error: .init(code: verr.code.rawValue, message: message, requestId: context.requestID))
             response = try API.json(body, status: status)
         }

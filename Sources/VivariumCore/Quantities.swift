@@ -1,3 +1,5 @@
+import Foundation
+
 /// Parsers for human quantities at the boundary: sizes ("512M", "1GiB", "1048576") and durations
 /// ("30m", "1h30m", "45s", "90").
 public enum Quantity {
@@ -6,7 +8,8 @@ public enum Quantity {
         let digits = s.prefix { $0.isASCII && $0.isNumber }
         let unit = s.dropFirst(digits.count).lowercased()
         guard !digits.isEmpty, digits.count <= 15, let n = Int64(digits) else {
-            throw VivariumError(.invalidArgument, "invalid size '\(raw)': use a number with an optional K, M, G or T suffix")
+            throw VivariumError(
+                .invalidArgument, "invalid size '\(raw)': use a number with an optional K, M, G or T suffix")
         }
         let mult: Int64
         switch unit {
@@ -59,5 +62,3 @@ public enum Quantity {
         return "\(b)"
     }
 }
-
-import Foundation

@@ -122,7 +122,9 @@ public enum FieldRules {
         guard env.count <= maxEnv else { throw VivariumError(.invalidArgument, "at most \(maxEnv) env variables") }
         for (k, v) in env {
             guard !k.isEmpty, k.utf8.count <= maxKey,
-                k.utf8.allSatisfy({ ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 }),
+                k.utf8.allSatisfy({
+                    ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95
+                }),
                 !(k.utf8.first! >= 48 && k.utf8.first! <= 57)
             else {
                 throw VivariumError(.invalidArgument, "invalid env name '\(k.prefix(64))': use letters, digits and '_'")
@@ -139,7 +141,10 @@ public enum FieldRules {
         }
         for (k, v) in labels {
             guard !k.isEmpty, k.utf8.count <= maxKey,
-                k.utf8.allSatisfy({ ($0 >= 97 && $0 <= 122) || ($0 >= 65 && $0 <= 90) || ($0 >= 48 && $0 <= 57) || $0 == 45 || $0 == 46 || $0 == 95 || $0 == 47 })
+                k.utf8.allSatisfy({
+                    ($0 >= 97 && $0 <= 122) || ($0 >= 65 && $0 <= 90) || ($0 >= 48 && $0 <= 57) || $0 == 45 || $0 == 46
+                        || $0 == 95 || $0 == 47
+                })
             else { throw VivariumError(.invalidArgument, "invalid label key '\(k.prefix(64))'") }
             guard v.utf8.count <= 1024, !v.utf8.contains(0) else {
                 throw VivariumError(.invalidArgument, "label value of \(k) is too long")

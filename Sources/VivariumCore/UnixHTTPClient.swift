@@ -40,7 +40,8 @@ public struct UnixHTTPClient: Sendable {
         guard rc == 0 else {
             let why = String(cString: strerror(errno))
             throw VivariumError(
-                .unavailable, "cannot reach the vivarium daemon at \(socketPath): \(why) (is `vivarium serve` running?)")
+                .unavailable, "cannot reach the vivarium daemon at \(socketPath): \(why) (is `vivarium serve` running?)"
+            )
         }
         var head = "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAccept: application/json\r\n"
         if let body {
@@ -78,7 +79,8 @@ public struct UnixHTTPClient: Sendable {
             throw VivariumError(.unavailable, "the daemon closed the connection without a response")
         }
         let head = String(decoding: data[..<r.lowerBound], as: UTF8.self).split(separator: "\r\n")
-        guard let statusLine = head.first, let code = statusLine.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
+        guard let statusLine = head.first,
+            let code = statusLine.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
         else { throw VivariumError(.unavailable, "malformed response from the daemon") }
         var headers: [String: String] = [:]
         for line in head.dropFirst() {

@@ -78,7 +78,8 @@ extension Engine {
             }
         }
         if let t = req.timeoutSeconds, !(t > 0 && t <= ExecRequest.maxTimeout) {
-            throw VivariumError(.invalidArgument, "timeout must be between 0 and \(Int(ExecRequest.maxTimeout)) seconds")
+            throw VivariumError(
+                .invalidArgument, "timeout must be between 0 and \(Int(ExecRequest.maxTimeout)) seconds")
         }
         if let m = req.maxOutputBytes, !(0...ExecRequest.maxOutputCap).contains(m) {
             throw VivariumError(.invalidArgument, "max_output_bytes must be between 0 and \(ExecRequest.maxOutputCap)")

@@ -46,10 +46,13 @@ extension Engine {
         try FileSystem.makeDirectory(dir, mode: 0o755)
         defer { try? FileSystem.removeTree(dir) }
         try await ImageStore.buildBusyboxRootfs(at: dir, busybox: config.busybox)
-        _ = try await importImage(tenant: Self.defaultTenant, ImportImageRequest(path: dir, name: Self.defaultImage.rawValue))
+        _ = try await importImage(
+            tenant: Self.defaultTenant, ImportImageRequest(path: dir, name: Self.defaultImage.rawValue))
     }
 
     static func imageInfo(_ r: ImageRecord) -> ImageInfo {
-        ImageInfo(name: r.name.rawValue, tenant: r.tenant, digest: r.digest.rawValue, sizeBytes: r.sizeBytes, createdAt: r.createdAt)
+        ImageInfo(
+            name: r.name.rawValue, tenant: r.tenant, digest: r.digest.rawValue, sizeBytes: r.sizeBytes,
+            createdAt: r.createdAt)
     }
 }

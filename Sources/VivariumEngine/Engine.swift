@@ -52,7 +52,8 @@ public final class Engine: Sendable {
             guard st.st_mode & 0o001 != 0 else {
                 throw VivariumError(
                     .invalidArgument,
-                    "\(p) must be searchable by others (chmod o+x): sandboxes run as unprivileged host ids and crun must reach their root through it")
+                    "\(p) must be searchable by others (chmod o+x): sandboxes run as unprivileged host ids and crun must reach their root through it"
+                )
             }
         }
     }
@@ -74,16 +75,19 @@ public final class Engine: Sendable {
         if let ttl = req.ttlSeconds, !(1...(366 * 86400)).contains(ttl) {
             throw VivariumError(.invalidArgument, "ttl must be between 1 second and 366 days")
         }
-        let restart = try req.restart.map {
-            guard let r = RestartPolicy(rawValue: $0) else {
-                throw VivariumError(.invalidArgument, "restart must be 'always' or 'never'")
-            }
-            return r
-        } ?? .never
+        let restart =
+            try req.restart.map {
+                guard let r = RestartPolicy(rawValue: $0) else {
+                    throw VivariumError(.invalidArgument, "restart must be 'always' or 'never'")
+                }
+                return r
+            } ?? .never
         let spec = SandboxSpec(
             image: imageName, limits: limits, env: env, labels: labels, readOnly: req.readOnly ?? false,
             restart: restart, ttlSeconds: req.ttlSeconds)
-        guard let image = try store.image(tenant: tenant, name: imageName) ?? store.image(tenant: Self.defaultTenant, name: imageName)
+        guard
+            let image = try store.image(tenant: tenant, name: imageName)
+                ?? store.image(tenant: Self.defaultTenant, name: imageName)
         else { throw VivariumError(.imageNotFound, "image \(imageName) not found") }
 
         return try await locks.withLock("\(tenant)/\(name)") { [self] in
@@ -296,7 +300,8 @@ public final class Engine: Sendable {
     func initExited(_ id: SandboxID, pid: Int32, status: ExitStatus?) async {
         guard let r = try? store.sandbox(id: id), r.state.pid == pid else { return }
         logger.warning(
-            "sandbox init exited", metadata: ["sandbox": "\(r.name)", "status": "\(status.map { "\($0)" } ?? "unknown")"])
+            "sandbox init exited",
+            metadata: ["sandbox": "\(r.name)", "status": "\(status.map { "\($0)" } ?? "unknown")"])
         _ = try? await locks.withLock("\(r.tenant)/\(r.name)") { [self] in
             guard let cur = try store.sandbox(id: id), cur.state.pid == pid else { return }
             try await releaseHost(cur)

@@ -60,7 +60,8 @@ public struct EngineConfiguration: Sendable {
 
     public func validate() throws {
         guard uidBase >= 65536, uidBase + Int64(maxSandboxes) * 65536 <= Int64(UInt32.max) else {
-            throw VivariumError(.invalidArgument, "uid_base must be at least 65536 and leave room for max_sandboxes ranges")
+            throw VivariumError(
+                .invalidArgument, "uid_base must be at least 65536 and leave room for max_sandboxes ranges")
         }
         guard (1...65536).contains(maxSandboxes) else {
             throw VivariumError(.invalidArgument, "max_sandboxes must be between 1 and 65536")

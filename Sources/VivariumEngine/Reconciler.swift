@@ -63,7 +63,8 @@ extension Engine {
                 logger.error("reconcile failed for sandbox", metadata: ["sandbox": "\(r.name)", "error": "\(error)"])
             }
         }
-        report.orphansRemoved = await removeOrphans(known: Set(records.map(\.id.rawValue)), containers: Array(containers.keys))
+        report.orphansRemoved = await removeOrphans(
+            known: Set(records.map(\.id.rawValue)), containers: Array(containers.keys))
         report.expired = await sweepExpired()
         return report
     }

@@ -1,9 +1,9 @@
-import struct Crypto.SHA256
 import Foundation
 import Logging
 import VivariumCore
 import VivariumOS
 
+import struct Crypto.SHA256
 
 /// A content-addressed local image store laid out like an OCI image layout:
 ///
@@ -45,7 +45,9 @@ public struct ImageStore: Sendable {
 
         let layerTmp = work + "/layer.tar"
         if isDir.boolValue {
-            try await tar(["--create", "--file", layerTmp, "--numeric-owner", "--xattrs", "--sort=name", "-C", path, "."])
+            try await tar([
+                "--create", "--file", layerTmp, "--numeric-owner", "--xattrs", "--sort=name", "-C", path, ".",
+            ])
         } else {
             try FileManager.default.copyItem(atPath: path, toPath: layerTmp)
         }
@@ -169,7 +171,9 @@ public struct ImageStore: Sendable {
     /// Builds the default `base` root file system from the host's static busybox.
     public static func buildBusyboxRootfs(at dir: String, busybox: String) async throws {
         let fm = FileManager.default
-        for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "proc", "sys", "dev", "run", "home", "var/tmp"] {
+        for d in [
+            "bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "proc", "sys", "dev", "run", "home", "var/tmp",
+        ] {
             try fm.createDirectory(atPath: dir + "/" + d, withIntermediateDirectories: true)
         }
         _ = chmod(dir + "/tmp", 0o1777)

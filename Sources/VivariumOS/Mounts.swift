@@ -30,7 +30,9 @@ public enum Mounts {
         let b = Array(s.utf8)
         var i = 0
         while i < b.count {
-            if b[i] == 92, i + 3 < b.count, let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+            if b[i] == 92, i + 3 < b.count,
+                let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8)
+            {
                 out.append(v)
                 i += 4
             } else {

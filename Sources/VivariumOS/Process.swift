@@ -1,4 +1,5 @@
 import CVivariumOS
+import Foundation
 import Glibc
 import Synchronization
 import VivariumCore
@@ -96,7 +97,10 @@ public final class Reaper: Sendable {
         let limit: Int
         var status: ExitStatus?
         let continuation: CheckedContinuation<ProcessOutput, Never>
-        init(handle: RunningProcess, fds: [Int32: Int], limit: Int, continuation: CheckedContinuation<ProcessOutput, Never>) {
+        init(
+            handle: RunningProcess, fds: [Int32: Int], limit: Int,
+            continuation: CheckedContinuation<ProcessOutput, Never>
+        ) {
             self.handle = handle
             self.fds = fds
             self.limit = limit
@@ -163,7 +167,9 @@ public final class Reaper: Sendable {
                 s.ownerOfFd[outPipe[0]] = k
                 s.ownerOfFd[errPipe[0]] = k
             }
-            for fd in [handle.pidfd, outPipe[0], errPipe[0]] { _ = vv_epoll_add(epfd, fd, UInt64(UInt32(bitPattern: fd))) }
+            for fd in [handle.pidfd, outPipe[0], errPipe[0]] {
+                _ = vv_epoll_add(epfd, fd, UInt64(UInt32(bitPattern: fd)))
+            }
         }
         return (handle, output)
     }
@@ -316,8 +322,6 @@ public func becomeSubreaper() throws {
     let rc = vv_set_child_subreaper()
     guard rc == 0 else { throw VivariumError(.internalError, "PR_SET_CHILD_SUBREAPER failed") }
 }
-
-import Foundation
 
 func posixError(_ what: String, _ code: Int32 = Glibc.errno) -> VivariumError {
     VivariumError(.internalError, "\(what): \(String(cString: strerror(code)))")

@@ -68,11 +68,16 @@ public struct HardenedSpec: Sendable {
                 .init(
                     destination: "/dev/shm", type: "tmpfs", source: "shm",
                     options: ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-                .init(destination: "/dev/mqueue", type: "mqueue", source: "mqueue", options: ["nosuid", "noexec", "nodev"]),
-                .init(destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"]),
+                .init(
+                    destination: "/dev/mqueue", type: "mqueue", source: "mqueue",
+                    options: ["nosuid", "noexec", "nodev"]),
+                .init(
+                    destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"]),
                 .init(destination: "/tmp", type: "tmpfs", source: "tmpfs", options: ["nosuid", "nodev", "mode=1777"]),
                 .init(destination: "/run", type: "tmpfs", source: "tmpfs", options: ["nosuid", "nodev", "mode=755"]),
-                .init(destination: Self.initPath, type: "bind", source: initBinary, options: ["bind", "ro", "nosuid", "nodev"]),
+                .init(
+                    destination: Self.initPath, type: "bind", source: initBinary,
+                    options: ["bind", "ro", "nosuid", "nodev"]),
             ],
             linux: .init(
                 uidMappings: map, gidMappings: map,

@@ -72,7 +72,9 @@ public final class SQLiteStore: Store {
         } catch let e as VivariumError {
             throw e
         } catch let e as DatabaseError where e.resultCode == .SQLITE_CONSTRAINT {
-            if e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE || e.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY {
+            if e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE
+                || e.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY
+            {
                 throw VivariumError(.alreadyExists, "\(what) already exists")
             }
             throw VivariumError(.invalidState, "\(what): constraint failed", cause: e)
@@ -95,7 +97,8 @@ public final class SQLiteStore: Store {
                 }
                 let r = make(slot)
                 if try Bool.fetchOne(
-                    db, sql: "SELECT 1 FROM sandboxes WHERE tenant = ? AND name = ?", arguments: [r.tenant, r.name.rawValue]
+                    db, sql: "SELECT 1 FROM sandboxes WHERE tenant = ? AND name = ?",
+                    arguments: [r.tenant, r.name.rawValue]
                 ) == true {
                     throw VivariumError(.alreadyExists, "a sandbox named \(r.name) already exists")
                 }
@@ -106,7 +109,8 @@ public final class SQLiteStore: Store {
                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """,
                     arguments: [
-                        r.id.rawValue, r.tenant, r.name.rawValue, r.imageID, r.imageName.rawValue, r.imageDigest.rawValue,
+                        r.id.rawValue, r.tenant, r.name.rawValue, r.imageID, r.imageName.rawValue,
+                        r.imageDigest.rawValue,
                         r.imageRootfs, try Self.encode(r.spec), r.state.name, r.state.pid, r.uidSlot, r.bundle,
                         r.cgroupPath, r.createdAt.timeIntervalSince1970, r.expiresAt?.timeIntervalSince1970,
                     ])
@@ -185,7 +189,9 @@ public final class SQLiteStore: Store {
         try wrap("sandboxes") {
             try pool.read { db in
                 try Row.fetchAll(
-                    db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                    db,
+                    sql:
+                        "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE expires_at IS NOT NULL AND expires_at <= ?",
                     arguments: [now.timeIntervalSince1970]
                 ).map(Self.sandbox)
             }
@@ -199,7 +205,9 @@ public final class SQLiteStore: Store {
     }
 
     public func sandboxCount() throws -> Int {
-        try wrap("sandboxes") { try pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM sandboxes") ?? 0 } }
+        try wrap("sandboxes") {
+            try pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM sandboxes") ?? 0 }
+        }
     }
 
     public func insertImage(_ image: ImageRecord) throws -> ImageRecord {
@@ -243,7 +251,8 @@ public final class SQLiteStore: Store {
                         arguments: [tenant]
                     ).map(Self.image)
                 }
-                return try Row.fetchAll(db, sql: "SELECT \(Self.imageColumns) FROM images ORDER BY name").map(Self.image)
+                return try Row.fetchAll(db, sql: "SELECT \(Self.imageColumns) FROM images ORDER BY name").map(
+                    Self.image)
             }
         }
     }
@@ -259,7 +268,8 @@ public final class SQLiteStore: Store {
                 else { throw VivariumError(.imageNotFound, "image \(name) not found") }
                 let users =
                     try String.fetchAll(
-                        db, sql: "SELECT name FROM sandboxes WHERE image_id = ? ORDER BY name LIMIT 5", arguments: [img.id])
+                        db, sql: "SELECT name FROM sandboxes WHERE image_id = ? ORDER BY name LIMIT 5",
+                        arguments: [img.id])
                 guard users.isEmpty else {
                     throw VivariumError(
                         .imageInUse, "image \(name) is used by sandbox \(users.joined(separator: ", "))")
@@ -273,7 +283,8 @@ public final class SQLiteStore: Store {
     public func imageRootfsInUse(_ rootfs: String) throws -> Bool {
         try wrap("images") {
             try pool.read { db in
-                try Bool.fetchOne(db, sql: "SELECT 1 FROM images WHERE rootfs = ? LIMIT 1", arguments: [rootfs]) ?? false
+                try Bool.fetchOne(db, sql: "SELECT 1 FROM images WHERE rootfs = ? LIMIT 1", arguments: [rootfs])
+                    ?? false
             }
         }
     }
@@ -285,7 +296,8 @@ public final class SQLiteStore: Store {
     static func sandbox(_ row: Row) throws -> SandboxRecord {
         let spec = try JSONDecoder().decode(SandboxSpec.self, from: Data((row["spec"] as String).utf8))
         guard let id = SandboxID(rawValue: row["id"]), let name = ResourceName(rawValue: row["name"]),
-            let imageName = ResourceName(rawValue: row["image_name"]), let digest = Digest(rawValue: row["image_digest"])
+            let imageName = ResourceName(rawValue: row["image_name"]),
+            let digest = Digest(rawValue: row["image_digest"])
         else { throw VivariumError(.internalError, "corrupt sandbox row") }
         let expires: Double? = row["expires_at"]
         return SandboxRecord(

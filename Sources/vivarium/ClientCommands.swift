@@ -32,7 +32,9 @@ struct Create: AsyncParsableCommand {
             var req = CreateSandboxRequest(name: name, image: image, pids: pids, restart: restart)
             if let memory { req.memoryBytes = try Quantity.parseBytes(memory) }
             if let cpus {
-                guard cpus.isFinite, cpus > 0, cpus <= 256 else { throw VivariumError(.invalidArgument, "--cpus must be in (0, 256]") }
+                guard cpus.isFinite, cpus > 0, cpus <= 256 else {
+                    throw VivariumError(.invalidArgument, "--cpus must be in (0, 256]")
+                }
                 req.milliCpus = Int64((cpus * 1000).rounded())
             }
             if !env.isEmpty { req.env = try FieldRules.parsePairs(env, what: "--env") }
@@ -143,7 +145,8 @@ struct Remove: AsyncParsableCommand {
                 try c.callNoContent("DELETE", sandboxPath(n) + (force ? "?force=true" : ""))
                 print(n)
             } catch {
-                FileHandle.standardError.write(Data("vivarium: \(n): \((error as? VivariumError)?.message ?? "\(error)")\n".utf8))
+                FileHandle.standardError.write(
+                    Data("vivarium: \(n): \((error as? VivariumError)?.message ?? "\(error)")\n".utf8))
                 failed = error
             }
         }
@@ -195,7 +198,8 @@ struct Exec: AsyncParsableCommand {
 
 struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "image", abstract: "Manage local images.", subcommands: [Import.self, ImageList.self, ImageRemove.self])
+        commandName: "image", abstract: "Manage local images.",
+        subcommands: [Import.self, ImageList.self, ImageRemove.self])
 
     struct Import: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -208,8 +212,13 @@ struct ImageCommand: AsyncParsableCommand {
             do {
                 let abs = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
                 FileHandle.standardError.write(Data("importing \(abs)…\n".utf8))
-                let i: ImageInfo = try client(global).call("POST", "/v1/images", body: ImportImageRequest(path: abs, name: name))
-                if json { try printJSON(i) } else { print("\(i.name) \(i.digest) \(Quantity.formatBytes(i.sizeBytes))") }
+                let i: ImageInfo = try client(global).call(
+                    "POST", "/v1/images", body: ImportImageRequest(path: abs, name: name))
+                if json {
+                    try printJSON(i)
+                } else {
+                    print("\(i.name) \(i.digest) \(Quantity.formatBytes(i.sizeBytes))")
+                }
             } catch { fail(error) }
         }
     }
@@ -225,14 +234,18 @@ struct ImageCommand: AsyncParsableCommand {
                 printTable(
                     ["NAME", "DIGEST", "SIZE", "CREATED"],
                     page.items.map {
-                        [$0.name, String($0.digest.prefix(19)), Quantity.formatBytes($0.sizeBytes), ISO8601DateFormatter().string(from: $0.createdAt)]
+                        [
+                            $0.name, String($0.digest.prefix(19)), Quantity.formatBytes($0.sizeBytes),
+                            ISO8601DateFormatter().string(from: $0.createdAt),
+                        ]
                     })
             } catch { fail(error) }
         }
     }
 
     struct ImageRemove: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove an image not used by any sandbox.")
+        static let configuration = CommandConfiguration(
+            commandName: "rm", abstract: "Remove an image not used by any sandbox.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Image name.") var name: String
         func run() async throws {

@@ -62,7 +62,8 @@ struct Serve: AsyncParsableCommand {
         try config.validate()
         try becomeSubreaper()
         let store = try SQLiteStore(path: config.databasePath)
-        let runtime = Crun(binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger)
+        let runtime = Crun(
+            binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger)
         let engine = try Engine(config: config, store: store, runtime: runtime, logger: logger)
         try await engine.ensureBaseImage()
         let report = try await engine.reconcile()

@@ -58,10 +58,13 @@ struct Settings: Codable {
             }
             for key in table.keys {
                 guard keys.contains(key), let v = table[key] else {
-                    throw VivariumError(.invalidArgument, "unknown setting '\(key)' in \(path); known: \(keys.joined(separator: ", "))")
+                    throw VivariumError(
+                        .invalidArgument, "unknown setting '\(key)' in \(path); known: \(keys.joined(separator: ", "))")
                 }
                 let value = v.string ?? v.int.map(String.init) ?? v.bool.map(String.init)
-                guard let value else { throw VivariumError(.invalidArgument, "setting '\(key)' in \(path) has an unsupported type") }
+                guard let value else {
+                    throw VivariumError(.invalidArgument, "setting '\(key)' in \(path) has an unsupported type")
+                }
                 try s.set(key, value)
             }
             s.configFile = path
@@ -80,7 +83,8 @@ struct Settings: Codable {
     mutating func set(_ key: String, _ value: String) throws {
         func int(_ range: ClosedRange<Int64>) throws -> Int64 {
             guard let n = Int64(value), range.contains(n) else {
-                throw VivariumError(.invalidArgument, "\(key) must be a number in \(range.lowerBound)...\(range.upperBound)")
+                throw VivariumError(
+                    .invalidArgument, "\(key) must be a number in \(range.lowerBound)...\(range.upperBound)")
             }
             return n
         }
@@ -94,7 +98,9 @@ struct Settings: Codable {
         case "state_dir": stateDir = try path()
         case "socket":
             socket = try path()
-            guard socket.utf8.count < 108 else { throw VivariumError(.invalidArgument, "socket path must be under 108 bytes") }
+            guard socket.utf8.count < 108 else {
+                throw VivariumError(.invalidArgument, "socket path must be under 108 bytes")
+            }
         case "crun": crun = try path()
         case "init": initBinary = try path()
         case "busybox": busybox = try path()
@@ -102,7 +108,8 @@ struct Settings: Codable {
         case "max_sandboxes": maxSandboxes = Int(try int(1...65536))
         case "log_level":
             guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(value) else {
-                throw VivariumError(.invalidArgument, "log_level must be trace, debug, info, notice, warning, error or critical")
+                throw VivariumError(
+                    .invalidArgument, "log_level must be trace, debug, info, notice, warning, error or critical")
             }
             logLevel = value
         case "stop_timeout_seconds": stopTimeoutSeconds = Int(try int(0...3600))

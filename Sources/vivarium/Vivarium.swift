@@ -40,8 +40,10 @@ func printTable(_ header: [String], _ rows: [[String]]) {
     var widths = header.map(\.count)
     for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
     func line(_ cells: [String]) -> String {
-        cells.enumerated().map { i, c in i == cells.count - 1 ? c : c.padding(toLength: widths[i] + 2, withPad: " ", startingAt: 0) }
-            .joined()
+        cells.enumerated().map { i, c in
+            i == cells.count - 1 ? c : c.padding(toLength: widths[i] + 2, withPad: " ", startingAt: 0)
+        }
+        .joined()
     }
     print(line(header))
     for r in rows { print(line(r)) }

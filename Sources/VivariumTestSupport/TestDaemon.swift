@@ -1,0 +1,276 @@
+import Foundation
+import Glibc
+import VivariumCore
+import VivariumOS
+
+/// Whether the integration prerequisites (root, crun, the built binaries) are here, and whether CI
+/// demands them (`VIVARIUM_REQUIRE_INTEGRATION=1` turns a missing prerequisite into a failure).
+public enum Integration {
+    public static let required = ProcessInfo.processInfo.environment["VIVARIUM_REQUIRE_INTEGRATION"] == "1"
+
+    public static var missing: [String] {
+        var m: [String] = []
+        if geteuid() != 0 { m.append("root") }
+        if access("/usr/bin/crun", X_OK) != 0 { m.append("crun (/usr/bin/crun)") }
+        if access("/bin/busybox", X_OK) != 0 { m.append("busybox-static (/bin/busybox)") }
+        if access(Paths.vivarium, X_OK) != 0 { m.append("the vivarium binary (\(Paths.vivarium)): run `make debug`") }
+        if access(Paths.initBinary, X_OK) != 0 { m.append("vivarium-init (\(Paths.initBinary)): run `make debug`") }
+        return m
+    }
+
+    /// Integration tests run when everything is here, and also when CI requires them (so that a
+    /// missing prerequisite fails loudly instead of skipping).
+    public static var enabled: Bool { required || missing.isEmpty }
+}
+
+public enum Paths {
+    /// The package root, found from this file's location.
+    public static let packageRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+    public static var buildDir: String {
+        ProcessInfo.processInfo.environment["VIVARIUM_BUILD_DIR"] ?? packageRoot + "/.build/debug"
+    }
+    public static var vivarium: String { ProcessInfo.processInfo.environment["VIVARIUM_BIN"] ?? buildDir + "/vivarium" }
+    public static var initBinary: String { buildDir + "/vivarium-init" }
+}
+
+/// The result of running a command to completion.
+public struct CommandResult: Sendable {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
+}
+
+/// Runs a program to completion and captures its output (test and bench helper).
+@discardableResult
+public func runCommand(_ path: String, _ args: [String], env: [String: String] = [:]) throws -> CommandResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    var e = ProcessInfo.processInfo.environment
+    for (k, v) in env { e[k] = v }
+    p.environment = e
+    let out = Pipe()
+    let err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let group = DispatchGroup()
+    nonisolated(unsafe) var errData = Data()
+    group.enter()
+    DispatchQueue.global().async {
+        errData = err.fileHandleForReading.readDataToEndOfFile()
+        group.leave()
+    }
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
+    p.waitUntilExit()
+    return CommandResult(
+        status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+        stderr: String(decoding: errData, as: UTF8.self))
+}
+
+/// A real `vivarium serve` on a private state directory and socket, for integration tests and the
+/// benchmark. `shutdown()` removes every sandbox, mount, crun container and cgroup it made.
+public final class TestDaemon: @unchecked Sendable {
+    public let root: String
+    public let stateDir: String
+    public let socket: String
+    public let uidBase: Int64
+    public let client: APIClient
+    public private(set) var process: Process?
+    public let logPath: String
+    let extraEnv: [String: String]
+
+    public init(extraEnv: [String: String] = [:]) throws {
+        let missing = Integration.missing
+        guard missing.isEmpty else {
+            throw VivariumError(.unavailable, "integration prerequisites missing: \(missing.joined(separator: ", "))")
+        }
+        root = "/tmp/vivarium-test-" + randomHex(bytes: 6)
+        stateDir = root + "/state"
+        socket = root + "/sock/vivarium.sock"
+        logPath = root + "/daemon.log"
+        // A private block of 16 ranges far from the default instance's.
+        uidBase = (1 << 30) + Int64.random(in: 0..<3000) * 16 * 65536
+        client = APIClient(socketPath: socket)
+        self.extraEnv = extraEnv
+        try FileSystem.makeDirectory(root, mode: 0o711)
+        try FileSystem.makeDirectory(root + "/sock", mode: 0o700)
+        try start()
+    }
+
+    public var environment: [String: String] {
+        var e = [
+            "VIVARIUM_STATE_DIR": stateDir, "VIVARIUM_SOCKET": socket, "VIVARIUM_UID_BASE": String(uidBase),
+            "VIVARIUM_MAX_SANDBOXES": "16", "VIVARIUM_TTL_SWEEP_SECONDS": "1", "VIVARIUM_STOP_TIMEOUT_SECONDS": "5",
+            "VIVARIUM_INIT": Paths.initBinary, "VIVARIUM_LOG_LEVEL": "info",
+        ]
+        for (k, v) in extraEnv { e[k] = v }
+        return e
+    }
+
+    /// Starts the daemon and waits until its health check answers.
+    public func start() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Paths.vivarium)
+        p.arguments = ["serve"]
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        p.environment = env
+        if !FileManager.default.fileExists(atPath: logPath) {
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        }
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        log.seekToEndOfFile()
+        p.standardOutput = log
+        p.standardError = log
+        try p.run()
+        process = p
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            if !p.isRunning {
+                throw VivariumError(.unavailable, "vivarium serve exited: \(self.log.suffix(2000))")
+            }
+            if let r = try? client.http.send("GET", "/healthz"), r.status == 200 { return }
+            usleep(20_000)
+        }
+        throw VivariumError(.unavailable, "vivarium serve did not answer within 30 s: \(self.log.suffix(2000))")
+    }
+
+    /// SIGTERM and wait: a graceful stop that leaves sandboxes running.
+    public func stop() {
+        guard let p = process, p.isRunning else { return }
+        p.terminate()
+        p.waitUntilExit()
+        process = nil
+    }
+
+    /// SIGKILL: a crash.
+    public func crash() {
+        guard let p = process, p.isRunning else { return }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        process = nil
+    }
+
+    public func restart() throws {
+        stop()
+        try start()
+    }
+
+    public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Runs the CLI against this daemon.
+    @discardableResult
+    public func cli(_ args: String...) throws -> CommandResult { try cli(args) }
+
+    public func cli(_ args: [String]) throws -> CommandResult {
+        try runCommand(Paths.vivarium, args, env: environment)
+    }
+
+    public var crunRoot: String { stateDir + "/run/crun" }
+    public var cgroupParent: String { "vivarium-" + instance }
+    public var instance: String { String(Digest.of(Array(stateDir.utf8)).hex.prefix(8)) }
+
+    /// crun containers of this instance.
+    public func crunContainers() throws -> [String] {
+        let r = try runCommand("/usr/bin/crun", ["--root", crunRoot, "list", "-q"])
+        return r.stdout.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+    }
+
+    /// Mounts under this daemon's state directory.
+    public func mounts() -> [String] { Mounts.mounts(under: stateDir) }
+
+    /// Sandbox bundle directories on disk.
+    public func bundles() -> [String] {
+        (try? FileManager.default.contentsOfDirectory(atPath: stateDir + "/sandboxes")) ?? []
+    }
+
+    /// Cgroup directories of this instance's sandboxes, across controllers.
+    public func cgroups() -> [String] {
+        var out: [String] = []
+        let base = "/sys/fs/cgroup"
+        let dirs: [String]
+        if CgroupMode.detect() == .unified {
+            dirs = [base + "/" + cgroupParent]
+        } else {
+            dirs = ((try? FileManager.default.contentsOfDirectory(atPath: base)) ?? []).filter { $0 != "unified" }
+                .map { "\(base)/\($0)/\(cgroupParent)" }
+        }
+        for d in dirs {
+            for e in (try? FileManager.default.contentsOfDirectory(atPath: d)) ?? [] {
+                var isDir: ObjCBool = false
+                if FileManager.default.fileExists(atPath: d + "/" + e, isDirectory: &isDir), isDir.boolValue {
+                    out.append(d + "/" + e)
+                }
+            }
+        }
+        return out
+    }
+
+    /// Stops the daemon and removes everything it made, even after a failed test.
+    public func shutdown() {
+        if process?.isRunning == true {
+            if let page: Page<SandboxInfo> = try? client.call("GET", "/v1/sandboxes?limit=500") {
+                for s in page.items { _ = try? client.callNoContent("DELETE", "/v1/sandboxes/\(s.name)?force=true") }
+            }
+        }
+        crash()
+        for id in (try? crunContainers()) ?? [] {
+            _ = try? runCommand("/usr/bin/crun", ["--root", crunRoot, "delete", "--force", id])
+        }
+        try? Mounts.unmountAll(under: root)
+        for cg in cgroups().sorted(by: { $0.count > $1.count }) { rmdir(cg) }
+        for d in cgroupParentDirs() { rmdir(d) }
+        try? FileSystem.removeTree(root)
+    }
+
+    func cgroupParentDirs() -> [String] {
+        if CgroupMode.detect() == .unified { return ["/sys/fs/cgroup/" + cgroupParent] }
+        return ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []).map {
+            "/sys/fs/cgroup/\($0)/\(cgroupParent)"
+        }
+    }
+
+    /// Runs `body` with a fresh daemon and always cleans up.
+    public static func with<T>(extraEnv: [String: String] = [:], _ body: (TestDaemon) async throws -> T) async throws -> T {
+        let d = try TestDaemon(extraEnv: extraEnv)
+        do {
+            let r = try await body(d)
+            d.shutdown()
+            return r
+        } catch {
+            FileHandle.standardError.write(Data("--- daemon log ---\n\(d.log.suffix(4000))\n".utf8))
+            d.shutdown()
+            throw error
+        }
+    }
+}
+
+extension TestDaemon {
+    public func create(_ req: CreateSandboxRequest) throws -> SandboxInfo {
+        try client.call("POST", "/v1/sandboxes", body: req)
+    }
+
+    public func exec(_ name: String, _ argv: [String], timeout: Double? = nil, user: UInt32? = nil) throws -> ExecResult {
+        try client.call("POST", "/v1/sandboxes/\(name)/exec", body: ExecRequest(argv: argv, user: user, timeoutSeconds: timeout))
+    }
+
+    /// `sh -c script` in the sandbox; returns (exit code, stdout, stderr).
+    public func sh(_ name: String, _ script: String, timeout: Double? = nil) throws -> (Int32, String, String) {
+        let r = try exec(name, ["/bin/sh", "-c", script], timeout: timeout)
+        return (r.exitCode, String(decoding: r.stdout, as: UTF8.self), String(decoding: r.stderr, as: UTF8.self))
+    }
+
+    public func get(_ name: String) throws -> SandboxInfo { try client.call("GET", "/v1/sandboxes/\(name)") }
+
+    /// The raw HTTP answer, for error tests.
+    public func raw(_ method: String, _ path: String, body: Data? = nil) throws -> (Int, ErrorBody?) {
+        let r = try client.http.send(method, path, body: body)
+        return (r.status, try? WireCoding.decoder().decode(ErrorBody.self, from: r.body))
+    }
+}

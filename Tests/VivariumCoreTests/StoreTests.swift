@@ -1,0 +1,91 @@
+import Foundation
+import Testing
+import VivariumCore
+import VivariumStore
+
+@Suite struct StoreTests {
+    func withStore(_ body: (SQLiteStore) throws -> Void) throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vivarium-store-\(randomHex(bytes: 6))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try body(try SQLiteStore(path: dir + "/v.db"))
+    }
+
+    func image(_ s: SQLiteStore) throws -> ImageRecord {
+        try s.insertImage(
+            ImageRecord(
+                tenant: "default", name: ResourceName(rawValue: "base")!, digest: Digest.of([1]), rootfs: "/img",
+                sizeBytes: 1, createdAt: Date()))
+    }
+
+    func record(_ img: ImageRecord, _ name: String, slot: Int) -> SandboxRecord {
+        SandboxRecord(
+            id: .random(), tenant: "default", name: ResourceName(rawValue: name)!, imageID: img.id, imageName: img.name,
+            imageDigest: img.digest, imageRootfs: img.rootfs, spec: SandboxSpec(image: img.name), state: .creating,
+            uidSlot: slot, bundle: "/b/\(name)", cgroupPath: "/c", createdAt: Date(), expiresAt: nil)
+    }
+
+    @Test func allocatesTheLowestFreeUIDSlotAndNeverShares() throws {
+        try withStore { s in
+            let img = try image(s)
+            let a = try s.insertSandbox(maxSlots: 3) { record(img, "a", slot: $0) }
+            let b = try s.insertSandbox(maxSlots: 3) { record(img, "b", slot: $0) }
+            let c = try s.insertSandbox(maxSlots: 3) { record(img, "c", slot: $0) }
+            #expect([a.uidSlot, b.uidSlot, c.uidSlot] == [0, 1, 2])
+            #expect(throws: VivariumError.self) { try s.insertSandbox(maxSlots: 3) { record(img, "d", slot: $0) } }
+            try s.deleteSandbox(b.id)
+            let d = try s.insertSandbox(maxSlots: 3) { record(img, "d", slot: $0) }
+            #expect(d.uidSlot == 1)
+        }
+    }
+
+    @Test func namesAreUniquePerTenantAndStatesPersist() throws {
+        try withStore { s in
+            let img = try image(s)
+            let a = try s.insertSandbox(maxSlots: 8) { record(img, "a", slot: $0) }
+            do {
+                _ = try s.insertSandbox(maxSlots: 8) { record(img, "a", slot: $0) }
+                Issue.record("duplicate name accepted")
+            } catch let e as VivariumError {
+                #expect(e.code == .alreadyExists)
+            }
+            try s.updateState(a.id, .running(pid: 99))
+            #expect(try s.sandbox(id: a.id)?.state == .running(pid: 99))
+            #expect(try s.sandbox(tenant: "default", name: a.name)?.spec == a.spec)
+        }
+    }
+
+    @Test func imagesInUseCannotBeDeleted() throws {
+        try withStore { s in
+            let img = try image(s)
+            let a = try s.insertSandbox(maxSlots: 8) { record(img, "a", slot: $0) }
+            do {
+                _ = try s.deleteImage(tenant: "default", name: img.name)
+                Issue.record("image in use was deleted")
+            } catch let e as VivariumError {
+                #expect(e.code == .imageInUse)
+            }
+            try s.deleteSandbox(a.id)
+            #expect(try s.deleteImage(tenant: "default", name: img.name).id == img.id)
+            #expect(try s.image(tenant: "default", name: img.name) == nil)
+        }
+    }
+
+    @Test func paginatesByNameAndFindsExpired() throws {
+        try withStore { s in
+            let img = try image(s)
+            for n in ["c", "a", "b"] { _ = try s.insertSandbox(maxSlots: 8) { record(img, n, slot: $0) } }
+            #expect(try s.sandboxes(tenant: "default", after: nil, limit: 2).map(\.name.rawValue) == ["a", "b"])
+            #expect(try s.sandboxes(tenant: "default", after: "b", limit: 2).map(\.name.rawValue) == ["c"])
+            var e = record(img, "e", slot: 0)
+            e.expiresAt = Date().addingTimeInterval(-1)
+            let expiring = e
+            _ = try s.insertSandbox(maxSlots: 8) { slot in
+                var r = expiring
+                r.uidSlot = slot
+                return r
+            }
+            #expect(try s.expiredSandboxes(now: Date()).map(\.name.rawValue) == ["e"])
+        }
+    }
+}

@@ -1,0 +1,117 @@
+import Foundation
+import Testing
+import VivariumCore
+import VivariumTestSupport
+
+/// Attacks a real sandbox from an exec'd process (DESIGN.md "The hardened sandbox", THREATS.md T4).
+@Suite(.serialized, .enabled(if: Integration.enabled)) struct HardeningTests {
+    @Test func execdProcessIsConfinedLikeTheInit() async throws {
+        try await TestDaemon.with { d in
+            let box = try d.create(CreateSandboxRequest(name: "hard"))
+            // uid 0 inside is the sandbox's unprivileged host id outside.
+            let (_, uidMap, _) = try d.sh("hard", "cat /proc/self/uid_map")
+            let fields = uidMap.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+            #expect(fields.count == 3)
+            #expect(fields[0] == "0")
+            #expect(Int64(fields[1]) == box.hostUidBase)
+            #expect(box.hostUidBase >= d.uidBase && box.hostUidBase != 0)
+            #expect(fields[2].trimmingCharacters(in: .whitespacesAndNewlines) == "65536")
+
+            let (_, status, _) = try d.sh("hard", "cat /proc/self/status")
+            func field(_ name: String) -> String? {
+                status.split(separator: "\n").first { $0.hasPrefix(name + ":") }.map {
+                    $0.dropFirst(name.count + 1).trimmingCharacters(in: .whitespaces)
+                }
+            }
+            #expect(field("NoNewPrivs") == "1")
+            #expect(field("Seccomp") == "2")
+            // Exactly CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE SYS_CHROOT AUDIT_WRITE.
+            let allowed: UInt64 = [0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 29].reduce(0) { $0 | (1 << $1) }
+            let capEff = UInt64(field("CapEff") ?? "", radix: 16)
+            #expect(capEff == allowed)
+            #expect(UInt64(field("CapBnd") ?? "", radix: 16) == allowed)
+            for forbidden in [21, 12, 19, 16, 2, 13] {  // SYS_ADMIN NET_ADMIN SYS_PTRACE SYS_MODULE DAC_READ_SEARCH NET_RAW
+                #expect((capEff ?? 0) & (1 << UInt64(forbidden)) == 0)
+            }
+
+            // Each of these must fail from inside.
+            let attacks = [
+                "mount -t tmpfs none /mnt",
+                "mount -o remount,rw /proc/sys",
+                "unshare -U true",
+                "unshare -n true",
+                "unshare -m true",
+                "echo hacked > /proc/sys/kernel/hostname",
+                "echo 1 > /proc/sysrq-trigger",
+                "echo x > /sys/kernel/uevent_helper",
+                "mkdir /sys/fs/cgroup/escape",
+                "mknod /tmp/sda b 8 0",
+                "nsenter -t 1 -m true",
+            ]
+            for a in attacks {
+                let (code, _, _) = try d.sh("hard", a + " 2>/dev/null")
+                #expect(code != 0, "inside the sandbox, `\(a)` must fail")
+            }
+            // Masked kernel information.
+            let (_, keys, _) = try d.sh("hard", "cat /proc/keys /proc/timer_list 2>/dev/null | wc -c")
+            #expect(keys.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+            let (_, hostname, _) = try d.sh("hard", "hostname")
+            #expect(hostname.trimmingCharacters(in: .whitespacesAndNewlines) == "hard")
+            // A non-root exec user has no effective capabilities at all.
+            let r = try d.exec("hard", ["/bin/sh", "-c", "grep CapEff /proc/self/status; id -u"], user: 1000)
+            #expect(string(r.stdout).contains("0000000000000000"))
+            #expect(string(r.stdout).contains("1000"))
+        }
+    }
+
+    @Test func writesLandInTheSandboxUpperDirOnly() async throws {
+        try await TestDaemon.with { d in
+            let a = try d.create(CreateSandboxRequest(name: "writer"))
+            _ = try d.create(CreateSandboxRequest(name: "neighbour"))
+            let (code, _, _) = try d.sh("writer", "echo secret > /etc/planted && mkdir -p /opt/x && echo y > /opt/x/f")
+            #expect(code == 0)
+            let upperFile = "\(d.stateDir)/sandboxes/\(a.id)/upper/etc/planted"
+            var st = stat()
+            #expect(stat(upperFile, &st) == 0)
+            #expect(Int64(st.st_uid) == a.hostUidBase)
+            #expect(Int64(st.st_gid) == a.hostUidBase)
+            // The shared image is untouched and the neighbour sees nothing.
+            let images = try FileManager.default.contentsOfDirectory(atPath: d.stateDir + "/images/rootfs")
+            for img in images {
+                #expect(!FileManager.default.fileExists(atPath: "\(d.stateDir)/images/rootfs/\(img)/etc/planted"))
+            }
+            let (n, _, _) = try d.sh("neighbour", "test -e /etc/planted || test -e /opt/x")
+            #expect(n != 0)
+            // The image files seen through the idmapped lower are owned by the sandbox's root.
+            let (_, owner, _) = try d.sh("writer", "stat -c %u /bin/busybox")
+            #expect(owner.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+        }
+    }
+
+    @Test func readOnlyRoot() async throws {
+        try await TestDaemon.with { d in
+            _ = try d.create(CreateSandboxRequest(name: "ro", readOnly: true))
+            let (code, _, _) = try d.sh("ro", "touch /etc/x 2>/dev/null")
+            #expect(code != 0)
+            let (tmp, _, _) = try d.sh("ro", "touch /tmp/x && touch /run/y")
+            #expect(tmp == 0)
+        }
+    }
+
+    @Test func sandboxesSeeNeitherProcessesNorFilesOfEachOther() async throws {
+        try await TestDaemon.with { d in
+            _ = try d.create(CreateSandboxRequest(name: "alpha"))
+            _ = try d.create(CreateSandboxRequest(name: "beta"))
+            let (c, _, _) = try d.sh("beta", "sleep 777 >/dev/null 2>&1 & echo beta-only > /tmp/marker; echo ok")
+            #expect(c == 0)
+            let (_, ps, _) = try d.sh("alpha", "ps -o pid,args")
+            #expect(!ps.contains("sleep 777"))
+            let (_, count, _) = try d.sh("alpha", "ls /proc | grep -c '^[0-9]'")
+            #expect((Int(count.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 99) <= 5)
+            let (m, _, _) = try d.sh("alpha", "test -e /tmp/marker")
+            #expect(m != 0)
+            let (_, betaPs, _) = try d.sh("beta", "ps -o args")
+            #expect(betaPs.contains("sleep 777"))
+        }
+    }
+}

@@ -1,0 +1,84 @@
+import Foundation
+import Testing
+import VivariumCore
+import VivariumTestSupport
+
+/// Resource exhaustion stays inside its sandbox (THREATS.md T5).
+@Suite(.serialized, .enabled(if: Integration.enabled)) struct LimitsTests {
+    @Test func forkBombStopsAtThePidsLimitWhileANeighbourAnswers() async throws {
+        try await TestDaemon.with { d in
+            let bomb = try d.create(CreateSandboxRequest(name: "bomb", pids: 64))
+            _ = try d.create(CreateSandboxRequest(name: "calm"))
+            let bombing = Task.detached {
+                try d.sh("bomb", "b() { b | b & }; b; sleep 60", timeout: 6)
+            }
+            // Wait until the limit is being hit, then prove the neighbour still answers.
+            let events = d.cgroupFile("pids", bomb.id, "pids.events")
+            let hit = d.eventually(10) {
+                ((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").contains("max") &&
+                    !((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").contains("max 0")
+            }
+            #expect(hit, "the pids limit was never hit")
+            let started = Date()
+            let (code, out, _) = try d.sh("calm", "echo alive")
+            #expect(code == 0 && out == "alive\n")
+            #expect(Date().timeIntervalSince(started) < 5)
+            let current = Int(
+                (try String(contentsOfFile: d.cgroupFile("pids", bomb.id, "pids.current"), encoding: .utf8))
+                    .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            #expect(current <= 64)
+            let r = try await bombing.value
+            _ = r
+            // The timed-out exec left nothing behind: only the init remains.
+            let left = d.eventually(10) {
+                let s = (try? String(contentsOfFile: d.cgroupFile("pids", bomb.id, "pids.current"), encoding: .utf8)) ?? ""
+                return s.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+            }
+            #expect(left)
+        }
+    }
+
+    @Test func memoryHogIsOOMKilledInsideItsSandbox() async throws {
+        try await TestDaemon.with { d in
+            _ = try d.create(CreateSandboxRequest(name: "hog", memoryBytes: 32 << 20))
+            _ = try d.create(CreateSandboxRequest(name: "calm"))
+            let (code, out, _) = try d.sh("hog", "tail /dev/zero; echo status=$?", timeout: 60)
+            #expect(code == 0)
+            #expect(out.contains("status=137"), "tail must be SIGKILLed by the OOM killer, got \(out)")
+            // The sandbox survives and its neighbour answers.
+            #expect(try d.get("hog").state == "running")
+            let (c2, o2, _) = try d.sh("hog", "echo still-here")
+            #expect(c2 == 0 && o2 == "still-here\n")
+            let (c3, _, _) = try d.sh("calm", "true")
+            #expect(c3 == 0)
+        }
+    }
+
+    @Test func timedOutExecLeavesNoProcessBehind() async throws {
+        try await TestDaemon.with { d in
+            _ = try d.create(CreateSandboxRequest(name: "slow"))
+            let r = try d.exec(
+                "slow", ["/bin/sh", "-c", "sleep 301 & (setsid sleep 302 &); (sleep 303 &) ; echo started; sleep 304"],
+                timeout: 1)
+            #expect(r.timedOut)
+            #expect(r.exitCode == 137)
+            #expect(string(r.stdout) == "started\n")
+            let (_, ps, _) = try d.sh("slow", "ps -o args")
+            for n in 301...304 { #expect(!ps.contains("sleep \(n)"), "sleep \(n) survived the timeout") }
+        }
+    }
+
+    @Test func outputIsCappedAndFlagged() async throws {
+        try await TestDaemon.with { d in
+            _ = try d.create(CreateSandboxRequest(name: "loud"))
+            let r: ExecResult = try d.client.call(
+                "POST", "/v1/sandboxes/loud/exec",
+                body: ExecRequest(argv: ["/bin/sh", "-c", "head -c 100000 /dev/zero; echo err >&2"], maxOutputBytes: 1000))
+            #expect(r.stdout.count == 1000)
+            #expect(r.stdoutTruncated)
+            #expect(!r.stderrTruncated)
+            #expect(string(r.stderr) == "err\n")
+            #expect(r.exitCode == 0)
+        }
+    }
+}
