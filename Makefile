@@ -42,7 +42,7 @@ test: debug
 
 ## Latency benchmark against raw crun, measured in the same run.
 bench: build
-	.build/release/vivarium-bench
+	VIVARIUM_BUILD_DIR=$(CURDIR)/.build/release .build/release/vivarium-bench
 
 format:
 	$(SWIFT) format format -i -r Sources Tests Package.swift

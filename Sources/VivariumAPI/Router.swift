@@ -100,6 +100,8 @@ public enum API {
         let buffer: ByteBuffer
         do {
             buffer = try await req.collectBody(upTo: maxBodyBytes)
+        } catch is NIOTooManyBytesError {
+            throw VivariumError(.payloadTooLarge, "request body exceeds \(maxBodyBytes) bytes")
         } catch let e as HTTPError where e.status == .contentTooLarge {
             throw VivariumError(.payloadTooLarge, "request body exceeds \(maxBodyBytes) bytes")
         }

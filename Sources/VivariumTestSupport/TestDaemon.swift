@@ -237,7 +237,9 @@ public final class TestDaemon: @unchecked Sendable {
     }
 
     /// Runs `body` with a fresh daemon and always cleans up.
-    public static func with<T>(extraEnv: [String: String] = [:], _ body: (TestDaemon) async throws -> T) async throws -> T {
+    public static func with<T>(extraEnv: [String: String] = [:], _ body: (TestDaemon) async throws -> T) async throws
+        -> T
+    {
         let d = try TestDaemon(extraEnv: extraEnv)
         do {
             let r = try await body(d)
@@ -256,8 +258,10 @@ extension TestDaemon {
         try client.call("POST", "/v1/sandboxes", body: req)
     }
 
-    public func exec(_ name: String, _ argv: [String], timeout: Double? = nil, user: UInt32? = nil) throws -> ExecResult {
-        try client.call("POST", "/v1/sandboxes/\(name)/exec", body: ExecRequest(argv: argv, user: user, timeoutSeconds: timeout))
+    public func exec(_ name: String, _ argv: [String], timeout: Double? = nil, user: UInt32? = nil) throws -> ExecResult
+    {
+        try client.call(
+            "POST", "/v1/sandboxes/\(name)/exec", body: ExecRequest(argv: argv, user: user, timeoutSeconds: timeout))
     }
 
     /// `sh -c script` in the sandbox; returns (exit code, stdout, stderr).

@@ -28,7 +28,8 @@ import VivariumCore
     @Test func formatsBytes() {
         #expect(Quantity.formatBytes(512 << 20) == "512M")
         #expect(Quantity.formatBytes(1 << 30) == "1G")
-        #expect(Quantity.formatBytes(1536 << 10) == "1.5M")
+        #expect(Quantity.formatBytes(1536 << 10) == "1536K")
+        #expect(Quantity.formatBytes((1536 << 10) + 1) == "1.5M")
     }
 }
 
@@ -72,9 +73,15 @@ import VivariumCore
     }
 
     @Test func limitsAreBounded() throws {
-        #expect(throws: VivariumError.self) { try ResourceLimits(memoryBytes: 1, milliCPUs: 1000, pids: 10).validated() }
-        #expect(throws: VivariumError.self) { try ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 0, pids: 10).validated() }
-        #expect(throws: VivariumError.self) { try ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 100, pids: 1).validated() }
+        #expect(throws: VivariumError.self) {
+            try ResourceLimits(memoryBytes: 1, milliCPUs: 1000, pids: 10).validated()
+        }
+        #expect(throws: VivariumError.self) {
+            try ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 0, pids: 10).validated()
+        }
+        #expect(throws: VivariumError.self) {
+            try ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 100, pids: 1).validated()
+        }
         #expect(try ResourceLimits.default.validated() == .default)
     }
 

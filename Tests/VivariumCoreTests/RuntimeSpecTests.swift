@@ -11,7 +11,10 @@ import VivariumRuntime
 
     @Test func dropsDangerousCapabilities() {
         let caps = Set(spec.process.capabilities.bounding)
-        for c in ["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_MODULE", "CAP_DAC_READ_SEARCH", "CAP_NET_RAW", "CAP_MKNOD"] {
+        for c in [
+            "CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_MODULE", "CAP_DAC_READ_SEARCH", "CAP_NET_RAW",
+            "CAP_MKNOD",
+        ] {
             #expect(!caps.contains(c))
         }
         #expect(spec.process.noNewPrivileges)
@@ -29,9 +32,10 @@ import VivariumRuntime
     @Test func seccompRefusesEscapesAndAnswersENOSYSForClone3() {
         let rules = spec.linux.seccomp.syscalls
         let denied = Set(rules.filter { $0.errnoRet == 1 && $0.args == nil }.flatMap(\.names))
-        for s in ["mount", "umount2", "unshare", "setns", "keyctl", "bpf", "perf_event_open", "ptrace", "kexec_load",
-            "init_module", "finit_module", "open_by_handle_at", "userfaultfd", "fsopen", "move_mount", "open_tree"]
-        {
+        for s in [
+            "mount", "umount2", "unshare", "setns", "keyctl", "bpf", "perf_event_open", "ptrace", "kexec_load",
+            "init_module", "finit_module", "open_by_handle_at", "userfaultfd", "fsopen", "move_mount", "open_tree",
+        ] {
             #expect(denied.contains(s), "\(s) must be refused")
         }
         #expect(rules.contains { $0.names == ["clone3"] && $0.errnoRet == 38 })
@@ -42,7 +46,8 @@ import VivariumRuntime
 
     @Test func masksKernelInterfacesAndLimitsResources() {
         #expect(spec.linux.maskedPaths.contains("/proc/keys") && spec.linux.maskedPaths.contains("/proc/timer_list"))
-        #expect(spec.linux.readonlyPaths.contains("/proc/sys") && spec.linux.readonlyPaths.contains("/proc/sysrq-trigger"))
+        #expect(
+            spec.linux.readonlyPaths.contains("/proc/sys") && spec.linux.readonlyPaths.contains("/proc/sysrq-trigger"))
         #expect(spec.linux.resources.memory.limit == 512 << 20)
         #expect(spec.linux.resources.memory.swap == 512 << 20)
         #expect(spec.linux.resources.cpu.quota == 100_000 && spec.linux.resources.cpu.period == 100_000)

@@ -5,7 +5,8 @@ import VivariumStore
 
 @Suite struct StoreTests {
     func withStore(_ body: (SQLiteStore) throws -> Void) throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vivarium-store-\(randomHex(bytes: 6))").path
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vivarium-store-\(randomHex(bytes: 6))")
+            .path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try body(try SQLiteStore(path: dir + "/v.db"))
@@ -31,7 +32,7 @@ import VivariumStore
             let a = try s.insertSandbox(maxSlots: 3) { record(img, "a", slot: $0) }
             let b = try s.insertSandbox(maxSlots: 3) { record(img, "b", slot: $0) }
             let c = try s.insertSandbox(maxSlots: 3) { record(img, "c", slot: $0) }
-            #expect([a.uidSlot, b.uidSlot, c.uidSlot] == [0, 1, 2])
+            #expect([a.uidSlot, b.uidSlot, c.uidSlot] == [Int](0...2))
             #expect(throws: VivariumError.self) { try s.insertSandbox(maxSlots: 3) { record(img, "d", slot: $0) } }
             try s.deleteSandbox(b.id)
             let d = try s.insertSandbox(maxSlots: 3) { record(img, "d", slot: $0) }

@@ -8,24 +8,31 @@ import VivariumTestSupport
 @Suite(.serialized, .enabled(if: Integration.enabled)) struct LifecycleTests {
     @Test func createExecStopStartDeleteThroughTheCLI() async throws {
         try await TestDaemon.with { d in
-            var r = try d.cli("create", "life", "--memory", "64M", "--cpus", "0.5", "--pids", "100", "--env", "GREETING=hi",
+            var r = try d.cli(
+                "create", "life", "--memory", "64M", "--cpus", "0.5", "--pids", "100", "--env", "GREETING=hi",
                 "--label", "team=core", "--json")
             #expect(r.status == 0, "\(r.stderr)")
             let info = try WireCoding.decoder().decode(SandboxInfo.self, from: Data(r.stdout.utf8))
-            #expect(info.state == "running" && info.memoryBytes == 64 << 20 && info.milliCpus == 500 && info.pids == 100)
+            #expect(
+                info.state == "running" && info.memoryBytes == 64 << 20 && info.milliCpus == 500 && info.pids == 100)
             #expect(info.labels == ["team": "core"])
 
             r = try d.cli("exec", "life", "--", "sh", "-c", "echo $GREETING; echo oops >&2; exit 3")
             #expect(r.status == 3)
             #expect(r.stdout == "hi\n")
             #expect(r.stderr == "oops\n")
-            r = try d.cli("exec", "life", "--env", "GREETING=override", "--workdir", "/etc", "--", "sh", "-c", "echo $GREETING $PWD")
+            r = try d.cli(
+                "exec", "life", "--env", "GREETING=override", "--workdir", "/etc", "--", "sh", "-c",
+                "echo $GREETING $PWD")
             #expect(r.stdout == "override /etc\n")
             r = try d.cli("exec", "life", "--", "sh", "-c", "echo kept > /root/data")
             #expect(r.status == 0)
 
             // The cgroup limits are applied.
-            let mem = try String(contentsOfFile: d.cgroupFile("memory", info.id, CgroupMode.detect() == .unified ? "memory.max" : "memory.limit_in_bytes"), encoding: .utf8)
+            let mem = try String(
+                contentsOfFile: d.cgroupFile(
+                    "memory", info.id, CgroupMode.detect() == .unified ? "memory.max" : "memory.limit_in_bytes"),
+                encoding: .utf8)
             #expect(mem.trimmingCharacters(in: .whitespacesAndNewlines) == String(64 << 20))
 
             r = try d.cli("stop", "life")
@@ -64,7 +71,8 @@ import VivariumTestSupport
             let first: Page<SandboxInfo> = try d.client.call("GET", "/v1/sandboxes?limit=2")
             #expect(first.items.map(\.name) == ["p1", "p2"])
             let cursor = try #require(first.nextCursor)
-            let second: Page<SandboxInfo> = try d.client.call("GET", "/v1/sandboxes?limit=2&cursor=\(cursor.urlComponentEncoded)")
+            let second: Page<SandboxInfo> = try d.client.call(
+                "GET", "/v1/sandboxes?limit=2&cursor=\(cursor.urlComponentEncoded)")
             #expect(second.items.map(\.name) == ["p3"])
             #expect(second.nextCursor == nil)
         }
@@ -131,10 +139,13 @@ import VivariumTestSupport
     @Test func configShowReportsPrecedence() async throws {
         try await TestDaemon.with { d in
             let cfg = d.root + "/config.toml"
-            try Data("max_sandboxes = 7\nlog_level = \"debug\"\nstop_timeout_seconds = 3\n".utf8).write(to: URL(fileURLWithPath: cfg))
+            try Data("max_sandboxes = 7\nlog_level = \"debug\"\nstop_timeout_seconds = 3\n".utf8).write(
+                to: URL(fileURLWithPath: cfg))
             let r = try runCommand(
                 Paths.vivarium, ["config", "show", "--json", "--config", cfg, "--state-dir", "/srv/flag"],
-                env: ["VIVARIUM_STATE_DIR": "/srv/env", "VIVARIUM_LOG_LEVEL": "error", "VIVARIUM_SOCKET": "/run/x/s.sock"])
+                env: [
+                    "VIVARIUM_STATE_DIR": "/srv/env", "VIVARIUM_LOG_LEVEL": "error", "VIVARIUM_SOCKET": "/run/x/s.sock",
+                ])
             #expect(r.status == 0, "\(r.stderr)")
             let m = try JSONDecoder().decode([String: String].self, from: Data(r.stdout.utf8))
             #expect(m["state_dir"] == "/srv/flag")  // flag beats env

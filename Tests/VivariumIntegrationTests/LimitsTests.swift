@@ -15,23 +15,25 @@ import VivariumTestSupport
             // Wait until the limit is being hit, then prove the neighbour still answers.
             let events = d.cgroupFile("pids", bomb.id, "pids.events")
             let hit = d.eventually(10) {
-                ((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").contains("max") &&
-                    !((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").contains("max 0")
+                ((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").contains("max")
+                    && !((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").contains("max 0")
             }
             #expect(hit, "the pids limit was never hit")
             let started = Date()
             let (code, out, _) = try d.sh("calm", "echo alive")
             #expect(code == 0 && out == "alive\n")
             #expect(Date().timeIntervalSince(started) < 5)
-            let current = Int(
-                (try String(contentsOfFile: d.cgroupFile("pids", bomb.id, "pids.current"), encoding: .utf8))
-                    .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            let current =
+                Int(
+                    (try String(contentsOfFile: d.cgroupFile("pids", bomb.id, "pids.current"), encoding: .utf8))
+                        .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
             #expect(current <= 64)
             let r = try await bombing.value
             _ = r
             // The timed-out exec left nothing behind: only the init remains.
             let left = d.eventually(10) {
-                let s = (try? String(contentsOfFile: d.cgroupFile("pids", bomb.id, "pids.current"), encoding: .utf8)) ?? ""
+                let s =
+                    (try? String(contentsOfFile: d.cgroupFile("pids", bomb.id, "pids.current"), encoding: .utf8)) ?? ""
                 return s.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
             }
             #expect(left)
@@ -73,7 +75,8 @@ import VivariumTestSupport
             _ = try d.create(CreateSandboxRequest(name: "loud"))
             let r: ExecResult = try d.client.call(
                 "POST", "/v1/sandboxes/loud/exec",
-                body: ExecRequest(argv: ["/bin/sh", "-c", "head -c 100000 /dev/zero; echo err >&2"], maxOutputBytes: 1000))
+                body: ExecRequest(
+                    argv: ["/bin/sh", "-c", "head -c 100000 /dev/zero; echo err >&2"], maxOutputBytes: 1000))
             #expect(r.stdout.count == 1000)
             #expect(r.stdoutTruncated)
             #expect(!r.stderrTruncated)

@@ -27,20 +27,24 @@ import VivariumTestSupport
             for (i, delayMs) in [0, 3, 8, 15, 25, 40].enumerated() {
                 let name = "crash\(i)"
                 let client = d.client
-                let req = Task.detached { try? client.call("POST", "/v1/sandboxes", body: CreateSandboxRequest(name: name)) as SandboxInfo }
+                let req = Task.detached {
+                    try? client.call("POST", "/v1/sandboxes", body: CreateSandboxRequest(name: name)) as SandboxInfo
+                }
                 usleep(UInt32(delayMs * 1000))
                 d.crash()
                 _ = await req.value
                 try d.start()
                 let page: Page<SandboxInfo> = try d.client.call("GET", "/v1/sandboxes?limit=500")
                 let ids = Set(page.items.map(\.id))
-                #expect(page.items.allSatisfy { $0.state == "running" }, "after a crash, only finished sandboxes remain")
+                #expect(
+                    page.items.allSatisfy { $0.state == "running" }, "after a crash, only finished sandboxes remain")
                 #expect(Set(try d.crunContainers()) == ids, "crun containers match the store (delay \(delayMs) ms)")
                 #expect(Set(d.bundles()) == ids, "bundles match the store (delay \(delayMs) ms)")
-                let mountOwners = Set(d.mounts().compactMap { m -> String? in
-                    let rel = m.dropFirst((d.stateDir + "/sandboxes/").count)
-                    return rel.split(separator: "/").first.map(String.init)
-                })
+                let mountOwners = Set(
+                    d.mounts().compactMap { m -> String? in
+                        let rel = m.dropFirst((d.stateDir + "/sandboxes/").count)
+                        return rel.split(separator: "/").first.map(String.init)
+                    })
                 #expect(mountOwners.isSubset(of: ids), "no orphaned mounts (delay \(delayMs) ms)")
                 let cgroupOwners = Set(d.cgroups().map { ($0 as NSString).lastPathComponent })
                 #expect(cgroupOwners.isSubset(of: ids), "no orphaned cgroups (delay \(delayMs) ms)")
@@ -65,7 +69,9 @@ import VivariumTestSupport
             }
             #expect(
                 d.eventually(10) {
-                    [always, never].allSatisfy { b in !FileManager.default.fileExists(atPath: "/proc/\(b.pid!)/status") || isZombie(b.pid!) }
+                    [always, never].allSatisfy { b in
+                        !FileManager.default.fileExists(atPath: "/proc/\(b.pid!)/status") || isZombie(b.pid!)
+                    }
                 })
             for m in d.mounts() { try Mounts.unmount(m) }
             #expect(d.mounts().isEmpty)
@@ -97,7 +103,8 @@ import VivariumTestSupport
 }
 
 func isZombie(_ pid: Int32) -> Bool {
-    guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let rp = s.lastIndex(of: ")") else {
+    guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let rp = s.lastIndex(of: ")")
+    else {
         return true
     }
     return s[s.index(rp, offsetBy: 2)] == "Z"
