@@ -25,7 +25,7 @@ extension Engine {
         let token = randomHex(bytes: 8)
         let processFile = "\(r.bundle)/exec/\(token).json"
         let pidFile = "\(r.bundle)/exec/\(token).pid"
-        try FileSystem.writeAtomically(try JSONEncoder().encode(process), to: processFile)
+        try FileSystem.writeAtomically(try JSONEncoder().encode(process), to: processFile, durable: false)
         defer {
             unlink(processFile)
             unlink(pidFile)

@@ -24,6 +24,8 @@ public final class Engine: Sendable {
     let swapAccounting: Bool
 
     public init(config: EngineConfiguration, store: any Store, runtime: any OCIRuntime, logger: Logger) throws {
+        var config = config
+        config.initBinary = try Self.installInit(config)
         self.config = config
         self.store = store
         self.runtime = runtime
@@ -40,6 +42,21 @@ public final class Engine: Sendable {
         case .unified: swapAccounting = FileSystem.exists("/sys/fs/cgroup/cgroup.controllers")
         case .legacy, .hybrid: swapAccounting = FileSystem.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
         }
+    }
+
+    /// Copies the init into the state directory (read-only, reachable by every sandbox's id range), so
+    /// that sandboxes never depend on where the binary was built or installed, nor on it staying put.
+    static func installInit(_ config: EngineConfiguration) throws -> String {
+        let dir = config.stateDir + "/init"
+        try FileSystem.makeDirectory(dir, mode: 0o711)
+        let dest = dir + "/vivarium-init"
+        guard let data = FileManager.default.contents(atPath: config.initBinary) else {
+            throw VivariumError(.unavailable, "cannot read the init binary at \(config.initBinary)")
+        }
+        if FileManager.default.contents(atPath: dest) != data {
+            try FileSystem.writeAtomically(data, to: dest, mode: 0o555)
+        }
+        return dest
     }
 
     /// Sandboxes run as unprivileged host ids; crun, inside their user namespace, must reach the bundle.
@@ -243,7 +260,7 @@ public final class Engine: Sendable {
             limits: r.spec.limits, env: r.spec.env, cgroupsPath: r.cgroupPath, initBinary: config.initBinary,
             swapAccounting: swapAccounting
         ).build()
-        try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: r.bundle + "/config.json")
+        try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: r.bundle + "/config.json", durable: false)
         try await runtime.create(id: r.id.rawValue, bundle: r.bundle)
         guard let state = try await runtime.state(id: r.id.rawValue), state.pid > 0 else {
             throw VivariumError(.runtimeFailure, "crun created no init process")

@@ -13,8 +13,10 @@ public enum FileSystem {
         if let (u, g) = owner, chown(path, u, g) != 0 { throw posixError("chown \(path)") }
     }
 
-    /// Writes a file atomically (temp file, fsync, rename) with the given mode.
-    public static func writeAtomically(_ data: Data, to path: String, mode: mode_t = 0o600) throws {
+    /// Writes a file atomically (temp file, fsync unless `durable` is false, rename) with the given mode.
+    /// Files that are rebuilt after a crash anyway (bundles, exec process specs) skip the fsync.
+    public static func writeAtomically(_ data: Data, to path: String, mode: mode_t = 0o600, durable: Bool = true) throws
+    {
         let tmp = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
         guard fd >= 0 else { throw posixError("create \(tmp)") }
@@ -31,7 +33,7 @@ public enum FileSystem {
                 off += n
             }
         }
-        if ok { ok = fsync(fd) == 0 }
+        if ok && durable { ok = fsync(fd) == 0 }
         close(fd)
         guard ok, rename(tmp, path) == 0 else {
             unlink(tmp)

@@ -105,7 +105,7 @@ do {
             hostname: "raw", rootfs: b + "/rootfs", readOnly: false, hostUIDBase: base, limits: .default, env: [:],
             cgroupsPath: "/\(cgroupParent)/raw\(i)", initBinary: Paths.initBinary, swapAccounting: swap
         ).build()
-        try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: b + "/config.json")
+        try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: b + "/config.json", durable: false)
         try await crun.create(id: "raw\(i)", bundle: b)
         try await crun.start(id: "raw\(i)")
     }

@@ -30,7 +30,8 @@ import VivariumTestSupport
             let capEff = UInt64(field("CapEff") ?? "", radix: 16)
             #expect(capEff == allowed)
             #expect(UInt64(field("CapBnd") ?? "", radix: 16) == allowed)
-            for forbidden in [21, 12, 19, 16, 2, 13] {  // SYS_ADMIN NET_ADMIN SYS_PTRACE SYS_MODULE DAC_READ_SEARCH NET_RAW
+            // SYS_ADMIN, NET_ADMIN, SYS_PTRACE, SYS_MODULE, DAC_READ_SEARCH, NET_RAW
+            for forbidden in [21, 12, 19, 16, 2, 13] {
                 #expect((capEff ?? 0) & (1 << UInt64(forbidden)) == 0)
             }
 
