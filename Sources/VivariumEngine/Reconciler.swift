@@ -126,6 +126,38 @@ extension Engine {
     }
 }
 
+extension Engine {
+    /// Catches drift the init watches could miss: a running record whose init is gone is handled as an
+    /// unexpected exit (restart under `always`, else stopped).
+    public func checkDrift() async {
+        for r in (try? store.allSandboxes()) ?? [] {
+            guard case .running(let pid) = r.state, !Self.processAlive(pid),
+                !stopping.withLock({ $0.contains(r.id) })
+            else { continue }
+            await initExited(r.id, pid: pid, status: nil)
+        }
+    }
+}
+
+/// The reconciler after start: a drift check on an interval.
+public struct ReconcilerService: Service {
+    let engine: Engine
+    let interval: Duration
+    public init(engine: Engine, interval: Duration = .seconds(30)) {
+        self.engine = engine
+        self.interval = interval
+    }
+
+    public func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await gracefulShutdownOrCancel { try await Task.sleep(for: interval) }
+            } catch { return }
+            await engine.checkDrift()
+        }
+    }
+}
+
 /// Deletes expired sandboxes on an interval.
 public struct TTLSweeper: Service {
     let engine: Engine

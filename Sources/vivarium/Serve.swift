@@ -86,7 +86,10 @@ struct Serve: AsyncParsableCommand {
             logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: app), .init(service: TTLSweeper(engine: engine))],
+                services: [
+                    .init(service: app), .init(service: TTLSweeper(engine: engine)),
+                    .init(service: ReconcilerService(engine: engine)),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()
