@@ -6,10 +6,11 @@
  *   vivarium-init                 PID 1 of a persistent box: reaps zombies, exits on SIGTERM/SIGINT
  *                                 (the kernel then kills the rest of the PID namespace).
  *   vivarium-init -- CMD ARG...   PID 1 running CMD: reaps zombies, forwards signals, exits with CMD.
- *   vivarium-init -x -- CMD ...   exec wrapper: a child subreaper around CMD. Exits with CMD's status
- *                                 when CMD exits. On SIGTERM/SIGINT/SIGHUP it SIGKILLs every process
- *                                 CMD started (orphans are reparented to the wrapper, so none escape)
- *                                 and exits 137.
+ *   vivarium-init -x [-t MS] -- CMD ...
+ *                                 exec wrapper: a child subreaper around CMD. Exits with CMD's status
+ *                                 when CMD exits. When MS milliseconds have passed, or on
+ *                                 SIGTERM/SIGINT/SIGHUP, it SIGKILLs every process CMD started
+ *                                 (orphans are reparented to the wrapper, so none escape) and exits 137.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -20,6 +21,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static int exit_status(int status) {
@@ -71,9 +73,19 @@ static void kill_all_children(void) {
 int main(int argc, char **argv) {
     int exec_mode = 0;
     int argi = 1;
+    long timeout_ms = -1;
     if (argi < argc && strcmp(argv[argi], "-x") == 0) {
         exec_mode = 1;
         argi++;
+    }
+    if (exec_mode && argi + 1 < argc && strcmp(argv[argi], "-t") == 0) {
+        char *end = NULL;
+        timeout_ms = strtol(argv[argi + 1], &end, 10);
+        if (!end || *end != 0 || timeout_ms <= 0) {
+            fprintf(stderr, "vivarium-init: -t needs a positive number of milliseconds\n");
+            return 2;
+        }
+        argi += 2;
     }
     if (argi < argc && strcmp(argv[argi], "--") == 0) argi++;
     char **cmd = argi < argc ? &argv[argi] : NULL;
@@ -101,9 +113,35 @@ int main(int argc, char **argv) {
         return 2;
     }
 
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
     for (;;) {
         siginfo_t info;
-        int sig = sigwaitinfo(&set, &info);
+        int sig;
+        if (timeout_ms > 0) {
+            struct timespec now, left;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            left.tv_sec = deadline.tv_sec - now.tv_sec;
+            left.tv_nsec = deadline.tv_nsec - now.tv_nsec;
+            if (left.tv_nsec < 0) {
+                left.tv_sec--;
+                left.tv_nsec += 1000000000L;
+            }
+            if (left.tv_sec < 0) {
+                kill_all_children();
+                return 137;
+            }
+            sig = sigtimedwait(&set, &info, &left);
+            if (sig < 0 && errno == EAGAIN) continue;
+        } else {
+            sig = sigwaitinfo(&set, &info);
+        }
         if (sig < 0) continue;
         if (sig == SIGCHLD) {
             int status;

@@ -52,7 +52,7 @@ public enum API {
             return try json(try await engine.create(tenant: tenant, body), status: .created)
         }
         sandboxes.get(":name") { _, ctx in
-            try json(try engine.get(tenant: tenant, name: try ctx.parameters.require("name")))
+            try json(try await engine.get(tenant: tenant, name: try ctx.parameters.require("name")))
         }
         sandboxes.delete(":name") { req, ctx in
             let force = try flag(req, "force")

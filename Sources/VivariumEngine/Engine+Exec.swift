@@ -20,7 +20,8 @@ extension Engine {
         for (k, v) in req.env ?? [:] { env[k] = v }
         if uid != 0 && env["HOME"] == nil { env["HOME"] = "/" }
         let process = HardenedSpec.process(
-            args: [HardenedSpec.initPath, "-x", "--"] + argv, env: env, cwd: req.workdir ?? "/", uid: uid, gid: uid)
+            args: [HardenedSpec.initPath, "-x", "-t", String(Int64(timeout * 1000)), "--"] + argv, env: env,
+            cwd: req.workdir ?? "/", uid: uid, gid: uid)
 
         let token = randomHex(bytes: 8)
         let processFile = "\(r.bundle)/exec/\(token).json"
@@ -38,16 +39,21 @@ extension Engine {
         ) { crunProcess in
             timer.set(
                 Task {
-                    guard (try? await Task.sleep(for: .milliseconds(Int64(timeout * 1000)))) != nil else { return }
+                    // The wrapper enforces the deadline itself (-t). This is the backstop for a wrapper
+                    // that did not: signal it directly, then end crun.
+                    let backstop = Int64(timeout * 1000) + 2000
+                    guard (try? await Task.sleep(for: .milliseconds(backstop))) != nil else { return }
                     timedOut.set()
-                    Self.terminateExec(pidFile: pidFile)
-                    // The wrapper kills the command's tree and exits; crun follows. If crun lingers, end it.
+                    for _ in 0..<20 where !Self.terminateExec(pidFile: pidFile) {
+                        guard (try? await Task.sleep(for: .milliseconds(100))) != nil else { return }
+                    }
                     guard (try? await Task.sleep(for: .seconds(5))) != nil else { return }
                     crunProcess.signal(SIGKILL)
                 })
         }
         timer.cancel()
         let elapsed = ContinuousClock.now - started
+        if out.status.code == 137 && elapsed >= .milliseconds(Int64(timeout * 1000)) { timedOut.set() }
         return ExecResult(
             exitCode: out.status.code, stdout: Data(out.stdout), stderr: Data(out.stderr),
             stdoutTruncated: out.stdoutTruncated, stderrTruncated: out.stderrTruncated,
@@ -56,11 +62,12 @@ extension Engine {
     }
 
     /// Signals the exec wrapper (host pid from crun's pid file) through a pidfd.
-    static func terminateExec(pidFile: String) {
+    @discardableResult
+    static func terminateExec(pidFile: String) -> Bool {
         guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
             let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
-        else { return }
-        Reaper.shared.signal(pid: pid, SIGTERM)
+        else { return false }
+        return Reaper.shared.signal(pid: pid, SIGTERM)
     }
 
     static func validate(_ req: ExecRequest) throws -> [String] {

@@ -33,7 +33,7 @@ extension Engine {
         try await locks.withLock("image:\(tenant)/\(n)") { [self] in
             let rec = try store.deleteImage(tenant: tenant, name: n)
             if try !store.imageRootfsInUse(rec.rootfs) {
-                try images.remove(manifest: rec.digest)
+                try await images.remove(manifest: rec.digest)
             }
             logger.info("image removed", metadata: ["image": "\(n)"])
         }
@@ -44,10 +44,15 @@ extension Engine {
         guard try store.image(tenant: Self.defaultTenant, name: Self.defaultImage) == nil else { return }
         let dir = config.imagesDir + "/tmp/base-" + randomHex(bytes: 6)
         try FileSystem.makeDirectory(dir, mode: 0o755)
-        defer { try? FileSystem.removeTree(dir) }
-        try await ImageStore.buildBusyboxRootfs(at: dir, busybox: config.busybox)
-        _ = try await importImage(
-            tenant: Self.defaultTenant, ImportImageRequest(path: dir, name: Self.defaultImage.rawValue))
+        do {
+            try await ImageStore.buildBusyboxRootfs(at: dir, busybox: config.busybox)
+            _ = try await importImage(
+                tenant: Self.defaultTenant, ImportImageRequest(path: dir, name: Self.defaultImage.rawValue))
+        } catch {
+            try? await FileSystem.removeTree(dir)
+            throw error
+        }
+        try await FileSystem.removeTree(dir)
     }
 
     static func imageInfo(_ r: ImageRecord) -> ImageInfo {

@@ -39,8 +39,15 @@ public final class Engine: Sendable {
         try Self.checkTraversable(config.sandboxesDir)
         self.images = try ImageStore(root: config.imagesDir, logger: logger)
         switch config.cgroupMode {
-        case .unified: swapAccounting = FileSystem.exists("/sys/fs/cgroup/cgroup.controllers")
-        case .legacy, .hybrid: swapAccounting = FileSystem.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+        case .unified:
+            // memory.swap.max exists in non-root cgroups when the kernel accounts swap.
+            let children = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []
+            swapAccounting = children.contains { FileSystem.exists("/sys/fs/cgroup/\($0)/memory.swap.max") }
+        case .legacy, .hybrid:
+            swapAccounting = FileSystem.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+        }
+        if !swapAccounting {
+            logger.warning("swap is not accounted on this host: sandboxes get swappiness 0 instead of a swap limit")
         }
     }
 
@@ -129,8 +136,14 @@ public final class Engine: Sendable {
                 return info(r)
             } catch {
                 logger.warning("create failed, rolling back", metadata: ["sandbox": "\(name)", "error": "\(error)"])
-                await destroyHost(record)
-                try? store.deleteSandbox(id)
+                do {
+                    try await destroyHost(record)
+                    try store.deleteSandbox(id)
+                } catch {
+                    // Keep the record (and its uid slot) until the host is clean: the reconciler retries.
+                    try? store.updateState(id, .deleting)
+                    logger.error("rollback incomplete", metadata: ["sandbox": "\(name)", "error": "\(error)"])
+                }
                 throw VivariumError.wrap(error, .runtimeFailure, "create failed")
             }
         }
@@ -145,10 +158,10 @@ public final class Engine: Sendable {
         return Page(items: Array(items), nextCursor: next)
     }
 
-    public func get(tenant: String, name: String) throws -> SandboxInfo {
+    public func get(tenant: String, name: String) async throws -> SandboxInfo {
         let r = try record(tenant: tenant, name: name)
         var i = info(r)
-        i.diskUsageBytes = FileSystem.diskUsage(r.upperDir)
+        i.diskUsageBytes = await FileSystem.diskUsage(r.upperDir)
         return i
     }
 
@@ -158,7 +171,13 @@ public final class Engine: Sendable {
             var r = try record(tenant: tenant, name: name)
             if case .running = r.state { return info(r) }
             try r.state.requireStopped()
-            let pid = try await boot(r)
+            let pid: Int32
+            do {
+                pid = try await boot(r)
+            } catch {
+                try? await releaseHost(r)
+                throw error
+            }
             try store.updateState(r.id, .running(pid: pid))
             r.state = .running(pid: pid)
             logger.info("sandbox started", metadata: ["sandbox": "\(n)", "pid": "\(pid)"])
@@ -199,7 +218,7 @@ public final class Engine: Sendable {
         stopping.withLock { _ = $0.insert(r.id) }
         defer { stopping.withLock { _ = $0.remove(r.id) } }
         if case .running = r.state { try? await halt(r, grace: .seconds(2)) }
-        await destroyHost(r)
+        try await destroyHost(r)
         try store.deleteSandbox(r.id)
     }
 
@@ -236,7 +255,9 @@ public final class Engine: Sendable {
 
     func prepareDirectories(_ r: SandboxRecord) throws {
         let base = hostUIDBase(r)
-        try FileSystem.makeDirectory(r.bundle, mode: 0o711)
+        // Only root and the sandbox's own id range may enter its bundle: the upper dir and the mounted
+        // root inside hold the tenant's files.
+        try FileSystem.makeDirectory(r.bundle, mode: 0o710, owner: (0, gid_t(base)))
         try FileSystem.makeDirectory(r.lowerMount, mode: 0o755)
         try FileSystem.makeDirectory(r.rootfsMount, mode: 0o755)
         try FileSystem.makeDirectory(r.upperDir, mode: 0o755, owner: (uid_t(base), gid_t(base)))
@@ -265,7 +286,9 @@ public final class Engine: Sendable {
         guard let state = try await runtime.state(id: r.id.rawValue), state.pid > 0 else {
             throw VivariumError(.runtimeFailure, "crun created no init process")
         }
-        watchInit(r.id, pid: state.pid)
+        guard watchInit(r.id, pid: state.pid) else {
+            throw VivariumError(.runtimeFailure, "cannot watch the sandbox's init (out of file descriptors?)")
+        }
         try await runtime.start(id: r.id.rawValue)
         return state.pid
     }
@@ -295,50 +318,51 @@ public final class Engine: Sendable {
         try Mounts.unmountAll(under: r.bundle)
     }
 
-    /// Best effort: everything a sandbox holds on the host is gone afterwards, or logged.
-    func destroyHost(_ r: SandboxRecord) async {
-        do {
-            try await releaseHost(r)
-            try FileSystem.removeTree(r.bundle)
-        } catch {
-            logger.error("teardown incomplete", metadata: ["id": "\(r.id)", "error": "\(error)"])
-        }
+    /// Removes everything a sandbox holds on the host: crun container, cgroup, mounts, bundle.
+    func destroyHost(_ r: SandboxRecord) async throws {
+        try await releaseHost(r)
+        try await FileSystem.removeTree(r.bundle)
     }
 
     /// Watches a sandbox's init: an exit nobody asked for stops the sandbox, or restarts it under
     /// `restart: always`.
-    func watchInit(_ id: SandboxID, pid: Int32) {
-        Reaper.shared.watch(pid: pid) { [self] status in
+    @discardableResult
+    func watchInit(_ id: SandboxID, pid: Int32) -> Bool {
+        let ok = Reaper.shared.watch(pid: pid) { [self] status in
             guard !stopping.withLock({ $0.contains(id) }) else { return }
             Task { await self.initExited(id, pid: pid, status: status) }
         }
+        if !ok { logger.error("cannot watch sandbox init", metadata: ["id": "\(id)", "pid": "\(pid)"]) }
+        return ok
     }
 
+    /// An init exit nobody asked for. The pid is compared under the sandbox's lock: a create or start
+    /// in progress records the pid before this runs.
     func initExited(_ id: SandboxID, pid: Int32, status: ExitStatus?) async {
-        guard let r = try? store.sandbox(id: id), r.state.pid == pid else { return }
-        logger.warning(
-            "sandbox init exited",
-            metadata: ["sandbox": "\(r.name)", "status": "\(status.map { "\($0)" } ?? "unknown")"])
+        guard let r = try? store.sandbox(id: id) else { return }
         _ = try? await locks.withLock("\(r.tenant)/\(r.name)") { [self] in
             guard let cur = try store.sandbox(id: id), cur.state.pid == pid else { return }
+            logger.warning(
+                "sandbox init exited",
+                metadata: ["sandbox": "\(cur.name)", "status": "\(status.map { "\($0)" } ?? "unknown")"])
             try await releaseHost(cur)
-            if cur.spec.restart == .always {
+            guard cur.spec.restart == .always else { return try store.updateState(id, .stopped) }
+            do {
                 let newPid = try await boot(cur)
                 try store.updateState(id, .running(pid: newPid))
                 logger.info("sandbox restarted", metadata: ["sandbox": "\(cur.name)", "pid": "\(newPid)"])
-            } else {
+            } catch {
+                try? await releaseHost(cur)
                 try store.updateState(id, .stopped)
+                logger.error("restart failed", metadata: ["sandbox": "\(cur.name)", "error": "\(error)"])
             }
         }
     }
 
     /// True when `pid` exists and is not a zombie.
     static func processAlive(_ pid: Int32) -> Bool {
-        guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let rp = stat.lastIndex(of: ")")
-        else { return false }
-        let rest = stat[stat.index(rp, offsetBy: 2)...]
-        return rest.first != "Z" && rest.first != "X"
+        guard let st = processState(pid) else { return false }
+        return st != "Z" && st != "X"
     }
 }
 

@@ -55,7 +55,9 @@ public struct EngineConfiguration: Sendable {
     public var crunRoot: String { stateDir + "/run/crun" }
     public var sandboxesDir: String { stateDir + "/sandboxes" }
     public var imagesDir: String { stateDir + "/images" }
-    public var databasePath: String { stateDir + "/vivarium.db" }
+    /// In a 0700 directory: the database holds every sandbox's environment.
+    public var databaseDir: String { stateDir + "/db" }
+    public var databasePath: String { databaseDir + "/vivarium.db" }
     public var cgroupParent: String { "vivarium-" + instance }
 
     public func validate() throws {

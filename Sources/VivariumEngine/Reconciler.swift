@@ -32,7 +32,7 @@ extension Engine {
             do {
                 switch r.state {
                 case .creating, .deleting:
-                    await destroyHost(r)
+                    try await destroyHost(r)
                     try store.deleteSandbox(r.id)
                     report.rolledBack += 1
                     logger.notice("rolled back an unfinished \(r.state.name)", metadata: ["sandbox": "\(r.name)"])
@@ -63,16 +63,18 @@ extension Engine {
                 logger.error("reconcile failed for sandbox", metadata: ["sandbox": "\(r.name)", "error": "\(error)"])
             }
         }
-        report.orphansRemoved = await removeOrphans(
-            known: Set(records.map(\.id.rawValue)), containers: Array(containers.keys))
+        report.orphansRemoved = await removeOrphans(containers: Array(containers.keys))
         report.expired = await sweepExpired()
         return report
     }
 
-    func removeOrphans(known: Set<String>, containers: [String]) async -> Int {
+    /// Everything of this instance on the host that no record owns: crun containers, bundles (with
+    /// their mounts) and cgroups. Records are read after the per-record pass, so rolled-back ones count
+    /// as gone.
+    func removeOrphans(containers: [String]) async -> Int {
         var removed = 0
         guard let current = try? store.allSandboxes() else { return 0 }
-        let live = Set(current.map(\.id.rawValue)).union(known)
+        let live = Set(current.map(\.id.rawValue))
         for id in containers where !live.contains(id) {
             if (try? await runtime.delete(id: id, force: true)) != nil { removed += 1 }
         }
@@ -81,7 +83,7 @@ extension Engine {
             let dir = config.sandboxesDir + "/" + e
             do {
                 try Mounts.unmountAll(under: dir)
-                try FileSystem.removeTree(dir)
+                try await FileSystem.removeTree(dir)
                 removed += 1
             } catch {
                 logger.error("cannot remove orphan", metadata: ["path": "\(dir)", "error": "\(error)"])
@@ -130,11 +132,19 @@ extension Engine {
     /// Catches drift the init watches could miss: a running record whose init is gone is handled as an
     /// unexpected exit (restart under `always`, else stopped).
     public func checkDrift() async {
+        Reaper.shared.reapStrays()
         for r in (try? store.allSandboxes()) ?? [] {
-            guard case .running(let pid) = r.state, !Self.processAlive(pid),
-                !stopping.withLock({ $0.contains(r.id) })
-            else { continue }
-            await initExited(r.id, pid: pid, status: nil)
+            switch r.state {
+            case .running(let pid) where !Self.processAlive(pid) && !stopping.withLock({ $0.contains(r.id) }):
+                await initExited(r.id, pid: pid, status: nil)
+            case .deleting:
+                // A delete or rollback whose teardown failed: retry it.
+                _ = try? await locks.withLock("\(r.tenant)/\(r.name)") { [self] in
+                    guard let cur = try store.sandbox(id: r.id), case .deleting = cur.state else { return }
+                    try await remove(cur)
+                }
+            default: continue
+            }
         }
     }
 }

@@ -41,10 +41,20 @@ public struct ImageStore: Sendable {
         }
         let work = "\(root)/tmp/import-\(randomHex(bytes: 8))"
         try FileSystem.makeDirectory(work, mode: 0o700)
-        defer { try? FileSystem.removeTree(work) }
+        do {
+            let imported = try await importRootfs(from: path, isDirectory: isDir.boolValue, work: work)
+            try await FileSystem.removeTree(work)
+            return imported
+        } catch {
+            try? await FileSystem.removeTree(work)
+            throw error
+        }
+    }
+
+    func importRootfs(from path: String, isDirectory: Bool, work: String) async throws -> Imported {
 
         let layerTmp = work + "/layer.tar"
-        if isDir.boolValue {
+        if isDirectory {
             try await tar([
                 "--create", "--file", layerTmp, "--numeric-owner", "--xattrs", "--sort=name", "-C", path, ".",
             ])
@@ -59,7 +69,7 @@ public struct ImageStore: Sendable {
             "--extract", "--file", layerTmp, "--numeric-owner", "--same-permissions", "--xattrs",
             "--no-overwrite-dir", "-C", unpacked,
         ])
-        let diffID = isDir.boolValue ? layerDigest : try await uncompressedDigest(layerTmp)
+        let diffID = isDirectory ? layerDigest : try await uncompressedDigest(layerTmp)
 
         let config: [String: Any] = [
             "architecture": Self.architecture, "os": "linux",
@@ -93,13 +103,13 @@ public struct ImageStore: Sendable {
             _ = chmod(unpacked, 0o755)
             guard rename(unpacked, final) == 0 else { throw VivariumError(.internalError, "cannot place \(final)") }
         }
-        let size = FileSystem.diskUsage(final)
+        let size = await FileSystem.diskUsage(final)
         logger.info("imported image", metadata: ["digest": "\(manifestDigest)", "bytes": "\(size)"])
         return Imported(digest: manifestDigest, rootfs: final, sizeBytes: size)
     }
 
     /// Removes the unpacked root and blobs of a manifest (its caller checked nothing uses them).
-    public func remove(manifest: Digest) throws {
+    public func remove(manifest: Digest) async throws {
         let path = rootfsPath(manifest)
         if let data = FileManager.default.contents(atPath: blobPath(manifest)),
             let m = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
@@ -110,7 +120,7 @@ public struct ImageStore: Sendable {
             for d in digests.compactMap(Digest.init(rawValue:)) { unlink(blobPath(d)) }
         }
         unlink(blobPath(manifest))
-        try FileSystem.removeTree(path)
+        try await FileSystem.removeTree(path)
     }
 
     func storeBlob(file: String, digest: Digest) throws {

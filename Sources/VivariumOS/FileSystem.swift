@@ -42,18 +42,27 @@ public enum FileSystem {
     }
 
     /// Removes a tree. Refuses while anything is mounted at or below it, so that a forgotten mount
-    /// can never lead the removal into an image or a host directory.
-    public static func removeTree(_ path: String) throws {
+    /// can never lead the removal into an image or a host directory. GNU rm walks with openat and never
+    /// follows a symbolic link, so a sandbox swapping a directory for a link mid-way cannot redirect it,
+    /// and it handles trees of any depth.
+    public static func removeTree(_ path: String) async throws {
         guard exists(path) else { return }
         let mounted = Mounts.mounts(under: path)
         guard mounted.isEmpty else {
             throw VivariumError(.internalError, "refusing to remove \(path): \(mounted[0]) is mounted")
         }
-        do {
-            try FileManager.default.removeItem(atPath: path)
-        } catch {
-            if exists(path) { throw VivariumError(.internalError, "remove \(path)", cause: error) }
+        let out = try await Reaper.shared.run(
+            Command("/bin/rm", ["-rf", "--one-file-system", "--", path], outputLimit: 4096))
+        guard out.status == .exited(0), !exists(path) else {
+            throw VivariumError(.internalError, "cannot remove \(path): \(out.stderrString.prefix(300))")
         }
+    }
+
+    /// The canonical absolute form of an existing path (symbolic links, `.`, `..` and `//` resolved).
+    public static func canonical(_ path: String) throws -> String {
+        guard let p = realpath(path, nil) else { throw posixError("realpath \(path)") }
+        defer { free(p) }
+        return String(cString: p)
     }
 
     public static func exists(_ path: String) -> Bool {
@@ -62,13 +71,22 @@ public enum FileSystem {
     }
 
     /// Bytes allocated by the files below `path` (st_blocks), without following links or crossing
-    /// into other file systems.
-    public static func diskUsage(_ path: String) -> Int64 {
+    /// into other file systems. Walks on a dispatch thread, not on the cooperative pool, and stops
+    /// after `maxEntries` entries (the figure is then a lower bound).
+    public static func diskUsage(_ path: String, maxEntries: Int = 1_000_000) async -> Int64 {
+        await withCheckedContinuation { c in
+            DispatchQueue.global().async { c.resume(returning: diskUsageSync(path, maxEntries: maxEntries)) }
+        }
+    }
+
+    static func diskUsageSync(_ path: String, maxEntries: Int) -> Int64 {
         var root = stat()
         guard lstat(path, &root) == 0 else { return 0 }
         var total: Int64 = Int64(root.st_blocks) * 512
         guard let en = FileManager.default.enumerator(atPath: path) else { return total }
-        while let rel = en.nextObject() as? String {
+        var seen = 0
+        while let rel = en.nextObject() as? String, seen < maxEntries {
+            seen += 1
             var st = stat()
             guard lstat(path + "/" + rel, &st) == 0 else { continue }
             if st.st_dev != root.st_dev {

@@ -52,7 +52,7 @@ public enum Mounts {
 
     public static func overlay(lower: String, upper: String, work: String, target: String) throws {
         let data = "lowerdir=\(lower),upperdir=\(upper),workdir=\(work)"
-        let rc = vv_mount("overlay", target, "overlay", UInt(MS_NODEV), data)
+        let rc = vv_mount("overlay", target, "overlay", UInt(MS_NODEV) | UInt(MS_NOSUID), data)
         guard rc == 0 else { throw posixError("overlay mount on \(target)", -rc) }
     }
 

@@ -79,39 +79,58 @@ public final class RunningProcess: Sendable {
 
 /// The single reaper of the daemon: one thread with epoll over the pidfds and output pipes of every
 /// child it spawned, and the pidfds of watched processes (sandbox inits). It never calls
-/// `waitpid(-1)`: each child is reaped through its own pidfd.
+/// `waitpid(-1)`: each child is reaped through its own pidfd. Every registered fd gets a token that is
+/// never reused, so a stale event for a closed (and reused) fd number can never reach a new owner.
 public final class Reaper: Sendable {
     public static let shared = Reaper()
 
+    /// Reads of 64 KiB per pipe per wakeup: a sandbox flooding a pipe cannot monopolise the thread.
+    static let readBudget = 16
+
+    private enum Role {
+        case pidfd
+        case pipe(Int)  // 0 stdout, 1 stderr
+    }
+
+    private struct Registration {
+        let fd: Int32
+        let slot: UInt64
+        let role: Role
+    }
+
     private enum Slot {
         case process(ProcessState)
-        case watch(pidfd: Int32, onExit: @Sendable (ExitStatus?) -> Void)
+        case watch(pid: Int32, onExit: @Sendable (ExitStatus?) -> Void)
     }
 
     // Mutated only on the reaper thread once registered.
     private final class ProcessState: @unchecked Sendable {
         let handle: RunningProcess
-        var fds: [Int32: Int]  // pipe fd → 0 stdout, 1 stderr
+        var pipes: [UInt64: Int32] = [:]  // token → fd
+        var pidfdToken: UInt64 = 0
         var out: [[UInt8]] = [[], []]
         var truncated = [false, false]
         let limit: Int
         var status: ExitStatus?
         let continuation: CheckedContinuation<ProcessOutput, Never>
-        init(
-            handle: RunningProcess, fds: [Int32: Int], limit: Int,
-            continuation: CheckedContinuation<ProcessOutput, Never>
-        ) {
+        init(handle: RunningProcess, limit: Int, continuation: CheckedContinuation<ProcessOutput, Never>) {
             self.handle = handle
-            self.fds = fds
             self.limit = limit
             self.continuation = continuation
         }
     }
 
     private struct State: ~Copyable {
-        var slots: [UInt64: Slot] = [:]  // key: fd (pidfd or pipe) → slot
-        var ownerOfFd: [Int32: UInt64] = [:]
-        var nextKey: UInt64 = 1
+        var slots: [UInt64: Slot] = [:]
+        var registrations: [UInt64: Registration] = [:]
+        /// Pids with a registration: the stray sweep leaves them alone.
+        var pids: Set<Int32> = []
+        var next: UInt64 = 1
+
+        mutating func token() -> UInt64 {
+            defer { next += 1 }
+            return next
+        }
     }
 
     private let epfd: Int32
@@ -124,6 +143,7 @@ public final class Reaper: Sendable {
         precondition(epfd >= 0 && wake >= 0, "epoll/eventfd unavailable")
         _ = vv_epoll_add(epfd, wake, 0)
         let t = Thread { [self] in self.loop() }
+        t.name = "vivarium-reaper"
         t.start()
     }
 
@@ -157,38 +177,65 @@ public final class Reaper: Sendable {
         let handle = RunningProcess(pid: spawned.0, pidfd: spawned.1)
         started(handle)
         let output = await withCheckedContinuation { (cont: CheckedContinuation<ProcessOutput, Never>) in
-            let ps = ProcessState(
-                handle: handle, fds: [outPipe[0]: 0, errPipe[0]: 1], limit: command.outputLimit, continuation: cont)
-            state.withLock { s in
-                let k = s.nextKey
-                s.nextKey += 1
-                s.slots[k] = .process(ps)
-                s.ownerOfFd[handle.pidfd] = k
-                s.ownerOfFd[outPipe[0]] = k
-                s.ownerOfFd[errPipe[0]] = k
+            let ps = ProcessState(handle: handle, limit: command.outputLimit, continuation: cont)
+            let regs = state.withLock { s -> [(Int32, UInt64)] in
+                let slot = s.token()
+                s.slots[slot] = .process(ps)
+                s.pids.insert(handle.pid)
+                var regs: [(Int32, UInt64)] = []
+                for (fd, role) in [(handle.pidfd, Role.pidfd), (outPipe[0], .pipe(0)), (errPipe[0], .pipe(1))] {
+                    let t = s.token()
+                    s.registrations[t] = Registration(fd: fd, slot: slot, role: role)
+                    if case .pidfd = role { ps.pidfdToken = t } else { ps.pipes[t] = fd }
+                    regs.append((fd, t))
+                }
+                return regs
             }
-            for fd in [handle.pidfd, outPipe[0], errPipe[0]] {
-                _ = vv_epoll_add(epfd, fd, UInt64(UInt32(bitPattern: fd)))
-            }
+            for (fd, t) in regs { _ = vv_epoll_add(epfd, fd, t) }
         }
         return (handle, output)
     }
 
     /// Watches a process we did not necessarily spawn (a sandbox's init). `onExit` runs once on the
     /// reaper thread when it exits, with its status when it was our child (we are a subreaper).
-    /// Returns false when the process is already gone.
+    /// Returns false when the process is already gone or no pidfd could be opened.
     @discardableResult
     public func watch(pid: Int32, onExit: @escaping @Sendable (ExitStatus?) -> Void) -> Bool {
         let fd = vv_pidfd_open(pid)
         guard fd >= 0 else { return false }
-        state.withLock { s in
-            let k = s.nextKey
-            s.nextKey += 1
-            s.slots[k] = .watch(pidfd: fd, onExit: onExit)
-            s.ownerOfFd[fd] = k
+        let t = state.withLock { s -> UInt64 in
+            let slot = s.token()
+            s.slots[slot] = .watch(pid: pid, onExit: onExit)
+            s.pids.insert(pid)
+            let t = s.token()
+            s.registrations[t] = Registration(fd: fd, slot: slot, role: .pidfd)
+            return t
         }
-        _ = vv_epoll_add(epfd, fd, UInt64(UInt32(bitPattern: fd)))
+        _ = vv_epoll_add(epfd, fd, t)
         return true
+    }
+
+    /// Reaps zombie children nobody registered (a sandbox init whose create failed half-way, an exec
+    /// wrapper orphaned by a killed crun): as a subreaper the daemon inherits them.
+    public func reapStrays() {
+        let me = getpid()
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(me)/task")) ?? []
+        var children: Set<Int32> = []
+        for t in tasks {
+            let text = (try? String(contentsOfFile: "/proc/\(me)/task/\(t)/children", encoding: .utf8)) ?? ""
+            for p in text.split(separator: " ") {
+                if let pid = Int32(p.trimmingCharacters(in: .whitespacesAndNewlines)) { children.insert(pid) }
+            }
+        }
+        let registered = state.withLock { $0.pids }
+        for pid in children.subtracting(registered) where processState(pid) == "Z" {
+            let fd = vv_pidfd_open(pid)
+            guard fd >= 0 else { continue }
+            var code: Int32 = 0
+            var sig: Int32 = 0
+            _ = vv_pidfd_reap(fd, &code, &sig)
+            close(fd)
+        }
     }
 
     private func loop() {
@@ -198,67 +245,73 @@ public final class Reaper: Sendable {
             let n = ready.withUnsafeMutableBufferPointer { vv_epoll_wait(epfd, $0.baseAddress, 64, -1) }
             if n < 0 { continue }
             for i in 0..<Int(n) {
-                let fd = Int32(truncatingIfNeeded: ready[i])
-                if fd == wake {
+                let token = ready[i]
+                if token == 0 {
                     var v: UInt64 = 0
                     _ = read(wake, &v, 8)
                     continue
                 }
-                handle(fd: fd, buffer: &buf)
+                handle(token: token, buffer: &buf)
             }
         }
     }
 
-    private func handle(fd: Int32, buffer: inout [UInt8]) {
-        let slot: (UInt64, Slot)? = state.withLock { s in
-            guard let k = s.ownerOfFd[fd], let slot = s.slots[k] else { return nil }
-            return (k, slot)
+    /// Removes a registration, then closes its fd: the token is gone before the fd number can be reused.
+    private func unregister(_ token: UInt64) {
+        guard let reg = state.withLock({ $0.registrations.removeValue(forKey: token) }) else { return }
+        _ = vv_epoll_del(epfd, reg.fd)
+        close(reg.fd)
+    }
+
+    private func handle(token: UInt64, buffer: inout [UInt8]) {
+        let found: (Registration, Slot)? = state.withLock { s in
+            guard let reg = s.registrations[token], let slot = s.slots[reg.slot] else { return nil }
+            return (reg, slot)
         }
-        guard let (key, slot) = slot else {
-            _ = vv_epoll_del(epfd, fd)
-            return
-        }
+        guard let (reg, slot) = found else { return }  // stale event of a removed registration
         switch slot {
-        case .watch(let pidfd, let onExit):
+        case .watch(let pid, let onExit):
             var code: Int32 = 0
             var sig: Int32 = 0
-            let r = vv_pidfd_reap(pidfd, &code, &sig)
+            let r = vv_pidfd_reap(reg.fd, &code, &sig)
+            // 0: our child and still running (a spurious wakeup). Below 0: not our child (adopted after
+            // a daemon restart); its pidfd polls readable only once it has exited.
+            if r == 0 { return }
             let status: ExitStatus? = r == 1 ? (sig != 0 ? .signaled(code) : .exited(code)) : nil
-            // r != 1: not our child (adopted after a daemon restart); the pidfd still polls readable
-            // once the process exits, which is all a watch needs.
-            _ = vv_epoll_del(epfd, pidfd)
             state.withLock { s in
-                s.slots[key] = nil
-                s.ownerOfFd[pidfd] = nil
+                s.slots[reg.slot] = nil
+                s.pids.remove(pid)
             }
-            close(pidfd)
+            unregister(token)
             onExit(status)
         case .process(let ps):
-            if fd == ps.handle.pidfd {
+            switch reg.role {
+            case .pidfd:
                 var code: Int32 = 0
                 var sig: Int32 = 0
-                let r = vv_pidfd_reap(fd, &code, &sig)
-                if r == 1 {
-                    ps.status = sig != 0 ? .signaled(code) : .exited(code)
-                    ps.handle.done.withLock { $0 = true }
-                    _ = vv_epoll_del(epfd, fd)
-                    // Drain whatever the child left in the pipes, then finish: processes it left behind
-                    // may keep the pipes open, and their later output is not part of this result.
-                    for pfd in ps.fds.keys { drain(pfd, ps, &buffer, final: true) }
-                } else if r < 0 {
-                    ps.status = .exited(255)
-                    _ = vv_epoll_del(epfd, fd)
-                    for pfd in ps.fds.keys { drain(pfd, ps, &buffer, final: true) }
+                let r = vv_pidfd_reap(reg.fd, &code, &sig)
+                if r == 0 { return }
+                ps.status = r == 1 ? (sig != 0 ? .signaled(code) : .exited(code)) : .exited(255)
+                // No signal may go to this pidfd once it is closed.
+                ps.handle.done.withLock { $0 = true }
+                unregister(token)
+                // Take what the child left in the pipes, then finish: processes it left behind may keep
+                // the pipes open, and their later output is not part of this result.
+                for (t, fd) in ps.pipes {
+                    drain(fd, token: t, ps, &buffer)
+                    if ps.pipes[t] != nil {
+                        ps.pipes[t] = nil
+                        unregister(t)
+                    }
                 }
-            } else {
-                drain(fd, ps, &buffer, final: false)
+            case .pipe:
+                drain(reg.fd, token: token, ps, &buffer)
             }
-            if ps.status != nil && ps.fds.isEmpty {
+            if ps.status != nil && ps.pipes.isEmpty {
                 state.withLock { s in
-                    s.slots[key] = nil
-                    s.ownerOfFd[ps.handle.pidfd] = nil
+                    s.slots[reg.slot] = nil
+                    s.pids.remove(ps.handle.pid)
                 }
-                close(ps.handle.pidfd)
                 ps.continuation.resume(
                     returning: ProcessOutput(
                         status: ps.status!, stdout: ps.out[0], stderr: ps.out[1], stdoutTruncated: ps.truncated[0],
@@ -267,9 +320,11 @@ public final class Reaper: Sendable {
         }
     }
 
-    private func drain(_ fd: Int32, _ ps: ProcessState, _ buffer: inout [UInt8], final: Bool) {
-        guard let which = ps.fds[fd] else { return }
-        while true {
+    /// Reads at most `readBudget` chunks; closes the pipe at EOF or error. When the budget runs out
+    /// the pipe stays registered and epoll (level-triggered) calls again.
+    private func drain(_ fd: Int32, token: UInt64, _ ps: ProcessState, _ buffer: inout [UInt8]) {
+        guard let reg = state.withLock({ $0.registrations[token] }), case .pipe(let which) = reg.role else { return }
+        for _ in 0..<Self.readBudget {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n > 0 {
                 let room = ps.limit - ps.out[which].count
@@ -277,14 +332,12 @@ public final class Reaper: Sendable {
                 if n > room { ps.truncated[which] = true }
                 continue
             }
-            if n < 0 && (errno == EAGAIN || errno == EINTR) && !final { return }
             if n < 0 && errno == EINTR { continue }
-            break
+            if n < 0 && errno == EAGAIN { return }
+            ps.pipes[token] = nil  // EOF or error
+            unregister(token)
+            return
         }
-        _ = vv_epoll_del(epfd, fd)
-        close(fd)
-        ps.fds[fd] = nil
-        state.withLock { s in s.ownerOfFd[fd] = nil }
     }
 
     static func spawn(_ command: Command, stdout: Int32, stderr: Int32) throws -> (Int32, Int32) {
@@ -313,7 +366,14 @@ public final class Reaper: Sendable {
         }
         return (pid, pidfd)
     }
+}
 
+/// The state letter of /proc/PID/stat ("R", "S", "Z", …), or nil when the process is gone.
+public func processState(_ pid: Int32) -> Character? {
+    guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let rp = stat.lastIndex(of: ")"), stat.distance(from: rp, to: stat.endIndex) > 2
+    else { return nil }
+    return stat[stat.index(rp, offsetBy: 2)]
 }
 
 /// Makes this process a child subreaper, so that sandbox inits are reparented to the daemon (and

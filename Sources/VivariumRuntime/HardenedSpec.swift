@@ -84,7 +84,9 @@ public struct HardenedSpec: Sendable {
                 namespaces: ["pid", "network", "ipc", "uts", "mount", "user", "cgroup"].map { .init(type: $0) },
                 cgroupsPath: cgroupsPath,
                 resources: .init(
-                    memory: .init(limit: limits.memoryBytes, swap: swapAccounting ? limits.memoryBytes : nil),
+                    memory: .init(
+                        limit: limits.memoryBytes, swap: swapAccounting ? limits.memoryBytes : nil,
+                        swappiness: swapAccounting ? nil : 0),
                     cpu: .init(quota: quota, period: 100_000),
                     pids: .init(limit: limits.pids)),
                 seccomp: Self.seccomp,

@@ -72,6 +72,7 @@ public struct RuntimeSpec: Codable, Sendable {
     public struct Memory: Codable, Sendable {
         public var limit: Int64
         public var swap: Int64?
+        public var swappiness: UInt64?
     }
     public struct CPU: Codable, Sendable {
         public var quota: Int64

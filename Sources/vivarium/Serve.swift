@@ -52,7 +52,11 @@ struct Serve: AsyncParsableCommand {
         guard geteuid() == 0 else { throw VivariumError(.unavailable, "vivarium serve must run as root") }
 
         try FileSystem.makeDirectory(s.stateDir, mode: 0o711)
+        // Mount bookkeeping compares paths with /proc/self/mountinfo: use the canonical form only.
+        var s = s
+        s.stateDir = try FileSystem.canonical(s.stateDir)
         let stateLock = try StateDirLock(directory: s.stateDir)
+        raiseOpenFileLimit()
         let socketLock = try prepareSocketDirectory(s.socket)
 
         let config = EngineConfiguration(
@@ -61,6 +65,7 @@ struct Serve: AsyncParsableCommand {
             stopTimeout: .seconds(s.stopTimeoutSeconds))
         try config.validate()
         try becomeSubreaper()
+        try FileSystem.makeDirectory(config.databaseDir, mode: 0o700)
         let store = try SQLiteStore(path: config.databasePath)
         let runtime = Crun(
             binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger)
@@ -95,6 +100,15 @@ struct Serve: AsyncParsableCommand {
         try await group.run()
         logger.info("stopped; sandboxes keep running and are adopted at the next start")
         withExtendedLifetime((stateLock, socketLock)) {}
+    }
+
+    /// One pidfd per sandbox init and three fds per running child: lift the soft limit to the hard one.
+    static func raiseOpenFileLimit() {
+        var rl = rlimit()
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        guard getrlimit(resource, &rl) == 0, rl.rlim_cur < rl.rlim_max else { return }
+        rl.rlim_cur = rl.rlim_max
+        _ = setrlimit(resource, &rl)
     }
 
     /// The socket lives in a 0700 directory (local root is the administrator) and is guarded by a lock

@@ -71,6 +71,14 @@ import VivariumTestSupport
             _ = try d.create(CreateSandboxRequest(name: "neighbour"))
             let (code, _, _) = try d.sh("writer", "echo secret > /etc/planted && mkdir -p /opt/x && echo y > /opt/x/f")
             #expect(code == 0)
+            // Only root and the sandbox's own range may enter its bundle; the database is root's alone.
+            var bundle = stat()
+            #expect(stat("\(d.stateDir)/sandboxes/\(a.id)", &bundle) == 0)
+            #expect(bundle.st_mode & 0o777 == 0o710)
+            #expect(bundle.st_uid == 0 && Int64(bundle.st_gid) == a.hostUidBase)
+            var db = stat()
+            #expect(stat(d.stateDir + "/db", &db) == 0)
+            #expect(db.st_mode & 0o077 == 0)
             let upperFile = "\(d.stateDir)/sandboxes/\(a.id)/upper/etc/planted"
             var st = stat()
             #expect(stat(upperFile, &st) == 0)
