@@ -81,7 +81,10 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "VivariumCoreTests",
-            dependencies: ["VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumTestSupport"],
+            dependencies: [
+                "VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumEngine",
+                "VivariumTestSupport",
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "VivariumIntegrationTests",

@@ -108,6 +108,7 @@ public final class TestDaemon: @unchecked Sendable {
             "VIVARIUM_STATE_DIR": stateDir, "VIVARIUM_SOCKET": socket, "VIVARIUM_UID_BASE": String(uidBase),
             "VIVARIUM_MAX_SANDBOXES": "16", "VIVARIUM_TTL_SWEEP_SECONDS": "1", "VIVARIUM_STOP_TIMEOUT_SECONDS": "5",
             "VIVARIUM_INIT": Paths.initBinary, "VIVARIUM_LOG_LEVEL": "info",
+            "VIVARIUM_UID_REGISTRY": root + "/uid-ranges.json",
         ]
         for (k, v) in extraEnv { e[k] = v }
         return e

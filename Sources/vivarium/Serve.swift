@@ -64,6 +64,8 @@ struct Serve: AsyncParsableCommand {
             maxSandboxes: s.maxSandboxes, ttlSweepInterval: .seconds(s.ttlSweepSeconds),
             stopTimeout: .seconds(s.stopTimeoutSeconds))
         try config.validate()
+        try UIDRangeRegistry(path: s.uidRegistry).claim(
+            stateDir: config.stateDir, base: config.uidBase, count: Int64(config.maxSandboxes) * 65536)
         try becomeSubreaper()
         try FileSystem.makeDirectory(config.databaseDir, mode: 0o700)
         let store = try SQLiteStore(path: config.databasePath)
@@ -152,7 +154,8 @@ struct ConfigCommand: AsyncParsableCommand {
                     ("crun", s.crun), ("init", s.initBinary), ("busybox", s.busybox),
                     ("uid_base", String(engine.uidBase)), ("max_sandboxes", String(s.maxSandboxes)),
                     ("log_level", s.logLevel), ("stop_timeout_seconds", String(s.stopTimeoutSeconds)),
-                    ("ttl_sweep_seconds", String(s.ttlSweepSeconds)), ("instance", engine.instance),
+                    ("ttl_sweep_seconds", String(s.ttlSweepSeconds)), ("uid_registry", s.uidRegistry),
+                    ("instance", engine.instance),
                     ("cgroup_mode", engine.cgroupMode.rawValue), ("cgroup_parent", engine.cgroupParent),
                     ("crun_root", engine.crunRoot),
                 ]

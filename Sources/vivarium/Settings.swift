@@ -28,12 +28,13 @@ struct Settings: Codable {
     var logLevel = "info"
     var stopTimeoutSeconds = 10
     var ttlSweepSeconds = 2
+    var uidRegistry = "/var/lib/vivarium-uid-ranges.json"
     var configFile: String?
 
     /// Keys accepted in the config file and as VIVARIUM_<KEY> environment variables.
     static let keys = [
         "state_dir", "socket", "crun", "init", "busybox", "uid_base", "max_sandboxes", "log_level",
-        "stop_timeout_seconds", "ttl_sweep_seconds",
+        "stop_timeout_seconds", "ttl_sweep_seconds", "uid_registry",
     ]
 
     static func defaultInit() -> String {
@@ -114,6 +115,7 @@ struct Settings: Codable {
             logLevel = value
         case "stop_timeout_seconds": stopTimeoutSeconds = Int(try int(0...3600))
         case "ttl_sweep_seconds": ttlSweepSeconds = Int(try int(1...3600))
+        case "uid_registry": uidRegistry = try path()
         default: throw VivariumError(.invalidArgument, "unknown setting \(key)")
         }
     }

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VivariumCore
+import VivariumEngine
 import VivariumStore
 
 @Suite struct StoreTests {
@@ -88,5 +89,26 @@ import VivariumStore
             }
             #expect(try s.expiredSandboxes(now: Date()).map(\.name.rawValue) == ["e"])
         }
+    }
+}
+
+@Suite struct UIDRangeRegistryTests {
+    @Test func refusesOverlappingBlocksOfAnotherInstance() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "vivarium-uidreg-\(randomHex(bytes: 6))"
+        ).path
+        try FileManager.default.createDirectory(atPath: dir + "/a", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir + "/b", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let reg = UIDRangeRegistry(path: dir + "/ranges.json")
+        try reg.claim(stateDir: dir + "/a", base: 1 << 28, count: 1 << 20)
+        try reg.claim(stateDir: dir + "/a", base: 1 << 28, count: 1 << 20)  // the same instance again
+        #expect(throws: VivariumError.self) {
+            try reg.claim(stateDir: dir + "/b", base: (1 << 28) + (1 << 19), count: 1 << 20)
+        }
+        try reg.claim(stateDir: dir + "/b", base: (1 << 28) + (1 << 20), count: 1 << 20)
+        // A vanished instance releases its block.
+        try FileManager.default.removeItem(atPath: dir + "/a")
+        try reg.claim(stateDir: dir + "/b", base: 1 << 28, count: 1 << 20)
     }
 }
