@@ -62,7 +62,6 @@ static int spawn_child(void *arg) {
         }
     }
     syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
-    if (a->flags & VV_SPAWN_SETSID) setsid();
     if (a->flags & VV_SPAWN_HIDE_CGROUP2) {
         if (unshare(CLONE_NEWNS) < 0) goto fail;
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) goto fail;

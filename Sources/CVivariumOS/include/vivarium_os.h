@@ -8,8 +8,6 @@
 /// Run the child in a private mount namespace with /sys/fs/cgroup/unified detached, so that
 /// crun on a hybrid cgroup host sees a pure v1 layout.
 #define VV_SPAWN_HIDE_CGROUP2 1
-/// Start the child in a new session (setsid).
-#define VV_SPAWN_SETSID 2
 
 typedef struct {
     const char *path;
