@@ -14,7 +14,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
-        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -44,6 +45,13 @@ let package = Package(
         .target(
             name: "VivariumStore",
             dependencies: ["VivariumCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: strict),
+        .target(
+            name: "VivariumAuth",
+            dependencies: [
+                "VivariumCore", "VivariumStore", .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict),
         .target(
             name: "VivariumEngine",
@@ -82,7 +90,7 @@ let package = Package(
         .testTarget(
             name: "VivariumCoreTests",
             dependencies: [
-                "VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumEngine",
+                "VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumAuth", "VivariumEngine",
                 "VivariumTestSupport",
             ],
             swiftSettings: strict),

@@ -20,6 +20,8 @@ public struct VivariumError: Error, CustomStringConvertible, Sendable, Equatable
         public static let unsupportedMediaType = Code(rawValue: "unsupported_media_type")
         public static let methodNotAllowed = Code(rawValue: "method_not_allowed")
         public static let badRequest = Code(rawValue: "bad_request")
+        public static let unauthenticated = Code(rawValue: "unauthenticated")
+        public static let forbidden = Code(rawValue: "forbidden")
     }
 
     public let code: Code

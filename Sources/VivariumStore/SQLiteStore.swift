@@ -31,7 +31,7 @@ public final class SQLiteStore: Store {
                         name TEXT PRIMARY KEY NOT NULL,
                         created_at REAL NOT NULL
                     );
-                    INSERT INTO tenants (name, created_at) VALUES ('default', julianday('now'));
+                    INSERT INTO tenants (name, created_at) VALUES ('default', CAST(strftime('%s', 'now') AS REAL));
                     CREATE TABLE images (
                         id INTEGER PRIMARY KEY AUTOINCREMENT,
                         tenant TEXT NOT NULL REFERENCES tenants(name),
@@ -63,6 +63,7 @@ public final class SQLiteStore: Store {
                     CREATE INDEX sandboxes_expires ON sandboxes(expires_at) WHERE expires_at IS NOT NULL;
                     """)
         }
+        registerIdentityMigration(&m)
         return m
     }
 

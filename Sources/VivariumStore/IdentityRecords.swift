@@ -1,0 +1,136 @@
+import Foundation
+import VivariumCore
+
+public struct TenantRecord: Sendable, Equatable {
+    public var name: ResourceName
+    public var createdAt: Date
+    public init(name: ResourceName, createdAt: Date) {
+        self.name = name
+        self.createdAt = createdAt
+    }
+}
+
+public struct PrincipalRecord: Sendable, Equatable {
+    public var id: String
+    public var tenant: String
+    public var name: ResourceName
+    public var kind: PrincipalKind
+    public var role: Role
+    public var disabled: Bool
+    public var createdAt: Date
+    public init(
+        id: String, tenant: String, name: ResourceName, kind: PrincipalKind, role: Role, disabled: Bool,
+        createdAt: Date
+    ) {
+        self.id = id
+        self.tenant = tenant
+        self.name = name
+        self.kind = kind
+        self.role = role
+        self.disabled = disabled
+        self.createdAt = createdAt
+    }
+}
+
+/// An API key: only the SHA-256 of its secret is stored.
+public struct APIKeyRecord: Sendable, Equatable {
+    public var id: String
+    public var principalID: String
+    public var secretHash: String
+    public var scopes: Set<Scope>
+    public var expiresAt: Date
+    public var createdAt: Date
+    public init(
+        id: String, principalID: String, secretHash: String, scopes: Set<Scope>, expiresAt: Date, createdAt: Date
+    ) {
+        self.id = id
+        self.principalID = principalID
+        self.secretHash = secretHash
+        self.scopes = scopes
+        self.expiresAt = expiresAt
+        self.createdAt = createdAt
+    }
+}
+
+/// A single-use refresh token (stored hashed) in a family that a reuse revokes whole.
+public struct RefreshRecord: Sendable, Equatable {
+    public var hash: String
+    public var family: String
+    public var principalID: String
+    public var scopes: Set<Scope>
+    public var boundSandbox: String?
+    public var expiresAt: Date
+    public var usedAt: Date?
+    public init(
+        hash: String, family: String, principalID: String, scopes: Set<Scope>, boundSandbox: String?,
+        expiresAt: Date, usedAt: Date?
+    ) {
+        self.hash = hash
+        self.family = family
+        self.principalID = principalID
+        self.scopes = scopes
+        self.boundSandbox = boundSandbox
+        self.expiresAt = expiresAt
+        self.usedAt = usedAt
+    }
+}
+
+public enum RevocationKind: String, Sendable, Codable {
+    case jti
+    /// Every access token issued from a refresh family.
+    case family
+    case principal
+    case tenant
+}
+
+/// Revokes one token (`jti`), a refresh family's access tokens, or every token of a principal or
+/// tenant issued up to `at`.
+public struct RevocationRecord: Sendable, Equatable, Hashable {
+    public var kind: RevocationKind
+    public var value: String
+    public var at: Date
+    public var expiresAt: Date
+    public init(kind: RevocationKind, value: String, at: Date, expiresAt: Date) {
+        self.kind = kind
+        self.value = value
+        self.at = at
+        self.expiresAt = expiresAt
+    }
+}
+
+/// What a refresh attempt found.
+public enum RefreshOutcome: Sendable, Equatable {
+    /// The token was valid and is now used: issue a new pair in `record.family`.
+    case rotated(RefreshRecord)
+    /// The token was used before: its family is now revoked.
+    case reused(family: String, principalID: String)
+    case invalid
+}
+
+/// Tenants, principals, API keys, refresh tokens and revocations. Every method is one transaction.
+public protocol IdentityStore: Sendable {
+    func insertTenant(_ t: TenantRecord) throws
+    func tenants() throws -> [TenantRecord]
+    /// Deletes a tenant; `invalid_state` while it holds sandboxes or principals (the caller removes
+    /// them first when forced).
+    func deleteTenant(_ name: String) throws
+
+    func insertPrincipal(_ p: PrincipalRecord) throws
+    func principal(id: String) throws -> PrincipalRecord?
+    func principal(tenant: String, name: ResourceName) throws -> PrincipalRecord?
+    func principals(tenant: String?) throws -> [PrincipalRecord]
+    func setPrincipalDisabled(id: String, _ disabled: Bool) throws
+    func deletePrincipal(id: String) throws
+
+    func insertAPIKey(_ k: APIKeyRecord) throws
+    func apiKey(id: String) throws -> APIKeyRecord?
+
+    func insertRefresh(_ r: RefreshRecord) throws
+    /// Marks the token used if it is valid and unused; on a second use revokes the whole family.
+    func useRefresh(hash: String, now: Date) throws -> RefreshOutcome
+    func revokeFamily(_ family: String) throws
+
+    func insertRevocation(_ r: RevocationRecord) throws
+    /// Revocations not yet expired.
+    func revocations(now: Date) throws -> [RevocationRecord]
+}

@@ -1,0 +1,312 @@
+import Foundation
+import GRDB
+import VivariumCore
+
+extension SQLiteStore {
+    static func registerIdentityMigration(_ m: inout DatabaseMigrator) {
+        m.registerMigration("0002-identity") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE principals (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        tenant TEXT NOT NULL REFERENCES tenants(name),
+                        name TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        role TEXT NOT NULL,
+                        disabled INTEGER NOT NULL DEFAULT 0,
+                        created_at REAL NOT NULL,
+                        UNIQUE (tenant, name)
+                    );
+                    CREATE TABLE api_keys (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        principal_id TEXT NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+                        secret_hash TEXT NOT NULL,
+                        scopes TEXT NOT NULL,
+                        expires_at REAL NOT NULL,
+                        created_at REAL NOT NULL
+                    );
+                    CREATE TABLE refresh_tokens (
+                        hash TEXT PRIMARY KEY NOT NULL,
+                        family TEXT NOT NULL,
+                        principal_id TEXT NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+                        scopes TEXT NOT NULL,
+                        bound_sandbox TEXT,
+                        expires_at REAL NOT NULL,
+                        used_at REAL
+                    );
+                    CREATE INDEX refresh_tokens_family ON refresh_tokens(family);
+                    CREATE TABLE refresh_families (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        revoked_at REAL
+                    );
+                    CREATE TABLE revocations (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        kind TEXT NOT NULL CHECK (kind IN ('jti', 'family', 'principal', 'tenant')),
+                        value TEXT NOT NULL,
+                        at REAL NOT NULL,
+                        expires_at REAL NOT NULL
+                    );
+                    CREATE INDEX revocations_expiry ON revocations(expires_at);
+                    """)
+        }
+    }
+
+    public func insertTenant(_ t: TenantRecord) throws {
+        try wrap("tenant \(t.name)") {
+            try pool.write { db in
+                try db.execute(
+                    sql: "INSERT INTO tenants (name, created_at) VALUES (?, ?)",
+                    arguments: [t.name.rawValue, t.createdAt.timeIntervalSince1970])
+            }
+        }
+    }
+
+    public func tenants() throws -> [TenantRecord] {
+        try wrap("tenants") {
+            try pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT name, created_at FROM tenants ORDER BY name").compactMap { row in
+                    guard let n = ResourceName(rawValue: row["name"]) else { return nil }
+                    return TenantRecord(name: n, createdAt: Date(timeIntervalSince1970: row["created_at"]))
+                }
+            }
+        }
+    }
+
+    public func deleteTenant(_ name: String) throws {
+        try wrap("tenant") {
+            try pool.write { db in
+                guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tenants WHERE name = ?", arguments: [name]) == true
+                else {
+                    throw VivariumError(.notFound, "tenant \(name) not found")
+                }
+                let sandboxes =
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM sandboxes WHERE tenant = ?", arguments: [name]) ?? 0
+                let images =
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM images WHERE tenant = ?", arguments: [name]) ?? 0
+                guard sandboxes == 0, images == 0 else {
+                    throw VivariumError(
+                        .invalidState,
+                        "tenant \(name) holds \(sandboxes) sandboxes and \(images) images: remove them or force")
+                }
+                try db.execute(sql: "DELETE FROM principals WHERE tenant = ?", arguments: [name])
+                try db.execute(sql: "DELETE FROM tenants WHERE name = ?", arguments: [name])
+            }
+        }
+    }
+
+    static let principalColumns = "id, tenant, name, kind, role, disabled, created_at"
+
+    static func principal(_ row: Row) throws -> PrincipalRecord {
+        guard let name = ResourceName(rawValue: row["name"]), let kind = PrincipalKind(rawValue: row["kind"]),
+            let role = Role(rawValue: row["role"])
+        else { throw VivariumError(.internalError, "corrupt principal row") }
+        return PrincipalRecord(
+            id: row["id"], tenant: row["tenant"], name: name, kind: kind, role: role, disabled: row["disabled"],
+            createdAt: Date(timeIntervalSince1970: row["created_at"]))
+    }
+
+    public func insertPrincipal(_ p: PrincipalRecord) throws {
+        try wrap("principal \(p.name)") {
+            try pool.write { db in
+                guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tenants WHERE name = ?", arguments: [p.tenant]) == true
+                else {
+                    throw VivariumError(.notFound, "tenant \(p.tenant) not found")
+                }
+                try db.execute(
+                    sql: "INSERT INTO principals (\(Self.principalColumns)) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    arguments: [
+                        p.id, p.tenant, p.name.rawValue, p.kind.rawValue, p.role.rawValue, p.disabled,
+                        p.createdAt.timeIntervalSince1970,
+                    ])
+            }
+        }
+    }
+
+    public func principal(id: String) throws -> PrincipalRecord? {
+        try wrap("principal") {
+            try pool.read { db in
+                try Row.fetchOne(
+                    db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE id = ?", arguments: [id]
+                )
+                .map(Self.principal)
+            }
+        }
+    }
+
+    public func principal(tenant: String, name: ResourceName) throws -> PrincipalRecord? {
+        try wrap("principal") {
+            try pool.read { db in
+                try Row.fetchOne(
+                    db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE tenant = ? AND name = ?",
+                    arguments: [tenant, name.rawValue]
+                ).map(Self.principal)
+            }
+        }
+    }
+
+    public func principals(tenant: String?) throws -> [PrincipalRecord] {
+        try wrap("principals") {
+            try pool.read { db in
+                if let tenant {
+                    return try Row.fetchAll(
+                        db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE tenant = ? ORDER BY name",
+                        arguments: [tenant]
+                    ).map(Self.principal)
+                }
+                return try Row.fetchAll(
+                    db, sql: "SELECT \(Self.principalColumns) FROM principals ORDER BY tenant, name"
+                )
+                .map(Self.principal)
+            }
+        }
+    }
+
+    public func setPrincipalDisabled(id: String, _ disabled: Bool) throws {
+        try wrap("principal") {
+            try pool.write { db in
+                try db.execute(sql: "UPDATE principals SET disabled = ? WHERE id = ?", arguments: [disabled, id])
+                guard db.changesCount == 1 else { throw VivariumError(.notFound, "principal not found") }
+            }
+        }
+    }
+
+    public func deletePrincipal(id: String) throws {
+        try wrap("principal") {
+            try pool.write { db in
+                try db.execute(sql: "DELETE FROM principals WHERE id = ?", arguments: [id])
+                guard db.changesCount == 1 else { throw VivariumError(.notFound, "principal not found") }
+            }
+        }
+    }
+
+    static func scopes(_ s: String) -> Set<Scope> {
+        Set(s.split(separator: ",").compactMap { Scope(rawValue: String($0)) })
+    }
+    static func scopeList(_ s: Set<Scope>) -> String { s.map(\.rawValue).sorted().joined(separator: ",") }
+
+    public func insertAPIKey(_ k: APIKeyRecord) throws {
+        try wrap("api key") {
+            try pool.write { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO api_keys (id, principal_id, secret_hash, scopes, expires_at, created_at)
+                        VALUES (?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        k.id, k.principalID, k.secretHash, Self.scopeList(k.scopes), k.expiresAt.timeIntervalSince1970,
+                        k.createdAt.timeIntervalSince1970,
+                    ])
+            }
+        }
+    }
+
+    public func apiKey(id: String) throws -> APIKeyRecord? {
+        try wrap("api key") {
+            try pool.read { db in
+                try Row.fetchOne(
+                    db,
+                    sql:
+                        "SELECT id, principal_id, secret_hash, scopes, expires_at, created_at FROM api_keys WHERE id = ?",
+                    arguments: [id]
+                ).map { row in
+                    APIKeyRecord(
+                        id: row["id"], principalID: row["principal_id"], secretHash: row["secret_hash"],
+                        scopes: Self.scopes(row["scopes"]), expiresAt: Date(timeIntervalSince1970: row["expires_at"]),
+                        createdAt: Date(timeIntervalSince1970: row["created_at"]))
+                }
+            }
+        }
+    }
+
+    public func insertRefresh(_ r: RefreshRecord) throws {
+        try wrap("refresh token") {
+            try pool.write { db in
+                try db.execute(sql: "INSERT OR IGNORE INTO refresh_families (id) VALUES (?)", arguments: [r.family])
+                try db.execute(
+                    sql: """
+                        INSERT INTO refresh_tokens (hash, family, principal_id, scopes, bound_sandbox, expires_at, used_at)
+                        VALUES (?, ?, ?, ?, ?, ?, NULL)
+                        """,
+                    arguments: [
+                        r.hash, r.family, r.principalID, Self.scopeList(r.scopes), r.boundSandbox,
+                        r.expiresAt.timeIntervalSince1970,
+                    ])
+            }
+        }
+    }
+
+    public func useRefresh(hash: String, now: Date) throws -> RefreshOutcome {
+        try wrap("refresh token") {
+            try pool.write { db in
+                guard
+                    let row = try Row.fetchOne(
+                        db,
+                        sql: """
+                            SELECT t.hash, t.family, t.principal_id, t.scopes, t.bound_sandbox, t.expires_at, t.used_at,
+                                   f.revoked_at
+                            FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family WHERE t.hash = ?
+                            """, arguments: [hash])
+                else { return .invalid }
+                let family: String = row["family"]
+                let principalID: String = row["principal_id"]
+                let used: Double? = row["used_at"]
+                let revoked: Double? = row["revoked_at"]
+                if used != nil {
+                    try db.execute(
+                        sql: "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                        arguments: [now.timeIntervalSince1970, family])
+                    return .reused(family: family, principalID: principalID)
+                }
+                guard revoked == nil, (row["expires_at"] as Double) > now.timeIntervalSince1970 else { return .invalid }
+                try db.execute(
+                    sql: "UPDATE refresh_tokens SET used_at = ? WHERE hash = ?",
+                    arguments: [now.timeIntervalSince1970, hash])
+                return .rotated(
+                    RefreshRecord(
+                        hash: hash, family: family, principalID: principalID, scopes: Self.scopes(row["scopes"]),
+                        boundSandbox: row["bound_sandbox"], expiresAt: Date(timeIntervalSince1970: row["expires_at"]),
+                        usedAt: now))
+            }
+        }
+    }
+
+    public func revokeFamily(_ family: String) throws {
+        try wrap("refresh family") {
+            try pool.write { db in
+                try db.execute(
+                    sql: "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                    arguments: [Date().timeIntervalSince1970, family])
+            }
+        }
+    }
+
+    public func insertRevocation(_ r: RevocationRecord) throws {
+        try wrap("revocation") {
+            try pool.write { db in
+                try db.execute(
+                    sql: "INSERT INTO revocations (kind, value, at, expires_at) VALUES (?, ?, ?, ?)",
+                    arguments: [
+                        r.kind.rawValue, r.value, r.at.timeIntervalSince1970, r.expiresAt.timeIntervalSince1970,
+                    ])
+            }
+        }
+    }
+
+    public func revocations(now: Date) throws -> [RevocationRecord] {
+        try wrap("revocations") {
+            try pool.read { db in
+                try Row.fetchAll(
+                    db, sql: "SELECT kind, value, at, expires_at FROM revocations WHERE expires_at > ?",
+                    arguments: [now.timeIntervalSince1970]
+                ).compactMap { row in
+                    guard let kind = RevocationKind(rawValue: row["kind"]) else { return nil }
+                    return RevocationRecord(
+                        kind: kind, value: row["value"], at: Date(timeIntervalSince1970: row["at"]),
+                        expiresAt: Date(timeIntervalSince1970: row["expires_at"]))
+                }
+            }
+        }
+    }
+}
+
+extension SQLiteStore: IdentityStore {}
