@@ -56,7 +56,7 @@ let package = Package(
         .target(
             name: "VivariumEngine",
             dependencies: [
-                "VivariumCore", "VivariumOS", "VivariumImages", "VivariumRuntime", "VivariumStore",
+                "VivariumCore", "VivariumOS", "VivariumImages", "VivariumRuntime", "VivariumStore", "VivariumAuth",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -64,7 +64,7 @@ let package = Package(
         .target(
             name: "VivariumAPI",
             dependencies: [
-                "VivariumCore", "VivariumEngine",
+                "VivariumCore", "VivariumAuth", "VivariumEngine",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -72,7 +72,7 @@ let package = Package(
         .executableTarget(
             name: "vivarium",
             dependencies: [
-                "VivariumCore", "VivariumOS", "VivariumEngine", "VivariumAPI",
+                "VivariumCore", "VivariumOS", "VivariumAuth", "VivariumEngine", "VivariumAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

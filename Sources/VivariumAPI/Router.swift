@@ -3,40 +3,174 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import VivariumAuth
 import VivariumCore
 import VivariumEngine
 
-/// The request context of every API call: carries its request id.
+/// The request context of every API call: its request id and the peer it came from.
 public struct APIRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     public let requestID: String
+    /// The peer address; nil or a unix socket for local callers.
+    public let remote: SocketAddress?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         requestID = randomHex(bytes: 8)
+        remote = source.channel.remoteAddress
     }
     public var maxUploadSize: Int { API.maxBodyBytes }
+
+    /// Root on the host: the caller came through the unix socket (in its 0700 directory).
+    public var isLocal: Bool {
+        if case .unixDomainSocket = remote { return true }
+        return false
+    }
 }
 
 public enum API {
     /// Largest accepted request body.
     public static let maxBodyBytes = 256 << 10
-    /// Every sandbox call over the unix socket acts for the default tenant until identities arrive.
-    static let tenant = Engine.defaultTenant
+
+    typealias Handler = @Sendable (Request, APIRequestContext, Principal?) async throws -> Response
+
+    /// Registers routes, each only with its row of the policy table: a route without one is a
+    /// programming error and the router refuses to build (default deny).
+    final class Routes: @unchecked Sendable {
+        let router: Router<APIRequestContext>
+        let tokens: TokenService
+        private(set) var keys: [String] = []
+
+        init(router: Router<APIRequestContext>, tokens: TokenService) {
+            self.router = router
+            self.tokens = tokens
+        }
+
+        func add(_ method: HTTPRequest.Method, _ path: String, _ handler: @escaping Handler) {
+            guard let policy = PolicyTable.policy(method.rawValue, path) else {
+                preconditionFailure("route \(method.rawValue) \(path) has no entry in the policy table")
+            }
+            keys.append("\(method.rawValue) \(path)")
+            let tokens = self.tokens
+            router.on(RouterPath(path), method: method) { req, ctx in
+                let principal = try await API.authenticate(req, ctx, policy: policy, tokens: tokens)
+                return try await handler(req, ctx, principal)
+            }
+        }
+    }
+
+    /// Every route the API serves, as "METHOD path" (for the policy coverage test).
+    public static func routeKeys(engine: Engine) -> [String] {
+        let routes = Routes(router: Router(context: APIRequestContext.self), tokens: engine.tokens)
+        register(routes, engine: engine)
+        return routes.keys
+    }
 
     public static func router(engine: Engine) -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
         router.middlewares.add(ErrorMiddleware())
+        register(Routes(router: router, tokens: engine.tokens), engine: engine)
+        return router
+    }
 
-        router.get("/healthz") { _, _ in
+    /// The caller of a request: local root over the unix socket, else the principal of a bearer token
+    /// from the Authorization header. Tokens anywhere else are refused.
+    static func authenticate(_ req: Request, _ ctx: APIRequestContext, policy: RoutePolicy, tokens: TokenService)
+        async throws -> Principal?
+    {
+        let q = req.uri.queryParameters
+        for name in ["access_token", "token", "bearer", "api_key", "refresh_token"] where q.get(name) != nil {
+            throw VivariumError(.unauthenticated, "credentials are accepted only in the Authorization header")
+        }
+        var principal: Principal?
+        if ctx.isLocal {
+            principal = .localRoot
+        } else if let header = req.headers[.authorization] {
+            guard let token = Bearer.fromAuthorization(header) else {
+                throw VivariumError(.unauthenticated, "invalid or expired credentials")
+            }
+            principal = try await tokens.verify(token)
+        }
+        switch PolicyTable.decide(policy, principal: principal) {
+        case .allow: return principal
+        case .unauthenticated: throw VivariumError(.unauthenticated, "authentication required")
+        case .forbidden(let why): throw VivariumError(.forbidden, why)
+        }
+    }
+
+    /// The tenant a call acts in: the caller's own; an admin may name another with `?tenant=`.
+    static func tenant(_ req: Request, _ p: Principal?) throws -> String {
+        guard let p else { throw VivariumError(.unauthenticated, "authentication required") }
+        guard let t = req.uri.queryParameters.get("tenant") else { return p.tenant }
+        guard p.role == .admin else { throw VivariumError(.forbidden, "only an admin acts in another tenant") }
+        return try ResourceName.parse(String(t), what: "tenant").rawValue
+    }
+
+    static func name(_ ctx: APIRequestContext) throws -> String { try ctx.parameters.require("name") }
+
+    static func register(_ r: Routes, engine: Engine) {
+        r.add(.get, "/healthz") { _, _, _ in
             try json(
                 HealthInfo(
                     status: "ok", version: VivariumVersion.string, cgroupMode: engine.config.cgroupMode.rawValue,
                     sandboxes: try engine.sandboxCount()))
         }
+        r.add(.get, "/.well-known/jwks.json") { _, _, _ in try json(engine.tokens.keys.jwks) }
 
-        let sandboxes = router.group("/v1/sandboxes")
-        sandboxes.get { req, _ in
+        // Tokens.
+        r.add(.post, "/v1/tokens") { req, ctx, _ in
+            let body: TokenRequest = try await decode(req, ctx)
+            return try json(try await engine.token(body))
+        }
+        r.add(.post, "/v1/tokens/issue") { req, ctx, p in
+            let body: IssueTokenRequest = try await decode(req, ctx)
+            return try json(try await engine.issueToken(caller: p!, tenant: try tenant(req, p), body), status: .created)
+        }
+        r.add(.post, "/v1/tokens/revoke") { req, ctx, p in
+            let body: RevokeRequest = try await decode(req, ctx)
+            try engine.revoke(caller: p!, tenant: try tenant(req, p), body)
+            return Response(status: .noContent)
+        }
+        r.add(.post, "/v1/keys/rotate") { _, _, _ in
+            try await engine.tokens.keys.rotate()
+            return try json(engine.tokens.keys.jwks)
+        }
+
+        // Tenants.
+        r.add(.get, "/v1/tenants") { _, _, _ in try json(Page(items: try engine.listTenants(), nextCursor: nil)) }
+        r.add(.post, "/v1/tenants") { req, ctx, _ in
+            let body: CreateTenantRequest = try await decode(req, ctx)
+            return try json(try engine.createTenant(body), status: .created)
+        }
+        r.add(.delete, "/v1/tenants/:name") { req, ctx, _ in
+            try await engine.deleteTenant(try name(ctx), force: try flag(req, "force"))
+            return Response(status: .noContent)
+        }
+
+        // Principals.
+        r.add(.get, "/v1/principals") { req, _, p in
+            try json(Page(items: try engine.listPrincipals(tenant: try tenant(req, p)), nextCursor: nil))
+        }
+        r.add(.post, "/v1/principals") { req, ctx, p in
+            let body: CreatePrincipalRequest = try await decode(req, ctx)
+            return try json(try engine.createPrincipal(caller: p!, tenant: try tenant(req, p), body), status: .created)
+        }
+        r.add(.delete, "/v1/principals/:name") { req, ctx, p in
+            try engine.deletePrincipal(tenant: try tenant(req, p), name: try name(ctx))
+            return Response(status: .noContent)
+        }
+        r.add(.post, "/v1/principals/:name/disable") { req, ctx, p in
+            try json(try engine.disablePrincipal(tenant: try tenant(req, p), name: try name(ctx)))
+        }
+        r.add(.post, "/v1/principals/:name/keys") { req, ctx, p in
+            let body: CreateAPIKeyRequest = try await decode(req, ctx)
+            return try json(
+                try engine.createAPIKey(caller: p!, tenant: try tenant(req, p), principal: try name(ctx), body),
+                status: .created)
+        }
+
+        // Sandboxes.
+        r.add(.get, "/v1/sandboxes") { req, _, p in
             let q = req.uri.queryParameters
             let limit = try q.get("limit").map { s -> Int in
                 guard let n = Int(s), (1...500).contains(n) else {
@@ -45,42 +179,57 @@ public enum API {
                 return n
             }
             let cursor: String? = q.get("cursor").map { String($0) }
-            return try json(try engine.list(tenant: tenant, cursor: cursor, limit: limit))
+            return try json(try engine.list(tenant: try tenant(req, p), cursor: cursor, limit: limit))
         }
-        sandboxes.post { req, ctx in
+        r.add(.post, "/v1/sandboxes") { req, ctx, p in
             let body: CreateSandboxRequest = try await decode(req, ctx)
-            return try json(try await engine.create(tenant: tenant, body), status: .created)
+            return try json(try await engine.create(tenant: try tenant(req, p), body), status: .created)
         }
-        sandboxes.get(":name") { _, ctx in
-            try json(try await engine.get(tenant: tenant, name: try ctx.parameters.require("name")))
+        r.add(.get, "/v1/sandboxes/:name") { req, ctx, p in
+            let (t, n) = try sandboxTarget(req, ctx, p, engine)
+            return try json(try await engine.get(tenant: t, name: n))
         }
-        sandboxes.delete(":name") { req, ctx in
-            let force = try flag(req, "force")
-            try await engine.delete(tenant: tenant, name: try ctx.parameters.require("name"), force: force)
+        r.add(.delete, "/v1/sandboxes/:name") { req, ctx, p in
+            let (t, n) = try sandboxTarget(req, ctx, p, engine)
+            try await engine.delete(tenant: t, name: n, force: try flag(req, "force"))
             return Response(status: .noContent)
         }
-        sandboxes.post(":name/start") { _, ctx in
-            try json(try await engine.start(tenant: tenant, name: try ctx.parameters.require("name")))
+        r.add(.post, "/v1/sandboxes/:name/start") { req, ctx, p in
+            let (t, n) = try sandboxTarget(req, ctx, p, engine)
+            return try json(try await engine.start(tenant: t, name: n))
         }
-        sandboxes.post(":name/stop") { _, ctx in
-            try json(try await engine.stop(tenant: tenant, name: try ctx.parameters.require("name")))
+        r.add(.post, "/v1/sandboxes/:name/stop") { req, ctx, p in
+            let (t, n) = try sandboxTarget(req, ctx, p, engine)
+            return try json(try await engine.stop(tenant: t, name: n))
         }
-        sandboxes.post(":name/exec") { req, ctx in
+        r.add(.post, "/v1/sandboxes/:name/exec") { req, ctx, p in
+            let (t, n) = try sandboxTarget(req, ctx, p, engine)
             let body: ExecRequest = try await decode(req, ctx)
-            return try json(try await engine.exec(tenant: tenant, name: try ctx.parameters.require("name"), body))
+            return try json(try await engine.exec(tenant: t, name: n, body))
         }
 
-        let images = router.group("/v1/images")
-        images.get { _, _ in try json(Page(items: try engine.listImages(tenant: nil), nextCursor: nil)) }
-        images.post { req, ctx in
-            let body: ImportImageRequest = try await decode(req, ctx)
-            return try json(try await engine.importImage(tenant: tenant, body), status: .created)
+        // Images.
+        r.add(.get, "/v1/images") { req, _, p in
+            try json(Page(items: try engine.listImages(tenant: try tenant(req, p)), nextCursor: nil))
         }
-        images.delete(":name") { _, ctx in
-            try await engine.removeImage(tenant: tenant, name: try ctx.parameters.require("name"))
+        r.add(.post, "/v1/images") { req, ctx, p in
+            let body: ImportImageRequest = try await decode(req, ctx)
+            return try json(try await engine.importImage(tenant: try tenant(req, p), body), status: .created)
+        }
+        r.add(.delete, "/v1/images/:name") { req, ctx, p in
+            try await engine.removeImage(tenant: try tenant(req, p), name: try name(ctx))
             return Response(status: .noContent)
         }
-        return router
+    }
+
+    /// The tenant and name of a sandbox route, with a sandbox-bound token held to its sandbox.
+    static func sandboxTarget(_ req: Request, _ ctx: APIRequestContext, _ p: Principal?, _ engine: Engine) throws
+        -> (String, String)
+    {
+        let t = try tenant(req, p)
+        let n = try name(ctx)
+        if let p { try engine.checkBinding(p, tenant: t, sandbox: n) }
+        return (t, n)
     }
 
     static func flag(_ req: Request, _ name: String) throws -> Bool {
@@ -148,6 +297,8 @@ public enum API {
         case .unsupportedMediaType: .unsupportedMediaType
         case .methodNotAllowed: .methodNotAllowed
         case .resourceExhausted, .unavailable: .serviceUnavailable
+        case .unauthenticated: .unauthorized
+        case .forbidden: .forbidden
         default: .internalServerError
         }
     }

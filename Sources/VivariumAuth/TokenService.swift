@@ -27,19 +27,6 @@ public struct AccessClaims: JWTPayload, Equatable {
     public func verify(using algorithm: some JWTAlgorithm) async throws {}
 }
 
-/// What `POST /v1/tokens` returns.
-public struct TokenPair: Codable, Sendable {
-    public var accessToken: String
-    public var refreshToken: String
-    public var tokenType = "Bearer"
-    public var expiresIn: Int
-    public init(accessToken: String, refreshToken: String, expiresIn: Int) {
-        self.accessToken = accessToken
-        self.refreshToken = refreshToken
-        self.expiresIn = expiresIn
-    }
-}
-
 /// Issues and verifies tokens: Ed25519 access JWTs (15 minutes by default), single-use refresh
 /// tokens in families, API keys, and revocation that fails closed.
 public final class TokenService: Sendable {

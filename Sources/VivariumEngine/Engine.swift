@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import Synchronization
+import VivariumAuth
 import VivariumCore
 import VivariumImages
 import VivariumOS
@@ -15,6 +16,8 @@ public final class Engine: Sendable {
 
     public let config: EngineConfiguration
     let store: any Store
+    let identity: any IdentityStore
+    public let tokens: TokenService
     let runtime: any OCIRuntime
     let images: ImageStore
     let logger: Logger
@@ -23,7 +26,12 @@ public final class Engine: Sendable {
     let stopping = Mutex<Set<SandboxID>>([])
     let swapAccounting: Bool
 
-    public init(config: EngineConfiguration, store: any Store, runtime: any OCIRuntime, logger: Logger) throws {
+    public init(
+        config: EngineConfiguration, store: any Store, identity: any IdentityStore, tokens: TokenService,
+        runtime: any OCIRuntime, logger: Logger
+    ) throws {
+        self.identity = identity
+        self.tokens = tokens
         var config = config
         config.initBinary = try Self.installInit(config)
         self.config = config

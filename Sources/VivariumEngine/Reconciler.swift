@@ -186,3 +186,23 @@ public struct TTLSweeper: Service {
 private func gracefulShutdownOrCancel(_ body: @escaping @Sendable () async throws -> Void) async throws {
     try await cancelWhenGracefulShutdown { try await body() }
 }
+
+/// Keeps the in-memory revocation set current from the store. While it cannot, tokens are refused
+/// (the token service fails closed once the state is stale).
+public struct RevocationRefresher: Service {
+    let engine: Engine
+    let interval: Duration
+    public init(engine: Engine, interval: Duration = .seconds(5)) {
+        self.engine = engine
+        self.interval = interval
+    }
+
+    public func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await gracefulShutdownOrCancel { try await Task.sleep(for: interval) }
+            } catch { return }
+            engine.tokens.refreshRevocations()
+        }
+    }
+}

@@ -5,6 +5,7 @@ import Hummingbird
 import Logging
 import ServiceLifecycle
 import VivariumAPI
+import VivariumAuth
 import VivariumCore
 import VivariumEngine
 import VivariumOS
@@ -27,12 +28,18 @@ struct Serve: AsyncParsableCommand {
     var initBinary: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String?
+    @Option(help: "Also listen on TCP HOST:PORT, with TLS (env VIVARIUM_LISTEN).")
+    var listen: String?
+    @Flag(help: "Serve plain HTTP on --listen instead of TLS; refused unless the address is loopback.")
+    var insecureHTTP = false
 
     func run() async throws {
         var overrides: [String: String] = [:]
         if let uidBase { overrides["uid_base"] = String(uidBase) }
         if let initBinary { overrides["init"] = initBinary }
         if let logLevel { overrides["log_level"] = logLevel }
+        if let listen { overrides["listen"] = listen }
+        if insecureHTTP { overrides["insecure_http"] = "true" }
         do {
             let settings = try Settings.resolve(global, overrides: overrides)
             try await Self.serve(settings)
@@ -71,7 +78,16 @@ struct Serve: AsyncParsableCommand {
         let store = try SQLiteStore(path: config.databasePath)
         let runtime = Crun(
             binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger)
-        let engine = try Engine(config: config, store: store, runtime: runtime, logger: logger)
+        let tokenConfig = TokenService.Configuration(
+            accessLifetime: TimeInterval(min(s.accessTokenSeconds, s.maxAccessTokenSeconds)),
+            maxAccessLifetime: TimeInterval(s.maxAccessTokenSeconds))
+        let keys = try await SigningKeys(
+            dir: config.stateDir + "/keys", maxTokenLifetime: tokenConfig.maxAccessLifetime)
+        let tokens = TokenService(config: tokenConfig, keys: keys, store: store, logger: logger)
+        tokens.refreshRevocations()
+        let engine = try Engine(
+            config: config, store: store, identity: store, tokens: tokens, runtime: runtime, logger: logger)
+        let tcp = try s.listen.map { try Listener.parse($0, insecure: s.insecureHTTP) }
         try await engine.ensureBaseImage()
         let report = try await engine.reconcile()
         logger.info("reconciled", metadata: ["result": "\(report)"])
@@ -91,12 +107,16 @@ struct Serve: AsyncParsableCommand {
                 FileHandle.standardOutput.write(Data(banner.utf8))
             },
             logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: app), .init(service: TTLSweeper(engine: engine)),
+            .init(service: ReconcilerService(engine: engine)), .init(service: RevocationRefresher(engine: engine)),
+        ]
+        if let tcp {
+            services.append(.init(service: try tcp.application(router: API.router(engine: engine), logger: logger)))
+        }
         let group = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: app), .init(service: TTLSweeper(engine: engine)),
-                    .init(service: ReconcilerService(engine: engine)),
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()

@@ -29,12 +29,19 @@ struct Settings: Codable {
     var stopTimeoutSeconds = 10
     var ttlSweepSeconds = 2
     var uidRegistry = "/var/lib/vivarium-uid-ranges.json"
+    /// TCP listener, "HOST:PORT"; none by default (the unix socket only).
+    var listen: String?
+    /// Serve plain HTTP on `listen` (loopback addresses only) instead of TLS.
+    var insecureHTTP = false
+    var accessTokenSeconds = 900
+    var maxAccessTokenSeconds = 3600
     var configFile: String?
 
     /// Keys accepted in the config file and as VIVARIUM_<KEY> environment variables.
     static let keys = [
         "state_dir", "socket", "crun", "init", "busybox", "uid_base", "max_sandboxes", "log_level",
-        "stop_timeout_seconds", "ttl_sweep_seconds", "uid_registry",
+        "stop_timeout_seconds", "ttl_sweep_seconds", "uid_registry", "listen", "insecure_http",
+        "access_token_seconds", "max_access_token_seconds",
     ]
 
     static func defaultInit() -> String {
@@ -116,6 +123,18 @@ struct Settings: Codable {
         case "stop_timeout_seconds": stopTimeoutSeconds = Int(try int(0...3600))
         case "ttl_sweep_seconds": ttlSweepSeconds = Int(try int(1...3600))
         case "uid_registry": uidRegistry = try path()
+        case "listen":
+            guard value.utf8.count < 256, let colon = value.lastIndex(of: ":"),
+                Int(value[value.index(after: colon)...]) != nil
+            else { throw VivariumError(.invalidArgument, "listen must be HOST:PORT") }
+            listen = value
+        case "insecure_http":
+            guard let b = Bool(value) else {
+                throw VivariumError(.invalidArgument, "insecure_http must be true or false")
+            }
+            insecureHTTP = b
+        case "access_token_seconds": accessTokenSeconds = Int(try int(60...86400))
+        case "max_access_token_seconds": maxAccessTokenSeconds = Int(try int(60...86400))
         default: throw VivariumError(.invalidArgument, "unknown setting \(key)")
         }
     }

@@ -1,0 +1,46 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+import VivariumAPI
+import VivariumCore
+
+/// The TCP listener: TLS, or plain HTTP on a loopback address when explicitly asked for.
+struct Listener {
+    let host: String
+    let port: Int
+    let insecure: Bool
+
+    static func parse(_ s: String, insecure: Bool) throws -> Listener {
+        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (1...65535).contains(port)
+        else { throw VivariumError(.invalidArgument, "listen must be HOST:PORT") }
+        var host = String(s[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        let l = Listener(host: host, port: port, insecure: insecure)
+        if insecure && !l.isLoopback {
+            throw VivariumError(
+                .invalidArgument, "plain HTTP is served only on a loopback address (127.0.0.0/8 or ::1), not \(host)")
+        }
+        return l
+    }
+
+    var isLoopback: Bool {
+        if host == "::1" || host == "localhost" { return true }
+        let octets = host.split(separator: ".")
+        return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
+    }
+
+    func application(router: Router<APIRequestContext>, logger: Logger) throws -> any Service {
+        guard insecure else {
+            throw VivariumError(.invalidArgument, "TLS listener not configured")
+        }
+        return Application(
+            router: router, configuration: .init(address: .hostname(host, port: port), serverName: nil),
+            onServerRunning: { channel in
+                let banner =
+                    "vivarium: plain HTTP on http://\(host):\(channel.localAddress?.port ?? port) (loopback only)\n"
+                FileHandle.standardOutput.write(Data(banner.utf8))
+            }, logger: logger)
+    }
+}
