@@ -91,7 +91,7 @@ let package = Package(
             name: "VivariumCoreTests",
             dependencies: [
                 "VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumAuth", "VivariumEngine",
-                "VivariumTestSupport",
+                "VivariumAPI", "VivariumTestSupport",
             ],
             swiftSettings: strict),
         .testTarget(

@@ -4,13 +4,22 @@ import Foundation
     import Glibc
 #endif
 
-/// A small blocking HTTP/1.1 client over a unix socket, for the CLI and tests: one request per
-/// connection, bounded response size.
+/// A small blocking HTTP/1.1 client over a unix socket or plain TCP (IPv4 loopback), for the CLI
+/// and tests: one request per connection, bounded response size.
 public struct UnixHTTPClient: Sendable {
-    public let socketPath: String
+    public enum Endpoint: Sendable {
+        case unix(String)
+        /// An IPv4 address and port.
+        case tcp(String, UInt16)
+    }
+    public let endpoint: Endpoint
     public var maxResponseBytes = 64 << 20
+    /// Sent as `Authorization: Bearer …` when set.
+    public var bearer: String?
+    public var extraHeaders: [(String, String)] = []
 
-    public init(socketPath: String) { self.socketPath = socketPath }
+    public init(socketPath: String) { endpoint = .unix(socketPath) }
+    public init(host: String, port: UInt16) { endpoint = .tcp(host, port) }
 
     public struct Response: Sendable {
         public var status: Int
@@ -18,14 +27,37 @@ public struct UnixHTTPClient: Sendable {
         public var body: Data
     }
 
-    public func send(_ method: String, _ path: String, body: Data? = nil) throws -> Response {
+    func connectTCP(_ host: String, _ port: UInt16) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw VivariumError(.unavailable, "cannot create a socket") }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        guard inet_pton(AF_INET, host, &addr.sin_addr) == 1 else {
+            close(fd)
+            throw VivariumError(.invalidArgument, "not an IPv4 address: \(host)")
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard rc == 0 else {
+            let why = String(cString: strerror(errno))
+            close(fd)
+            throw VivariumError(.unavailable, "cannot reach \(host):\(port): \(why)")
+        }
+        return fd
+    }
+
+    func connectUnix(_ socketPath: String) throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw VivariumError(.unavailable, "cannot create a socket") }
-        defer { close(fd) }
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let pathBytes = Array(socketPath.utf8)
         guard pathBytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            close(fd)
             throw VivariumError(.invalidArgument, "socket path too long: \(socketPath)")
         }
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
@@ -39,11 +71,24 @@ public struct UnixHTTPClient: Sendable {
         }
         guard rc == 0 else {
             let why = String(cString: strerror(errno))
+            close(fd)
             throw VivariumError(
                 .unavailable, "cannot reach the vivarium daemon at \(socketPath): \(why) (is `vivarium serve` running?)"
             )
         }
+        return fd
+    }
+
+    public func send(_ method: String, _ path: String, body: Data? = nil) throws -> Response {
+        let fd: Int32
+        switch endpoint {
+        case .unix(let p): fd = try connectUnix(p)
+        case .tcp(let h, let port): fd = try connectTCP(h, port)
+        }
+        defer { close(fd) }
         var head = "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAccept: application/json\r\n"
+        if let bearer { head += "Authorization: Bearer \(bearer)\r\n" }
+        for (k, v) in extraHeaders { head += "\(k): \(v)\r\n" }
         if let body {
             head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n"
         } else if method != "GET" && method != "DELETE" {
@@ -118,8 +163,9 @@ public struct UnixHTTPClient: Sendable {
 /// Typed calls on top of `UnixHTTPClient`: decodes success bodies and turns error bodies back into
 /// `VivariumError`s.
 public struct APIClient: Sendable {
-    public let http: UnixHTTPClient
+    public var http: UnixHTTPClient
     public init(socketPath: String) { http = UnixHTTPClient(socketPath: socketPath) }
+    public init(http: UnixHTTPClient) { self.http = http }
 
     public func call<T: Decodable>(_ method: String, _ path: String, body: (some Encodable)? = Optional<Int>.none)
         throws -> T
@@ -132,6 +178,10 @@ public struct APIClient: Sendable {
 
     public func callNoContent(_ method: String, _ path: String) throws {
         try Self.check(try http.send(method, path))
+    }
+
+    public func callNoContentBody(_ method: String, _ path: String, body: some Encodable) throws {
+        try Self.check(try http.send(method, path, body: try WireCoding.encoder().encode(body)))
     }
 
     static func check(_ r: UnixHTTPClient.Response) throws {

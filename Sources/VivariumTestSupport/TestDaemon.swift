@@ -85,7 +85,10 @@ public final class TestDaemon: @unchecked Sendable {
     public let logPath: String
     let extraEnv: [String: String]
 
-    public init(extraEnv: [String: String] = [:]) throws {
+    /// The loopback port of the plain-HTTP listener, when started with `tcp: true`.
+    public let tcpPort: UInt16?
+
+    public init(extraEnv: [String: String] = [:], tcp: Bool = false) throws {
         let missing = Integration.missing
         guard missing.isEmpty else {
             throw VivariumError(.unavailable, "integration prerequisites missing: \(missing.joined(separator: ", "))")
@@ -97,7 +100,16 @@ public final class TestDaemon: @unchecked Sendable {
         // A private block of 16 ranges far from the default instance's.
         uidBase = (1 << 30) + Int64.random(in: 0..<3000) * 16 * 65536
         client = APIClient(socketPath: socket)
-        self.extraEnv = extraEnv
+        var env = extraEnv
+        if tcp {
+            let port = try freeLoopbackPort()
+            tcpPort = port
+            env["VIVARIUM_LISTEN"] = "127.0.0.1:\(port)"
+            env["VIVARIUM_INSECURE_HTTP"] = "true"
+        } else {
+            tcpPort = nil
+        }
+        self.extraEnv = env
         try FileSystem.makeDirectory(root, mode: 0o711)
         try FileSystem.makeDirectory(root + "/sock", mode: 0o700)
         try start()
@@ -237,11 +249,18 @@ public final class TestDaemon: @unchecked Sendable {
         }
     }
 
+    /// A client of the TCP listener carrying `token`.
+    public func remote(_ token: String? = nil) -> APIClient {
+        var http = UnixHTTPClient(host: "127.0.0.1", port: tcpPort!)
+        http.bearer = token
+        return APIClient(http: http)
+    }
+
     /// Runs `body` with a fresh daemon and always cleans up.
-    public static func with<T>(extraEnv: [String: String] = [:], _ body: (TestDaemon) async throws -> T) async throws
-        -> T
-    {
-        let d = try TestDaemon(extraEnv: extraEnv)
+    public static func with<T>(
+        extraEnv: [String: String] = [:], tcp: Bool = false, _ body: (TestDaemon) async throws -> T
+    ) async throws -> T {
+        let d = try TestDaemon(extraEnv: extraEnv, tcp: tcp)
         do {
             let r = try await body(d)
             d.shutdown()
@@ -278,4 +297,23 @@ extension TestDaemon {
         let r = try client.http.send(method, path, body: body)
         return (r.status, try? WireCoding.decoder().decode(ErrorBody.self, from: r.body))
     }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+func freeLoopbackPort() throws -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw VivariumError(.unavailable, "socket") }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let ok = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0
+        }
+    }
+    guard ok else { throw VivariumError(.unavailable, "no free port") }
+    return UInt16(bigEndian: addr.sin_port)
 }

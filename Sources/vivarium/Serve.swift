@@ -57,6 +57,7 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "vivarium")
         guard geteuid() == 0 else { throw VivariumError(.unavailable, "vivarium serve must run as root") }
+        let tcp = try s.listen.map { try Listener.parse($0, insecure: s.insecureHTTP) }
 
         try FileSystem.makeDirectory(s.stateDir, mode: 0o711)
         // Mount bookkeeping compares paths with /proc/self/mountinfo: use the canonical form only.
@@ -87,7 +88,7 @@ struct Serve: AsyncParsableCommand {
         tokens.refreshRevocations()
         let engine = try Engine(
             config: config, store: store, identity: store, tokens: tokens, runtime: runtime, logger: logger)
-        let tcp = try s.listen.map { try Listener.parse($0, insecure: s.insecureHTTP) }
+
         try await engine.ensureBaseImage()
         let report = try await engine.reconcile()
         logger.info("reconciled", metadata: ["result": "\(report)"])

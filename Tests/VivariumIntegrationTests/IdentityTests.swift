@@ -1,0 +1,157 @@
+import Foundation
+import Testing
+import VivariumCore
+import VivariumTestSupport
+
+/// Zero-trust control plane over the loopback TCP listener (THREATS.md T8–T10).
+@Suite(.serialized, .enabled(if: Integration.enabled)) struct IdentityTests {
+    /// Local root (unix socket) sets up a tenant with one principal and returns a token for it.
+    func principal(
+        _ d: TestDaemon, tenant: String, name: String, role: String, kind: String = "user", scopes: [String]? = nil
+    ) throws -> TokenPair {
+        if !(try d.client.call("GET", "/v1/tenants") as Page<TenantInfo>).items.contains(where: { $0.name == tenant }) {
+            let _: TenantInfo = try d.client.call("POST", "/v1/tenants", body: CreateTenantRequest(name: tenant))
+        }
+        let _: PrincipalInfo = try d.client.call(
+            "POST", "/v1/principals?tenant=\(tenant)", body: CreatePrincipalRequest(name: name, kind: kind, role: role))
+        let key: APIKeyInfo = try d.client.call(
+            "POST", "/v1/principals/\(name)/keys?tenant=\(tenant)", body: CreateAPIKeyRequest(scopes: scopes))
+        #expect(key.apiKey.hasPrefix("viv_"))
+        return try d.remote().call("POST", "/v1/tokens", body: TokenRequest(grantType: "api_key", apiKey: key.apiKey))
+    }
+
+    func status(_ c: APIClient, _ method: String, _ path: String, body: String? = nil) throws -> (Int, String?) {
+        let r = try c.http.send(method, path, body: body.map { Data($0.utf8) })
+        return (r.status, (try? WireCoding.decoder().decode(ErrorBody.self, from: r.body))?.error.code)
+    }
+
+    @Test func anotherTenantsResourcesAreInvisibleAndAdminRoutesForbidden() async throws {
+        try await TestDaemon.with(tcp: true) { d in
+            let acme = try principal(d, tenant: "acme", name: "boss", role: "tenant-admin")
+            let globex = try principal(d, tenant: "globex", name: "mallory", role: "member")
+            let a = d.remote(acme.accessToken)
+            let m = d.remote(globex.accessToken)
+            let created: SandboxInfo = try a.call("POST", "/v1/sandboxes", body: CreateSandboxRequest(name: "vault"))
+            #expect(created.tenant == "acme")
+
+            // Every tenant-scoped route naming acme's sandbox: 404, exactly as for a name that does not exist.
+            for (method, path, body) in [
+                ("GET", "/v1/sandboxes/vault", nil), ("DELETE", "/v1/sandboxes/vault?force=true", nil),
+                ("POST", "/v1/sandboxes/vault/start", nil), ("POST", "/v1/sandboxes/vault/stop", nil),
+                ("POST", "/v1/sandboxes/vault/exec", #"{"argv":["true"]}"#),
+            ] {
+                let (s, code) = try status(m, method, path, body: body)
+                #expect(s == 404 && code == "not_found", "\(method) \(path) from another tenant answered \(s)")
+                let (s2, _) = try status(m, method, path.replacingOccurrences(of: "vault", with: "nothing"), body: body)
+                #expect(s2 == s, "existence must not leak")
+            }
+            // Collections show the caller's own tenant only.
+            let mine: Page<SandboxInfo> = try m.call("GET", "/v1/sandboxes")
+            #expect(mine.items.isEmpty)
+            // Routes above a member's role: 403.
+            for (method, path, body) in [
+                ("GET", "/v1/tenants", nil), ("POST", "/v1/tenants", #"{"name":"x"}"#),
+                ("DELETE", "/v1/tenants/acme", nil),
+                ("POST", "/v1/keys/rotate", nil), ("GET", "/v1/principals", nil),
+                ("POST", "/v1/principals", #"{"name":"y"}"#), ("DELETE", "/v1/principals/boss", nil),
+                ("POST", "/v1/principals/boss/disable", nil), ("POST", "/v1/principals/boss/keys", "{}"),
+                ("POST", "/v1/tokens/issue", #"{"principal":"boss","scopes":["exec"]}"#),
+                ("POST", "/v1/tokens/revoke", #"{"tenant":"acme"}"#),
+                ("POST", "/v1/images", #"{"path":"/","name":"z"}"#),
+                ("DELETE", "/v1/images/base", nil), ("GET", "/v1/sandboxes?tenant=acme", nil),
+            ] {
+                let (s, code) = try status(m, method, path, body: body)
+                #expect(s == 403 && code == "forbidden", "\(method) \(path) by a member answered \(s)")
+            }
+            // acme's sandbox is untouched and acme still reaches it.
+            let r: ExecResult = try a.call("POST", "/v1/sandboxes/vault/exec", body: ExecRequest(argv: ["hostname"]))
+            #expect(String(decoding: r.stdout, as: UTF8.self) == "vault\n")
+            // No credentials at all: 401.
+            let (s, code) = try status(d.remote(), "GET", "/v1/sandboxes")
+            #expect(s == 401 && code == "unauthenticated")
+        }
+    }
+
+    @Test func aTokenWithoutTheScopeIsForbidden() async throws {
+        try await TestDaemon.with(tcp: true) { d in
+            let reader = try principal(d, tenant: "acme", name: "reader", role: "member", scopes: ["sandboxes:read"])
+            let c = d.remote(reader.accessToken)
+            let _: Page<SandboxInfo> = try c.call("GET", "/v1/sandboxes")
+            let (s, code) = try status(c, "POST", "/v1/sandboxes", body: #"{"name":"nope"}"#)
+            #expect(s == 403 && code == "forbidden")
+            #expect(d.bundles().isEmpty)
+        }
+    }
+
+    @Test func anAgentTokenReachesOnlyTheSandboxItWasIssuedFor() async throws {
+        try await TestDaemon.with(tcp: true) { d in
+            let admin = try principal(d, tenant: "acme", name: "boss", role: "tenant-admin")
+            let a = d.remote(admin.accessToken)
+            let _: SandboxInfo = try a.call("POST", "/v1/sandboxes", body: CreateSandboxRequest(name: "one"))
+            let _: SandboxInfo = try a.call("POST", "/v1/sandboxes", body: CreateSandboxRequest(name: "two"))
+            let _: PrincipalInfo = try a.call(
+                "POST", "/v1/principals", body: CreatePrincipalRequest(name: "bot", kind: "agent"))
+            let agent: TokenPair = try a.call(
+                "POST", "/v1/tokens/issue",
+                body: IssueTokenRequest(
+                    principal: "bot", sandbox: "one", scopes: ["exec", "sandboxes:read"], ttlSeconds: 600))
+            let bot = d.remote(agent.accessToken)
+            let ok: ExecResult = try bot.call("POST", "/v1/sandboxes/one/exec", body: ExecRequest(argv: ["true"]))
+            #expect(ok.exitCode == 0)
+            #expect(try status(bot, "POST", "/v1/sandboxes/two/exec", body: #"{"argv":["true"]}"#).0 == 404)
+            #expect(try status(bot, "GET", "/v1/sandboxes").0 == 403, "a bound token cannot list the tenant")
+            #expect(try status(bot, "DELETE", "/v1/sandboxes/one?force=true").0 == 403, "no sandboxes:write scope")
+            // The same name re-created is another sandbox: the token does not follow the name.
+            try a.callNoContent("DELETE", "/v1/sandboxes/one?force=true")
+            let _: SandboxInfo = try a.call("POST", "/v1/sandboxes", body: CreateSandboxRequest(name: "one"))
+            #expect(try status(bot, "POST", "/v1/sandboxes/one/exec", body: #"{"argv":["true"]}"#).0 == 404)
+        }
+    }
+
+    @Test func tokensInQueryStringsAreRefusedAndRevocationIsImmediate() async throws {
+        try await TestDaemon.with(tcp: true) { d in
+            let pair = try principal(d, tenant: "acme", name: "ann", role: "member")
+            let (s, code) = try status(d.remote(), "GET", "/v1/sandboxes?access_token=\(pair.accessToken)")
+            #expect(s == 401 && code == "unauthenticated")
+            let c = d.remote(pair.accessToken)
+            let _: Page<SandboxInfo> = try c.call("GET", "/v1/sandboxes")
+            let payload = pair.accessToken.split(separator: ".")[1]
+            var b64 = payload.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+            while b64.count % 4 != 0 { b64 += "=" }
+            let claims = try JSONSerialization.jsonObject(with: Data(base64Encoded: b64)!) as! [String: Any]
+            let jti = claims["jti"] as! String
+            try d.client.callNoContentBody("POST", "/v1/tokens/revoke", body: RevokeRequest(jti: jti))
+            #expect(try status(c, "GET", "/v1/sandboxes").0 == 401)
+        }
+    }
+
+    @Test func refreshRotatesAndAReplayKillsTheFamily() async throws {
+        try await TestDaemon.with(tcp: true) { d in
+            let first = try principal(d, tenant: "acme", name: "ann", role: "member")
+            let anon = d.remote()
+            let second: TokenPair = try anon.call(
+                "POST", "/v1/tokens", body: TokenRequest(grantType: "refresh_token", refreshToken: first.refreshToken))
+            let _: Page<SandboxInfo> = try d.remote(second.accessToken).call("GET", "/v1/sandboxes")
+            let (s, _) = try status(
+                anon, "POST", "/v1/tokens",
+                body: #"{"grant_type":"refresh_token","refresh_token":"\#(first.refreshToken)"}"#)
+            #expect(s == 401)
+            #expect(try status(d.remote(second.accessToken), "GET", "/v1/sandboxes").0 == 401)
+            #expect(d.log.contains("refresh token reuse"))
+            // An access token is not a refresh token.
+            let (s2, _) = try status(
+                anon, "POST", "/v1/tokens",
+                body: #"{"grant_type":"refresh_token","refresh_token":"\#(second.accessToken)"}"#)
+            #expect(s2 == 401)
+        }
+    }
+
+    @Test func plainHTTPOffLoopbackIsRefused() async throws {
+        let r = try runCommand(
+            Paths.vivarium, ["serve", "--listen", "0.0.0.0:18080", "--insecure-http"],
+            env: ["VIVARIUM_STATE_DIR": "/tmp/vivarium-never-created", "VIVARIUM_SOCKET": "/tmp/vivarium-never/s.sock"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("loopback"))
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/vivarium-never-created"))
+    }
+}
