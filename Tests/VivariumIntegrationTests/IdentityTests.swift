@@ -146,6 +146,47 @@ import VivariumTestSupport
         }
     }
 
+    @Test func tenantsPrincipalsAndTokensThroughTheCLI() async throws {
+        try await TestDaemon.with(tcp: true) { d in
+            var r = try d.cli("tenant", "create", "initech")
+            #expect(r.status == 0, "\(r.stderr)")
+            r = try d.cli("principal", "create", "peter", "--role", "tenant-admin", "--tenant", "initech")
+            #expect(r.status == 0, "\(r.stderr)")
+            r = try d.cli(
+                "principal", "key", "peter", "--tenant", "initech", "--scopes", "sandboxes:read,sandboxes:write")
+            let key = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(key.hasPrefix("viv_"))
+            let pair: TokenPair = try d.remote().call(
+                "POST", "/v1/tokens", body: TokenRequest(grantType: "api_key", apiKey: key))
+            let peter = d.remote(pair.accessToken)
+            let _: SandboxInfo = try peter.call("POST", "/v1/sandboxes", body: CreateSandboxRequest(name: "tps"))
+            #expect(
+                try status(peter, "POST", "/v1/sandboxes/tps/exec", body: #"{"argv":["true"]}"#).0 == 403,
+                "no exec scope")
+
+            r = try d.cli("tenant", "rm", "initech")
+            #expect(r.status == 1 && r.stderr.contains("invalid_state"), "a tenant holding sandboxes needs --force")
+            r = try d.cli("principal", "disable", "peter", "--tenant", "initech")
+            #expect(r.status == 0)
+            #expect(try status(peter, "GET", "/v1/sandboxes").0 == 401, "a disabled principal's token stops at once")
+            r = try d.cli("principal", "ls", "--tenant", "initech", "--json")
+            let ps = try WireCoding.decoder().decode([PrincipalInfo].self, from: Data(r.stdout.utf8))
+            #expect(ps.map(\.name) == ["peter"] && ps[0].disabled)
+
+            r = try d.cli("keys", "rotate")
+            #expect(r.status == 0 && r.stdout.split(separator: "\n").count == 2)
+            let jwks = try d.remote().http.send("GET", "/.well-known/jwks.json")
+            #expect(jwks.status == 200 && String(decoding: jwks.body, as: UTF8.self).contains("Ed25519"))
+
+            r = try d.cli("tenant", "rm", "--force", "initech")
+            #expect(r.status == 0, "\(r.stderr)")
+            r = try d.cli("tenant", "ls", "--json")
+            #expect(!r.stdout.contains("initech"))
+            #expect(try d.crunContainers().isEmpty)
+            #expect(d.bundles().isEmpty)
+        }
+    }
+
     @Test func plainHTTPOffLoopbackIsRefused() async throws {
         let r = try runCommand(
             Paths.vivarium, ["serve", "--listen", "0.0.0.0:18080", "--insecure-http"],

@@ -1,0 +1,210 @@
+import ArgumentParser
+import Foundation
+import VivariumCore
+
+/// `?tenant=NAME` for admin verbs that act in another tenant.
+func tenantQuery(_ t: String?) -> String { t.map { "?tenant=" + $0.urlComponentEncoded } ?? "" }
+
+struct TenantCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tenant", abstract: "Manage tenants (admin).", subcommands: [Create.self, Ls.self, Rm.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a tenant.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Tenant name (a DNS label).") var name: String
+        func run() async throws {
+            do {
+                let t: TenantInfo = try client(global).call(
+                    "POST", "/v1/tenants", body: CreateTenantRequest(name: name))
+                print(t.name)
+            } catch { fail(error) }
+        }
+    }
+
+    struct Ls: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List tenants.")
+        @OptionGroup var global: GlobalOptions
+        @Flag(help: "Print JSON.") var json = false
+        func run() async throws {
+            do {
+                let page: Page<TenantInfo> = try client(global).call("GET", "/v1/tenants")
+                if json { return try printJSON(page.items) }
+                printTable(
+                    ["NAME", "CREATED"],
+                    page.items.map { [$0.name, ISO8601DateFormatter().string(from: $0.createdAt)] })
+            } catch { fail(error) }
+        }
+    }
+
+    struct Rm: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rm", abstract: "Remove a tenant; refused while it holds sandboxes or images unless --force.")
+        @OptionGroup var global: GlobalOptions
+        @Flag(help: "Delete the tenant's sandboxes and images too.") var force = false
+        @Argument(help: "Tenant name.") var name: String
+        func run() async throws {
+            do {
+                try client(global).callNoContent(
+                    "DELETE", "/v1/tenants/" + name.urlComponentEncoded + (force ? "?force=true" : ""))
+                print(name)
+            } catch { fail(error) }
+        }
+    }
+}
+
+struct PrincipalCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "principal", abstract: "Manage users, agents and services of a tenant.",
+        subcommands: [Create.self, Ls.self, Rm.self, Disable.self, Key.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a principal.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Principal name (a DNS label).") var name: String
+        @Option(help: "user, agent or service.") var kind = "user"
+        @Option(help: "admin, tenant-admin, member or auditor.") var role = "member"
+        @Option(help: "Tenant (admins only; default: your own).") var tenant: String?
+        func run() async throws {
+            do {
+                let p: PrincipalInfo = try client(global).call(
+                    "POST", "/v1/principals" + tenantQuery(tenant),
+                    body: CreatePrincipalRequest(name: name, kind: kind, role: role))
+                print("\(p.name) \(p.id)")
+            } catch { fail(error) }
+        }
+    }
+
+    struct Ls: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List principals.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Tenant (admins only; default: your own).") var tenant: String?
+        @Flag(help: "Print JSON.") var json = false
+        func run() async throws {
+            do {
+                let page: Page<PrincipalInfo> = try client(global).call("GET", "/v1/principals" + tenantQuery(tenant))
+                if json { return try printJSON(page.items) }
+                printTable(
+                    ["NAME", "KIND", "ROLE", "DISABLED", "ID"],
+                    page.items.map { [$0.name, $0.kind, $0.role, String($0.disabled), $0.id] })
+            } catch { fail(error) }
+        }
+    }
+
+    struct Rm: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rm", abstract: "Remove a principal and revoke its tokens.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Tenant (admins only).") var tenant: String?
+        @Argument(help: "Principal name.") var name: String
+        func run() async throws {
+            do {
+                try client(global).callNoContent(
+                    "DELETE", "/v1/principals/\(name.urlComponentEncoded)" + tenantQuery(tenant))
+                print(name)
+            } catch { fail(error) }
+        }
+    }
+
+    struct Disable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Disable a principal; its tokens stop at once.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Tenant (admins only).") var tenant: String?
+        @Argument(help: "Principal name.") var name: String
+        func run() async throws {
+            do {
+                let p: PrincipalInfo = try client(global).call(
+                    "POST", "/v1/principals/\(name.urlComponentEncoded)/disable" + tenantQuery(tenant))
+                print(p.name)
+            } catch { fail(error) }
+        }
+    }
+
+    struct Key: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create an API key for a principal. It is printed once; only its hash is stored.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Tenant (admins only).") var tenant: String?
+        @Option(help: "Comma-separated scopes (default: all the principal's role allows).") var scopes: String?
+        @Option(help: "Lifetime, e.g. 90d (default 90d).") var ttl: String?
+        @Argument(help: "Principal name.") var name: String
+        @Flag(help: "Print JSON.") var json = false
+        func run() async throws {
+            do {
+                let req = CreateAPIKeyRequest(
+                    scopes: scopes.map { $0.split(separator: ",").map(String.init) },
+                    ttlSeconds: try ttl.map { try Quantity.parseSeconds($0) })
+                let k: APIKeyInfo = try client(global).call(
+                    "POST", "/v1/principals/\(name.urlComponentEncoded)/keys" + tenantQuery(tenant), body: req)
+                if json { try printJSON(k) } else { print(k.apiKey) }
+            } catch { fail(error) }
+        }
+    }
+}
+
+struct TokenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "token", abstract: "Issue least-privilege tokens and revoke tokens.",
+        subcommands: [Issue.self, Revoke.self])
+
+    struct Issue: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Mint a token for a principal, optionally bound to one sandbox (by id, not by name).",
+            discussion:
+                "Example: vivarium token issue --principal bot --sandbox work --scopes exec,sandboxes:read --ttl 10m")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Principal name.") var principal: String
+        @Option(help: "Bind the token to this sandbox.") var sandbox: String?
+        @Option(help: "Comma-separated scopes.") var scopes: String
+        @Option(help: "Lifetime, e.g. 10m (capped by the daemon).") var ttl: String?
+        @Option(help: "Tenant (admins only).") var tenant: String?
+        @Flag(help: "Print JSON (access and refresh token).") var json = false
+        func run() async throws {
+            do {
+                let req = IssueTokenRequest(
+                    principal: principal, sandbox: sandbox, scopes: scopes.split(separator: ",").map(String.init),
+                    ttlSeconds: try ttl.map { try Quantity.parseSeconds($0) })
+                let pair: TokenPair = try client(global).call(
+                    "POST", "/v1/tokens/issue" + tenantQuery(tenant), body: req)
+                if json { try printJSON(pair) } else { print(pair.accessToken) }
+            } catch { fail(error) }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract:
+                "Revoke one token (--jti), every token of a principal, or of a tenant. Effective on the next request.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Token id (the jti claim).") var jti: String?
+        @Option(help: "Principal name.") var principal: String?
+        @Option(name: .customLong("all-of-tenant"), help: "Tenant name: revoke all its tokens.") var allOfTenant:
+            String?
+        @Option(help: "Tenant the principal belongs to (admins only).") var tenant: String?
+        func run() async throws {
+            do {
+                try client(global).callNoContentBody(
+                    "POST", "/v1/tokens/revoke" + tenantQuery(tenant),
+                    body: RevokeRequest(jti: jti, principal: principal, tenant: allOfTenant))
+                print("revoked")
+            } catch { fail(error) }
+        }
+    }
+}
+
+struct KeysCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keys", abstract: "Token signing keys.", subcommands: [Rotate.self])
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start signing with a new Ed25519 key; older keys verify until their tokens expire.")
+        @OptionGroup var global: GlobalOptions
+        func run() async throws {
+            do {
+                let jwks: [String: [[String: String]]] = try client(global).call("POST", "/v1/keys/rotate")
+                for k in jwks["keys"] ?? [] { print(k["kid"] ?? "") }
+            } catch { fail(error) }
+        }
+    }
+}
