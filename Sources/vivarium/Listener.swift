@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import HummingbirdTLS
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -31,9 +32,21 @@ struct Listener {
         return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
     }
 
-    func application(router: Router<APIRequestContext>, logger: Logger) throws -> any Service {
-        guard insecure else {
-            throw VivariumError(.invalidArgument, "TLS listener not configured")
+    func application(router: Router<APIRequestContext>, tls: TLSIdentity?, logger: Logger) throws -> any Service {
+        if !insecure {
+            guard let tls else { throw VivariumError(.invalidArgument, "the TLS listener needs a certificate") }
+            let (h, p) = (host, port)
+            return Application(
+                router: router, server: try .tls(.http1(), tlsConfiguration: try tls.serverConfiguration()),
+                configuration: .init(address: .hostname(host, port: port), serverName: nil),
+                onServerRunning: { channel in
+                    let banner = """
+                        vivarium: TLS on https://\(h):\(channel.localAddress?.port ?? p)
+                          certificate SHA-256 fingerprint \(tls.fingerprint)
+
+                        """
+                    FileHandle.standardOutput.write(Data(banner.utf8))
+                }, logger: logger)
         }
         return Application(
             router: router, configuration: .init(address: .hostname(host, port: port), serverName: nil),

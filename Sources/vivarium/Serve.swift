@@ -113,7 +113,16 @@ struct Serve: AsyncParsableCommand {
             .init(service: ReconcilerService(engine: engine)), .init(service: RevocationRefresher(engine: engine)),
         ]
         if let tcp {
-            services.append(.init(service: try tcp.application(router: API.router(engine: engine), logger: logger)))
+            let tls: TLSIdentity? =
+                tcp.insecure
+                ? nil
+                : try s.tlsCert.map { try TLSIdentity.load(certFile: $0, keyFile: s.tlsKey ?? "") }
+                    ?? TLSIdentity.selfSigned(dir: config.stateDir + "/tls", host: tcp.host)
+            if tcp.insecure {
+                logger.warning("serving plain HTTP on a loopback address: --insecure-http weakens a default")
+            }
+            services.append(
+                .init(service: try tcp.application(router: API.router(engine: engine), tls: tls, logger: logger)))
         }
         let group = ServiceGroup(
             configuration: .init(

@@ -33,6 +33,9 @@ struct Settings: Codable {
     var listen: String?
     /// Serve plain HTTP on `listen` (loopback addresses only) instead of TLS.
     var insecureHTTP = false
+    /// Operator-provided certificate chain and key (PEM); a self-signed pair is made otherwise.
+    var tlsCert: String?
+    var tlsKey: String?
     var accessTokenSeconds = 900
     var maxAccessTokenSeconds = 3600
     var configFile: String?
@@ -40,7 +43,7 @@ struct Settings: Codable {
     /// Keys accepted in the config file and as VIVARIUM_<KEY> environment variables.
     static let keys = [
         "state_dir", "socket", "crun", "init", "busybox", "uid_base", "max_sandboxes", "log_level",
-        "stop_timeout_seconds", "ttl_sweep_seconds", "uid_registry", "listen", "insecure_http",
+        "stop_timeout_seconds", "ttl_sweep_seconds", "uid_registry", "listen", "insecure_http", "tls_cert", "tls_key",
         "access_token_seconds", "max_access_token_seconds",
     ]
 
@@ -133,6 +136,8 @@ struct Settings: Codable {
                 throw VivariumError(.invalidArgument, "insecure_http must be true or false")
             }
             insecureHTTP = b
+        case "tls_cert": tlsCert = try path()
+        case "tls_key": tlsKey = try path()
         case "access_token_seconds": accessTokenSeconds = Int(try int(60...86400))
         case "max_access_token_seconds": maxAccessTokenSeconds = Int(try int(60...86400))
         default: throw VivariumError(.invalidArgument, "unknown setting \(key)")

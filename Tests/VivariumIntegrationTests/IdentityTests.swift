@@ -17,7 +17,7 @@ import VivariumTestSupport
         let key: APIKeyInfo = try d.client.call(
             "POST", "/v1/principals/\(name)/keys?tenant=\(tenant)", body: CreateAPIKeyRequest(scopes: scopes))
         #expect(key.apiKey.hasPrefix("viv_"))
-        return try d.remote().call("POST", "/v1/tokens", body: TokenRequest(grantType: "api_key", apiKey: key.apiKey))
+        return try d.client.call("POST", "/v1/tokens", body: TokenRequest(grantType: "api_key", apiKey: key.apiKey))
     }
 
     func status(_ c: APIClient, _ method: String, _ path: String, body: String? = nil) throws -> (Int, String?) {
@@ -184,6 +184,46 @@ import VivariumTestSupport
             #expect(!r.stdout.contains("initech"))
             #expect(try d.crunContainers().isEmpty)
             #expect(d.bundles().isEmpty)
+        }
+    }
+
+    @Test func theTCPListenerSpeaksTLS12OrNewerWithAPinnableCertificate() async throws {
+        let port = UInt16.random(in: 20000...40000)
+        try await TestDaemon.with(extraEnv: ["VIVARIUM_LISTEN": "127.0.0.1:\(port)"]) { d in
+            let cert = d.stateDir + "/tls/cert.pem"
+            let url = "https://127.0.0.1:\(port)"
+            #expect(
+                d.eventually(10) {
+                    (try? runCommand("/usr/bin/curl", ["-sf", "--cacert", cert, url + "/healthz"]))?.status == 0
+                })
+            // The fingerprint the daemon prints is the SHA-256 of the certificate it serves.
+            let pem = try String(contentsOfFile: cert, encoding: .utf8)
+            let b64 = pem.split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()
+            let fp = Digest.of(Array(Data(base64Encoded: b64)!)).hex.uppercased()
+            let printed = d.log.split(separator: "\n").first { $0.contains("fingerprint") }.map {
+                $0.split(separator: " ").last!.replacingOccurrences(of: ":", with: "")
+            }
+            #expect(printed == fp)
+            var st = stat()
+            #expect(stat(d.stateDir + "/tls/key.pem", &st) == 0 && st.st_mode & 0o077 == 0)
+
+            let pair = try principal(d, tenant: "acme", name: "ann", role: "member")
+            let ok = try runCommand(
+                "/usr/bin/curl",
+                ["-sf", "--cacert", cert, "-H", "Authorization: Bearer \(pair.accessToken)", url + "/v1/sandboxes"])
+            #expect(ok.status == 0 && ok.stdout.contains("items"))
+            let anon = try runCommand(
+                "/usr/bin/curl",
+                ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", cert, url + "/v1/sandboxes"])
+            #expect(anon.stdout == "401")
+            // Old protocol versions and plain HTTP get nothing.
+            let old = try runCommand("/usr/bin/curl", ["-sk", "--tlsv1.0", "--tls-max", "1.1", url + "/healthz"])
+            #expect(old.status != 0)
+            let plain = try runCommand("/usr/bin/curl", ["-s", "http://127.0.0.1:\(port)/healthz"])
+            #expect(plain.status != 0 || !plain.stdout.contains("ok"))
+            // Without the pinned certificate the client refuses the self-signed one.
+            let unpinned = try runCommand("/usr/bin/curl", ["-s", url + "/healthz"])
+            #expect(unpinned.status != 0)
         }
     }
 

@@ -1,0 +1,87 @@
+import Crypto
+import Foundation
+import NIOSSL
+import SwiftASN1
+import VivariumCore
+import VivariumOS
+import X509
+
+/// The daemon's TLS certificate: the operator's (`tls_cert` + `tls_key`), or a self-signed one made
+/// on first start and kept in `<state>/tls` (key 0600). Clients pin it by its SHA-256 fingerprint.
+struct TLSIdentity {
+    let certificateDER: [UInt8]
+    let privateKeyPEM: String
+
+    /// SHA-256 of the certificate's DER, as colon-separated upper-case hex (what `login --fingerprint` takes).
+    var fingerprint: String {
+        Digest.of(certificateDER).hex.uppercased().enumerated().map { i, c in i > 0 && i % 2 == 0 ? ":\(c)" : "\(c)" }
+            .joined()
+    }
+
+    static func load(certFile: String, keyFile: String) throws -> TLSIdentity {
+        do {
+            let certs = try NIOSSLCertificate.fromPEMFile(certFile)
+            guard let first = certs.first else {
+                throw VivariumError(.invalidArgument, "no certificate in \(certFile)")
+            }
+            let key = try String(contentsOfFile: keyFile, encoding: .utf8)
+            _ = try NIOSSLPrivateKey(bytes: Array(key.utf8), format: .pem)
+            return TLSIdentity(certificateDER: try first.toDERBytes(), privateKeyPEM: key)
+        } catch let e as VivariumError {
+            throw e
+        } catch {
+            throw VivariumError(.invalidArgument, "cannot load the TLS certificate or key", cause: error)
+        }
+    }
+
+    /// The self-signed identity in `dir`, made on first use, valid for `host` and localhost.
+    static func selfSigned(dir: String, host: String) throws -> TLSIdentity {
+        let certPath = dir + "/cert.pem"
+        let keyPath = dir + "/key.pem"
+        if FileSystem.exists(certPath) && FileSystem.exists(keyPath) {
+            return try load(certFile: certPath, keyFile: keyPath)
+        }
+        try FileSystem.makeDirectory(dir, mode: 0o700)
+        let key = P256.Signing.PrivateKey()
+        let name = try DistinguishedName { CommonName("vivarium") }
+        var sans: [GeneralName] = [.dnsName("localhost")]
+        if let ip = ipv4Bytes(host) { sans.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(ip)))) }
+        if host == "::1" {
+            sans.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice([UInt8](repeating: 0, count: 15) + [1]))))
+        }
+        if ipv4Bytes(host) == nil && host != "::1" && !host.isEmpty { sans.append(.dnsName(host)) }
+        sans.append(.ipAddress(ASN1OctetString(contentBytes: [127, 0, 0, 1])))
+        let now = Date()
+        let cert = try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(825 * 86400),
+            issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                KeyUsage(digitalSignature: true, keyCertSign: true)
+                try ExtendedKeyUsage([.serverAuth])
+                SubjectAlternativeNames(sans)
+            },
+            issuerPrivateKey: .init(key))
+        let certPEM = try cert.serializeAsPEM().pemString
+        try FileSystem.writeAtomically(Data(key.pemRepresentation.utf8), to: keyPath, mode: 0o600)
+        try FileSystem.writeAtomically(Data(certPEM.utf8), to: certPath, mode: 0o644)
+        return try load(certFile: certPath, keyFile: keyPath)
+    }
+
+    static func ipv4Bytes(_ s: String) -> [UInt8]? {
+        let parts = s.split(separator: ".")
+        guard parts.count == 4 else { return nil }
+        let bytes = parts.compactMap { UInt8($0) }
+        return bytes.count == 4 ? bytes : nil
+    }
+
+    /// TLS 1.2 or newer, this certificate.
+    func serverConfiguration() throws -> TLSConfiguration {
+        var c = TLSConfiguration.makeServerConfiguration(
+            certificateChain: [.certificate(try NIOSSLCertificate(bytes: certificateDER, format: .der))],
+            privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(privateKeyPEM.utf8), format: .pem)))
+        c.minimumTLSVersion = .tlsv12
+        return c
+    }
+}
