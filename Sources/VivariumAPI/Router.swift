@@ -28,6 +28,16 @@ public struct APIRequestContext: RequestContext {
     }
 }
 
+/// Abuse limits of the API: failed authentications per source address, requests per principal.
+public struct APILimits: Sendable {
+    public let failedAuth: RateLimiter
+    public let perPrincipal: RateLimiter
+    public init(authFailuresPerMinute: Double = 10, requestsPerSecond: Double = 100, requestBurst: Double = 200) {
+        failedAuth = RateLimiter(rate: authFailuresPerMinute / 60, burst: authFailuresPerMinute)
+        perPrincipal = RateLimiter(rate: requestsPerSecond, burst: requestBurst)
+    }
+}
+
 public enum API {
     /// Largest accepted request body.
     public static let maxBodyBytes = 256 << 10
@@ -39,11 +49,13 @@ public enum API {
     final class Routes: @unchecked Sendable {
         let router: Router<APIRequestContext>
         let tokens: TokenService
+        let limits: APILimits
         private(set) var keys: [String] = []
 
-        init(router: Router<APIRequestContext>, tokens: TokenService) {
+        init(router: Router<APIRequestContext>, tokens: TokenService, limits: APILimits) {
             self.router = router
             self.tokens = tokens
+            self.limits = limits
         }
 
         func add(_ method: HTTPRequest.Method, _ path: String, _ handler: @escaping Handler) {
@@ -52,24 +64,40 @@ public enum API {
             }
             keys.append("\(method.rawValue) \(path)")
             let tokens = self.tokens
+            let limits = self.limits
+            let exchangesCredentials = path == "/v1/tokens"
             router.on(RouterPath(path), method: method) { req, ctx in
-                let principal = try await API.authenticate(req, ctx, policy: policy, tokens: tokens)
-                return try await handler(req, ctx, principal)
+                let source = ctx.remote?.ipAddress ?? "local"
+                let guarded = !ctx.isLocal && (policy.ownership != .publicRoute || exchangesCredentials)
+                if guarded, let wait = limits.failedAuth.exhausted(source) {
+                    throw VivariumError(
+                        .rateLimited, "too many failed authentications from this address", retryAfterSeconds: wait)
+                }
+                do {
+                    let principal = try await API.authenticate(req, ctx, policy: policy, tokens: tokens)
+                    if let p = principal, !ctx.isLocal, let wait = limits.perPrincipal.take(p.id) {
+                        throw VivariumError(.rateLimited, "request rate limit reached", retryAfterSeconds: wait)
+                    }
+                    return try await handler(req, ctx, principal)
+                } catch let e as VivariumError where e.code == .unauthenticated && guarded {
+                    _ = limits.failedAuth.take(source)
+                    throw e
+                }
             }
         }
     }
 
     /// Every route the API serves, as "METHOD path" (for the policy coverage test).
     public static func routeKeys(engine: Engine) -> [String] {
-        let routes = Routes(router: Router(context: APIRequestContext.self), tokens: engine.tokens)
+        let routes = Routes(router: Router(context: APIRequestContext.self), tokens: engine.tokens, limits: APILimits())
         register(routes, engine: engine)
         return routes.keys
     }
 
-    public static func router(engine: Engine) -> Router<APIRequestContext> {
+    public static func router(engine: Engine, limits: APILimits = APILimits()) -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
         router.middlewares.add(ErrorMiddleware())
-        register(Routes(router: router, tokens: engine.tokens), engine: engine)
+        register(Routes(router: router, tokens: engine.tokens, limits: limits), engine: engine)
         return router
     }
 
@@ -298,7 +326,8 @@ public enum API {
         case .methodNotAllowed: .methodNotAllowed
         case .resourceExhausted, .unavailable: .serviceUnavailable
         case .unauthenticated: .unauthorized
-        case .forbidden: .forbidden
+        case .forbidden, .quotaExceeded: .forbidden
+        case .rateLimited: .tooManyRequests
         default: .internalServerError
         }
     }
@@ -338,6 +367,7 @@ struct ErrorMiddleware: RouterMiddleware {
                 status == .internalServerError && verr.code == .internalError ? "internal error" : verr.message
             let body = ErrorBody(error: .init(code: verr.code.rawValue, message: message, requestId: context.requestID))
             response = try API.json(body, status: status)
+            if let wait = verr.retryAfterSeconds { response.headers[.retryAfter] = String(wait) }
         }
         response.headers[HTTPField.Name("X-Request-Id")!] = context.requestID
         return response

@@ -32,6 +32,19 @@ public struct ResourceLimits: Codable, Sendable, Equatable {
     }
 }
 
+/// What one tenant may hold at most, summed over its sandboxes.
+public struct TenantQuota: Sendable, Equatable, Codable {
+    public var sandboxes: Int
+    public var memoryBytes: Int64
+    public var milliCPUs: Int64
+    public init(sandboxes: Int, memoryBytes: Int64, milliCPUs: Int64) {
+        self.sandboxes = sandboxes
+        self.memoryBytes = memoryBytes
+        self.milliCPUs = milliCPUs
+    }
+    public static let `default` = TenantQuota(sandboxes: 100, memoryBytes: 64 << 30, milliCPUs: 32_000)
+}
+
 public enum RestartPolicy: String, Codable, Sendable, CaseIterable {
     /// Brought back after a host reboot or when its init dies.
     case always

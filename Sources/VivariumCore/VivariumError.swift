@@ -22,16 +22,21 @@ public struct VivariumError: Error, CustomStringConvertible, Sendable, Equatable
         public static let badRequest = Code(rawValue: "bad_request")
         public static let unauthenticated = Code(rawValue: "unauthenticated")
         public static let forbidden = Code(rawValue: "forbidden")
+        public static let rateLimited = Code(rawValue: "rate_limited")
+        public static let quotaExceeded = Code(rawValue: "quota_exceeded")
     }
 
     public let code: Code
     public let message: String
     public let cause: String?
+    /// For `rate_limited`: when to try again (sent as Retry-After).
+    public let retryAfterSeconds: Int?
 
-    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) {
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil, retryAfterSeconds: Int? = nil) {
         self.code = code
         self.message = message
         self.cause = cause.map { String(describing: $0) }
+        self.retryAfterSeconds = retryAfterSeconds
     }
 
     public var description: String {

@@ -126,7 +126,7 @@ public final class Engine: Sendable {
             let id = SandboxID.random()
             let now = Date()
             let cfg = config
-            let record = try store.insertSandbox(maxSlots: config.maxSandboxes) { slot in
+            let record = try store.insertSandbox(maxSlots: config.maxSandboxes, quota: config.quota) { slot in
                 SandboxRecord(
                     id: id, tenant: tenant, name: name, imageID: image.id, imageName: image.name,
                     imageDigest: image.digest, imageRootfs: image.rootfs, spec: spec, state: .creating,

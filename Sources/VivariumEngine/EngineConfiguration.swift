@@ -17,12 +17,15 @@ public struct EngineConfiguration: Sendable {
     public var cgroupMode: CgroupMode
     public var ttlSweepInterval: Duration
     public var stopTimeout: Duration
+    /// Applied to every tenant at create.
+    public var quota: TenantQuota
 
     public init(
         stateDir: String, crunBinary: String = "/usr/bin/crun", initBinary: String, busybox: String = "/bin/busybox",
         uidBase: Int64? = nil, maxSandboxes: Int = 1024, cgroupMode: CgroupMode = .detect(),
-        ttlSweepInterval: Duration = .seconds(2), stopTimeout: Duration = .seconds(10)
+        ttlSweepInterval: Duration = .seconds(2), stopTimeout: Duration = .seconds(10), quota: TenantQuota = .default
     ) {
+        self.quota = quota
         self.stateDir = stateDir
         self.crunBinary = crunBinary
         self.initBinary = initBinary

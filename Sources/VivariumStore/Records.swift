@@ -74,8 +74,9 @@ public struct SandboxRecord: Sendable, Equatable {
 public protocol Store: Sendable {
     /// Allocates the lowest free user-id slot below `maxSlots` and inserts the record `make` builds
     /// for it, atomically. Throws `already_exists` for a duplicate name, `resource_exhausted` when
-    /// no slot is free.
-    func insertSandbox(maxSlots: Int, _ make: @Sendable (Int) -> SandboxRecord) throws -> SandboxRecord
+    /// no slot is free, `quota_exceeded` when the tenant's quota would be exceeded.
+    func insertSandbox(maxSlots: Int, quota: TenantQuota?, _ make: @Sendable (Int) -> SandboxRecord) throws
+        -> SandboxRecord
     func updateState(_ id: SandboxID, _ state: SandboxState) throws
     func sandbox(tenant: String, name: ResourceName) throws -> SandboxRecord?
     func sandbox(id: SandboxID) throws -> SandboxRecord?

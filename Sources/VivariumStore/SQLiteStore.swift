@@ -51,6 +51,8 @@ public final class SQLiteStore: Store {
                         image_digest TEXT NOT NULL,
                         image_rootfs TEXT NOT NULL,
                         spec TEXT NOT NULL,
+                        memory_bytes INTEGER NOT NULL,
+                        milli_cpus INTEGER NOT NULL,
                         state TEXT NOT NULL,
                         pid INTEGER,
                         uid_slot INTEGER NOT NULL UNIQUE,
@@ -84,7 +86,9 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func insertSandbox(maxSlots: Int, _ make: @Sendable (Int) -> SandboxRecord) throws -> SandboxRecord {
+    public func insertSandbox(maxSlots: Int, quota: TenantQuota?, _ make: @Sendable (Int) -> SandboxRecord) throws
+        -> SandboxRecord
+    {
         try wrap("sandbox") {
             try pool.write { db in
                 let used = try Int.fetchAll(db, sql: "SELECT uid_slot FROM sandboxes ORDER BY uid_slot")
@@ -97,6 +101,30 @@ public final class SQLiteStore: Store {
                     throw VivariumError(.resourceExhausted, "no free user-id range: \(maxSlots) sandboxes exist")
                 }
                 let r = make(slot)
+                if let quota {
+                    let row = try Row.fetchOne(
+                        db,
+                        sql: """
+                            SELECT count(*) AS n, coalesce(sum(memory_bytes), 0) AS mem, coalesce(sum(milli_cpus), 0) AS cpu
+                            FROM sandboxes WHERE tenant = ?
+                            """, arguments: [r.tenant])!
+                    let (n, mem, cpu): (Int, Int64, Int64) = (row["n"], row["mem"], row["cpu"])
+                    if n + 1 > quota.sandboxes {
+                        throw VivariumError(
+                            .quotaExceeded, "tenant \(r.tenant) may hold at most \(quota.sandboxes) sandboxes")
+                    }
+                    if mem + r.spec.limits.memoryBytes > quota.memoryBytes {
+                        throw VivariumError(
+                            .quotaExceeded,
+                            "tenant \(r.tenant) would exceed its memory quota of \(Quantity.formatBytes(quota.memoryBytes))"
+                        )
+                    }
+                    if cpu + r.spec.limits.milliCPUs > quota.milliCPUs {
+                        throw VivariumError(
+                            .quotaExceeded,
+                            "tenant \(r.tenant) would exceed its CPU quota of \(Double(quota.milliCPUs) / 1000) CPUs")
+                    }
+                }
                 if try Bool.fetchOne(
                     db, sql: "SELECT 1 FROM sandboxes WHERE tenant = ? AND name = ?",
                     arguments: [r.tenant, r.name.rawValue]
@@ -106,13 +134,14 @@ public final class SQLiteStore: Store {
                 try db.execute(
                     sql: """
                         INSERT INTO sandboxes (id, tenant, name, image_id, image_name, image_digest, image_rootfs, spec,
-                            state, pid, uid_slot, bundle, cgroup_path, created_at, expires_at)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                            memory_bytes, milli_cpus, state, pid, uid_slot, bundle, cgroup_path, created_at, expires_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """,
                     arguments: [
                         r.id.rawValue, r.tenant, r.name.rawValue, r.imageID, r.imageName.rawValue,
                         r.imageDigest.rawValue,
-                        r.imageRootfs, try Self.encode(r.spec), r.state.name, r.state.pid, r.uidSlot, r.bundle,
+                        r.imageRootfs, try Self.encode(r.spec), r.spec.limits.memoryBytes, r.spec.limits.milliCPUs,
+                        r.state.name, r.state.pid, r.uidSlot, r.bundle,
                         r.cgroupPath, r.createdAt.timeIntervalSince1970, r.expiresAt?.timeIntervalSince1970,
                     ])
                 return r

@@ -70,7 +70,7 @@ struct Serve: AsyncParsableCommand {
         let config = EngineConfiguration(
             stateDir: s.stateDir, crunBinary: s.crun, initBinary: s.initBinary, busybox: s.busybox, uidBase: s.uidBase,
             maxSandboxes: s.maxSandboxes, ttlSweepInterval: .seconds(s.ttlSweepSeconds),
-            stopTimeout: .seconds(s.stopTimeoutSeconds))
+            stopTimeout: .seconds(s.stopTimeoutSeconds), quota: s.quota)
         try config.validate()
         try UIDRangeRegistry(path: s.uidRegistry).claim(
             stateDir: config.stateDir, base: config.uidBase, count: Int64(config.maxSandboxes) * 65536)
@@ -122,7 +122,14 @@ struct Serve: AsyncParsableCommand {
                 logger.warning("serving plain HTTP on a loopback address: --insecure-http weakens a default")
             }
             services.append(
-                .init(service: try tcp.application(router: API.router(engine: engine), tls: tls, logger: logger)))
+                .init(
+                    service: try tcp.application(
+                        router: API.router(
+                            engine: engine,
+                            limits: APILimits(
+                                authFailuresPerMinute: Double(s.authFailuresPerMinute),
+                                requestsPerSecond: Double(s.requestsPerSecond), requestBurst: Double(s.requestBurst))),
+                        tls: tls, logger: logger)))
         }
         let group = ServiceGroup(
             configuration: .init(

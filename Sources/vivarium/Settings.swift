@@ -37,6 +37,10 @@ struct Settings: Codable {
     var tlsCert: String?
     var tlsKey: String?
     var accessTokenSeconds = 900
+    var quota = TenantQuota.default
+    var authFailuresPerMinute = 10
+    var requestsPerSecond = 100
+    var requestBurst = 200
     var maxAccessTokenSeconds = 3600
     var configFile: String?
 
@@ -44,7 +48,8 @@ struct Settings: Codable {
     static let keys = [
         "state_dir", "socket", "crun", "init", "busybox", "uid_base", "max_sandboxes", "log_level",
         "stop_timeout_seconds", "ttl_sweep_seconds", "uid_registry", "listen", "insecure_http", "tls_cert", "tls_key",
-        "access_token_seconds", "max_access_token_seconds",
+        "access_token_seconds", "max_access_token_seconds", "quota_sandboxes", "quota_memory", "quota_cpus",
+        "auth_failures_per_minute", "requests_per_second", "request_burst",
     ]
 
     static func defaultInit() -> String {
@@ -136,6 +141,16 @@ struct Settings: Codable {
                 throw VivariumError(.invalidArgument, "insecure_http must be true or false")
             }
             insecureHTTP = b
+        case "quota_sandboxes": quota.sandboxes = Int(try int(0...1_000_000))
+        case "quota_memory": quota.memoryBytes = try Quantity.parseBytes(value)
+        case "quota_cpus":
+            guard let c = Double(value), c >= 0, c <= 100_000 else {
+                throw VivariumError(.invalidArgument, "quota_cpus must be a number of CPUs")
+            }
+            quota.milliCPUs = Int64((c * 1000).rounded())
+        case "auth_failures_per_minute": authFailuresPerMinute = Int(try int(1...100_000))
+        case "requests_per_second": requestsPerSecond = Int(try int(1...10_000_000))
+        case "request_burst": requestBurst = Int(try int(1...10_000_000))
         case "tls_cert": tlsCert = try path()
         case "tls_key": tlsKey = try path()
         case "access_token_seconds": accessTokenSeconds = Int(try int(60...86400))

@@ -30,13 +30,15 @@ import VivariumStore
     @Test func allocatesTheLowestFreeUIDSlotAndNeverShares() throws {
         try withStore { s in
             let img = try image(s)
-            let a = try s.insertSandbox(maxSlots: 3) { record(img, "a", slot: $0) }
-            let b = try s.insertSandbox(maxSlots: 3) { record(img, "b", slot: $0) }
-            let c = try s.insertSandbox(maxSlots: 3) { record(img, "c", slot: $0) }
+            let a = try s.insertSandbox(maxSlots: 3, quota: nil) { record(img, "a", slot: $0) }
+            let b = try s.insertSandbox(maxSlots: 3, quota: nil) { record(img, "b", slot: $0) }
+            let c = try s.insertSandbox(maxSlots: 3, quota: nil) { record(img, "c", slot: $0) }
             #expect([a.uidSlot, b.uidSlot, c.uidSlot] == [Int](0...2))
-            #expect(throws: VivariumError.self) { try s.insertSandbox(maxSlots: 3) { record(img, "d", slot: $0) } }
+            #expect(throws: VivariumError.self) {
+                try s.insertSandbox(maxSlots: 3, quota: nil) { record(img, "d", slot: $0) }
+            }
             try s.deleteSandbox(b.id)
-            let d = try s.insertSandbox(maxSlots: 3) { record(img, "d", slot: $0) }
+            let d = try s.insertSandbox(maxSlots: 3, quota: nil) { record(img, "d", slot: $0) }
             #expect(d.uidSlot == 1)
         }
     }
@@ -44,9 +46,9 @@ import VivariumStore
     @Test func namesAreUniquePerTenantAndStatesPersist() throws {
         try withStore { s in
             let img = try image(s)
-            let a = try s.insertSandbox(maxSlots: 8) { record(img, "a", slot: $0) }
+            let a = try s.insertSandbox(maxSlots: 8, quota: nil) { record(img, "a", slot: $0) }
             do {
-                _ = try s.insertSandbox(maxSlots: 8) { record(img, "a", slot: $0) }
+                _ = try s.insertSandbox(maxSlots: 8, quota: nil) { record(img, "a", slot: $0) }
                 Issue.record("duplicate name accepted")
             } catch let e as VivariumError {
                 #expect(e.code == .alreadyExists)
@@ -60,7 +62,7 @@ import VivariumStore
     @Test func imagesInUseCannotBeDeleted() throws {
         try withStore { s in
             let img = try image(s)
-            let a = try s.insertSandbox(maxSlots: 8) { record(img, "a", slot: $0) }
+            let a = try s.insertSandbox(maxSlots: 8, quota: nil) { record(img, "a", slot: $0) }
             do {
                 _ = try s.deleteImage(tenant: "default", name: img.name)
                 Issue.record("image in use was deleted")
@@ -76,13 +78,13 @@ import VivariumStore
     @Test func paginatesByNameAndFindsExpired() throws {
         try withStore { s in
             let img = try image(s)
-            for n in ["c", "a", "b"] { _ = try s.insertSandbox(maxSlots: 8) { record(img, n, slot: $0) } }
+            for n in ["c", "a", "b"] { _ = try s.insertSandbox(maxSlots: 8, quota: nil) { record(img, n, slot: $0) } }
             #expect(try s.sandboxes(tenant: "default", after: nil, limit: 2).map(\.name.rawValue) == ["a", "b"])
             #expect(try s.sandboxes(tenant: "default", after: "b", limit: 2).map(\.name.rawValue) == ["c"])
             var e = record(img, "e", slot: 0)
             e.expiresAt = Date().addingTimeInterval(-1)
             let expiring = e
-            _ = try s.insertSandbox(maxSlots: 8) { slot in
+            _ = try s.insertSandbox(maxSlots: 8, quota: nil) { slot in
                 var r = expiring
                 r.uidSlot = slot
                 return r
@@ -110,5 +112,42 @@ import VivariumStore
         // A vanished instance releases its block.
         try FileManager.default.removeItem(atPath: dir + "/a")
         try reg.claim(stateDir: dir + "/b", base: 1 << 28, count: 1 << 20)
+    }
+}
+
+@Suite struct QuotaTests {
+    @Test func aCreateBeyondTheTenantsQuotaIsRefusedAndLeavesNothing() throws {
+        try StoreTests().withStore { s in
+            let img = try StoreTests().image(s)
+            let quota = TenantQuota(sandboxes: 2, memoryBytes: 1 << 30, milliCPUs: 1500)
+            _ = try s.insertSandbox(maxSlots: 8, quota: quota) { StoreTests().record(img, "a", slot: $0) }  // 512M, 1 CPU
+            for (name, limits) in [
+                ("cpu", ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 1000, pids: 64)),
+                ("mem", ResourceLimits(memoryBytes: 768 << 20, milliCPUs: 100, pids: 64)),
+            ] {
+                do {
+                    _ = try s.insertSandbox(maxSlots: 8, quota: quota) { slot in
+                        var r = StoreTests().record(img, name, slot: slot)
+                        r.spec.limits = limits
+                        return r
+                    }
+                    Issue.record("\(name) quota not enforced")
+                } catch let e as VivariumError {
+                    #expect(e.code == .quotaExceeded)
+                }
+            }
+            _ = try s.insertSandbox(maxSlots: 8, quota: quota) { slot in
+                var r = StoreTests().record(img, "b", slot: slot)
+                r.spec.limits = ResourceLimits(memoryBytes: 256 << 20, milliCPUs: 500, pids: 64)
+                return r
+            }
+            do {
+                _ = try s.insertSandbox(maxSlots: 8, quota: quota) { StoreTests().record(img, "c", slot: $0) }
+                Issue.record("sandbox count quota not enforced")
+            } catch let e as VivariumError {
+                #expect(e.code == .quotaExceeded)
+            }
+            #expect(try s.sandboxCount() == 2)
+        }
     }
 }

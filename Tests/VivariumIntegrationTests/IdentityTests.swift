@@ -227,6 +227,44 @@ import VivariumTestSupport
         }
     }
 
+    @Test func bruteForceFromOneAddressIsThrottled() async throws {
+        try await TestDaemon.with(extraEnv: ["VIVARIUM_AUTH_FAILURES_PER_MINUTE": "5"], tcp: true) { d in
+            let good = try principal(d, tenant: "acme", name: "ann", role: "member")
+            let forged = d.remote("eyJhbGciOiJub25lIn0.e30.")
+            for _ in 0..<5 { #expect(try status(forged, "GET", "/v1/sandboxes").0 == 401) }
+            let r = try forged.http.send("GET", "/v1/sandboxes")
+            #expect(r.status == 429)
+            #expect(Int(r.headers["retry-after"] ?? "") ?? 0 >= 1)
+            // Guessing API keys counts too, and the address stays throttled even with a valid token.
+            let (s, code) = try status(
+                d.remote(), "POST", "/v1/tokens", body: #"{"grant_type":"api_key","api_key":"viv_x_y"}"#)
+            #expect(s == 429 && code == "rate_limited")
+            #expect(try status(d.remote(good.accessToken), "GET", "/v1/sandboxes").0 == 429)
+            // The unix socket (local root) is never throttled.
+            let _: Page<SandboxInfo> = try d.client.call("GET", "/v1/sandboxes")
+        }
+    }
+
+    @Test func requestRateAndQuotasPerTenant() async throws {
+        let env = [
+            "VIVARIUM_REQUESTS_PER_SECOND": "1", "VIVARIUM_REQUEST_BURST": "4", "VIVARIUM_QUOTA_SANDBOXES": "1",
+            "VIVARIUM_QUOTA_MEMORY": "1G",
+        ]
+        try await TestDaemon.with(extraEnv: env, tcp: true) { d in
+            let pair = try principal(d, tenant: "acme", name: "ann", role: "member")
+            let c = d.remote(pair.accessToken)
+            let _: SandboxInfo = try c.call("POST", "/v1/sandboxes", body: CreateSandboxRequest(name: "first"))
+            let (s, code) = try status(c, "POST", "/v1/sandboxes", body: #"{"name":"second","memory_bytes":67108864}"#)
+            #expect(s == 403 && code == "quota_exceeded")
+            #expect(d.bundles().count == 1, "a refused create leaves nothing behind")
+            // Two requests used; the burst of 4 runs out within this second.
+            var codes: [Int] = []
+            for _ in 0..<4 { codes.append(try status(c, "GET", "/v1/sandboxes").0) }
+            #expect(codes.contains(429))
+            #expect(codes.first == 200)
+        }
+    }
+
     @Test func plainHTTPOffLoopbackIsRefused() async throws {
         let r = try runCommand(
             Paths.vivarium, ["serve", "--listen", "0.0.0.0:18080", "--insecure-http"],
