@@ -120,7 +120,8 @@ import VivariumStore
         try StoreTests().withStore { s in
             let img = try StoreTests().image(s)
             let quota = TenantQuota(sandboxes: 2, memoryBytes: 1 << 30, milliCPUs: 1500)
-            _ = try s.insertSandbox(maxSlots: 8, quota: quota) { StoreTests().record(img, "a", slot: $0) }  // 512M, 1 CPU
+            // 512M and 1 CPU: the defaults.
+            _ = try s.insertSandbox(maxSlots: 8, quota: quota) { StoreTests().record(img, "a", slot: $0) }
             for (name, limits) in [
                 ("cpu", ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 1000, pids: 64)),
                 ("mem", ResourceLimits(memoryBytes: 768 << 20, milliCPUs: 100, pids: 64)),
