@@ -25,6 +25,9 @@ public final class Engine: Sendable {
     /// Sandboxes whose init is being stopped on purpose: their exit is not a crash.
     let stopping = Mutex<Set<SandboxID>>([])
     let swapAccounting: Bool
+    /// Upper-dir usage per sandbox, walked at most every `diskUsageTTL` (a walk is O(files)).
+    let diskUsageCache = Mutex<[SandboxID: (bytes: Int64, at: ContinuousClock.Instant)]>([:])
+    static let diskUsageTTL = Duration.seconds(5)
 
     public init(
         config: EngineConfiguration, store: any Store, identity: any IdentityStore, tokens: TokenService,
@@ -169,7 +172,7 @@ public final class Engine: Sendable {
     public func get(tenant: String, name: String) async throws -> SandboxInfo {
         let r = try record(tenant: tenant, name: name)
         var i = info(r)
-        i.diskUsageBytes = await FileSystem.diskUsage(r.upperDir)
+        i.diskUsageBytes = await diskUsage(r)
         return i
     }
 
@@ -245,6 +248,17 @@ public final class Engine: Sendable {
             memoryBytes: r.spec.limits.memoryBytes, milliCpus: r.spec.limits.milliCPUs, pids: r.spec.limits.pids,
             env: r.spec.env, labels: r.spec.labels, readOnly: r.spec.readOnly, restart: r.spec.restart.rawValue,
             createdAt: r.createdAt, expiresAt: r.expiresAt, hostUidBase: hostUIDBase(r), diskUsageBytes: nil)
+    }
+
+    func diskUsage(_ r: SandboxRecord) async -> Int64 {
+        let now = ContinuousClock.now
+        if let c = diskUsageCache.withLock({ $0[r.id] }), now - c.at < Self.diskUsageTTL { return c.bytes }
+        let bytes = await FileSystem.diskUsage(r.upperDir)
+        diskUsageCache.withLock { cache in
+            if cache.count > 4 * config.maxSandboxes { cache.removeAll() }
+            cache[r.id] = (bytes, now)
+        }
+        return bytes
     }
 
     func hostUIDBase(_ r: SandboxRecord) -> Int64 { config.uidBase + Int64(r.uidSlot) * HardenedSpec.idRangeSize }

@@ -1,10 +1,27 @@
 import Foundation
 import GRDB
+import Synchronization
 import VivariumCore
 
 /// The embedded store: SQLite through GRDB, WAL mode, named migrations.
 public final class SQLiteStore: Store {
     let pool: DatabasePool
+
+    /// Write-through cache of sandbox records: this daemon is the only writer of its database (the
+    /// state directory is locked), and a get or an exec should not wait on a database read.
+    struct SandboxCache {
+        var byID: [SandboxID: SandboxRecord] = [:]
+        var byName: [String: SandboxID] = [:]
+        static func key(_ tenant: String, _ name: String) -> String { tenant + "/" + name }
+        mutating func put(_ r: SandboxRecord) {
+            byID[r.id] = r
+            byName[Self.key(r.tenant, r.name.rawValue)] = r.id
+        }
+        mutating func remove(_ id: SandboxID) {
+            if let r = byID.removeValue(forKey: id) { byName[Self.key(r.tenant, r.name.rawValue)] = nil }
+        }
+    }
+    let cache = Mutex(SandboxCache())
 
     public init(path: String) throws {
         var config = Configuration()
@@ -146,7 +163,7 @@ public final class SQLiteStore: Store {
                     ])
                 return r
             }
-        }
+        }.cached(in: cache)
     }
 
     public func updateState(_ id: SandboxID, _ state: SandboxState) throws {
@@ -158,6 +175,12 @@ public final class SQLiteStore: Store {
                 guard db.changesCount == 1 else { throw VivariumError(.notFound, "sandbox \(id) not found") }
             }
         }
+        cache.withLock { c in
+            if var r = c.byID[id] {
+                r.state = state
+                c.byID[id] = r
+            }
+        }
     }
 
     static let sandboxColumns = """
@@ -166,24 +189,28 @@ public final class SQLiteStore: Store {
         """
 
     public func sandbox(tenant: String, name: ResourceName) throws -> SandboxRecord? {
-        try wrap("sandbox") {
+        if let r = cache.withLock({ c in c.byName[SandboxCache.key(tenant, name.rawValue)].flatMap { c.byID[$0] } }) {
+            return r
+        }
+        return try wrap("sandbox") {
             try pool.read { db in
                 try Row.fetchOne(
                     db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE tenant = ? AND name = ?",
                     arguments: [tenant, name.rawValue]
                 ).map(Self.sandbox)
             }
-        }
+        }?.cached(in: cache)
     }
 
     public func sandbox(id: SandboxID) throws -> SandboxRecord? {
-        try wrap("sandbox") {
+        if let r = cache.withLock({ $0.byID[id] }) { return r }
+        return try wrap("sandbox") {
             try pool.read { db in
                 try Row.fetchOne(
                     db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE id = ?", arguments: [id.rawValue]
                 ).map(Self.sandbox)
             }
-        }
+        }?.cached(in: cache)
     }
 
     public func sandboxes(tenant: String?, after: String?, limit: Int) throws -> [SandboxRecord] {
@@ -232,6 +259,7 @@ public final class SQLiteStore: Store {
         try wrap("sandbox") {
             try pool.write { db in try db.execute(sql: "DELETE FROM sandboxes WHERE id = ?", arguments: [id.rawValue]) }
         }
+        cache.withLock { $0.remove(id) }
     }
 
     public func sandboxCount() throws -> Int {
@@ -346,5 +374,13 @@ public final class SQLiteStore: Store {
         return ImageRecord(
             id: row["id"], tenant: row["tenant"], name: name, digest: digest, rootfs: row["rootfs"],
             sizeBytes: row["size_bytes"], createdAt: Date(timeIntervalSince1970: row["created_at"]))
+    }
+}
+
+extension SandboxRecord {
+    /// Stores the record in the cache and returns it.
+    func cached(in cache: borrowing Mutex<SQLiteStore.SandboxCache>) -> SandboxRecord {
+        cache.withLock { $0.put(self) }
+        return self
     }
 }

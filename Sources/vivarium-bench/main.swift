@@ -49,7 +49,45 @@ func report(_ rows: [(String, Stats, Stats?)]) {
     }
 }
 
-let daemon = try TestDaemon()
+let httpsPort = UInt16.random(in: 20000...40000)
+/// Authenticated `GET /v1/sandboxes/NAME` over HTTPS with keep-alive: wrk, one thread, 32 connections.
+func httpsThroughput() throws {
+    guard access("/usr/bin/wrk", X_OK) == 0 else {
+        print("https GET: skipped (install wrk)")
+        return
+    }
+    let _: TenantInfo = try daemon.client.call("POST", "/v1/tenants", body: CreateTenantRequest(name: "bench"))
+    let _: PrincipalInfo = try daemon.client.call(
+        "POST", "/v1/principals?tenant=bench", body: CreatePrincipalRequest(name: "wrk", role: "member"))
+    let key: APIKeyInfo = try daemon.client.call(
+        "POST", "/v1/principals/wrk/keys?tenant=bench",
+        body: CreateAPIKeyRequest(scopes: ["sandboxes:read", "sandboxes:write"]))
+    let pair: TokenPair = try daemon.client.call(
+        "POST", "/v1/tokens", body: TokenRequest(grantType: "api_key", apiKey: key.apiKey))
+    let _: SandboxInfo = try daemon.client.call(
+        "POST", "/v1/sandboxes?tenant=bench", body: CreateSandboxRequest(name: "target"))
+    let r = try runCommand(
+        "/usr/bin/wrk",
+        [
+            "-t1", "-c32", "-d10s", "--latency", "-H", "Authorization: Bearer \(pair.accessToken)",
+            "https://127.0.0.1:\(httpsPort)/v1/sandboxes/target",
+        ])
+    let lines = r.stdout.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+    let rps = lines.first { $0.hasPrefix("Requests/sec:") }?.split(separator: " ").last.map(String.init) ?? "?"
+    let p99 = lines.first { $0.hasPrefix("99%") }?.split(separator: " ").last.map(String.init) ?? "?"
+    let p50 = lines.first { $0.hasPrefix("50%") }?.split(separator: " ").last.map(String.init) ?? "?"
+    let non2xx = lines.first { $0.hasPrefix("Non-2xx") } ?? "all 2xx"
+    print(
+        "https GET /v1/sandboxes/NAME (wrk -t1 -c32, keep-alive, 10 s): \(rps) req/s, p50 \(p50), p99 \(p99); \(non2xx)"
+    )
+    let ok = (Double(rps) ?? 0) >= 10_000
+    print("target: ≥ 10,000 req/s with p99 < 10 ms: \(ok ? "req/s met" : "req/s MISSED")")
+}
+
+let daemon = try TestDaemon(extraEnv: [
+    "VIVARIUM_LISTEN": "127.0.0.1:\(httpsPort)", "VIVARIUM_REQUESTS_PER_SECOND": "10000000",
+    "VIVARIUM_REQUEST_BURST": "10000000", "VIVARIUM_LOG_LEVEL": "warning",
+])
 defer { daemon.shutdown() }
 do {
     print("vivarium-bench: \(iterations) iterations each, cgroups \(CgroupMode.detect().rawValue)")
@@ -145,6 +183,7 @@ do {
         ("exec /bin/true", apiExec, rawExec),
         ("delete", Stats(samples: deleteOnly), Stats(samples: rawDeleteSamples)),
     ])
+    try httpsThroughput()
     let c = Stats(samples: createOnly).p50 / Stats(samples: rawCreateSamples).p50
     let e = apiExec.p50 / rawExec.p50
     print(
