@@ -13,11 +13,14 @@ public struct APIRequestContext: RequestContext {
     public let requestID: String
     /// The peer address; nil or a unix socket for local callers.
     public let remote: SocketAddress?
+    /// The source a trusted proxy announced in a PROXY protocol header on this connection.
+    public let proxied: String?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         requestID = randomHex(bytes: 8)
         remote = source.channel.remoteAddress
+        proxied = ProxiedSources.get(source.channel)
     }
     public var maxUploadSize: Int { API.maxBodyBytes }
 
@@ -28,13 +31,19 @@ public struct APIRequestContext: RequestContext {
     }
 }
 
-/// Abuse limits of the API: failed authentications per source address, requests per principal.
+/// Abuse limits of the API: failed authentications per source address, requests per principal, and
+/// which sources are believed and allowed on admin routes.
 public struct APILimits: Sendable {
     public let failedAuth: RateLimiter
     public let perPrincipal: RateLimiter
-    public init(authFailuresPerMinute: Double = 10, requestsPerSecond: Double = 100, requestBurst: Double = 200) {
+    public let trust: SourceTrust
+    public init(
+        authFailuresPerMinute: Double = 10, requestsPerSecond: Double = 100, requestBurst: Double = 200,
+        trust: SourceTrust = SourceTrust()
+    ) {
         failedAuth = RateLimiter(rate: authFailuresPerMinute / 60, burst: authFailuresPerMinute)
         perPrincipal = RateLimiter(rate: requestsPerSecond, burst: requestBurst)
+        self.trust = trust
     }
 }
 
@@ -67,7 +76,17 @@ public enum API {
             let limits = self.limits
             let exchangesCredentials = path == "/v1/tokens"
             router.on(RouterPath(path), method: method) { req, ctx in
-                let source = ctx.remote?.ipAddress ?? "local"
+                let source =
+                    ctx.isLocal
+                    ? "local"
+                    : limits.trust.clientAddress(
+                        peer: ctx.remote?.ipAddress, proxied: ctx.proxied,
+                        forwardedFor: req.headers[HTTPField.Name("X-Forwarded-For")!]) ?? "unknown"
+                if policy.ownership == .admin, !ctx.isLocal, !limits.trust.adminAllowlist.isEmpty,
+                    !limits.trust.adminAllowlist.contains(where: { $0.contains(source) })
+                {
+                    throw VivariumError(.forbidden, "admin routes are not served to this address")
+                }
                 let guarded = !ctx.isLocal && (policy.ownership != .publicRoute || exchangesCredentials)
                 if guarded, let wait = limits.failedAuth.exhausted(source) {
                     throw VivariumError(

@@ -17,6 +17,8 @@ public struct UnixHTTPClient: Sendable {
     /// Sent as `Authorization: Bearer …` when set.
     public var bearer: String?
     public var extraHeaders: [(String, String)] = []
+    /// Raw bytes sent before the request (a PROXY protocol header, in tests).
+    public var rawPrefix: [UInt8] = []
 
     public init(socketPath: String) { endpoint = .unix(socketPath) }
     public init(host: String, port: UInt16) { endpoint = .tcp(host, port) }
@@ -95,7 +97,7 @@ public struct UnixHTTPClient: Sendable {
             head += "Content-Length: 0\r\n"
         }
         head += "\r\n"
-        var out = Data(head.utf8)
+        var out = Data(rawPrefix) + Data(head.utf8)
         if let body { out.append(body) }
         try out.withUnsafeBytes { raw in
             var off = 0

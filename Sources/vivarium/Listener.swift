@@ -1,8 +1,10 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOSSL
 import ServiceLifecycle
 import VivariumAPI
 import VivariumCore
@@ -32,12 +34,14 @@ struct Listener {
         return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
     }
 
-    func application(router: Router<APIRequestContext>, tls: TLSIdentity?, logger: Logger) throws -> any Service {
+    func application(router: Router<APIRequestContext>, tls: TLSIdentity?, trust: SourceTrust, logger: Logger) throws
+        -> any Service
+    {
         if !insecure {
             guard let tls else { throw VivariumError(.invalidArgument, "the TLS listener needs a certificate") }
             let (h, p) = (host, port)
             return Application(
-                router: router, server: try .tls(.http1(), tlsConfiguration: try tls.serverConfiguration()),
+                router: router, server: try Self.server(tls: try tls.serverConfiguration(), trust: trust),
                 configuration: .init(address: .hostname(host, port: port), serverName: nil),
                 onServerRunning: { channel in
                     let banner = """
@@ -49,11 +53,23 @@ struct Listener {
                 }, logger: logger)
         }
         return Application(
-            router: router, configuration: .init(address: .hostname(host, port: port), serverName: nil),
+            router: router, server: try Self.server(tls: nil, trust: trust),
+            configuration: .init(address: .hostname(host, port: port), serverName: nil),
             onServerRunning: { channel in
                 let banner =
                     "vivarium: plain HTTP on http://\(host):\(channel.localAddress?.port ?? port) (loopback only)\n"
                 FileHandle.standardOutput.write(Data(banner.utf8))
             }, logger: logger)
+    }
+
+    /// HTTP/1.1, under TLS when configured, with the PROXY protocol reader ahead of both.
+    static func server(tls: TLSConfiguration?, trust: SourceTrust) throws -> HTTPServerBuilder {
+        if let tls {
+            return HTTPServerBuilder { responder in
+                ProxyProtocolChannel(
+                    try TLSChannel(HTTP1Channel(responder: responder), tlsConfiguration: tls), trust: trust)
+            }
+        }
+        return HTTPServerBuilder { responder in ProxyProtocolChannel(HTTP1Channel(responder: responder), trust: trust) }
     }
 }

@@ -113,6 +113,7 @@ struct Serve: AsyncParsableCommand {
             .init(service: ReconcilerService(engine: engine)), .init(service: RevocationRefresher(engine: engine)),
         ]
         if let tcp {
+            let trust = SourceTrust(trustedProxies: s.trustedProxies, adminAllowlist: s.adminAllowlist)
             let tls: TLSIdentity? =
                 tcp.insecure
                 ? nil
@@ -128,8 +129,9 @@ struct Serve: AsyncParsableCommand {
                             engine: engine,
                             limits: APILimits(
                                 authFailuresPerMinute: Double(s.authFailuresPerMinute),
-                                requestsPerSecond: Double(s.requestsPerSecond), requestBurst: Double(s.requestBurst))),
-                        tls: tls, logger: logger)))
+                                requestsPerSecond: Double(s.requestsPerSecond), requestBurst: Double(s.requestBurst),
+                                trust: trust)),
+                        tls: tls, trust: trust, logger: logger)))
         }
         let group = ServiceGroup(
             configuration: .init(

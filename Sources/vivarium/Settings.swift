@@ -17,7 +17,7 @@ struct GlobalOptions: ParsableArguments {
 
 /// The daemon's effective settings. Precedence: flags, then environment variables, then the config
 /// file, then defaults.
-struct Settings: Codable {
+struct Settings {
     var stateDir = "/var/lib/vivarium"
     var socket = "/run/vivarium/vivarium.sock"
     var crun = "/usr/bin/crun"
@@ -41,6 +41,8 @@ struct Settings: Codable {
     var authFailuresPerMinute = 10
     var requestsPerSecond = 100
     var requestBurst = 200
+    var trustedProxies: [CIDR] = []
+    var adminAllowlist: [CIDR] = []
     var maxAccessTokenSeconds = 3600
     var configFile: String?
 
@@ -49,7 +51,7 @@ struct Settings: Codable {
         "state_dir", "socket", "crun", "init", "busybox", "uid_base", "max_sandboxes", "log_level",
         "stop_timeout_seconds", "ttl_sweep_seconds", "uid_registry", "listen", "insecure_http", "tls_cert", "tls_key",
         "access_token_seconds", "max_access_token_seconds", "quota_sandboxes", "quota_memory", "quota_cpus",
-        "auth_failures_per_minute", "requests_per_second", "request_burst",
+        "auth_failures_per_minute", "requests_per_second", "request_burst", "trusted_proxies", "admin_allowlist",
     ]
 
     static func defaultInit() -> String {
@@ -151,6 +153,8 @@ struct Settings: Codable {
         case "auth_failures_per_minute": authFailuresPerMinute = Int(try int(1...100_000))
         case "requests_per_second": requestsPerSecond = Int(try int(1...10_000_000))
         case "request_burst": requestBurst = Int(try int(1...10_000_000))
+        case "trusted_proxies": trustedProxies = try CIDR.parseList(value)
+        case "admin_allowlist": adminAllowlist = try CIDR.parseList(value)
         case "tls_cert": tlsCert = try path()
         case "tls_key": tlsKey = try path()
         case "access_token_seconds": accessTokenSeconds = Int(try int(60...86400))

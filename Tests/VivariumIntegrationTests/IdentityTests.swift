@@ -265,6 +265,60 @@ import VivariumTestSupport
         }
     }
 
+    @Test func forwardedHeadersFromAnUntrustedPeerChangeNothing() async throws {
+        try await TestDaemon.with(extraEnv: ["VIVARIUM_AUTH_FAILURES_PER_MINUTE": "3"], tcp: true) { d in
+            var forged = d.remote("not-a-token")
+            for i in 1...3 {
+                forged.http.extraHeaders = [("X-Forwarded-For", "10.0.0.\(i)")]
+                let code = try status(forged, "GET", "/v1/sandboxes").0
+                #expect(code == 401)
+            }
+            forged.http.extraHeaders = [("X-Forwarded-For", "10.9.9.9")]
+            let throttled = try status(forged, "GET", "/v1/sandboxes").0
+            #expect(throttled == 429, "X-Forwarded-For from an untrusted peer is ignored")
+            var proxied = d.remote("not-a-token")
+            proxied.http.rawPrefix = Array("PROXY TCP4 10.8.8.8 127.0.0.1 5555 80\r\n".utf8)
+            let r = try? proxied.http.send("GET", "/v1/sandboxes")
+            #expect(
+                r == nil || r!.status == 400 || r!.status == 429,
+                "a PROXY header from an untrusted peer is not believed")
+        }
+    }
+
+    @Test func aTrustedProxySetsTheSourceThatLimitsAndAllowlistsSee() async throws {
+        let env = [
+            "VIVARIUM_AUTH_FAILURES_PER_MINUTE": "3", "VIVARIUM_TRUSTED_PROXIES": "127.0.0.1/32",
+            "VIVARIUM_ADMIN_ALLOWLIST": "10.7.7.7/32",
+        ]
+        try await TestDaemon.with(extraEnv: env, tcp: true) { d in
+            var forged = d.remote("not-a-token")
+            forged.http.extraHeaders = [("X-Forwarded-For", "10.0.0.1")]
+            for _ in 1...3 { #expect(try status(forged, "GET", "/v1/sandboxes").0 == 401) }
+            #expect(try status(forged, "GET", "/v1/sandboxes").0 == 429)
+            forged.http.extraHeaders = [("X-Forwarded-For", "10.0.0.2")]
+            #expect(
+                try status(forged, "GET", "/v1/sandboxes").0 == 401, "another client behind the proxy is not throttled")
+
+            let root = try principal(d, tenant: "default", name: "operator", role: "admin")
+            var admin = d.remote(root.accessToken)
+            #expect(try status(admin, "GET", "/v1/tenants").0 == 403, "the proxy's own address is not on the allowlist")
+            admin.http.extraHeaders = [("X-Forwarded-For", "10.7.7.7")]
+            #expect(try status(admin, "GET", "/v1/tenants").0 == 200)
+            admin.http.extraHeaders = []
+            admin.http.rawPrefix = Array("PROXY TCP4 10.7.7.7 127.0.0.1 5555 80\r\n".utf8)
+            #expect(try status(admin, "GET", "/v1/tenants").0 == 200, "PROXY v1")
+            var v2 = [UInt8]([
+                0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0x00, 0x0C,
+            ])
+            v2 += [10, 7, 7, 7, 127, 0, 0, 1, 0x15, 0xB3, 0x01, 0xBB]
+            admin.http.rawPrefix = v2
+            #expect(try status(admin, "GET", "/v1/tenants").0 == 200, "PROXY v2")
+            v2[19] = 8  // 10.7.7.8
+            admin.http.rawPrefix = v2
+            #expect(try status(admin, "GET", "/v1/tenants").0 == 403)
+        }
+    }
+
     @Test func plainHTTPOffLoopbackIsRefused() async throws {
         let r = try runCommand(
             Paths.vivarium, ["serve", "--listen", "0.0.0.0:18080", "--insecure-http"],
