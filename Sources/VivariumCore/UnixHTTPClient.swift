@@ -27,6 +27,11 @@ public struct UnixHTTPClient: Sendable {
         public var status: Int
         public var headers: [String: String]
         public var body: Data
+        public init(status: Int, headers: [String: String], body: Data) {
+            self.status = status
+            self.headers = headers
+            self.body = body
+        }
     }
 
     func connectTCP(_ host: String, _ port: UInt16) throws -> Int32 {
@@ -162,28 +167,46 @@ public struct UnixHTTPClient: Sendable {
     }
 }
 
-/// Typed calls on top of `UnixHTTPClient`: decodes success bodies and turns error bodies back into
-/// `VivariumError`s.
+/// Something that sends one HTTP request and returns the answer.
+public protocol HTTPTransport: Sendable {
+    func send(_ method: String, _ path: String, body: Data?) throws -> UnixHTTPClient.Response
+}
+
+extension UnixHTTPClient: HTTPTransport {}
+
+/// Typed calls on top of a transport (the unix socket by default): decodes success bodies and turns
+/// error bodies back into `VivariumError`s.
 public struct APIClient: Sendable {
     public var http: UnixHTTPClient
+    /// Replaces `http` when set (the CLI's pinned HTTPS transport).
+    public var transport: (any HTTPTransport)?
     public init(socketPath: String) { http = UnixHTTPClient(socketPath: socketPath) }
     public init(http: UnixHTTPClient) { self.http = http }
+    public init(transport: any HTTPTransport) {
+        http = UnixHTTPClient(socketPath: "/nonexistent")
+        self.transport = transport
+    }
+
+    func send(_ method: String, _ path: String, body: Data? = nil) throws -> UnixHTTPClient.Response {
+        if let transport { return try transport.send(method, path, body: body) }
+        return try http.send(method, path, body: body)
+    }
 
     public func call<T: Decodable>(_ method: String, _ path: String, body: (some Encodable)? = Optional<Int>.none)
         throws -> T
     {
         let data = try body.map { try WireCoding.encoder().encode($0) }
-        let r = try http.send(method, path, body: data)
+        let r = try send(method, path, body: data)
         try Self.check(r)
         return try WireCoding.decoder().decode(T.self, from: r.body)
     }
 
     public func callNoContent(_ method: String, _ path: String) throws {
-        try Self.check(try http.send(method, path))
+        try Self.check(try send(method, path))
     }
 
     public func callNoContentBody(_ method: String, _ path: String, body: some Encodable) throws {
-        try Self.check(try http.send(method, path, body: try WireCoding.encoder().encode(body)))
+        try Self.check(try send(method, path, body: try WireCoding.encoder().encode(body)))
     }
 
     static func check(_ r: UnixHTTPClient.Response) throws {

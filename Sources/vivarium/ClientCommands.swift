@@ -2,9 +2,12 @@ import ArgumentParser
 import Foundation
 import VivariumCore
 
-/// Resolves the socket the way the daemon does and returns a client.
+/// The daemon to talk to: the unix socket (local root), or the remote daemon of `vivarium login`
+/// when credentials exist and no socket was named explicitly.
 func client(_ g: GlobalOptions) throws -> APIClient {
-    APIClient(socketPath: try Settings.resolve(g).socket)
+    let explicitSocket = g.socket != nil || ProcessInfo.processInfo.environment["VIVARIUM_SOCKET"] != nil
+    if !explicitSocket && Credentials.exists() { return APIClient(transport: LoggedIn()) }
+    return APIClient(socketPath: try Settings.resolve(g).socket)
 }
 
 func sandboxPath(_ name: String) -> String { "/v1/sandboxes/" + name.urlComponentEncoded }

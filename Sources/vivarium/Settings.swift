@@ -157,7 +157,7 @@ struct Settings {
         case "admin_allowlist": adminAllowlist = try CIDR.parseList(value)
         case "tls_cert": tlsCert = try path()
         case "tls_key": tlsKey = try path()
-        case "access_token_seconds": accessTokenSeconds = Int(try int(60...86400))
+        case "access_token_seconds": accessTokenSeconds = Int(try int(5...86400))
         case "max_access_token_seconds": maxAccessTokenSeconds = Int(try int(60...86400))
         default: throw VivariumError(.invalidArgument, "unknown setting \(key)")
         }

@@ -14,7 +14,8 @@ struct Vivarium: AsyncParsableCommand {
         version: VivariumVersion.string,
         subcommands: [
             Serve.self, ConfigCommand.self, Create.self, List.self, Inspect.self, Start.self, Stop.self, Remove.self,
-            Exec.self, ImageCommand.self, TenantCommand.self, PrincipalCommand.self, TokenCommand.self,
+            Exec.self, ImageCommand.self, TenantCommand.self, PrincipalCommand.self, TokenCommand.self, Login.self,
+            Logout.self,
             KeysCommand.self,
         ])
 }

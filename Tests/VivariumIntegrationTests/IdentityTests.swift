@@ -319,6 +319,66 @@ import VivariumTestSupport
         }
     }
 
+    @Test func theCLIEndToEndOverPinnedTLS() async throws {
+        let port = UInt16.random(in: 20000...40000)
+        let env = ["VIVARIUM_LISTEN": "127.0.0.1:\(port)", "VIVARIUM_ACCESS_TOKEN_SECONDS": "5"]
+        try await TestDaemon.with(extraEnv: env) { d in
+            let home = d.root + "/home"
+            try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+            func cli(_ args: String...) throws -> CommandResult {
+                try runCommand(Paths.vivarium, args, env: ["HOME": home, "XDG_CONFIG_HOME": home + "/.config"])
+            }
+            #expect(d.eventually(10) { d.log.contains("fingerprint") })
+            let fp = d.log.split(separator: "\n").first { $0.contains("fingerprint") }!.split(separator: " ").last!
+            var r = try d.cli("tenant", "create", "acme")
+            r = try d.cli("principal", "create", "ann", "--role", "member", "--tenant", "acme")
+            r = try d.cli("principal", "key", "ann", "--tenant", "acme")
+            let keyFile = d.root + "/key"
+            try Data(r.stdout.utf8).write(to: URL(fileURLWithPath: keyFile))
+
+            // A pin that does not match the daemon's certificate is refused, and nothing is saved.
+            let wrong = String(repeating: "AB:", count: 31) + "AB"
+            r = try cli(
+                "login", "--host", "https://127.0.0.1:\(port)", "--fingerprint", wrong, "--api-key-file", keyFile)
+            #expect(r.status != 0 && r.stderr.contains("does not match"))
+            #expect(!FileManager.default.fileExists(atPath: home + "/.config/vivarium/credentials.json"))
+
+            r = try cli(
+                "login", "--host", "https://127.0.0.1:\(port)", "--fingerprint", String(fp), "--api-key-file", keyFile)
+            #expect(r.status == 0, "\(r.stderr)")
+            var st = stat()
+            #expect(stat(home + "/.config/vivarium/credentials.json", &st) == 0 && st.st_mode & 0o777 == 0o600)
+            r = try cli("create", "remote-box")
+            #expect(r.status == 0, "\(r.stderr)")
+            r = try cli("exec", "remote-box", "--", "hostname")
+            #expect(r.stdout == "remote-box\n")
+
+            // The access token expires; ten parallel runs refresh it once, without a reuse alarm.
+            usleep(6_000_000)
+            let results = try await withThrowingTaskGroup(of: Int32.self) { group in
+                for _ in 0..<10 { group.addTask { try cli("ls", "--json").status } }
+                return try await group.reduce(into: [Int32]()) { $0.append($1) }
+            }
+            #expect(results == Array(repeating: 0, count: 10))
+            #expect(!d.log.contains("refresh token reuse"))
+
+            // Credentials others can read are refused.
+            chmod(home + "/.config/vivarium/credentials.json", 0o644)
+            r = try cli("ls")
+            #expect(r.status != 0 && r.stderr.contains("readable by others"))
+            chmod(home + "/.config/vivarium/credentials.json", 0o600)
+
+            // Revoked: refused, refresh included.
+            r = try d.cli("token", "revoke", "--principal", "ann", "--tenant", "acme")
+            #expect(r.status == 0, "\(r.stderr)")
+            r = try cli("ls")
+            #expect(r.status != 0)
+            usleep(6_000_000)
+            r = try cli("ls")
+            #expect(r.status != 0 && r.stderr.contains("log"))
+        }
+    }
+
     @Test func plainHTTPOffLoopbackIsRefused() async throws {
         let r = try runCommand(
             Paths.vivarium, ["serve", "--listen", "0.0.0.0:18080", "--insecure-http"],
