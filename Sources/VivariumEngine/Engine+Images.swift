@@ -24,8 +24,10 @@ extension Engine {
         }
     }
 
-    public func listImages(tenant: String?) throws -> [ImageInfo] {
-        try store.images(tenant: tenant).map(Self.imageInfo)
+    /// The tenant's own images and the shared ones of the default tenant (which every tenant may use).
+    public func listImages(tenant: String) throws -> [ImageInfo] {
+        let shared = tenant == Self.defaultTenant ? [] : try store.images(tenant: Self.defaultTenant)
+        return try (store.images(tenant: tenant) + shared).map(Self.imageInfo)
     }
 
     public func removeImage(tenant: String, name: String) async throws {
