@@ -17,6 +17,12 @@ public struct SourceTrust: Sendable {
         self.adminAllowlist = adminAllowlist
     }
 
+    /// The key a source is rate-limited under: the address, or its /64 for IPv6 (one host holds many).
+    public static func limitKey(_ ip: String) -> String {
+        guard let b = CIDR.parseAddress(ip), b.count == 16 else { return ip }
+        return b.prefix(8).map { String($0, radix: 16) }.joined(separator: ".") + "/64"
+    }
+
     public func trusts(_ ip: String?) -> Bool {
         guard let ip else { return false }
         return trustedProxies.contains { $0.contains(ip) }

@@ -88,18 +88,25 @@ public enum API {
                     throw VivariumError(.forbidden, "admin routes are not served to this address")
                 }
                 let guarded = !ctx.isLocal && (policy.ownership != .publicRoute || exchangesCredentials)
-                if guarded, let wait = limits.failedAuth.exhausted(source) {
+                let limitKey = SourceTrust.limitKey(source)
+                if guarded, let wait = limits.failedAuth.exhausted(limitKey) {
                     throw VivariumError(
                         .rateLimited, "too many failed authentications from this address", retryAfterSeconds: wait)
                 }
                 do {
                     let principal = try await API.authenticate(req, ctx, policy: policy, tokens: tokens)
+                    // An admin token reaches every tenant: from outside the allowlist it gets nowhere.
+                    if principal?.role == .admin, !ctx.isLocal, !limits.trust.adminAllowlist.isEmpty,
+                        !limits.trust.adminAllowlist.contains(where: { $0.contains(source) })
+                    {
+                        throw VivariumError(.forbidden, "admin credentials are not accepted from this address")
+                    }
                     if let p = principal, !ctx.isLocal, let wait = limits.perPrincipal.take(p.id) {
                         throw VivariumError(.rateLimited, "request rate limit reached", retryAfterSeconds: wait)
                     }
                     return try await handler(req, ctx, principal)
                 } catch let e as VivariumError where e.code == .unauthenticated && guarded {
-                    _ = limits.failedAuth.take(source)
+                    _ = limits.failedAuth.take(limitKey)
                     throw e
                 }
             }
@@ -129,6 +136,8 @@ public enum API {
         for name in ["access_token", "token", "bearer", "api_key", "refresh_token"] where q.get(name) != nil {
             throw VivariumError(.unauthenticated, "credentials are accepted only in the Authorization header")
         }
+        // Public routes never look at credentials: they cannot be used as a free token oracle.
+        if policy.ownership == .publicRoute { return nil }
         var principal: Principal?
         if ctx.isLocal {
             principal = .localRoot
@@ -203,11 +212,11 @@ public enum API {
             return try json(try engine.createPrincipal(caller: p!, tenant: try tenant(req, p), body), status: .created)
         }
         r.add(.delete, "/v1/principals/:name") { req, ctx, p in
-            try engine.deletePrincipal(tenant: try tenant(req, p), name: try name(ctx))
+            try engine.deletePrincipal(caller: p!, tenant: try tenant(req, p), name: try name(ctx))
             return Response(status: .noContent)
         }
         r.add(.post, "/v1/principals/:name/disable") { req, ctx, p in
-            try json(try engine.disablePrincipal(tenant: try tenant(req, p), name: try name(ctx)))
+            try json(try engine.disablePrincipal(caller: p!, tenant: try tenant(req, p), name: try name(ctx)))
         }
         r.add(.post, "/v1/principals/:name/keys") { req, ctx, p in
             let body: CreateAPIKeyRequest = try await decode(req, ctx)

@@ -17,7 +17,11 @@ public final class RateLimiter: Sendable {
     /// Takes one token. Returns nil when allowed, or the seconds to wait before one is available.
     public func take(_ key: String, now: TimeInterval = Date().timeIntervalSince1970) -> Int? {
         buckets.update { b in
-            if b.count >= maxKeys { b = b.filter { now - $0.value.at < burst / rate } }
+            if b.count >= maxKeys {
+                // Forget keys that have refilled; if that is not enough, start over (memory stays bounded).
+                b = b.filter { now - $0.value.at < burst / rate }
+                if b.count >= maxKeys / 2 { b.removeAll(keepingCapacity: true) }
+            }
             var (tokens, at) = b[key] ?? (burst, now)
             tokens = min(burst, tokens + (now - at) * rate)
             guard tokens >= 1 else {

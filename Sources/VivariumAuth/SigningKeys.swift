@@ -74,23 +74,27 @@ public final class SigningKeys: Sendable {
                 atPath: path, contents: pk.rawRepresentation, attributes: [.posixPermissions: 0o600])
         else { throw VivariumError(.unavailable, "cannot write \(path)") }
         let key = try await Self.key(kid: kid, createdAt: now, raw: pk.rawRepresentation)
-        var keys = state.get() + [key]
-        // A key retired (succeeded) longer ago than the longest token lifetime verifies nothing more.
-        keys = keys.enumerated().filter { i, _ in
-            i + 1 >= keys.count || now.timeIntervalSince(keys[i + 1].createdAt) < maxTokenLifetime
-        }.map(\.1)
-        let manifest = Manifest(keys: keys.map { .init(kid: $0.kid, createdAt: $0.createdAt) })
-        let enc = JSONEncoder()
-        enc.outputFormatting = .sortedKeys
-        let data = try enc.encode(manifest)
-        let tmp = dir + "/keys.json.tmp"
-        guard FileManager.default.createFile(atPath: tmp, contents: data, attributes: [.posixPermissions: 0o600]),
-            rename(tmp, dir + "/keys.json") == 0
-        else { throw VivariumError(.unavailable, "cannot write \(dir)/keys.json") }
-        for old in state.get() where !keys.contains(where: { $0.kid == old.kid }) {
-            unlink("\(dir)/\(old.kid).ed25519")
+        // One rotation at a time: the manifest and the key set change together under the lock.
+        try state.update { (current: inout [Key]) throws in
+            var keys = current + [key]
+            // A key retired (succeeded) longer ago than the longest token lifetime verifies nothing more.
+            keys = keys.enumerated().filter { i, _ in
+                i + 1 >= keys.count || now.timeIntervalSince(keys[i + 1].createdAt) < maxTokenLifetime
+            }.map(\.1)
+            let manifest = Manifest(keys: keys.map { .init(kid: $0.kid, createdAt: $0.createdAt) })
+            let enc = JSONEncoder()
+            enc.outputFormatting = .sortedKeys
+            let tmp = dir + "/keys.json.tmp-\(kid)"
+            guard
+                FileManager.default.createFile(
+                    atPath: tmp, contents: try enc.encode(manifest), attributes: [.posixPermissions: 0o600]),
+                rename(tmp, dir + "/keys.json") == 0
+            else { throw VivariumError(.unavailable, "cannot write \(dir)/keys.json") }
+            for old in current where !keys.contains(where: { $0.kid == old.kid }) {
+                unlink("\(dir)/\(old.kid).ed25519")
+            }
+            current = keys
         }
-        state.set(keys)
         return key
     }
 
@@ -114,7 +118,7 @@ final class LockedBox<T: Sendable>: @unchecked Sendable {
     init(_ v: T) { value = v }
     func get() -> T { lock.withLock { value } }
     func set(_ v: T) { lock.withLock { value = v } }
-    func update<R>(_ f: (inout T) -> R) -> R { lock.withLock { f(&value) } }
+    func update<R>(_ f: (inout T) throws -> R) rethrows -> R { try lock.withLock { try f(&value) } }
 }
 
 func base64url(_ d: Data) -> String {

@@ -195,13 +195,28 @@ public final class TokenService: Sendable {
     }
 
     /// Records a revocation and applies it at once. `value` is a jti, family, principal id or tenant.
+    /// Principal- and tenant-wide revocations also end every refresh family in the store and are kept as
+    /// long as the longest-lived API key, so that nothing issued before them comes back.
     public func revoke(_ kind: RevocationKind, _ value: String, now: Date = Date()) throws {
-        let keep = kind == .family ? config.refreshLifetime : config.maxAccessLifetime
+        let keep: TimeInterval
+        switch kind {
+        case .jti: keep = config.maxAccessLifetime
+        case .family: keep = config.refreshLifetime
+        case .principal, .tenant: keep = Self.maxAPIKeyLifetime
+        }
         let r = RevocationRecord(kind: kind, value: value, at: now, expiresAt: now.addingTimeInterval(keep + 60))
         try store.insertRevocation(r)
-        if kind == .family { try store.revokeFamily(value) }
+        switch kind {
+        case .family: try store.revokeFamily(value)
+        case .principal: try store.revokeFamilies(principalID: value, now: now)
+        case .tenant: try store.revokeFamilies(tenant: value, now: now)
+        case .jti: break
+        }
         revoked.update { Self.apply(r, to: &$0) }
     }
+
+    /// The longest lifetime an API key may have.
+    public static let maxAPIKeyLifetime: TimeInterval = 366 * 86400
 
     /// Disables a principal and revokes every token it holds, effective on its next request.
     public func disable(principalID: String, now: Date = Date()) throws {
@@ -212,19 +227,23 @@ public final class TokenService: Sendable {
     // MARK: Refresh tokens and API keys
 
     /// A new access + refresh pair; `family` continues a rotation, nil starts one.
+    /// The family's refresh tokens expire at `sessionEnd` (default: the refresh lifetime from now), an
+    /// absolute end that rotation never extends; no access token outlives it.
     public func issuePair(
         _ p: PrincipalRecord, scopes: Set<Scope>, boundSandbox: SandboxID?, family: String?, ttl: TimeInterval? = nil,
-        now: Date = Date()
+        sessionEnd: Date? = nil, now: Date = Date()
     ) async throws -> TokenPair {
         let fam = family ?? randomHex(bytes: 16)
+        let end = sessionEnd ?? now.addingTimeInterval(config.refreshLifetime)
+        let life = min(ttl ?? config.accessLifetime, end.timeIntervalSince(now))
+        guard life > 0 else { throw Self.unauthorized() }
         let (access, claims) = try await issueAccess(
-            p, scopes: scopes, boundSandbox: boundSandbox, family: fam, ttl: ttl, now: now)
+            p, scopes: scopes, boundSandbox: boundSandbox, family: fam, ttl: life, now: now)
         let refresh = "vivr_" + randomHex(bytes: 32)
         try store.insertRefresh(
             RefreshRecord(
                 hash: Self.hash(refresh), family: fam, principalID: p.id, scopes: scopes,
-                boundSandbox: boundSandbox?.rawValue, expiresAt: now.addingTimeInterval(config.refreshLifetime),
-                usedAt: nil))
+                boundSandbox: boundSandbox?.rawValue, expiresAt: end, usedAt: nil))
         return TokenPair(
             accessToken: access, refreshToken: refresh, expiresIn: Int(claims.exp.value.timeIntervalSince(now)))
     }
@@ -243,16 +262,12 @@ public final class TokenService: Sendable {
                 "refresh token reuse: family revoked", metadata: ["family": "\(family)", "principal": "\(principalID)"])
             throw Self.unauthorized()
         case .rotated(let r):
+            // Principal- and tenant-wide revocations ended this family in the store already.
             guard let p = try store.principal(id: r.principalID), !p.disabled else { throw Self.unauthorized() }
-            let set = revoked.get()
-            if let at = set.principals[p.id], at >= now.addingTimeInterval(-config.refreshLifetime) {
-                throw Self.unauthorized()
-            }
-            if set.tenants[p.tenant] != nil { throw Self.unauthorized() }
             let bound = r.boundSandbox.flatMap(SandboxID.init(rawValue:))
             return try await issuePair(
                 p, scopes: r.scopes.intersection(Self.allowedScopes(p.role)), boundSandbox: bound, family: r.family,
-                now: now)
+                sessionEnd: r.expiresAt, now: now)
         }
     }
 

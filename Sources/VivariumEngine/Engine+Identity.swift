@@ -68,6 +68,14 @@ extension Engine {
         try identity.principals(tenant: tenant).map(Self.principalInfo)
     }
 
+    /// A caller may act on a principal (keys, tokens, disable, delete, revoke) only up to its own role,
+    /// and only an admin acts on an admin.
+    func requireManageable(_ target: PrincipalRecord, by caller: Principal) throws {
+        guard target.role <= caller.role, caller.role == .admin || target.role != .admin else {
+            throw VivariumError(.forbidden, "principal \(target.name) has a role above what you may manage")
+        }
+    }
+
     func principalRecord(tenant: String, name: String) throws -> PrincipalRecord {
         let n = try ResourceName.parse(name, what: "principal name")
         guard let p = try identity.principal(tenant: tenant, name: n) else {
@@ -76,14 +84,16 @@ extension Engine {
         return p
     }
 
-    public func deletePrincipal(tenant: String, name: String) throws {
+    public func deletePrincipal(caller: Principal, tenant: String, name: String) throws {
         let p = try principalRecord(tenant: tenant, name: name)
+        try requireManageable(p, by: caller)
         try identity.deletePrincipal(id: p.id)
         try tokens.revoke(.principal, p.id)
     }
 
-    public func disablePrincipal(tenant: String, name: String) throws -> PrincipalInfo {
+    public func disablePrincipal(caller: Principal, tenant: String, name: String) throws -> PrincipalInfo {
         var p = try principalRecord(tenant: tenant, name: name)
+        try requireManageable(p, by: caller)
         try tokens.disable(principalID: p.id)
         p.disabled = true
         return Self.principalInfo(p)
@@ -93,10 +103,11 @@ extension Engine {
         throws -> APIKeyInfo
     {
         let p = try principalRecord(tenant: tenant, name: name)
+        try requireManageable(p, by: caller)
         let requested =
             try req.scopes.map { try Scope.parseList($0.joined(separator: ",")) } ?? TokenService.allowedScopes(p.role)
         let ttl = req.ttlSeconds ?? 90 * 86400
-        guard (60...(366 * 86400)).contains(ttl) else {
+        guard (60...Int64(TokenService.maxAPIKeyLifetime)).contains(ttl) else {
             throw VivariumError(.invalidArgument, "ttl must be between 1 minute and 366 days")
         }
         let scopes = requested.intersection(caller.scopes).intersection(TokenService.allowedScopes(p.role))
@@ -125,15 +136,18 @@ extension Engine {
     /// one sandbox (a sandbox re-created under the same name is not covered).
     public func issueToken(caller: Principal, tenant: String, _ req: IssueTokenRequest) async throws -> TokenPair {
         let p = try principalRecord(tenant: tenant, name: req.principal)
+        try requireManageable(p, by: caller)
         guard !p.disabled else { throw VivariumError(.invalidState, "principal \(p.name) is disabled") }
         let scopes = try Scope.parseList(req.scopes.joined(separator: ","))
         guard scopes.isSubset(of: caller.scopes), scopes.isSubset(of: TokenService.allowedScopes(p.role)) else {
             throw VivariumError(.forbidden, "cannot grant scopes beyond your own or the principal's role")
         }
         let bound = try req.sandbox.map { try record(tenant: tenant, name: $0).id }
-        let ttl = req.ttlSeconds.map(TimeInterval.init)
-        if let ttl, ttl < 1 { throw VivariumError(.invalidArgument, "ttl must be positive") }
-        return try await tokens.issuePair(p, scopes: scopes, boundSandbox: bound, family: nil, ttl: ttl)
+        let ttl = req.ttlSeconds.map(TimeInterval.init) ?? tokens.config.accessLifetime
+        guard ttl >= 1 else { throw VivariumError(.invalidArgument, "ttl must be positive") }
+        // The whole session ends with the requested lifetime: refreshing cannot extend it.
+        return try await tokens.issuePair(
+            p, scopes: scopes, boundSandbox: bound, family: nil, ttl: ttl, sessionEnd: Date().addingTimeInterval(ttl))
     }
 
     public func revoke(caller: Principal, tenant: String, _ req: RevokeRequest) throws {
@@ -142,12 +156,16 @@ extension Engine {
             throw VivariumError(.invalidArgument, "give exactly one of jti, principal, tenant")
         }
         if let jti = req.jti {
+            // A jti names no tenant: only an admin revokes by it.
+            guard caller.role == .admin else { throw VivariumError(.forbidden, "only an admin revokes by jti") }
             guard jti.utf8.count == 32, jti.allSatisfy(\.isHexDigit) else {
                 throw VivariumError(.invalidArgument, "invalid jti")
             }
             try tokens.revoke(.jti, jti)
         } else if let name = req.principal {
-            try tokens.revoke(.principal, try principalRecord(tenant: tenant, name: name).id)
+            let p = try principalRecord(tenant: tenant, name: name)
+            try requireManageable(p, by: caller)
+            try tokens.revoke(.principal, p.id)
         } else if let t = req.tenant {
             guard caller.role == .admin || t == caller.tenant else {
                 throw VivariumError(.forbidden, "only an admin revokes another tenant's tokens")

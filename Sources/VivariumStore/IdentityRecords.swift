@@ -129,6 +129,9 @@ public protocol IdentityStore: Sendable {
     /// Marks the token used if it is valid and unused; on a second use revokes the whole family.
     func useRefresh(hash: String, now: Date) throws -> RefreshOutcome
     func revokeFamily(_ family: String) throws
+    /// Ends every refresh family of a principal, or of every principal of a tenant.
+    func revokeFamilies(principalID: String, now: Date) throws
+    func revokeFamilies(tenant: String, now: Date) throws
 
     func insertRevocation(_ r: RevocationRecord) throws
     /// Revocations not yet expired.

@@ -251,6 +251,7 @@ extension SQLiteStore {
                 let principalID: String = row["principal_id"]
                 let used: Double? = row["used_at"]
                 let revoked: Double? = row["revoked_at"]
+                if revoked != nil { return .invalid }  // a replay into a dead family: nothing more to do
                 if used != nil {
                     try db.execute(
                         sql: "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
@@ -276,6 +277,31 @@ extension SQLiteStore {
                 try db.execute(
                     sql: "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
                     arguments: [Date().timeIntervalSince1970, family])
+            }
+        }
+    }
+
+    public func revokeFamilies(principalID: String, now: Date) throws {
+        try wrap("refresh families") {
+            try pool.write { db in
+                try db.execute(
+                    sql: """
+                        UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?)
+                        WHERE id IN (SELECT family FROM refresh_tokens WHERE principal_id = ?)
+                        """, arguments: [now.timeIntervalSince1970, principalID])
+            }
+        }
+    }
+
+    public func revokeFamilies(tenant: String, now: Date) throws {
+        try wrap("refresh families") {
+            try pool.write { db in
+                try db.execute(
+                    sql: """
+                        UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?)
+                        WHERE id IN (SELECT t.family FROM refresh_tokens t JOIN principals p ON p.id = t.principal_id
+                                     WHERE p.tenant = ?)
+                        """, arguments: [now.timeIntervalSince1970, tenant])
             }
         }
     }

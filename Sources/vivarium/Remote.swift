@@ -153,14 +153,24 @@ struct Credentials: Codable {
         return c
     }
 
+    /// Written 0600 from the first byte (O_EXCL, no link followed), then renamed into place, in a 0700
+    /// directory.
     func save() throws {
         try FileManager.default.createDirectory(
             atPath: Self.directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        _ = chmod(Self.directory, 0o700)
         let tmp = Self.path + ".tmp-\(getpid())"
         let data = try WireCoding.encoder().encode(self)
-        guard FileManager.default.createFile(atPath: tmp, contents: data, attributes: [.posixPermissions: 0o600]),
-            rename(tmp, Self.path) == 0
-        else { throw VivariumError(.unavailable, "cannot write \(Self.path)") }
+        unlink(tmp)
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw VivariumError(.unavailable, "cannot write \(tmp)") }
+        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard written == data.count, synced, rename(tmp, Self.path) == 0 else {
+            unlink(tmp)
+            throw VivariumError(.unavailable, "cannot write \(Self.path)")
+        }
     }
 
     /// Runs `body` holding an exclusive lock on the credentials, so that parallel CLI runs refresh

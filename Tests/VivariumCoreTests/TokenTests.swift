@@ -241,6 +241,42 @@ import VivariumStore
     }
 }
 
+extension TokenTests {
+    @Test func principalRevocationOutlivesTheAccessTokenLifetime() async throws {
+        let f = try await Fixture.make()
+        defer { f.cleanup() }
+        let t0 = Date()
+        let session = try await f.tokens.issuePair(f.member, scopes: [.exec], boundSandbox: nil, family: nil, now: t0)
+        let key = try f.tokens.createAPIKey(for: f.member, scopes: [.exec], ttl: 86400, now: t0)
+        try f.tokens.revoke(.principal, f.member.id, now: t0.addingTimeInterval(1))
+        // Two hours later every access token of that time has expired, and the revocation still holds.
+        let later = t0.addingTimeInterval(7200)
+        f.tokens.refreshRevocations(now: later)
+        await #expect(throws: VivariumError.self) { try await f.tokens.refresh(session.refreshToken, now: later) }
+        await #expect(throws: VivariumError.self) { try await f.tokens.exchange(apiKey: key, now: later) }
+        // A key made after the revocation works, and so does refreshing its session.
+        let fresh = try f.tokens.createAPIKey(for: f.member, scopes: [.exec], ttl: 86400, now: later)
+        let pair = try await f.tokens.exchange(apiKey: fresh, now: later)
+        _ = try await f.tokens.refresh(pair.refreshToken, now: later.addingTimeInterval(5))
+    }
+
+    @Test func aSessionNeverOutlivesItsEnd() async throws {
+        let f = try await Fixture.make()
+        defer { f.cleanup() }
+        let now = Date()
+        let pair = try await f.tokens.issuePair(
+            f.member, scopes: [.exec], boundSandbox: nil, family: nil, ttl: 60, sessionEnd: now.addingTimeInterval(60),
+            now: now)
+        #expect(pair.expiresIn <= 60)
+        f.tokens.refreshRevocations(now: now.addingTimeInterval(50))
+        let next = try await f.tokens.refresh(pair.refreshToken, now: now.addingTimeInterval(50))
+        #expect(next.expiresIn <= 10, "refreshing cannot extend an issued token's lifetime")
+        await #expect(throws: VivariumError.self) {
+            try await f.tokens.refresh(next.refreshToken, now: now.addingTimeInterval(61))
+        }
+    }
+}
+
 /// A store whose reads fail: revocation state cannot be loaded.
 struct BrokenStore: IdentityStore {
     struct Down: Error {}
@@ -258,6 +294,8 @@ struct BrokenStore: IdentityStore {
     func insertRefresh(_ r: RefreshRecord) throws { throw Down() }
     func useRefresh(hash: String, now: Date) throws -> RefreshOutcome { throw Down() }
     func revokeFamily(_ family: String) throws { throw Down() }
+    func revokeFamilies(principalID: String, now: Date) throws { throw Down() }
+    func revokeFamilies(tenant: String, now: Date) throws { throw Down() }
     func insertRevocation(_ r: RevocationRecord) throws { throw Down() }
     func revocations(now: Date) throws -> [RevocationRecord] { throw Down() }
 }

@@ -302,6 +302,8 @@ import VivariumTestSupport
             let root = try principal(d, tenant: "default", name: "operator", role: "admin")
             var admin = d.remote(root.accessToken)
             #expect(try status(admin, "GET", "/v1/tenants").0 == 403, "the proxy's own address is not on the allowlist")
+            #expect(
+                try status(admin, "GET", "/v1/sandboxes").0 == 403, "admin credentials count only from the allowlist")
             admin.http.extraHeaders = [("X-Forwarded-For", "10.7.7.7")]
             #expect(try status(admin, "GET", "/v1/tenants").0 == 200)
             admin.http.extraHeaders = []
@@ -376,6 +378,26 @@ import VivariumTestSupport
             usleep(6_000_000)
             r = try cli("ls")
             #expect(r.status != 0 && r.stderr.contains("log"))
+        }
+    }
+
+    @Test func aTenantAdminCannotReachAboveItsRole() async throws {
+        try await TestDaemon.with(tcp: true) { d in
+            _ = try principal(d, tenant: "default", name: "root-op", role: "admin")
+            let ta = try principal(d, tenant: "default", name: "deputy", role: "tenant-admin")
+            let c = d.remote(ta.accessToken)
+            for (method, path, body) in [
+                ("POST", "/v1/principals/root-op/keys", "{}"),
+                ("POST", "/v1/tokens/issue", #"{"principal":"root-op","scopes":["exec"]}"#),
+                ("POST", "/v1/principals/root-op/disable", nil), ("DELETE", "/v1/principals/root-op", nil),
+                ("POST", "/v1/tokens/revoke", #"{"principal":"root-op"}"#),
+                ("POST", "/v1/principals", #"{"name":"usurper","role":"admin"}"#),
+            ] {
+                let (s, code) = try status(c, method, path, body: body)
+                #expect(s == 403 && code == "forbidden", "\(method) \(path) by a tenant-admin answered \(s)")
+            }
+            // Public routes ignore credentials altogether.
+            #expect(try status(d.remote("garbage"), "GET", "/healthz").0 == 200)
         }
     }
 
