@@ -4,11 +4,13 @@ import Synchronization
 import VivariumCore
 import VivariumOS
 import VivariumRuntime
+import VivariumStore
 
 extension Engine {
-    /// Runs a command in a running sandbox and returns its output. The command runs under the
-    /// sandbox's init in exec-wrapper mode (a subreaper), with exactly the init's hardening; a timeout
-    /// makes the wrapper SIGKILL every process the command started.
+    /// Runs a command in a running sandbox and returns its output. The command runs with exactly the
+    /// init's hardening, in a cgroup of its own below the sandbox's: a timeout freezes that cgroup and
+    /// SIGKILLs everything in it, so no process the command started (detached, re-parented or not)
+    /// survives. Processes a finished command left in the background keep running.
     public func exec(tenant: String, name: String, _ req: ExecRequest) async throws -> ExecResult {
         let argv = try Self.validate(req)
         let r = try record(tenant: tenant, name: name)
@@ -19,55 +21,54 @@ extension Engine {
         var env = r.spec.env
         for (k, v) in req.env ?? [:] { env[k] = v }
         if uid != 0 && env["HOME"] == nil { env["HOME"] = "/" }
-        let process = HardenedSpec.process(
-            args: [HardenedSpec.initPath, "-x", "-t", String(Int64(timeout * 1000)), "--"] + argv, env: env,
-            cwd: req.workdir ?? "/", uid: uid, gid: uid)
+        let process = HardenedSpec.process(args: argv, env: env, cwd: req.workdir ?? "/", uid: uid, gid: uid)
 
         let token = randomHex(bytes: 8)
         let processFile = "\(r.bundle)/exec/\(token).json"
-        let pidFile = "\(r.bundle)/exec/\(token).pid"
         try FileSystem.writeAtomically(try JSONEncoder().encode(process), to: processFile, durable: false)
+        let group = ExecCgroup(name: "exec-" + token, dirs: execCgroupDirs(r, "exec-" + token))
         defer {
             unlink(processFile)
-            unlink(pidFile)
+            group.removeIfEmpty()
         }
+        try group.create()
         let started = ContinuousClock.now
         let timedOut = Flag()
         let timer = Flag.TaskSlot()
         let out = try await runtime.exec(
-            id: r.id.rawValue, processFile: processFile, pidFile: pidFile, outputLimit: limit
+            id: r.id.rawValue, processFile: processFile, cgroup: group.name, outputLimit: limit
         ) { crunProcess in
             timer.set(
                 Task {
-                    // The wrapper enforces the deadline itself (-t). This is the backstop for a wrapper
-                    // that did not: signal it directly, then end crun.
-                    let backstop = Int64(timeout * 1000) + 2000
-                    guard (try? await Task.sleep(for: .milliseconds(backstop))) != nil else { return }
+                    guard (try? await Task.sleep(for: .milliseconds(Int64(timeout * 1000)))) != nil else { return }
                     timedOut.set()
-                    for _ in 0..<20 where !Self.terminateExec(pidFile: pidFile) {
-                        guard (try? await Task.sleep(for: .milliseconds(100))) != nil else { return }
-                    }
+                    await group.killAll()
+                    // Everything in the cgroup is gone; crun follows. If it lingers, end it.
                     guard (try? await Task.sleep(for: .seconds(5))) != nil else { return }
                     crunProcess.signal(SIGKILL)
                 })
         }
         timer.cancel()
         let elapsed = ContinuousClock.now - started
-        if out.status.code == 137 && elapsed >= .milliseconds(Int64(timeout * 1000)) { timedOut.set() }
+        var code = out.status.code
+        // crun answers 255 when the command cannot be found; the shell convention is 127.
+        if code == 255 && out.stderrString.contains("not found in $PATH") { code = 127 }
         return ExecResult(
-            exitCode: out.status.code, stdout: Data(out.stdout), stderr: Data(out.stderr),
+            exitCode: code, stdout: Data(out.stdout), stderr: Data(out.stderr),
             stdoutTruncated: out.stdoutTruncated, stderrTruncated: out.stderrTruncated,
             timedOut: timedOut.isSet,
             durationMs: Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15)
     }
 
-    /// Signals the exec wrapper (host pid from crun's pid file) through a pidfd.
-    @discardableResult
-    static func terminateExec(pidFile: String) -> Bool {
-        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
-            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
-        else { return false }
-        return Reaper.shared.signal(pid: pid, SIGTERM)
+    /// The directories of an exec's cgroup: below the sandbox's cgroup in every v1 hierarchy that holds
+    /// it (crun exec --cgroup joins the sub-cgroup only where it exists and would leave the process in
+    /// its own cgroup elsewhere, outside the sandbox's limits), or the one v2 directory.
+    func execCgroupDirs(_ r: SandboxRecord, _ name: String) -> [String] {
+        if config.cgroupMode == .unified { return ["/sys/fs/cgroup\(r.cgroupPath)/\(name)"] }
+        let controllers = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []
+        return controllers.filter { $0 != "unified" }.sorted()
+            .filter { FileSystem.exists("/sys/fs/cgroup/\($0)\(r.cgroupPath)") }
+            .map { "/sys/fs/cgroup/\($0)\(r.cgroupPath)/\(name)" }
     }
 
     static func validate(_ req: ExecRequest) throws -> [String] {
@@ -109,5 +110,61 @@ final class Flag: Sendable {
         private let task = Mutex<Task<Void, Never>?>(nil)
         func set(_ t: Task<Void, Never>) { task.withLock { $0 = t } }
         func cancel() { task.withLock { $0?.cancel() } }
+    }
+}
+
+/// The cgroup of one exec, below its sandbox's cgroup.
+struct ExecCgroup: Sendable {
+    let name: String
+    let dirs: [String]
+
+    func create() throws {
+        guard !dirs.isEmpty else {
+            throw VivariumError(.runtimeFailure, "the sandbox has no cgroup to run an exec in")
+        }
+        for d in dirs {
+            guard mkdir(d, 0o755) == 0 || errno == EEXIST else {
+                throw VivariumError(.runtimeFailure, "cannot create the exec cgroup \(d)")
+            }
+            // A new v1 cpuset is empty and takes no process until it has the parent's CPUs and nodes.
+            if d.contains("/cpuset/") {
+                let parent = (d as NSString).deletingLastPathComponent
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    let v = (FileSystem.readAll(parent + "/" + f) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+                    _ = try? v.write(toFile: d + "/" + f, atomically: false, encoding: .utf8)
+                }
+            }
+        }
+    }
+
+    /// Removes the cgroup unless processes the command left in the background still live in it (they
+    /// go with the sandbox).
+    func removeIfEmpty() { for d in dirs { rmdir(d) } }
+
+    var procsFile: String {
+        (dirs.first { $0.contains("/pids/") } ?? dirs.first ?? "/nonexistent") + "/cgroup.procs"
+    }
+
+    /// SIGKILLs every process in the cgroup: cgroup.kill on v2; on v1 freeze, kill every member, thaw,
+    /// and repeat until it is empty (a frozen process cannot fork away).
+    func killAll() async {
+        if let v2 = dirs.first, FileSystem.exists(v2 + "/cgroup.kill") {
+            _ = try? "1".write(toFile: v2 + "/cgroup.kill", atomically: false, encoding: .utf8)
+            return
+        }
+        let freezer = dirs.first { $0.contains("/freezer/") }
+        for _ in 0..<50 {
+            if let f = freezer {
+                _ = try? "FROZEN".write(toFile: f + "/freezer.state", atomically: false, encoding: .utf8)
+            }
+            let pids = (FileSystem.readAll(procsFile) ?? "")
+                .split(separator: "\n").compactMap { Int32($0) }
+            for pid in pids { kill(pid, SIGKILL) }
+            if let f = freezer {
+                _ = try? "THAWED".write(toFile: f + "/freezer.state", atomically: false, encoding: .utf8)
+            }
+            if pids.isEmpty { return }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
     }
 }

@@ -337,7 +337,26 @@ public final class Engine: Sendable {
         if try await runtime.state(id: r.id.rawValue) != nil {
             try await runtime.delete(id: r.id.rawValue, force: true)
         }
+        removeCgroups(r)
         try Mounts.unmountAll(under: r.bundle)
+    }
+
+    /// Removes what crun leaves of a sandbox's cgroups: the exec cgroups below it, then its own (both
+    /// are empty once the init is gone, since the PID namespace died with it).
+    func removeCgroups(_ r: SandboxRecord) {
+        let roots =
+            config.cgroupMode == .unified
+            ? ["/sys/fs/cgroup" + r.cgroupPath]
+            : ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []).filter {
+                $0 != "unified"
+            }
+            .map { "/sys/fs/cgroup/\($0)\(r.cgroupPath)" }
+        for root in roots where FileSystem.exists(root) {
+            for e in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] where e.hasPrefix("exec-") {
+                rmdir(root + "/" + e)
+            }
+            rmdir(root)
+        }
     }
 
     /// Removes everything a sandbox holds on the host: crun container, cgroup, mounts, bundle.

@@ -7,7 +7,7 @@ import VivariumCore
 public enum Mounts {
     /// Mount points of this process's mount namespace, from /proc/self/mountinfo (octal escapes decoded).
     public static func mountPoints() -> [String] {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        guard let text = FileSystem.readAll("/proc/self/mountinfo") else { return [] }
         return text.split(separator: "\n").compactMap { line in
             let f = line.split(separator: " ", omittingEmptySubsequences: false)
             return f.count > 4 ? unescape(String(f[4])) : nil

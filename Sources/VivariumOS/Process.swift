@@ -215,14 +215,14 @@ public final class Reaper: Sendable {
         return true
     }
 
-    /// Reaps zombie children nobody registered (a sandbox init whose create failed half-way, an exec
-    /// wrapper orphaned by a killed crun): as a subreaper the daemon inherits them.
+    /// Reaps zombie children nobody registered (a sandbox init whose create failed half-way, a process
+    /// orphaned by a killed crun): as a subreaper the daemon inherits them.
     public func reapStrays() {
         let me = getpid()
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(me)/task")) ?? []
         var children: Set<Int32> = []
         for t in tasks {
-            let text = (try? String(contentsOfFile: "/proc/\(me)/task/\(t)/children", encoding: .utf8)) ?? ""
+            let text = FileSystem.readAll("/proc/\(me)/task/\(t)/children") ?? ""
             for p in text.split(separator: " ") {
                 if let pid = Int32(p.trimmingCharacters(in: .whitespacesAndNewlines)) { children.insert(pid) }
             }
@@ -370,7 +370,7 @@ public final class Reaper: Sendable {
 
 /// The state letter of /proc/PID/stat ("R", "S", "Z", …), or nil when the process is gone.
 public func processState(_ pid: Int32) -> Character? {
-    guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+    guard pid > 0, let stat = FileSystem.readAll("/proc/\(pid)/stat"),
         let rp = stat.lastIndex(of: ")"), stat.distance(from: rp, to: stat.endIndex) > 2
     else { return nil }
     return stat[stat.index(rp, offsetBy: 2)]

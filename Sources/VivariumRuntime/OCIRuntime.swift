@@ -19,10 +19,11 @@ public protocol OCIRuntime: Sendable {
     func list() async throws -> [ContainerState]
     func kill(id: String, signal: Int32) async throws
     func delete(id: String, force: Bool) async throws
-    /// Runs a process (OCI process JSON at `processFile`) in the container and collects its output.
-    /// `started` gets the runtime's own process handle right after the spawn.
+    /// Runs a process (OCI process JSON at `processFile`) in the container, inside the existing
+    /// sub-cgroup `cgroup` of the container's cgroup, and collects its output. `started` gets the
+    /// runtime's own process handle right after the spawn.
     func exec(
-        id: String, processFile: String, pidFile: String, outputLimit: Int, started: (RunningProcess) -> Void
+        id: String, processFile: String, cgroup: String, outputLimit: Int, started: (RunningProcess) -> Void
     ) async throws -> ProcessOutput
 }
 
@@ -87,9 +88,9 @@ public struct Crun: OCIRuntime {
     }
 
     public func exec(
-        id: String, processFile: String, pidFile: String, outputLimit: Int, started: (RunningProcess) -> Void
+        id: String, processFile: String, cgroup: String, outputLimit: Int, started: (RunningProcess) -> Void
     ) async throws -> ProcessOutput {
-        let cmd = command(["exec", "--process", processFile, "--pid-file", pidFile, id], outputLimit: outputLimit)
+        let cmd = command(["exec", "--cgroup", cgroup, "--process", processFile, id], outputLimit: outputLimit)
         return try await Reaper.shared.start(cmd, started: started).1
     }
 }

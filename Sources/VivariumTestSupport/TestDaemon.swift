@@ -47,12 +47,15 @@ public struct CommandResult: Sendable {
 
 /// Runs a program to completion and captures its output (test and bench helper).
 @discardableResult
-public func runCommand(_ path: String, _ args: [String], env: [String: String] = [:]) throws -> CommandResult {
+public func runCommand(_ path: String, _ args: [String], env: [String: String] = [:], unset: [String] = []) throws
+    -> CommandResult
+{
     let p = Process()
     p.executableURL = URL(fileURLWithPath: path)
     p.arguments = args
     var e = ProcessInfo.processInfo.environment
     for (k, v) in env { e[k] = v }
+    for k in unset { e[k] = nil }
     p.environment = e
     let out = Pipe()
     let err = Pipe()

@@ -58,6 +58,11 @@ import VivariumTestSupport
             #expect(keys.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
             let (_, hostname, _) = try d.sh("hard", "hostname")
             #expect(hostname.trimmingCharacters(in: .whitespacesAndNewlines) == "hard")
+            // An exec'd process is inside the sandbox's cgroup in every hierarchy (its limits hold).
+            let (_, cgroups, _) = try d.sh("hard", "cat /proc/self/cgroup")
+            let lines = cgroups.split(separator: "\n").filter { !$0.hasPrefix("0::") }
+            #expect(!lines.isEmpty)
+            for line in lines { #expect(!line.contains(".."), "exec escaped the sandbox's cgroup: \(line)") }
             // A non-root exec user has no effective capabilities at all.
             let r = try d.exec("hard", ["/bin/sh", "-c", "grep CapEff /proc/self/status; id -u"], user: 1000)
             #expect(string(r.stdout).contains("0000000000000000"))

@@ -328,7 +328,9 @@ import VivariumTestSupport
             let home = d.root + "/home"
             try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
             func cli(_ args: String...) throws -> CommandResult {
-                try runCommand(Paths.vivarium, args, env: ["HOME": home, "XDG_CONFIG_HOME": home + "/.config"])
+                try runCommand(
+                    Paths.vivarium, args, env: ["HOME": home, "XDG_CONFIG_HOME": home + "/.config"],
+                    unset: ["VIVARIUM_SOCKET", "VIVARIUM_CONFIG"])
             }
             #expect(d.eventually(10) { d.log.contains("fingerprint") })
             let fp = d.log.split(separator: "\n").first { $0.contains("fingerprint") }!.split(separator: " ").last!

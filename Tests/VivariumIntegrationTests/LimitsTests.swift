@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VivariumCore
+import VivariumOS
 import VivariumTestSupport
 
 /// Resource exhaustion stays inside its sandbox (THREATS.md T5).
@@ -13,10 +14,17 @@ import VivariumTestSupport
                 try d.sh("bomb", "b() { b | b & }; b; sleep 60", timeout: 6)
             }
             // Wait until the limit is being hit, then prove the neighbour still answers.
-            let events = d.cgroupFile("pids", bomb.id, "pids.events")
+            // Fork failures are counted where the fork was tried: the exec's own cgroup below the sandbox's.
+            let sandboxCgroup = (d.cgroupFile("pids", bomb.id, "pids.events") as NSString).deletingLastPathComponent
             let hit = d.eventually(10) {
-                ((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").contains("max")
-                    && !((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").contains("max 0")
+                let dirs =
+                    [sandboxCgroup]
+                    + ((try? FileManager.default.contentsOfDirectory(atPath: sandboxCgroup)) ?? [])
+                    .filter { $0.hasPrefix("exec-") }.map { sandboxCgroup + "/" + $0 }
+                return dirs.contains { dir in
+                    let e = FileSystem.readAll(dir + "/pids.events") ?? ""
+                    return e.contains("max") && !e.contains("max 0")
+                }
             }
             #expect(hit, "the pids limit was never hit")
             let started = Date()
