@@ -149,60 +149,34 @@ extension Engine {
     }
 }
 
-/// The reconciler after start: a drift check on an interval.
-public struct ReconcilerService: Service {
-    let engine: Engine
+/// Runs `work` every `interval` until the ServiceGroup shuts down.
+public struct PeriodicService: Service {
     let interval: Duration
-    public init(engine: Engine, interval: Duration = .seconds(30)) {
-        self.engine = engine
+    let work: @Sendable () async -> Void
+
+    public init(every interval: Duration, _ work: @escaping @Sendable () async -> Void) {
         self.interval = interval
+        self.work = work
     }
 
     public func run() async throws {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
-                try await gracefulShutdownOrCancel { try await Task.sleep(for: interval) }
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
             } catch { return }
-            await engine.checkDrift()
+            await work()
         }
     }
 }
 
-/// Deletes expired sandboxes on an interval.
-public struct TTLSweeper: Service {
-    let engine: Engine
-    public init(engine: Engine) { self.engine = engine }
-
-    public func run() async throws {
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            do {
-                try await gracefulShutdownOrCancel { try await Task.sleep(for: engine.config.ttlSweepInterval) }
-            } catch { return }
-            _ = await engine.sweepExpired()
-        }
-    }
-}
-
-private func gracefulShutdownOrCancel(_ body: @escaping @Sendable () async throws -> Void) async throws {
-    try await cancelWhenGracefulShutdown { try await body() }
-}
-
-/// Keeps the in-memory revocation set current from the store. While it cannot, tokens are refused
-/// (the token service fails closed once the state is stale).
-public struct RevocationRefresher: Service {
-    let engine: Engine
-    let interval: Duration
-    public init(engine: Engine, interval: Duration = .seconds(5)) {
-        self.engine = engine
-        self.interval = interval
-    }
-
-    public func run() async throws {
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            do {
-                try await gracefulShutdownOrCancel { try await Task.sleep(for: interval) }
-            } catch { return }
-            engine.tokens.refreshRevocations()
-        }
+extension Engine {
+    /// The engine's background work, for the daemon's ServiceGroup: the TTL sweeper, the reconciler's
+    /// drift check, and the refresh of the revocation set (tokens are refused while it is stale).
+    public var backgroundServices: [PeriodicService] {
+        [
+            PeriodicService(every: config.ttlSweepInterval) { _ = await self.sweepExpired() },
+            PeriodicService(every: .seconds(30)) { await self.checkDrift() },
+            PeriodicService(every: .seconds(5)) { self.tokens.refreshRevocations() },
+        ]
     }
 }

@@ -108,10 +108,8 @@ struct Serve: AsyncParsableCommand {
                 FileHandle.standardOutput.write(Data(banner.utf8))
             },
             logger: logger)
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: app), .init(service: TTLSweeper(engine: engine)),
-            .init(service: ReconcilerService(engine: engine)), .init(service: RevocationRefresher(engine: engine)),
-        ]
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] =
+            [.init(service: app)] + engine.backgroundServices.map { .init(service: $0) }
         if let tcp {
             let trust = SourceTrust(trustedProxies: s.trustedProxies, adminAllowlist: s.adminAllowlist)
             let tls: TLSIdentity? =
