@@ -26,12 +26,11 @@ extension Engine {
         let token = randomHex(bytes: 8)
         let processFile = "\(r.bundle)/exec/\(token).json"
         try FileSystem.writeAtomically(try JSONEncoder().encode(process), to: processFile, durable: false)
-        let group = ExecCgroup(name: "exec-" + token, dirs: execCgroupDirs(r, "exec-" + token))
+        let group = try acquireExecCgroup(r)
         defer {
             unlink(processFile)
-            group.removeIfEmpty()
+            releaseExecCgroup(r, group)
         }
-        try group.create()
         let started = ContinuousClock.now
         let timedOut = Flag()
         let timer = Flag.TaskSlot()
@@ -58,6 +57,31 @@ extension Engine {
             stdoutTruncated: out.stdoutTruncated, stderrTruncated: out.stderrTruncated,
             timedOut: timedOut.isSet,
             durationMs: Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15)
+    }
+
+    /// An empty exec cgroup of the sandbox: a pooled one, or a new one. Creating one costs a directory
+    /// per hierarchy (about 0.8 ms here), so finished execs hand theirs back.
+    func acquireExecCgroup(_ r: SandboxRecord) throws -> ExecCgroup {
+        while let name = execCgroupPool.withLock({ $0[r.id]?.popLast() }) {
+            let g = ExecCgroup(name: name, dirs: execCgroupDirs(r, name))
+            if g.isEmpty && g.dirs.allSatisfy(FileSystem.exists) { return g }
+        }
+        let name = "exec-" + randomHex(bytes: 8)
+        let g = ExecCgroup(name: name, dirs: execCgroupDirs(r, name))
+        try g.create()
+        return g
+    }
+
+    /// Returns an empty exec cgroup to the pool (a few per sandbox); one that still holds processes the
+    /// command left in the background stays until the sandbox goes.
+    func releaseExecCgroup(_ r: SandboxRecord, _ g: ExecCgroup) {
+        guard g.isEmpty else { return }
+        let pooled = execCgroupPool.withLock { pool -> Bool in
+            guard pool[r.id, default: []].count < 4 else { return false }
+            pool[r.id, default: []].append(g.name)
+            return true
+        }
+        if !pooled { g.removeIfEmpty() }
     }
 
     /// The directories of an exec's cgroup: below the sandbox's cgroup in every v1 hierarchy that holds
@@ -140,6 +164,10 @@ struct ExecCgroup: Sendable {
     /// Removes the cgroup unless processes the command left in the background still live in it (they
     /// go with the sandbox).
     func removeIfEmpty() { for d in dirs { rmdir(d) } }
+
+    var isEmpty: Bool {
+        (FileSystem.readAll(procsFile) ?? "x").trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
+    }
 
     var procsFile: String {
         (dirs.first { $0.contains("/pids/") } ?? dirs.first ?? "/nonexistent") + "/cgroup.procs"

@@ -27,6 +27,8 @@ public final class Engine: Sendable {
     let swapAccounting: Bool
     /// Upper-dir usage per sandbox, walked at most every `diskUsageTTL` (a walk is O(files)).
     let diskUsageCache = Mutex<[SandboxID: (bytes: Int64, at: ContinuousClock.Instant)]>([:])
+    /// Idle exec cgroups per sandbox (names below the sandbox's cgroup).
+    let execCgroupPool = Mutex<[SandboxID: [String]]>([:])
     static let diskUsageTTL = Duration.seconds(5)
 
     public init(
@@ -344,6 +346,7 @@ public final class Engine: Sendable {
     /// Removes what crun leaves of a sandbox's cgroups: the exec cgroups below it, then its own (both
     /// are empty once the init is gone, since the PID namespace died with it).
     func removeCgroups(_ r: SandboxRecord) {
+        execCgroupPool.withLock { $0[r.id] = nil }
         let roots =
             config.cgroupMode == .unified
             ? ["/sys/fs/cgroup" + r.cgroupPath]
