@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -246,11 +245,6 @@ int vv_epoll_wait(int epfd, uint64_t *datas, int max, int timeout_ms) {
     if (n < 0) return -errno;
     for (int i = 0; i < n; i++) datas[i] = evs[i].data.u64;
     return n;
-}
-
-int vv_eventfd(void) {
-    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    return fd < 0 ? -errno : fd;
 }
 
 int vv_pipe(int fds[2]) {

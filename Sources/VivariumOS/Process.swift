@@ -134,14 +134,11 @@ public final class Reaper: Sendable {
     }
 
     private let epfd: Int32
-    private let wake: Int32
     private let state = Mutex(State())
 
     private init() {
         epfd = vv_epoll_create()
-        wake = vv_eventfd()
-        precondition(epfd >= 0 && wake >= 0, "epoll/eventfd unavailable")
-        _ = vv_epoll_add(epfd, wake, 0)
+        precondition(epfd >= 0, "epoll unavailable")
         let t = Thread { [self] in self.loop() }
         t.name = "vivarium-reaper"
         t.start()
@@ -245,13 +242,7 @@ public final class Reaper: Sendable {
             let n = ready.withUnsafeMutableBufferPointer { vv_epoll_wait(epfd, $0.baseAddress, 64, -1) }
             if n < 0 { continue }
             for i in 0..<Int(n) {
-                let token = ready[i]
-                if token == 0 {
-                    var v: UInt64 = 0
-                    _ = read(wake, &v, 8)
-                    continue
-                }
-                handle(token: token, buffer: &buf)
+                handle(token: ready[i], buffer: &buf)
             }
         }
     }
@@ -385,15 +376,4 @@ public func becomeSubreaper() throws {
 
 func posixError(_ what: String, _ code: Int32 = Glibc.errno) -> VivariumError {
     VivariumError(.internalError, "\(what): \(String(cString: strerror(code)))")
-}
-
-extension Reaper {
-    /// Sends a signal to a process by pid through a fresh pidfd. Returns false if it is gone.
-    @discardableResult
-    public func signal(pid: Int32, _ sig: Int32) -> Bool {
-        let fd = vv_pidfd_open(pid)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        return vv_pidfd_send_signal(fd, sig) == 0
-    }
 }

@@ -50,7 +50,6 @@ int vv_epoll_del(int epfd, int fd);
 /// Waits for events; fills datas with the data of each ready fd. Returns the count or -errno.
 int vv_epoll_wait(int epfd, uint64_t *datas, int max, int timeout_ms);
 
-int vv_eventfd(void);
 
 /// A pipe, both ends O_CLOEXEC, the read end non-blocking. Returns 0 or -errno.
 int vv_pipe(int fds[2]);
