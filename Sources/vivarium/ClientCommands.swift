@@ -161,7 +161,7 @@ struct Exec: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a command in a sandbox and exit with its status.",
         discussion: """
-            Output is collected and written when the command ends (streaming comes later). On a timeout every
+            Output is collected and written when the command ends (streaming comes later). On a timeout every \
             process the command started is killed and vivarium exits 124.
             """)
     @OptionGroup var global: GlobalOptions

@@ -7,9 +7,9 @@ struct Login: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Log in to a remote daemon over TLS with an API key; later verbs use it.",
         discussion: """
-            The daemon's certificate is pinned: give its SHA-256 fingerprint (printed by `vivarium serve`) with
-            --fingerprint, or its certificate with --ca; otherwise the fingerprint is shown and must be confirmed.
-            The API key comes from --api-key-file, VIVARIUM_API_KEY, or standard input. Credentials are kept in
+            The daemon's certificate is pinned: give its SHA-256 fingerprint (printed by `vivarium serve`) with \
+            --fingerprint, or its certificate with --ca; otherwise the fingerprint is shown and must be confirmed. \
+            The API key comes from --api-key-file, VIVARIUM_API_KEY, or standard input. Credentials are kept in \
             ~/.config/vivarium/credentials.json (mode 0600) and refreshed automatically.
             """)
 

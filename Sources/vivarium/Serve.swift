@@ -14,10 +14,10 @@ import VivariumStore
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the daemon: the API on a unix socket, the reconciler and the TTL sweeper.",
+        abstract: "Run the daemon: the API on a unix socket (and TLS with --listen), the reconciler, the TTL sweeper.",
         discussion: """
-            Needs root. Settings come from flags, then VIVARIUM_* environment variables, then the config file,
-            then defaults (see `vivarium config show`). SIGTERM or SIGINT stop the daemon gracefully and leave
+            Needs root. Settings come from flags, then VIVARIUM_* environment variables, then the config file, \
+            then defaults (see `vivarium config show`). SIGTERM or SIGINT stop the daemon gracefully and leave \
             sandboxes running; the next `vivarium serve` adopts them.
             """)
 

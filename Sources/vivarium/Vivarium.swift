@@ -8,8 +8,9 @@ struct Vivarium: AsyncParsableCommand {
         commandName: "vivarium",
         abstract: "Hardened Linux sandboxes on crun, driven through a local daemon.",
         discussion: """
-            `vivarium serve` runs the daemon (as root). Every other verb is a client of its API on the unix
-            socket (default /run/vivarium/vivarium.sock; set --socket or VIVARIUM_SOCKET).
+            `vivarium serve` runs the daemon (as root). Every other verb is a client of its API: on the unix socket \
+            (default /run/vivarium/vivarium.sock; --socket or VIVARIUM_SOCKET), or, after `vivarium login`, on a \
+            remote daemon over TLS.
             """,
         version: VivariumVersion.string,
         subcommands: [
