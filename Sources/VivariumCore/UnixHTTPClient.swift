@@ -35,53 +35,44 @@ public struct UnixHTTPClient: Sendable {
     }
 
     func connectTCP(_ host: String, _ port: UInt16) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw VivariumError(.unavailable, "cannot create a socket") }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = port.bigEndian
         guard inet_pton(AF_INET, host, &addr.sin_addr) == 1 else {
-            close(fd)
             throw VivariumError(.invalidArgument, "not an IPv4 address: \(host)")
         }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard rc == 0 else {
-            let why = String(cString: strerror(errno))
-            close(fd)
-            throw VivariumError(.unavailable, "cannot reach \(host):\(port): \(why)")
-        }
-        return fd
+        return try Self.connected(AF_INET, &addr, unreachable: "cannot reach \(host):\(port)")
     }
 
     func connectUnix(_ socketPath: String) throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw VivariumError(.unavailable, "cannot create a socket") }
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let pathBytes = Array(socketPath.utf8)
         guard pathBytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            close(fd)
             throw VivariumError(.invalidArgument, "socket path too long: \(socketPath)")
         }
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             raw.copyBytes(from: pathBytes)
             raw[pathBytes.count] = 0
         }
+        return try Self.connected(
+            AF_UNIX, &addr,
+            unreachable: "cannot reach the vivarium daemon at \(socketPath) (is `vivarium serve` running?)")
+    }
+
+    /// A stream socket of `family` connected to `addr` (a sockaddr_in or sockaddr_un).
+    static func connected<Address>(_ family: Int32, _ addr: inout Address, unreachable: String) throws -> Int32 {
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw VivariumError(.unavailable, "cannot create a socket") }
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                connect(fd, $0, socklen_t(MemoryLayout<Address>.size))
             }
         }
         guard rc == 0 else {
             let why = String(cString: strerror(errno))
             close(fd)
-            throw VivariumError(
-                .unavailable, "cannot reach the vivarium daemon at \(socketPath): \(why) (is `vivarium serve` running?)"
-            )
+            throw VivariumError(.unavailable, "\(unreachable): \(why)")
         }
         return fd
     }

@@ -306,15 +306,12 @@ public final class Engine: Sendable {
             swapAccounting: swapAccounting
         ).build()
         try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: r.bundle + "/config.json", durable: false)
-        try await runtime.create(id: r.id.rawValue, bundle: r.bundle)
-        guard let state = try await runtime.state(id: r.id.rawValue), state.pid > 0 else {
-            throw VivariumError(.runtimeFailure, "crun created no init process")
-        }
-        guard watchInit(r.id, pid: state.pid) else {
+        let pid = try await runtime.create(id: r.id.rawValue, bundle: r.bundle)
+        guard watchInit(r.id, pid: pid) else {
             throw VivariumError(.runtimeFailure, "cannot watch the sandbox's init (out of file descriptors?)")
         }
         try await runtime.start(id: r.id.rawValue)
-        return state.pid
+        return pid
     }
 
     /// Stops the init (TERM, then KILL after the grace period) and releases crun's container and the mounts.
@@ -336,9 +333,7 @@ public final class Engine: Sendable {
 
     /// crun delete --force and unmount; keeps the sandbox's directories (its upper dir is its disk).
     func releaseHost(_ r: SandboxRecord) async throws {
-        if try await runtime.state(id: r.id.rawValue) != nil {
-            try await runtime.delete(id: r.id.rawValue, force: true)
-        }
+        try await runtime.delete(id: r.id.rawValue, force: true)
         removeCgroups(r)
         try Mounts.unmountAll(under: r.bundle)
     }

@@ -13,11 +13,12 @@ public struct ContainerState: Codable, Sendable, Equatable {
 /// The seam between the engine and an OCI runtime binary.
 public protocol OCIRuntime: Sendable {
     /// Creates the container from a bundle: namespaces and init exist, the init has not started.
-    func create(id: String, bundle: String) async throws
+    /// Returns the init's host pid.
+    func create(id: String, bundle: String) async throws -> Int32
     func start(id: String) async throws
-    func state(id: String) async throws -> ContainerState?
     func list() async throws -> [ContainerState]
     func kill(id: String, signal: Int32) async throws
+    /// Deletes the container; a container that does not exist is already deleted.
     func delete(id: String, force: Bool) async throws
     /// Runs a process (OCI process JSON at `processFile`) in the container, inside the existing
     /// sub-cgroup `cgroup` of the container's cgroup, and collects its output. `started` gets the
@@ -55,22 +56,21 @@ public struct Crun: OCIRuntime {
         return out
     }
 
-    public func create(id: String, bundle: String) async throws {
+    public func create(id: String, bundle: String) async throws -> Int32 {
+        // The pid file spares a `crun state` process on the create path.
+        let pidFile = bundle + "/init.pid"
+        unlink(pidFile)
         // crun 1.8 refuses a hybrid cgroup layout; it works when it cannot see the cgroup2 mount.
-        try await run(["create", "--bundle", bundle, id], hideCgroup2: cgroupMode == .hybrid)
+        try await run(["create", "--bundle", bundle, "--pid-file", pidFile, id], hideCgroup2: cgroupMode == .hybrid)
+        guard let text = FileSystem.readAll(pidFile),
+            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+            pid > 0
+        else { throw VivariumError(.runtimeFailure, "crun created no init process") }
+        return pid
     }
 
     public func start(id: String) async throws {
         try await run(["start", id])
-    }
-
-    public func state(id: String) async throws -> ContainerState? {
-        let out = try await Reaper.shared.run(command(["state", id]))
-        guard out.status == .exited(0) else {
-            if out.stderrString.contains("does not exist") || out.stderrString.contains("No such file") { return nil }
-            throw VivariumError(.runtimeFailure, "crun state \(id): \(out.stderrString.prefix(300))")
-        }
-        return try JSONDecoder().decode(ContainerState.self, from: Data(out.stdout))
     }
 
     public func list() async throws -> [ContainerState] {

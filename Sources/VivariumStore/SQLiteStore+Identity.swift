@@ -282,26 +282,25 @@ extension SQLiteStore {
     }
 
     public func revokeFamilies(principalID: String, now: Date) throws {
-        try wrap("refresh families") {
-            try pool.write { db in
-                try db.execute(
-                    sql: """
-                        UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?)
-                        WHERE id IN (SELECT family FROM refresh_tokens WHERE principal_id = ?)
-                        """, arguments: [now.timeIntervalSince1970, principalID])
-            }
-        }
+        try revokeFamilies(
+            ownedBy: "SELECT family FROM refresh_tokens WHERE principal_id = ?", principalID, now: now)
     }
 
     public func revokeFamilies(tenant: String, now: Date) throws {
+        try revokeFamilies(
+            ownedBy: """
+                SELECT t.family FROM refresh_tokens t JOIN principals p ON p.id = t.principal_id WHERE p.tenant = ?
+                """, tenant, now: now)
+    }
+
+    /// Ends every family that `familiesQuery` (one `?` for `value`) selects.
+    private func revokeFamilies(ownedBy familiesQuery: String, _ value: String, now: Date) throws {
         try wrap("refresh families") {
             try pool.write { db in
                 try db.execute(
-                    sql: """
-                        UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?)
-                        WHERE id IN (SELECT t.family FROM refresh_tokens t JOIN principals p ON p.id = t.principal_id
-                                     WHERE p.tenant = ?)
-                        """, arguments: [now.timeIntervalSince1970, tenant])
+                    sql:
+                        "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id IN (\(familiesQuery))",
+                    arguments: [now.timeIntervalSince1970, value])
             }
         }
     }

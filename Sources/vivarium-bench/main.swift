@@ -144,7 +144,7 @@ do {
             cgroupsPath: "/\(cgroupParent)/raw\(i)", initBinary: Paths.initBinary, swapAccounting: swap
         ).build()
         try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: b + "/config.json", durable: false)
-        try await crun.create(id: "raw\(i)", bundle: b)
+        _ = try await crun.create(id: "raw\(i)", bundle: b)
         try await crun.start(id: "raw\(i)")
     }
     func rawDelete(_ i: Int) async throws {
