@@ -46,13 +46,20 @@ let package = Package(
             dependencies: ["VivariumCore", "VivariumOS", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         .target(
+            name: "VivariumAudit",
+            dependencies: ["VivariumCore", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
+        .target(
             name: "VivariumStore",
-            dependencies: ["VivariumCore", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: [
+                "VivariumCore", "VivariumAudit", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict),
         .target(
             name: "VivariumAuth",
             dependencies: [
-                "VivariumCore", "VivariumStore", .product(name: "JWTKit", package: "jwt-kit"),
+                "VivariumCore", "VivariumStore", "VivariumAudit", .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
@@ -60,14 +67,14 @@ let package = Package(
             name: "VivariumEngine",
             dependencies: [
                 "VivariumCore", "VivariumOS", "VivariumImages", "VivariumRuntime", "VivariumStore", "VivariumAuth",
-                .product(name: "Logging", package: "swift-log"),
+                "VivariumAudit", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
         .target(
             name: "VivariumAPI",
             dependencies: [
-                "VivariumCore", "VivariumAuth", "VivariumEngine",
+                "VivariumCore", "VivariumAuth", "VivariumAudit", "VivariumEngine",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -75,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "vivarium",
             dependencies: [
-                "VivariumCore", "VivariumOS", "VivariumAuth", "VivariumEngine", "VivariumAPI",
+                "VivariumCore", "VivariumOS", "VivariumAuth", "VivariumAudit", "VivariumEngine", "VivariumAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -101,8 +108,8 @@ let package = Package(
         .testTarget(
             name: "VivariumCoreTests",
             dependencies: [
-                "VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumAuth", "VivariumEngine",
-                "VivariumAPI", "VivariumTestSupport",
+                "VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumAuth", "VivariumAudit",
+                "VivariumEngine", "VivariumAPI", "VivariumTestSupport",
             ],
             swiftSettings: strict),
         .testTarget(

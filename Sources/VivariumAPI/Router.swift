@@ -3,9 +3,11 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import VivariumAudit
 import VivariumAuth
 import VivariumCore
 import VivariumEngine
+import VivariumStore
 
 /// The request context of every API call: its request id and the peer it came from.
 public struct APIRequestContext: RequestContext {
@@ -58,12 +60,14 @@ public enum API {
     final class Routes: @unchecked Sendable {
         let router: Router<APIRequestContext>
         let tokens: TokenService
+        let audits: any AuditStore
         let limits: APILimits
         private(set) var keys: [String] = []
 
-        init(router: Router<APIRequestContext>, tokens: TokenService, limits: APILimits) {
+        init(router: Router<APIRequestContext>, engine: Engine, limits: APILimits) {
             self.router = router
-            self.tokens = tokens
+            self.tokens = engine.tokens
+            self.audits = engine.audit
             self.limits = limits
         }
 
@@ -72,9 +76,9 @@ public enum API {
                 preconditionFailure("route \(method.rawValue) \(path) has no entry in the policy table")
             }
             keys.append("\(method.rawValue) \(path)")
-            let tokens = self.tokens
-            let limits = self.limits
+            let (tokens, audits, limits) = (self.tokens, self.audits, self.limits)
             let exchangesCredentials = path == "/v1/tokens"
+            let mutating = method != .get
             router.on(RouterPath(path), method: method) { req, ctx in
                 let source =
                     ctx.isLocal
@@ -82,19 +86,24 @@ public enum API {
                     : limits.trust.clientAddress(
                         peer: ctx.remote?.ipAddress, proxied: ctx.proxied,
                         forwardedFor: req.headers[HTTPField.Name("X-Forwarded-For")!]) ?? "unknown"
-                if policy.ownership == .admin, !ctx.isLocal, !limits.trust.adminAllowlist.isEmpty,
-                    !limits.trust.adminAllowlist.contains(where: { $0.contains(source) })
-                {
-                    throw VivariumError(.forbidden, "admin routes are not served to this address")
-                }
+                var audit = AuditContext(
+                    actor: ctx.isLocal ? API.actor(.localRoot) : .anonymous, source: source,
+                    requestID: ctx.requestID, tally: AuditTally())
                 let guarded = !ctx.isLocal && (policy.ownership != .publicRoute || exchangesCredentials)
                 let limitKey = SourceTrust.limitKey(source)
-                if guarded, let wait = limits.failedAuth.exhausted(limitKey) {
-                    throw VivariumError(
-                        .rateLimited, "too many failed authentications from this address", retryAfterSeconds: wait)
-                }
                 do {
+                    if policy.ownership == .admin, !ctx.isLocal, !limits.trust.adminAllowlist.isEmpty,
+                        !limits.trust.adminAllowlist.contains(where: { $0.contains(source) })
+                    {
+                        throw VivariumError(.forbidden, "admin routes are not served to this address")
+                    }
+                    if guarded, let wait = limits.failedAuth.exhausted(limitKey) {
+                        throw VivariumError(
+                            .rateLimited, "too many failed authentications from this address",
+                            retryAfterSeconds: wait)
+                    }
                     let principal = try await API.authenticate(req, ctx, policy: policy, tokens: tokens)
+                    if let principal { audit.actor = API.actor(principal) }
                     // An admin token reaches every tenant: from outside the allowlist it gets nowhere.
                     if principal?.role == .admin, !ctx.isLocal, !limits.trust.adminAllowlist.isEmpty,
                         !limits.trust.adminAllowlist.contains(where: { $0.contains(source) })
@@ -104,18 +113,70 @@ public enum API {
                     if let p = principal, !ctx.isLocal, let wait = limits.perPrincipal.take(p.id) {
                         throw VivariumError(.rateLimited, "request rate limit reached", retryAfterSeconds: wait)
                     }
-                    return try await handler(req, ctx, principal)
-                } catch let e as VivariumError where e.code == .unauthenticated && guarded {
-                    _ = limits.failedAuth.take(limitKey)
+                    let response = try await AuditContext.$current.withValue(audit) {
+                        try await handler(req, ctx, principal)
+                    }
+                    // A mutating call that changed nothing (a start of a running sandbox) still leaves a record.
+                    if mutating, audit.tally?.count == 0 {
+                        try audits.append([API.event(policy, ctx, audit, .ok, ["changed": "false"])])
+                    }
+                    return response
+                } catch let e as VivariumError {
+                    if e.code == .unauthenticated && guarded { _ = limits.failedAuth.take(limitKey) }
+                    API.recordFailure(e, policy: policy, mutating: mutating, req, ctx, audit, to: audits)
                     throw e
                 }
             }
         }
     }
 
+    static func actor(_ p: Principal) -> AuditActor {
+        AuditActor(id: p.id, name: p.name, tenant: p.tenant, tokenID: p.tokenID)
+    }
+
+    static func event(
+        _ policy: RoutePolicy, _ ctx: APIRequestContext, _ audit: AuditContext, _ outcome: AuditOutcome,
+        _ details: [String: String]
+    ) -> AuditEvent {
+        AuditEvent(
+            policy.action, target: ctx.parameters.get("name"), outcome: outcome, details: details, context: audit)
+    }
+
+    /// Authentication failures, policy denials and quota refusals are recorded on every route; other
+    /// failures on mutating routes when the engine did not record them already. Rate-limit refusals are
+    /// not (they would let a flood write the trail); the authentication failures before them were.
+    static func recordFailure(
+        _ e: VivariumError, policy: RoutePolicy, mutating: Bool, _ req: Request, _ ctx: APIRequestContext,
+        _ audit: AuditContext, to audits: any AuditStore
+    ) {
+        let route = "\(req.method.rawValue) \(req.uri.path.prefix(256))"
+        let details = ["code": e.code.rawValue, "message": e.message, "route": route]
+        let event: AuditEvent
+        switch e.code {
+        case .unauthenticated:
+            event = AuditEvent(
+                "auth.failure", target: policy.action, outcome: .denied, details: details, context: audit)
+        case .forbidden:
+            event = AuditEvent(
+                "policy.denied", target: ctx.parameters.get("name"), outcome: .denied,
+                details: details.merging(["action": policy.action]) { a, _ in a }, context: audit)
+        case .quotaExceeded:
+            event = API.event(policy, ctx, audit, .refused, details)
+        case .rateLimited:
+            return
+        default:
+            guard mutating, audit.tally?.count == 0 else { return }
+            event = API.event(policy, ctx, audit, .failed, details)
+        }
+        do { try audits.append([event]) } catch {
+            ctx.logger.error(
+                "cannot record a refused request", metadata: ["request_id": "\(ctx.requestID)", "error": "\(error)"])
+        }
+    }
+
     /// Every route the API serves, as "METHOD path" (for the policy coverage test).
     public static func routeKeys(engine: Engine) -> [String] {
-        let routes = Routes(router: Router(context: APIRequestContext.self), tokens: engine.tokens, limits: APILimits())
+        let routes = Routes(router: Router(context: APIRequestContext.self), engine: engine, limits: APILimits())
         register(routes, engine: engine)
         return routes.keys
     }
@@ -123,7 +184,7 @@ public enum API {
     public static func router(engine: Engine, limits: APILimits = APILimits()) -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
         router.middlewares.add(ErrorMiddleware())
-        register(Routes(router: router, tokens: engine.tokens, limits: limits), engine: engine)
+        register(Routes(router: router, engine: engine, limits: limits), engine: engine)
         return router
     }
 
@@ -187,10 +248,7 @@ public enum API {
             try engine.revoke(caller: p!, tenant: try tenant(req, p), body)
             return Response(status: .noContent)
         }
-        r.add(.post, "/v1/keys/rotate") { _, _, _ in
-            try await engine.tokens.keys.rotate()
-            return try json(engine.tokens.keys.jwks)
-        }
+        r.add(.post, "/v1/keys/rotate") { _, _, _ in try json(try await engine.rotateKeys()) }
 
         // Tenants.
         r.add(.get, "/v1/tenants") { _, _, _ in try json(Page(items: try engine.listTenants(), nextCursor: nil)) }
@@ -276,6 +334,41 @@ public enum API {
             try await engine.removeImage(tenant: try tenant(req, p), name: try name(ctx))
             return Response(status: .noContent)
         }
+
+        // Audit trail.
+        r.add(.get, "/v1/audit") { req, _, p in
+            var q = try auditQuery(req)
+            // Admins read every tenant's records (or one, with ?tenant=); everyone else their own.
+            q.tenant = p!.role == .admin ? req.uri.queryParameters.get("tenant").map { String($0) } : p!.tenant
+            return try json(try engine.auditRecords(q))
+        }
+        r.add(.get, "/v1/audit/checkpoints") { _, _, _ in try json(try engine.auditCheckpoints()) }
+    }
+
+    static func auditQuery(_ req: Request) throws -> AuditQuery {
+        let q = req.uri.queryParameters
+        func text(_ name: String) throws -> String? {
+            guard let v = q.get(name) else { return nil }
+            guard v.utf8.count <= 256 else { throw VivariumError(.invalidArgument, "\(name) is too long") }
+            return String(v)
+        }
+        func number(_ name: String, _ range: ClosedRange<Int64>) throws -> Int64? {
+            guard let v = q.get(name) else { return nil }
+            guard let n = Int64(v), range.contains(n) else {
+                throw VivariumError(
+                    .invalidArgument, "\(name) must be a number in \(range.lowerBound)...\(range.upperBound)")
+            }
+            return n
+        }
+        if let o = try text("outcome"), AuditOutcome(rawValue: o) == nil {
+            throw VivariumError(
+                .invalidArgument,
+                "outcome must be one of \(AuditOutcome.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return AuditQuery(
+            after: try number("cursor", 0...Int64.max), sinceMs: try number("since_ms", 0...Int64.max),
+            untilMs: try number("until_ms", 0...Int64.max), actor: try text("actor"), action: try text("action"),
+            target: try text("target"), outcome: try text("outcome"), limit: Int(try number("limit", 1...1000) ?? 100))
     }
 
     /// The tenant and name of a sandbox route, with a sandbox-bound token held to its sandbox.

@@ -18,10 +18,13 @@ public struct RoutePolicy: Sendable, Equatable {
     public let scopes: Set<Scope>
     public let minimumRole: Role
     public let ownership: Ownership
-    public init(_ scopes: Set<Scope>, role: Role = .auditor, _ ownership: Ownership) {
+    /// The route's name in the audit trail (denials and failures are recorded under it).
+    public let action: String
+    public init(_ scopes: Set<Scope>, role: Role = .auditor, _ ownership: Ownership, _ action: String) {
         self.scopes = scopes
         self.minimumRole = role
         self.ownership = ownership
+        self.action = action
     }
 }
 
@@ -29,34 +32,41 @@ public struct RoutePolicy: Sendable, Equatable {
 /// allowed, and its ownership rule. The router refuses to register a route without an entry.
 public enum PolicyTable {
     public static let routes: [String: RoutePolicy] = [
-        "GET /healthz": .init([], .publicRoute),
-        "GET /.well-known/jwks.json": .init([], .publicRoute),
-        "POST /v1/tokens": .init([], .publicRoute),
-        "POST /v1/tokens/issue": .init([.tokensAdmin], role: .tenantAdmin, .tenantUnbound),
-        "POST /v1/tokens/revoke": .init([.tokensAdmin], role: .tenantAdmin, .tenantUnbound),
-        "POST /v1/keys/rotate": .init([.tokensAdmin], role: .admin, .admin),
+        "GET /healthz": .init([], .publicRoute, "health"),
+        "GET /.well-known/jwks.json": .init([], .publicRoute, "keys.jwks"),
+        "POST /v1/tokens": .init([], .publicRoute, "token.exchange"),
+        "POST /v1/tokens/issue": .init([.tokensAdmin], role: .tenantAdmin, .tenantUnbound, "token.issue"),
+        "POST /v1/tokens/revoke": .init([.tokensAdmin], role: .tenantAdmin, .tenantUnbound, "token.revoke"),
+        "POST /v1/keys/rotate": .init([.tokensAdmin], role: .admin, .admin, "keys.rotate"),
 
-        "GET /v1/tenants": .init([.tenantsAdmin], role: .admin, .admin),
-        "POST /v1/tenants": .init([.tenantsAdmin], role: .admin, .admin),
-        "DELETE /v1/tenants/:name": .init([.tenantsAdmin], role: .admin, .admin),
+        "GET /v1/tenants": .init([.tenantsAdmin], role: .admin, .admin, "tenant.list"),
+        "POST /v1/tenants": .init([.tenantsAdmin], role: .admin, .admin, "tenant.create"),
+        "DELETE /v1/tenants/:name": .init([.tenantsAdmin], role: .admin, .admin, "tenant.delete"),
 
-        "GET /v1/principals": .init([.principalsAdmin], role: .tenantAdmin, .tenantUnbound),
-        "POST /v1/principals": .init([.principalsAdmin], role: .tenantAdmin, .tenantUnbound),
-        "DELETE /v1/principals/:name": .init([.principalsAdmin], role: .tenantAdmin, .tenantUnbound),
-        "POST /v1/principals/:name/disable": .init([.principalsAdmin], role: .tenantAdmin, .tenantUnbound),
-        "POST /v1/principals/:name/keys": .init([.principalsAdmin], role: .tenantAdmin, .tenantUnbound),
+        "GET /v1/principals": .init([.principalsAdmin], role: .tenantAdmin, .tenantUnbound, "principal.list"),
+        "POST /v1/principals": .init([.principalsAdmin], role: .tenantAdmin, .tenantUnbound, "principal.create"),
+        "DELETE /v1/principals/:name": .init(
+            [.principalsAdmin], role: .tenantAdmin, .tenantUnbound, "principal.delete"),
+        "POST /v1/principals/:name/disable": .init(
+            [.principalsAdmin], role: .tenantAdmin, .tenantUnbound, "principal.disable"),
+        "POST /v1/principals/:name/keys": .init(
+            [.principalsAdmin], role: .tenantAdmin, .tenantUnbound, "apikey.create"),
 
-        "GET /v1/sandboxes": .init([.sandboxesRead], role: .auditor, .tenantUnbound),
-        "POST /v1/sandboxes": .init([.sandboxesWrite], role: .member, .tenantUnbound),
-        "GET /v1/sandboxes/:name": .init([.sandboxesRead], role: .auditor, .tenant),
-        "DELETE /v1/sandboxes/:name": .init([.sandboxesWrite], role: .member, .tenant),
-        "POST /v1/sandboxes/:name/start": .init([.sandboxesWrite], role: .member, .tenant),
-        "POST /v1/sandboxes/:name/stop": .init([.sandboxesWrite], role: .member, .tenant),
-        "POST /v1/sandboxes/:name/exec": .init([.exec], role: .member, .tenant),
+        "GET /v1/sandboxes": .init([.sandboxesRead], role: .auditor, .tenantUnbound, "sandbox.list"),
+        "POST /v1/sandboxes": .init([.sandboxesWrite], role: .member, .tenantUnbound, "sandbox.create"),
+        "GET /v1/sandboxes/:name": .init([.sandboxesRead], role: .auditor, .tenant, "sandbox.get"),
+        "DELETE /v1/sandboxes/:name": .init([.sandboxesWrite], role: .member, .tenant, "sandbox.delete"),
+        "POST /v1/sandboxes/:name/start": .init([.sandboxesWrite], role: .member, .tenant, "sandbox.start"),
+        "POST /v1/sandboxes/:name/stop": .init([.sandboxesWrite], role: .member, .tenant, "sandbox.stop"),
+        "POST /v1/sandboxes/:name/exec": .init([.exec], role: .member, .tenant, "sandbox.exec"),
 
-        "GET /v1/images": .init([.imagesRead], role: .auditor, .tenantUnbound),
-        "POST /v1/images": .init([.imagesWrite], role: .admin, .admin),
-        "DELETE /v1/images/:name": .init([.imagesWrite], role: .admin, .admin),
+        "GET /v1/images": .init([.imagesRead], role: .auditor, .tenantUnbound, "image.list"),
+        "POST /v1/images": .init([.imagesWrite], role: .admin, .admin, "image.import"),
+        "DELETE /v1/images/:name": .init([.imagesWrite], role: .admin, .admin, "image.delete"),
+
+        // Tenant auditors read their tenant's records; verifying the chain needs all of them (admin).
+        "GET /v1/audit": .init([.auditRead], role: .auditor, .tenantUnbound, "audit.list"),
+        "GET /v1/audit/checkpoints": .init([.auditRead], role: .admin, .admin, "audit.checkpoints"),
     ]
 
     public static func policy(_ method: String, _ path: String) -> RoutePolicy? { routes["\(method) \(path)"] }

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import JWTKit
 import Logging
+import VivariumAudit
 import VivariumCore
 import VivariumStore
 
@@ -197,7 +198,13 @@ public final class TokenService: Sendable {
     /// Records a revocation and applies it at once. `value` is a jti, family, principal id or tenant.
     /// Principal- and tenant-wide revocations also end every refresh family in the store and are kept as
     /// long as the longest-lived API key, so that nothing issued before them comes back.
-    public func revoke(_ kind: RevocationKind, _ value: String, now: Date = Date()) throws {
+    public func revoke(_ kind: RevocationKind, _ value: String, tenant: String?, now: Date = Date()) throws {
+        try revoke(
+            kind, value, now: now,
+            audit: AuditEvent("token.revoke", target: "\(kind.rawValue):\(value)", tenant: tenant))
+    }
+
+    func revoke(_ kind: RevocationKind, _ value: String, now: Date, audit: AuditEvent) throws {
         let keep: TimeInterval
         switch kind {
         case .jti: keep = config.maxAccessLifetime
@@ -205,13 +212,7 @@ public final class TokenService: Sendable {
         case .principal, .tenant: keep = Self.maxAPIKeyLifetime
         }
         let r = RevocationRecord(kind: kind, value: value, at: now, expiresAt: now.addingTimeInterval(keep + 60))
-        try store.insertRevocation(r)
-        switch kind {
-        case .family: try store.revokeFamily(value)
-        case .principal: try store.revokeFamilies(principalID: value, now: now)
-        case .tenant: try store.revokeFamilies(tenant: value, now: now)
-        case .jti: break
-        }
+        try store.revoke(r, audit: audit)
         revoked.update { Self.apply(r, to: &$0) }
     }
 
@@ -219,9 +220,10 @@ public final class TokenService: Sendable {
     public static let maxAPIKeyLifetime: TimeInterval = 366 * 86400
 
     /// Disables a principal and revokes every token it holds, effective on its next request.
-    public func disable(principalID: String, now: Date = Date()) throws {
-        try store.setPrincipalDisabled(id: principalID, true)
-        try revoke(.principal, principalID, now: now)
+    public func disable(_ p: PrincipalRecord, now: Date = Date()) throws {
+        try store.setPrincipalDisabled(
+            id: p.id, true, audit: AuditEvent("principal.disable", target: p.name.rawValue, tenant: p.tenant))
+        try revoke(.principal, p.id, tenant: p.tenant, now: now)
     }
 
     // MARK: Refresh tokens and API keys
@@ -229,9 +231,10 @@ public final class TokenService: Sendable {
     /// A new access + refresh pair; `family` continues a rotation, nil starts one.
     /// The family's refresh tokens expire at `sessionEnd` (default: the refresh lifetime from now), an
     /// absolute end that rotation never extends; no access token outlives it.
+    /// The pair is recorded in the audit trail as `action` (token.issue, token.exchange, token.refresh).
     public func issuePair(
         _ p: PrincipalRecord, scopes: Set<Scope>, boundSandbox: SandboxID?, family: String?, ttl: TimeInterval? = nil,
-        sessionEnd: Date? = nil, now: Date = Date()
+        sessionEnd: Date? = nil, action: String, details: [String: String] = [:], now: Date = Date()
     ) async throws -> TokenPair {
         let fam = family ?? randomHex(bytes: 16)
         let end = sessionEnd ?? now.addingTimeInterval(config.refreshLifetime)
@@ -243,7 +246,15 @@ public final class TokenService: Sendable {
         try store.insertRefresh(
             RefreshRecord(
                 hash: Self.hash(refresh), family: fam, principalID: p.id, scopes: scopes,
-                boundSandbox: boundSandbox?.rawValue, expiresAt: end, usedAt: nil))
+                boundSandbox: boundSandbox?.rawValue, expiresAt: end, usedAt: nil),
+            audit: AuditEvent(
+                action, target: p.name.rawValue, tenant: p.tenant,
+                details: details.merging(
+                    [
+                        "jti": claims.jti.value, "family": fam, "scopes": Self.scopeList(scopes),
+                        "expires_in": String(Int(claims.exp.value.timeIntervalSince(now))),
+                    ].merging(boundSandbox.map { ["sandbox": $0.rawValue] } ?? [:]) { a, _ in a }
+                ) { a, _ in a }))
         return TokenPair(
             accessToken: access, refreshToken: refresh, expiresIn: Int(claims.exp.value.timeIntervalSince(now)))
     }
@@ -257,7 +268,12 @@ public final class TokenService: Sendable {
         case .invalid:
             throw Self.unauthorized()
         case .reused(let family, let principalID):
-            try revoke(.family, family, now: now)
+            let p = try? store.principal(id: principalID)
+            try revoke(
+                .family, family, now: now,
+                audit: AuditEvent(
+                    "token.refresh_reuse", target: p?.name.rawValue ?? principalID, tenant: p?.tenant,
+                    outcome: .alert, details: ["family": family, "principal_id": principalID]))
             logger.critical(
                 "refresh token reuse: family revoked", metadata: ["family": "\(family)", "principal": "\(principalID)"])
             throw Self.unauthorized()
@@ -265,9 +281,11 @@ public final class TokenService: Sendable {
             // Principal- and tenant-wide revocations ended this family in the store already.
             guard let p = try store.principal(id: r.principalID), !p.disabled else { throw Self.unauthorized() }
             let bound = r.boundSandbox.flatMap(SandboxID.init(rawValue:))
-            return try await issuePair(
-                p, scopes: r.scopes.intersection(Self.allowedScopes(p.role)), boundSandbox: bound, family: r.family,
-                sessionEnd: r.expiresAt, now: now)
+            return try await AuditContext.$current.withValue(AuditContext.current.acting(as: Self.actor(p))) {
+                try await issuePair(
+                    p, scopes: r.scopes.intersection(Self.allowedScopes(p.role)), boundSandbox: bound, family: r.family,
+                    sessionEnd: r.expiresAt, action: "token.refresh", now: now)
+            }
         }
     }
 
@@ -282,7 +300,13 @@ public final class TokenService: Sendable {
             APIKeyRecord(
                 id: id, principalID: p.id, secretHash: Self.hash(secret),
                 scopes: scopes.intersection(Self.allowedScopes(p.role)), expiresAt: now.addingTimeInterval(ttl),
-                createdAt: now))
+                createdAt: now),
+            audit: AuditEvent(
+                "apikey.create", target: p.name.rawValue, tenant: p.tenant,
+                details: [
+                    "key_id": id, "scopes": Self.scopeList(scopes.intersection(Self.allowedScopes(p.role))),
+                    "expires_in": String(Int(ttl)),
+                ]))
         return "viv_\(id)_\(secret)"
     }
 
@@ -298,8 +322,19 @@ public final class TokenService: Sendable {
         let set = revoked.get()
         if let at = set.principals[p.id], key.createdAt <= at { throw Self.unauthorized() }
         if let at = set.tenants[p.tenant], key.createdAt <= at { throw Self.unauthorized() }
-        return try await issuePair(p, scopes: key.scopes, boundSandbox: nil, family: nil, now: now)
+        return try await AuditContext.$current.withValue(AuditContext.current.acting(as: Self.actor(p))) {
+            try await issuePair(
+                p, scopes: key.scopes, boundSandbox: nil, family: nil, action: "token.exchange",
+                details: ["key_id": key.id], now: now)
+        }
     }
+
+    /// A principal as the actor of audit records.
+    public static func actor(_ p: PrincipalRecord) -> AuditActor {
+        AuditActor(id: p.id, name: p.name.rawValue, tenant: p.tenant)
+    }
+
+    static func scopeList(_ s: Set<Scope>) -> String { s.map(\.rawValue).sorted().joined(separator: ",") }
 
     static func hash(_ s: String) -> String { Digest.of(Array(s.utf8)).hex }
 

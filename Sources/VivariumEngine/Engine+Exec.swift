@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Synchronization
+import VivariumAudit
 import VivariumCore
 import VivariumOS
 import VivariumRuntime
@@ -11,10 +12,48 @@ extension Engine {
     /// init's hardening, in a cgroup of its own below the sandbox's: a timeout freezes that cgroup and
     /// SIGKILLs everything in it, so no process the command started (detached, re-parented or not)
     /// survives. Processes a finished command left in the background keep running.
+    ///
+    /// The trail gets an intent record before the command runs (no record, no run) and an outcome record
+    /// after: the argument vector redacted, environment names but never values, never the output.
     public func exec(tenant: String, name: String, _ req: ExecRequest) async throws -> ExecResult {
         let argv = try Self.validate(req)
         let r = try record(tenant: tenant, name: name)
         _ = try r.state.requireRunning()
+        try audit.append([
+            event(
+                "sandbox.exec", r, .started,
+                details: [
+                    "argv": Redactor.argv(argv), "user": String(req.user ?? 0), "workdir": req.workdir ?? "/",
+                    "timeout_seconds": String(req.timeoutSeconds ?? ExecRequest.defaultTimeout),
+                    "env_keys": (req.env ?? [:]).keys.sorted().joined(separator: ","),
+                ])
+        ])
+        do {
+            let result = try await run(r, argv, req)
+            recordOutcome(
+                event(
+                    "sandbox.exec", r, result.timedOut ? .failed : .ok,
+                    details: [
+                        "exit_code": String(result.exitCode), "timed_out": String(result.timedOut),
+                        "duration_ms": String(Int(result.durationMs.rounded())),
+                        "stdout_bytes": String(result.stdout.count), "stderr_bytes": String(result.stderr.count),
+                    ]))
+            return result
+        } catch {
+            recordOutcome(event("sandbox.exec", r, .failed, details: ["error": "\(error)"]))
+            throw error
+        }
+    }
+
+    /// The outcome of something that already happened: a failure to record it cannot undo it, so it is
+    /// logged (the intent record is in the trail).
+    func recordOutcome(_ e: AuditEvent) {
+        do { try audit.append([e]) } catch {
+            logger.critical("cannot record an outcome", metadata: ["action": "\(e.action)", "error": "\(error)"])
+        }
+    }
+
+    func run(_ r: SandboxRecord, _ argv: [String], _ req: ExecRequest) async throws -> ExecResult {
         let timeout = req.timeoutSeconds ?? ExecRequest.defaultTimeout
         let limit = req.maxOutputBytes ?? ExecRequest.defaultMaxOutput
         let uid = req.user ?? 0

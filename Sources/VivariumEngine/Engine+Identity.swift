@@ -1,4 +1,5 @@
 import Foundation
+import VivariumAudit
 import VivariumAuth
 import VivariumCore
 import VivariumStore
@@ -9,7 +10,7 @@ extension Engine {
     public func createTenant(_ req: CreateTenantRequest) throws -> TenantInfo {
         let name = try ResourceName.parse(req.name, what: "tenant name")
         let t = TenantRecord(name: name, createdAt: Date())
-        try identity.insertTenant(t)
+        try identity.insertTenant(t, audit: AuditEvent("tenant.create", target: name.rawValue, tenant: name.rawValue))
         logger.info("tenant created", metadata: ["tenant": "\(name)"])
         return TenantInfo(name: name.rawValue, createdAt: t.createdAt)
     }
@@ -36,8 +37,10 @@ extension Engine {
                 try await removeImage(tenant: n.rawValue, name: i.name.rawValue)
             }
         }
-        try identity.deleteTenant(n.rawValue)
-        try tokens.revoke(.tenant, n.rawValue)
+        try identity.deleteTenant(
+            n.rawValue,
+            audit: AuditEvent("tenant.delete", target: n.rawValue, tenant: n.rawValue, details: ["force": "\(force)"]))
+        try tokens.revoke(.tenant, n.rawValue, tenant: n.rawValue)
         logger.info("tenant removed", metadata: ["tenant": "\(n)"])
     }
 
@@ -59,7 +62,11 @@ extension Engine {
         let rec = PrincipalRecord(
             id: "pr_" + randomHex(bytes: 10), tenant: tenant, name: name, kind: kind, role: role, disabled: false,
             createdAt: Date())
-        try identity.insertPrincipal(rec)
+        try identity.insertPrincipal(
+            rec,
+            audit: AuditEvent(
+                "principal.create", target: name.rawValue, tenant: tenant,
+                details: ["id": rec.id, "kind": kind.rawValue, "role": role.rawValue]))
         logger.info("principal created", metadata: ["principal": "\(name)", "tenant": "\(tenant)"])
         return Self.principalInfo(rec)
     }
@@ -87,14 +94,16 @@ extension Engine {
     public func deletePrincipal(caller: Principal, tenant: String, name: String) throws {
         let p = try principalRecord(tenant: tenant, name: name)
         try requireManageable(p, by: caller)
-        try identity.deletePrincipal(id: p.id)
-        try tokens.revoke(.principal, p.id)
+        try identity.deletePrincipal(
+            id: p.id,
+            audit: AuditEvent("principal.delete", target: p.name.rawValue, tenant: tenant, details: ["id": p.id]))
+        try tokens.revoke(.principal, p.id, tenant: tenant)
     }
 
     public func disablePrincipal(caller: Principal, tenant: String, name: String) throws -> PrincipalInfo {
         var p = try principalRecord(tenant: tenant, name: name)
         try requireManageable(p, by: caller)
-        try tokens.disable(principalID: p.id)
+        try tokens.disable(p)
         p.disabled = true
         return Self.principalInfo(p)
     }
@@ -147,7 +156,8 @@ extension Engine {
         guard ttl >= 1 else { throw VivariumError(.invalidArgument, "ttl must be positive") }
         // The whole session ends with the requested lifetime: refreshing cannot extend it.
         return try await tokens.issuePair(
-            p, scopes: scopes, boundSandbox: bound, family: nil, ttl: ttl, sessionEnd: Date().addingTimeInterval(ttl))
+            p, scopes: scopes, boundSandbox: bound, family: nil, ttl: ttl, sessionEnd: Date().addingTimeInterval(ttl),
+            action: "token.issue")
     }
 
     public func revoke(caller: Principal, tenant: String, _ req: RevokeRequest) throws {
@@ -161,16 +171,17 @@ extension Engine {
             guard jti.utf8.count == 32, jti.allSatisfy(\.isHexDigit) else {
                 throw VivariumError(.invalidArgument, "invalid jti")
             }
-            try tokens.revoke(.jti, jti)
+            try tokens.revoke(.jti, jti, tenant: nil)
         } else if let name = req.principal {
             let p = try principalRecord(tenant: tenant, name: name)
             try requireManageable(p, by: caller)
-            try tokens.revoke(.principal, p.id)
+            try tokens.revoke(.principal, p.id, tenant: tenant)
         } else if let t = req.tenant {
             guard caller.role == .admin || t == caller.tenant else {
                 throw VivariumError(.forbidden, "only an admin revokes another tenant's tokens")
             }
-            try tokens.revoke(.tenant, try ResourceName.parse(t, what: "tenant").rawValue)
+            let name = try ResourceName.parse(t, what: "tenant").rawValue
+            try tokens.revoke(.tenant, name, tenant: name)
         }
     }
 

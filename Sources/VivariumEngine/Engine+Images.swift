@@ -1,4 +1,5 @@
 import Foundation
+import VivariumAudit
 import VivariumCore
 import VivariumImages
 import VivariumOS
@@ -18,7 +19,12 @@ extension Engine {
             let rec = try store.insertImage(
                 ImageRecord(
                     tenant: tenant, name: name, digest: imported.digest, rootfs: imported.rootfs,
-                    sizeBytes: imported.sizeBytes, createdAt: Date()))
+                    sizeBytes: imported.sizeBytes, createdAt: Date()),
+                audit: AuditEvent(
+                    "image.import", target: name.rawValue, tenant: tenant,
+                    details: [
+                        "digest": imported.digest.rawValue, "size_bytes": String(imported.sizeBytes), "path": req.path,
+                    ]))
             logger.info("image imported", metadata: ["image": "\(name)", "digest": "\(imported.digest)"])
             return Self.imageInfo(rec)
         }
@@ -33,7 +39,8 @@ extension Engine {
     public func removeImage(tenant: String, name: String) async throws {
         let n = try ResourceName.parse(name, what: "image name")
         try await locks.withLock("image:\(tenant)/\(n)") { [self] in
-            let rec = try store.deleteImage(tenant: tenant, name: n)
+            let rec = try store.deleteImage(
+                tenant: tenant, name: n, audit: AuditEvent("image.delete", target: n.rawValue, tenant: tenant))
             if try !store.imageRootfsInUse(rec.rootfs) {
                 try await images.remove(manifest: rec.digest)
             }

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import Synchronization
+import VivariumAudit
 import VivariumAuth
 import VivariumCore
 import VivariumImages
@@ -17,6 +18,9 @@ public final class Engine: Sendable {
     public let config: EngineConfiguration
     let store: any Store
     let identity: any IdentityStore
+    public let audit: any AuditStore
+    public let auditKey: AuditKey
+    public let checkpointer: AuditCheckpointer
     public let tokens: TokenService
     let runtime: any OCIRuntime
     let images: ImageStore
@@ -32,10 +36,11 @@ public final class Engine: Sendable {
     static let diskUsageTTL = Duration.seconds(5)
 
     public init(
-        config: EngineConfiguration, store: any Store, identity: any IdentityStore, tokens: TokenService,
-        runtime: any OCIRuntime, logger: Logger
+        config: EngineConfiguration, store: any Store, identity: any IdentityStore, audit: any AuditStore,
+        tokens: TokenService, runtime: any OCIRuntime, logger: Logger
     ) throws {
         self.identity = identity
+        self.audit = audit
         self.tokens = tokens
         var config = config
         config.initBinary = try Self.installInit(config)
@@ -51,6 +56,13 @@ public final class Engine: Sendable {
         _ = chmod(config.stateDir, 0o711)
         try Self.checkTraversable(config.sandboxesDir)
         self.images = try ImageStore(root: config.imagesDir, logger: logger)
+        try FileSystem.makeDirectory(config.auditDir, mode: 0o700)
+        auditKey = try AuditKey.loadOrCreate(at: config.auditDir + "/signing.key")
+        checkpointer = try AuditCheckpointer(
+            store: audit, key: auditKey,
+            sinks: [JSONLinesCheckpointFile(path: config.auditExportPath)]
+                + (config.auditSyslog ? [SyslogCheckpointSink()] : []),
+            interval: config.auditCheckpointInterval, everyRecords: config.auditCheckpointRecords, logger: logger)
         switch config.cgroupMode {
         case .unified:
             // memory.swap.max exists in non-root cgroups when the kernel accounts swap.
@@ -131,7 +143,18 @@ public final class Engine: Sendable {
             let id = SandboxID.random()
             let now = Date()
             let cfg = config
-            let record = try store.insertSandbox(maxSlots: config.maxSandboxes, quota: config.quota) { slot in
+            let intent = AuditEvent(
+                "sandbox.create", target: name.rawValue, tenant: tenant, outcome: .started,
+                details: [
+                    "id": id.rawValue, "image": image.name.rawValue, "image_digest": image.digest.rawValue,
+                    "memory_bytes": String(spec.limits.memoryBytes),
+                    "milli_cpus": String(spec.limits.milliCPUs), "pids": String(spec.limits.pids),
+                    "restart": restart.rawValue, "read_only": String(spec.readOnly),
+                    "ttl_seconds": spec.ttlSeconds.map(String.init) ?? "none",
+                    "env_keys": env.keys.sorted().joined(separator: ","),
+                ])
+            let record = try store.insertSandbox(maxSlots: config.maxSandboxes, quota: config.quota, audit: intent) {
+                slot in
                 SandboxRecord(
                     id: id, tenant: tenant, name: name, imageID: image.id, imageName: image.name,
                     imageDigest: image.digest, imageRootfs: image.rootfs, spec: spec, state: .creating,
@@ -142,19 +165,21 @@ public final class Engine: Sendable {
             do {
                 try prepareDirectories(record)
                 let pid = try await boot(record)
-                try store.updateState(id, .running(pid: pid))
+                try store.updateState(
+                    id, .running(pid: pid), audit: event("sandbox.create", record, details: ["pid": String(pid)]))
                 var r = record
                 r.state = .running(pid: pid)
                 logger.info("sandbox created", metadata: ["sandbox": "\(name)", "id": "\(id)", "pid": "\(pid)"])
                 return info(r)
             } catch {
                 logger.warning("create failed, rolling back", metadata: ["sandbox": "\(name)", "error": "\(error)"])
+                let failure = event("sandbox.create", record, .failed, details: ["error": "\(error)"])
                 do {
                     try await destroyHost(record)
-                    try store.deleteSandbox(id)
+                    try store.deleteSandbox(id, audit: failure)
                 } catch {
                     // Keep the record (and its uid slot) until the host is clean: the reconciler retries.
-                    try? store.updateState(id, .deleting)
+                    try? store.updateState(id, .deleting, audit: failure)
                     logger.error("rollback incomplete", metadata: ["sandbox": "\(name)", "error": "\(error)"])
                 }
                 throw VivariumError.wrap(error, .runtimeFailure, "create failed")
@@ -191,7 +216,8 @@ public final class Engine: Sendable {
                 try? await releaseHost(r)
                 throw error
             }
-            try store.updateState(r.id, .running(pid: pid))
+            try store.updateState(
+                r.id, .running(pid: pid), audit: event("sandbox.start", r, details: ["pid": "\(pid)"]))
             r.state = .running(pid: pid)
             logger.info("sandbox started", metadata: ["sandbox": "\(n)", "pid": "\(pid)"])
             return info(r)
@@ -205,7 +231,7 @@ public final class Engine: Sendable {
             if case .stopped = r.state { return info(r) }
             _ = try r.state.requireRunning()
             try await halt(r)
-            try store.updateState(r.id, .stopped)
+            try store.updateState(r.id, .stopped, audit: event("sandbox.stop", r))
             r.state = .stopped
             logger.info("sandbox stopped", metadata: ["sandbox": "\(n)"])
             return info(r)
@@ -219,20 +245,29 @@ public final class Engine: Sendable {
             if case .running = r.state, !force {
                 throw VivariumError(.invalidState, "sandbox \(n) is running: stop it first, or force the removal")
             }
-            try await remove(r)
+            try await remove(r, action: "sandbox.delete", details: ["force": "\(force)"])
             logger.info("sandbox deleted", metadata: ["sandbox": "\(n)"])
         }
     }
 
     /// Marks a sandbox deleting (so that a crash mid-way is finished at the next start), tears its host
-    /// resources down and drops the record.
-    func remove(_ r: SandboxRecord) async throws {
-        try store.updateState(r.id, .deleting)
+    /// resources down and drops the record. Recorded as `action`: its intent, then its outcome.
+    func remove(_ r: SandboxRecord, action: String, details: [String: String] = [:]) async throws {
+        try store.updateState(r.id, .deleting, audit: event(action, r, .started, details: details))
         stopping.withLock { _ = $0.insert(r.id) }
         defer { stopping.withLock { _ = $0.remove(r.id) } }
         if case .running = r.state { try? await halt(r, grace: .seconds(2)) }
         try await destroyHost(r)
-        try store.deleteSandbox(r.id)
+        try store.deleteSandbox(r.id, audit: event(action, r))
+    }
+
+    /// An audit record about a sandbox: its name is the target, its tenant owns the record.
+    func event(
+        _ action: String, _ r: SandboxRecord, _ outcome: AuditOutcome = .ok, details: [String: String] = [:]
+    ) -> AuditEvent {
+        AuditEvent(
+            action, target: r.name.rawValue, tenant: r.tenant, outcome: outcome,
+            details: details.merging(["id": r.id.rawValue]) { a, _ in a })
     }
 
     func record(tenant: String, name: String) throws -> SandboxRecord {
@@ -385,14 +420,22 @@ public final class Engine: Sendable {
                 "sandbox init exited",
                 metadata: ["sandbox": "\(cur.name)", "status": "\(status.map { "\($0)" } ?? "unknown")"])
             try await releaseHost(cur)
-            guard cur.spec.restart == .always else { return try store.updateState(id, .stopped) }
+            let why = ["reason": "init exited", "status": status.map { "\($0)" } ?? "unknown"]
+            guard cur.spec.restart == .always else {
+                return try store.updateState(id, .stopped, audit: event("sandbox.stopped", cur, details: why))
+            }
             do {
                 let newPid = try await boot(cur)
-                try store.updateState(id, .running(pid: newPid))
+                try store.updateState(
+                    id, .running(pid: newPid),
+                    audit: event("sandbox.restart", cur, details: why.merging(["pid": "\(newPid)"]) { a, _ in a }))
                 logger.info("sandbox restarted", metadata: ["sandbox": "\(cur.name)", "pid": "\(newPid)"])
             } catch {
                 try? await releaseHost(cur)
-                try store.updateState(id, .stopped)
+                try store.updateState(
+                    id, .stopped,
+                    audit: event(
+                        "sandbox.restart", cur, .failed, details: why.merging(["error": "\(error)"]) { a, _ in a }))
                 logger.error("restart failed", metadata: ["sandbox": "\(cur.name)", "error": "\(error)"])
             }
         }

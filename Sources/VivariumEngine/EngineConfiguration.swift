@@ -19,6 +19,13 @@ public struct EngineConfiguration: Sendable {
     public var stopTimeout: Duration
     /// Applied to every tenant at create.
     public var quota: TenantQuota
+    /// Audit checkpoints: at least this often, and after this many records.
+    public var auditCheckpointInterval: Duration = .seconds(60)
+    public var auditCheckpointRecords: Int64 = 1000
+    /// The append-only JSON-lines file checkpoints are exported to (default: in the audit directory).
+    public var auditExport: String?
+    /// Also send checkpoints to syslog (authpriv).
+    public var auditSyslog = false
 
     public init(
         stateDir: String, crunBinary: String = "/usr/bin/crun", initBinary: String, busybox: String = "/bin/busybox",
@@ -62,6 +69,9 @@ public struct EngineConfiguration: Sendable {
     public var databaseDir: String { stateDir + "/db" }
     public var databasePath: String { databaseDir + "/vivarium.db" }
     public var cgroupParent: String { "vivarium-" + instance }
+    /// The audit signing key and the default checkpoint export (0700).
+    public var auditDir: String { stateDir + "/audit" }
+    public var auditExportPath: String { auditExport ?? auditDir + "/checkpoints.jsonl" }
 
     public func validate() throws {
         guard uidBase >= 65536, uidBase + Int64(maxSandboxes) * 65536 <= Int64(UInt32.max) else {

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import ServiceLifecycle
+import VivariumAudit
 import VivariumCore
 import VivariumOS
 import VivariumStore
@@ -33,13 +34,19 @@ extension Engine {
                 switch r.state {
                 case .creating, .deleting:
                     try await destroyHost(r)
-                    try store.deleteSandbox(r.id)
+                    try store.deleteSandbox(
+                        r.id, audit: event("reconcile.rollback", r, details: ["unfinished": r.state.name]))
                     report.rolledBack += 1
                     logger.notice("rolled back an unfinished \(r.state.name)", metadata: ["sandbox": "\(r.name)"])
                 case .running(let pid):
                     let c = containers[r.id.rawValue]
                     if let c, c.status == "running", Self.processAlive(c.pid), Mounts.isMountPoint(r.rootfsMount) {
-                        if c.pid != pid { try store.updateState(r.id, .running(pid: c.pid)) }
+                        if c.pid != pid {
+                            try store.updateState(
+                                r.id, .running(pid: c.pid),
+                                audit: event(
+                                    "reconcile.adopt", r, details: ["pid": "\(c.pid)", "recorded_pid": "\(pid)"]))
+                        }
                         watchInit(r.id, pid: c.pid)
                         report.adopted += 1
                         continue
@@ -47,11 +54,14 @@ extension Engine {
                     try await releaseHost(r)
                     if r.spec.restart == .always {
                         let newPid = try await boot(r)
-                        try store.updateState(r.id, .running(pid: newPid))
+                        try store.updateState(
+                            r.id, .running(pid: newPid),
+                            audit: event("reconcile.restart", r, details: ["pid": "\(newPid)"]))
                         report.restarted += 1
                         logger.notice("restarted sandbox", metadata: ["sandbox": "\(r.name)", "pid": "\(newPid)"])
                     } else {
-                        try store.updateState(r.id, .stopped)
+                        try store.updateState(
+                            r.id, .stopped, audit: event("reconcile.stop", r, details: ["reason": "init gone"]))
                         report.stopped += 1
                     }
                 case .stopped:
@@ -97,7 +107,10 @@ extension Engine {
                 }
             }
         }
-        if removed > 0 { logger.notice("removed orphans", metadata: ["count": "\(removed)"]) }
+        if removed > 0 {
+            logger.notice("removed orphans", metadata: ["count": "\(removed)"])
+            try? audit.append([AuditEvent("reconcile.orphans", details: ["removed": "\(removed)"])])
+        }
         return removed
     }
 
@@ -116,7 +129,7 @@ extension Engine {
             do {
                 try await locks.withLock("\(r.tenant)/\(r.name)") { [self] in
                     guard let cur = try store.sandbox(id: r.id) else { return }
-                    try await remove(cur)
+                    try await remove(cur, action: "sandbox.expire")
                 }
                 n += 1
                 logger.info("sandbox expired and was deleted", metadata: ["sandbox": "\(r.name)"])
@@ -141,7 +154,7 @@ extension Engine {
                 // A delete or rollback whose teardown failed: retry it.
                 _ = try? await locks.withLock("\(r.tenant)/\(r.name)") { [self] in
                     guard let cur = try store.sandbox(id: r.id), case .deleting = cur.state else { return }
-                    try await remove(cur)
+                    try await remove(cur, action: "reconcile.finish_delete")
                 }
             default: continue
             }

@@ -1,4 +1,5 @@
 import Foundation
+import VivariumAudit
 import VivariumCore
 
 public struct TenantRecord: Sendable, Equatable {
@@ -107,33 +108,32 @@ public enum RefreshOutcome: Sendable, Equatable {
     case invalid
 }
 
-/// Tenants, principals, API keys, refresh tokens and revocations. Every method is one transaction.
+/// Tenants, principals, API keys, refresh tokens and revocations. Every method is one transaction; every
+/// change is appended to the audit trail (`audit`) in that transaction.
 public protocol IdentityStore: Sendable {
-    func insertTenant(_ t: TenantRecord) throws
+    func insertTenant(_ t: TenantRecord, audit: AuditEvent) throws
     func tenants() throws -> [TenantRecord]
     /// Deletes a tenant; `invalid_state` while it holds sandboxes or principals (the caller removes
     /// them first when forced).
-    func deleteTenant(_ name: String) throws
+    func deleteTenant(_ name: String, audit: AuditEvent) throws
 
-    func insertPrincipal(_ p: PrincipalRecord) throws
+    func insertPrincipal(_ p: PrincipalRecord, audit: AuditEvent) throws
     func principal(id: String) throws -> PrincipalRecord?
     func principal(tenant: String, name: ResourceName) throws -> PrincipalRecord?
     func principals(tenant: String?) throws -> [PrincipalRecord]
-    func setPrincipalDisabled(id: String, _ disabled: Bool) throws
-    func deletePrincipal(id: String) throws
+    func setPrincipalDisabled(id: String, _ disabled: Bool, audit: AuditEvent) throws
+    func deletePrincipal(id: String, audit: AuditEvent) throws
 
-    func insertAPIKey(_ k: APIKeyRecord) throws
+    func insertAPIKey(_ k: APIKeyRecord, audit: AuditEvent) throws
     func apiKey(id: String) throws -> APIKeyRecord?
 
-    func insertRefresh(_ r: RefreshRecord) throws
-    /// Marks the token used if it is valid and unused; on a second use revokes the whole family.
+    func insertRefresh(_ r: RefreshRecord, audit: AuditEvent) throws
+    /// Marks the token used if it is valid and unused; on a second use revokes the whole family. The
+    /// caller records the outcome (with the new pair, or the reuse alert with the family's revocation).
     func useRefresh(hash: String, now: Date) throws -> RefreshOutcome
-    func revokeFamily(_ family: String) throws
-    /// Ends every refresh family of a principal, or of every principal of a tenant.
-    func revokeFamilies(principalID: String, now: Date) throws
-    func revokeFamilies(tenant: String, now: Date) throws
 
-    func insertRevocation(_ r: RevocationRecord) throws
+    /// Records a revocation and, for a family, principal or tenant, ends the refresh families it covers.
+    func revoke(_ r: RevocationRecord, audit: AuditEvent) throws
     /// Revocations not yet expired.
     func revocations(now: Date) throws -> [RevocationRecord]
 }

@@ -1,4 +1,5 @@
 import Foundation
+import VivariumAudit
 import VivariumCore
 
 public struct ImageRecord: Sendable, Equatable {
@@ -70,27 +71,29 @@ public struct SandboxRecord: Sendable, Equatable {
     public var workDir: String { bundle + "/work" }
 }
 
-/// Repository of sandboxes and images. Every method is one transaction.
+/// Repository of sandboxes and images. Every method is one transaction; every change is appended to
+/// the audit trail (`audit`) in that transaction.
 public protocol Store: Sendable {
     /// Allocates the lowest free user-id slot below `maxSlots` and inserts the record `make` builds
     /// for it, atomically. Throws `already_exists` for a duplicate name, `resource_exhausted` when
     /// no slot is free, `quota_exceeded` when the tenant's quota would be exceeded.
-    func insertSandbox(maxSlots: Int, quota: TenantQuota?, _ make: @Sendable (Int) -> SandboxRecord) throws
-        -> SandboxRecord
-    func updateState(_ id: SandboxID, _ state: SandboxState) throws
+    func insertSandbox(
+        maxSlots: Int, quota: TenantQuota?, audit: AuditEvent, _ make: @Sendable (Int) -> SandboxRecord
+    ) throws -> SandboxRecord
+    func updateState(_ id: SandboxID, _ state: SandboxState, audit: AuditEvent) throws
     func sandbox(tenant: String, name: ResourceName) throws -> SandboxRecord?
     func sandbox(id: SandboxID) throws -> SandboxRecord?
     /// Sandboxes ordered by name after `after`, at most `limit`.
     func sandboxes(tenant: String?, after: String?, limit: Int) throws -> [SandboxRecord]
     func allSandboxes() throws -> [SandboxRecord]
     func expiredSandboxes(now: Date) throws -> [SandboxRecord]
-    func deleteSandbox(_ id: SandboxID) throws
+    func deleteSandbox(_ id: SandboxID, audit: AuditEvent) throws
     func sandboxCount() throws -> Int
 
-    func insertImage(_ image: ImageRecord) throws -> ImageRecord
+    func insertImage(_ image: ImageRecord, audit: AuditEvent) throws -> ImageRecord
     func image(tenant: String, name: ResourceName) throws -> ImageRecord?
     func images(tenant: String?) throws -> [ImageRecord]
     /// Deletes an image; `image_in_use` while a sandbox uses it.
-    func deleteImage(tenant: String, name: ResourceName) throws -> ImageRecord
+    func deleteImage(tenant: String, name: ResourceName, audit: AuditEvent) throws -> ImageRecord
     func imageRootfsInUse(_ rootfs: String) throws -> Bool
 }

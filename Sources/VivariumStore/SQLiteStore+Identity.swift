@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import VivariumAudit
 import VivariumCore
 
 extension SQLiteStore {
@@ -51,13 +52,11 @@ extension SQLiteStore {
         }
     }
 
-    public func insertTenant(_ t: TenantRecord) throws {
-        try wrap("tenant \(t.name)") {
-            try pool.write { db in
-                try db.execute(
-                    sql: "INSERT INTO tenants (name, created_at) VALUES (?, ?)",
-                    arguments: [t.name.rawValue, t.createdAt.timeIntervalSince1970])
-            }
+    public func insertTenant(_ t: TenantRecord, audit: AuditEvent) throws {
+        try write("tenant \(t.name)", audit: [audit]) { db in
+            try db.execute(
+                sql: "INSERT INTO tenants (name, created_at) VALUES (?, ?)",
+                arguments: [t.name.rawValue, t.createdAt.timeIntervalSince1970])
         }
     }
 
@@ -72,25 +71,23 @@ extension SQLiteStore {
         }
     }
 
-    public func deleteTenant(_ name: String) throws {
-        try wrap("tenant") {
-            try pool.write { db in
-                guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tenants WHERE name = ?", arguments: [name]) == true
-                else {
-                    throw VivariumError(.notFound, "tenant \(name) not found")
-                }
-                let sandboxes =
-                    try Int.fetchOne(db, sql: "SELECT count(*) FROM sandboxes WHERE tenant = ?", arguments: [name]) ?? 0
-                let images =
-                    try Int.fetchOne(db, sql: "SELECT count(*) FROM images WHERE tenant = ?", arguments: [name]) ?? 0
-                guard sandboxes == 0, images == 0 else {
-                    throw VivariumError(
-                        .invalidState,
-                        "tenant \(name) holds \(sandboxes) sandboxes and \(images) images: remove them or force")
-                }
-                try db.execute(sql: "DELETE FROM principals WHERE tenant = ?", arguments: [name])
-                try db.execute(sql: "DELETE FROM tenants WHERE name = ?", arguments: [name])
+    public func deleteTenant(_ name: String, audit: AuditEvent) throws {
+        try write("tenant", audit: [audit]) { db in
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tenants WHERE name = ?", arguments: [name]) == true
+            else {
+                throw VivariumError(.notFound, "tenant \(name) not found")
             }
+            let sandboxes =
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM sandboxes WHERE tenant = ?", arguments: [name]) ?? 0
+            let images =
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM images WHERE tenant = ?", arguments: [name]) ?? 0
+            guard sandboxes == 0, images == 0 else {
+                throw VivariumError(
+                    .invalidState,
+                    "tenant \(name) holds \(sandboxes) sandboxes and \(images) images: remove them or force")
+            }
+            try db.execute(sql: "DELETE FROM principals WHERE tenant = ?", arguments: [name])
+            try db.execute(sql: "DELETE FROM tenants WHERE name = ?", arguments: [name])
         }
     }
 
@@ -105,20 +102,18 @@ extension SQLiteStore {
             createdAt: Date(timeIntervalSince1970: row["created_at"]))
     }
 
-    public func insertPrincipal(_ p: PrincipalRecord) throws {
-        try wrap("principal \(p.name)") {
-            try pool.write { db in
-                guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tenants WHERE name = ?", arguments: [p.tenant]) == true
-                else {
-                    throw VivariumError(.notFound, "tenant \(p.tenant) not found")
-                }
-                try db.execute(
-                    sql: "INSERT INTO principals (\(Self.principalColumns)) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    arguments: [
-                        p.id, p.tenant, p.name.rawValue, p.kind.rawValue, p.role.rawValue, p.disabled,
-                        p.createdAt.timeIntervalSince1970,
-                    ])
+    public func insertPrincipal(_ p: PrincipalRecord, audit: AuditEvent) throws {
+        try write("principal \(p.name)", audit: [audit]) { db in
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tenants WHERE name = ?", arguments: [p.tenant]) == true
+            else {
+                throw VivariumError(.notFound, "tenant \(p.tenant) not found")
             }
+            try db.execute(
+                sql: "INSERT INTO principals (\(Self.principalColumns)) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                arguments: [
+                    p.id, p.tenant, p.name.rawValue, p.kind.rawValue, p.role.rawValue, p.disabled,
+                    p.createdAt.timeIntervalSince1970,
+                ])
         }
     }
 
@@ -161,21 +156,17 @@ extension SQLiteStore {
         }
     }
 
-    public func setPrincipalDisabled(id: String, _ disabled: Bool) throws {
-        try wrap("principal") {
-            try pool.write { db in
-                try db.execute(sql: "UPDATE principals SET disabled = ? WHERE id = ?", arguments: [disabled, id])
-                guard db.changesCount == 1 else { throw VivariumError(.notFound, "principal not found") }
-            }
+    public func setPrincipalDisabled(id: String, _ disabled: Bool, audit: AuditEvent) throws {
+        try write("principal", audit: [audit]) { db in
+            try db.execute(sql: "UPDATE principals SET disabled = ? WHERE id = ?", arguments: [disabled, id])
+            guard db.changesCount == 1 else { throw VivariumError(.notFound, "principal not found") }
         }
     }
 
-    public func deletePrincipal(id: String) throws {
-        try wrap("principal") {
-            try pool.write { db in
-                try db.execute(sql: "DELETE FROM principals WHERE id = ?", arguments: [id])
-                guard db.changesCount == 1 else { throw VivariumError(.notFound, "principal not found") }
-            }
+    public func deletePrincipal(id: String, audit: AuditEvent) throws {
+        try write("principal", audit: [audit]) { db in
+            try db.execute(sql: "DELETE FROM principals WHERE id = ?", arguments: [id])
+            guard db.changesCount == 1 else { throw VivariumError(.notFound, "principal not found") }
         }
     }
 
@@ -184,19 +175,17 @@ extension SQLiteStore {
     }
     static func scopeList(_ s: Set<Scope>) -> String { s.map(\.rawValue).sorted().joined(separator: ",") }
 
-    public func insertAPIKey(_ k: APIKeyRecord) throws {
-        try wrap("api key") {
-            try pool.write { db in
-                try db.execute(
-                    sql: """
-                        INSERT INTO api_keys (id, principal_id, secret_hash, scopes, expires_at, created_at)
-                        VALUES (?, ?, ?, ?, ?, ?)
-                        """,
-                    arguments: [
-                        k.id, k.principalID, k.secretHash, Self.scopeList(k.scopes), k.expiresAt.timeIntervalSince1970,
-                        k.createdAt.timeIntervalSince1970,
-                    ])
-            }
+    public func insertAPIKey(_ k: APIKeyRecord, audit: AuditEvent) throws {
+        try write("api key", audit: [audit]) { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO api_keys (id, principal_id, secret_hash, scopes, expires_at, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    k.id, k.principalID, k.secretHash, Self.scopeList(k.scopes), k.expiresAt.timeIntervalSince1970,
+                    k.createdAt.timeIntervalSince1970,
+                ])
         }
     }
 
@@ -218,20 +207,18 @@ extension SQLiteStore {
         }
     }
 
-    public func insertRefresh(_ r: RefreshRecord) throws {
-        try wrap("refresh token") {
-            try pool.write { db in
-                try db.execute(sql: "INSERT OR IGNORE INTO refresh_families (id) VALUES (?)", arguments: [r.family])
-                try db.execute(
-                    sql: """
-                        INSERT INTO refresh_tokens (hash, family, principal_id, scopes, bound_sandbox, expires_at, used_at)
-                        VALUES (?, ?, ?, ?, ?, ?, NULL)
-                        """,
-                    arguments: [
-                        r.hash, r.family, r.principalID, Self.scopeList(r.scopes), r.boundSandbox,
-                        r.expiresAt.timeIntervalSince1970,
-                    ])
-            }
+    public func insertRefresh(_ r: RefreshRecord, audit: AuditEvent) throws {
+        try write("refresh token", audit: [audit]) { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO refresh_families (id) VALUES (?)", arguments: [r.family])
+            try db.execute(
+                sql: """
+                    INSERT INTO refresh_tokens (hash, family, principal_id, scopes, bound_sandbox, expires_at, used_at)
+                    VALUES (?, ?, ?, ?, ?, ?, NULL)
+                    """,
+                arguments: [
+                    r.hash, r.family, r.principalID, Self.scopeList(r.scopes), r.boundSandbox,
+                    r.expiresAt.timeIntervalSince1970,
+                ])
         }
     }
 
@@ -271,48 +258,23 @@ extension SQLiteStore {
         }
     }
 
-    public func revokeFamily(_ family: String) throws {
-        try wrap("refresh family") {
-            try pool.write { db in
-                try db.execute(
-                    sql: "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
-                    arguments: [Date().timeIntervalSince1970, family])
+    public func revoke(_ r: RevocationRecord, audit: AuditEvent) throws {
+        let families: String? =
+            switch r.kind {
+            case .jti: nil
+            case .family: "?"
+            case .principal: "SELECT family FROM refresh_tokens WHERE principal_id = ?"
+            case .tenant:
+                "SELECT t.family FROM refresh_tokens t JOIN principals p ON p.id = t.principal_id WHERE p.tenant = ?"
             }
-        }
-    }
-
-    public func revokeFamilies(principalID: String, now: Date) throws {
-        try revokeFamilies(
-            ownedBy: "SELECT family FROM refresh_tokens WHERE principal_id = ?", principalID, now: now)
-    }
-
-    public func revokeFamilies(tenant: String, now: Date) throws {
-        try revokeFamilies(
-            ownedBy: """
-                SELECT t.family FROM refresh_tokens t JOIN principals p ON p.id = t.principal_id WHERE p.tenant = ?
-                """, tenant, now: now)
-    }
-
-    /// Ends every family that `familiesQuery` (one `?` for `value`) selects.
-    private func revokeFamilies(ownedBy familiesQuery: String, _ value: String, now: Date) throws {
-        try wrap("refresh families") {
-            try pool.write { db in
+        try write("revocation", audit: [audit]) { db in
+            try db.execute(
+                sql: "INSERT INTO revocations (kind, value, at, expires_at) VALUES (?, ?, ?, ?)",
+                arguments: [r.kind.rawValue, r.value, r.at.timeIntervalSince1970, r.expiresAt.timeIntervalSince1970])
+            if let families {
                 try db.execute(
-                    sql:
-                        "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id IN (\(familiesQuery))",
-                    arguments: [now.timeIntervalSince1970, value])
-            }
-        }
-    }
-
-    public func insertRevocation(_ r: RevocationRecord) throws {
-        try wrap("revocation") {
-            try pool.write { db in
-                try db.execute(
-                    sql: "INSERT INTO revocations (kind, value, at, expires_at) VALUES (?, ?, ?, ?)",
-                    arguments: [
-                        r.kind.rawValue, r.value, r.at.timeIntervalSince1970, r.expiresAt.timeIntervalSince1970,
-                    ])
+                    sql: "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id IN (\(families))",
+                    arguments: [r.at.timeIntervalSince1970, r.value])
             }
         }
     }

@@ -1,6 +1,8 @@
 import Foundation
 import GRDB
+import Logging
 import Synchronization
+import VivariumAudit
 import VivariumCore
 
 /// The embedded store: SQLite through GRDB, WAL mode, named migrations.
@@ -22,8 +24,13 @@ public final class SQLiteStore: Store {
         }
     }
     let cache = Mutex(SandboxCache())
+    public let auditMode: AuditMode
+    let auditObserver = Mutex<(@Sendable (Int64) -> Void)?>(nil)
+    let logger: Logger
 
-    public init(path: String) throws {
+    public init(path: String, audit: AuditMode = .required, logger: Logger = Logger(label: "vivarium.store")) throws {
+        auditMode = audit
+        self.logger = logger
         var config = Configuration()
         config.foreignKeysEnabled = true
         config.busyMode = .timeout(5)
@@ -83,6 +90,7 @@ public final class SQLiteStore: Store {
                     """)
         }
         registerIdentityMigration(&m)
+        registerAuditMigration(&m)
         return m
     }
 
@@ -103,77 +111,73 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func insertSandbox(maxSlots: Int, quota: TenantQuota?, _ make: @Sendable (Int) -> SandboxRecord) throws
-        -> SandboxRecord
-    {
-        try wrap("sandbox") {
-            try pool.write { db in
-                let used = try Int.fetchAll(db, sql: "SELECT uid_slot FROM sandboxes ORDER BY uid_slot")
-                var slot = 0
-                for u in used {
-                    if u != slot { break }
-                    slot += 1
-                }
-                guard slot < maxSlots else {
-                    throw VivariumError(.resourceExhausted, "no free user-id range: \(maxSlots) sandboxes exist")
-                }
-                let r = make(slot)
-                if let quota {
-                    let row = try Row.fetchOne(
-                        db,
-                        sql: """
-                            SELECT count(*) AS n, coalesce(sum(memory_bytes), 0) AS mem, coalesce(sum(milli_cpus), 0) AS cpu
-                            FROM sandboxes WHERE tenant = ?
-                            """, arguments: [r.tenant])!
-                    let (n, mem, cpu): (Int, Int64, Int64) = (row["n"], row["mem"], row["cpu"])
-                    if n + 1 > quota.sandboxes {
-                        throw VivariumError(
-                            .quotaExceeded, "tenant \(r.tenant) may hold at most \(quota.sandboxes) sandboxes")
-                    }
-                    if mem + r.spec.limits.memoryBytes > quota.memoryBytes {
-                        throw VivariumError(
-                            .quotaExceeded,
-                            "tenant \(r.tenant) would exceed its memory quota of \(Quantity.formatBytes(quota.memoryBytes))"
-                        )
-                    }
-                    if cpu + r.spec.limits.milliCPUs > quota.milliCPUs {
-                        throw VivariumError(
-                            .quotaExceeded,
-                            "tenant \(r.tenant) would exceed its CPU quota of \(Double(quota.milliCPUs) / 1000) CPUs")
-                    }
-                }
-                if try Bool.fetchOne(
-                    db, sql: "SELECT 1 FROM sandboxes WHERE tenant = ? AND name = ?",
-                    arguments: [r.tenant, r.name.rawValue]
-                ) == true {
-                    throw VivariumError(.alreadyExists, "a sandbox named \(r.name) already exists")
-                }
-                try db.execute(
-                    sql: """
-                        INSERT INTO sandboxes (id, tenant, name, image_id, image_name, image_digest, image_rootfs, spec,
-                            memory_bytes, milli_cpus, state, pid, uid_slot, bundle, cgroup_path, created_at, expires_at)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                        """,
-                    arguments: [
-                        r.id.rawValue, r.tenant, r.name.rawValue, r.imageID, r.imageName.rawValue,
-                        r.imageDigest.rawValue,
-                        r.imageRootfs, try Self.encode(r.spec), r.spec.limits.memoryBytes, r.spec.limits.milliCPUs,
-                        r.state.name, r.state.pid, r.uidSlot, r.bundle,
-                        r.cgroupPath, r.createdAt.timeIntervalSince1970, r.expiresAt?.timeIntervalSince1970,
-                    ])
-                return r
+    public func insertSandbox(
+        maxSlots: Int, quota: TenantQuota?, audit: AuditEvent, _ make: @Sendable (Int) -> SandboxRecord
+    ) throws -> SandboxRecord {
+        try write("sandbox", audit: [audit]) { db in
+            let used = try Int.fetchAll(db, sql: "SELECT uid_slot FROM sandboxes ORDER BY uid_slot")
+            var slot = 0
+            for u in used {
+                if u != slot { break }
+                slot += 1
             }
+            guard slot < maxSlots else {
+                throw VivariumError(.resourceExhausted, "no free user-id range: \(maxSlots) sandboxes exist")
+            }
+            let r = make(slot)
+            if let quota {
+                let row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT count(*) AS n, coalesce(sum(memory_bytes), 0) AS mem, coalesce(sum(milli_cpus), 0) AS cpu
+                        FROM sandboxes WHERE tenant = ?
+                        """, arguments: [r.tenant])!
+                let (n, mem, cpu): (Int, Int64, Int64) = (row["n"], row["mem"], row["cpu"])
+                if n + 1 > quota.sandboxes {
+                    throw VivariumError(
+                        .quotaExceeded, "tenant \(r.tenant) may hold at most \(quota.sandboxes) sandboxes")
+                }
+                if mem + r.spec.limits.memoryBytes > quota.memoryBytes {
+                    throw VivariumError(
+                        .quotaExceeded,
+                        "tenant \(r.tenant) would exceed its memory quota of \(Quantity.formatBytes(quota.memoryBytes))"
+                    )
+                }
+                if cpu + r.spec.limits.milliCPUs > quota.milliCPUs {
+                    throw VivariumError(
+                        .quotaExceeded,
+                        "tenant \(r.tenant) would exceed its CPU quota of \(Double(quota.milliCPUs) / 1000) CPUs")
+                }
+            }
+            if try Bool.fetchOne(
+                db, sql: "SELECT 1 FROM sandboxes WHERE tenant = ? AND name = ?",
+                arguments: [r.tenant, r.name.rawValue]
+            ) == true {
+                throw VivariumError(.alreadyExists, "a sandbox named \(r.name) already exists")
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO sandboxes (id, tenant, name, image_id, image_name, image_digest, image_rootfs, spec,
+                        memory_bytes, milli_cpus, state, pid, uid_slot, bundle, cgroup_path, created_at, expires_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    r.id.rawValue, r.tenant, r.name.rawValue, r.imageID, r.imageName.rawValue,
+                    r.imageDigest.rawValue,
+                    r.imageRootfs, try Self.encode(r.spec), r.spec.limits.memoryBytes, r.spec.limits.milliCPUs,
+                    r.state.name, r.state.pid, r.uidSlot, r.bundle,
+                    r.cgroupPath, r.createdAt.timeIntervalSince1970, r.expiresAt?.timeIntervalSince1970,
+                ])
+            return r
         }.cached(in: cache)
     }
 
-    public func updateState(_ id: SandboxID, _ state: SandboxState) throws {
-        try wrap("sandbox state") {
-            try pool.write { db in
-                try db.execute(
-                    sql: "UPDATE sandboxes SET state = ?, pid = ? WHERE id = ?",
-                    arguments: [state.name, state.pid, id.rawValue])
-                guard db.changesCount == 1 else { throw VivariumError(.notFound, "sandbox \(id) not found") }
-            }
+    public func updateState(_ id: SandboxID, _ state: SandboxState, audit: AuditEvent) throws {
+        try write("sandbox state", audit: [audit]) { db in
+            try db.execute(
+                sql: "UPDATE sandboxes SET state = ?, pid = ? WHERE id = ?",
+                arguments: [state.name, state.pid, id.rawValue])
+            guard db.changesCount == 1 else { throw VivariumError(.notFound, "sandbox \(id) not found") }
         }
         cache.withLock { c in
             if var r = c.byID[id] {
@@ -255,9 +259,9 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func deleteSandbox(_ id: SandboxID) throws {
-        try wrap("sandbox") {
-            try pool.write { db in try db.execute(sql: "DELETE FROM sandboxes WHERE id = ?", arguments: [id.rawValue]) }
+    public func deleteSandbox(_ id: SandboxID, audit: AuditEvent) throws {
+        try write("sandbox", audit: [audit]) { db in
+            try db.execute(sql: "DELETE FROM sandboxes WHERE id = ?", arguments: [id.rawValue])
         }
         cache.withLock { $0.remove(id) }
     }
@@ -268,22 +272,20 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func insertImage(_ image: ImageRecord) throws -> ImageRecord {
-        try wrap("image \(image.name)") {
-            try pool.write { db in
-                try db.execute(
-                    sql: """
-                        INSERT INTO images (tenant, name, digest, rootfs, size_bytes, created_at)
-                        VALUES (?, ?, ?, ?, ?, ?)
-                        """,
-                    arguments: [
-                        image.tenant, image.name.rawValue, image.digest.rawValue, image.rootfs, image.sizeBytes,
-                        image.createdAt.timeIntervalSince1970,
-                    ])
-                var r = image
-                r.id = db.lastInsertedRowID
-                return r
-            }
+    public func insertImage(_ image: ImageRecord, audit: AuditEvent) throws -> ImageRecord {
+        try write("image \(image.name)", audit: [audit]) { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO images (tenant, name, digest, rootfs, size_bytes, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    image.tenant, image.name.rawValue, image.digest.rawValue, image.rootfs, image.sizeBytes,
+                    image.createdAt.timeIntervalSince1970,
+                ])
+            var r = image
+            r.id = db.lastInsertedRowID
+            return r
         }
     }
 
@@ -315,26 +317,24 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func deleteImage(tenant: String, name: ResourceName) throws -> ImageRecord {
-        try wrap("image") {
-            try pool.write { db in
-                guard
-                    let img = try Row.fetchOne(
-                        db, sql: "SELECT \(Self.imageColumns) FROM images WHERE tenant = ? AND name = ?",
-                        arguments: [tenant, name.rawValue]
-                    ).map(Self.image)
-                else { throw VivariumError(.imageNotFound, "image \(name) not found") }
-                let users =
-                    try String.fetchAll(
-                        db, sql: "SELECT name FROM sandboxes WHERE image_id = ? ORDER BY name LIMIT 5",
-                        arguments: [img.id])
-                guard users.isEmpty else {
-                    throw VivariumError(
-                        .imageInUse, "image \(name) is used by sandbox \(users.joined(separator: ", "))")
-                }
-                try db.execute(sql: "DELETE FROM images WHERE id = ?", arguments: [img.id])
-                return img
+    public func deleteImage(tenant: String, name: ResourceName, audit: AuditEvent) throws -> ImageRecord {
+        try write("image", audit: [audit]) { db in
+            guard
+                let img = try Row.fetchOne(
+                    db, sql: "SELECT \(Self.imageColumns) FROM images WHERE tenant = ? AND name = ?",
+                    arguments: [tenant, name.rawValue]
+                ).map(Self.image)
+            else { throw VivariumError(.imageNotFound, "image \(name) not found") }
+            let users =
+                try String.fetchAll(
+                    db, sql: "SELECT name FROM sandboxes WHERE image_id = ? ORDER BY name LIMIT 5",
+                    arguments: [img.id])
+            guard users.isEmpty else {
+                throw VivariumError(
+                    .imageInUse, "image \(name) is used by sandbox \(users.joined(separator: ", "))")
             }
+            try db.execute(sql: "DELETE FROM images WHERE id = ?", arguments: [img.id])
+            return img
         }
     }
 

@@ -5,6 +5,7 @@ import Hummingbird
 import Logging
 import ServiceLifecycle
 import VivariumAPI
+import VivariumAudit
 import VivariumAuth
 import VivariumCore
 import VivariumEngine
@@ -67,16 +68,21 @@ struct Serve: AsyncParsableCommand {
         raiseOpenFileLimit()
         let socketLock = try prepareSocketDirectory(s.socket)
 
-        let config = EngineConfiguration(
+        var configuration = EngineConfiguration(
             stateDir: s.stateDir, crunBinary: s.crun, initBinary: s.initBinary, busybox: s.busybox, uidBase: s.uidBase,
             maxSandboxes: s.maxSandboxes, ttlSweepInterval: .seconds(s.ttlSweepSeconds),
             stopTimeout: .seconds(s.stopTimeoutSeconds), quota: s.quota)
+        configuration.auditCheckpointInterval = .seconds(s.auditCheckpointSeconds)
+        configuration.auditCheckpointRecords = Int64(s.auditCheckpointRecords)
+        configuration.auditExport = s.auditExport
+        configuration.auditSyslog = s.auditSyslog
+        let config = configuration
         try config.validate()
         try UIDRangeRegistry(path: s.uidRegistry).claim(
             stateDir: config.stateDir, base: config.uidBase, count: Int64(config.maxSandboxes) * 65536)
         try becomeSubreaper()
         try FileSystem.makeDirectory(config.databaseDir, mode: 0o700)
-        let store = try SQLiteStore(path: config.databasePath)
+        let store = try SQLiteStore(path: config.databasePath, audit: s.auditMode, logger: logger)
         let runtime = Crun(
             binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger)
         let tokenConfig = TokenService.Configuration(
@@ -87,11 +93,21 @@ struct Serve: AsyncParsableCommand {
         let tokens = TokenService(config: tokenConfig, keys: keys, store: store, logger: logger)
         tokens.refreshRevocations()
         let engine = try Engine(
-            config: config, store: store, identity: store, tokens: tokens, runtime: runtime, logger: logger)
+            config: config, store: store, identity: store, audit: store, tokens: tokens, runtime: runtime,
+            logger: logger)
 
         try await engine.ensureBaseImage()
         let report = try await engine.reconcile()
         logger.info("reconciled", metadata: ["result": "\(report)"])
+        for w in s.weakened {
+            logger.warning("\(w.key) = \(w.value) weakens a default (\(w.secureDefault)); recorded in the audit trail")
+        }
+        try engine.recordStart(
+            s.weakened.map { .init(key: $0.key, value: $0.value, secureDefault: $0.secureDefault) },
+            details: [
+                "state_dir": config.stateDir, "listen": s.listen ?? "none", "reconciled": "\(report)",
+                "checkpoints": config.auditExportPath + (config.auditSyslog ? ", syslog" : ""),
+            ])
 
         let socketPath = s.socket
         let app = Application(
@@ -108,8 +124,10 @@ struct Serve: AsyncParsableCommand {
                 FileHandle.standardOutput.write(Data(banner.utf8))
             },
             logger: logger)
+        // The checkpointer comes first: services stop in reverse order, so it outlives the listeners.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] =
-            [.init(service: app)] + engine.backgroundServices.map { .init(service: $0) }
+            [.init(service: engine.checkpointer), .init(service: app)]
+            + engine.backgroundServices.map { .init(service: $0) }
         if let tcp {
             let trust = SourceTrust(trustedProxies: s.trustedProxies, adminAllowlist: s.adminAllowlist)
             let tls: TLSIdentity? =
@@ -117,9 +135,6 @@ struct Serve: AsyncParsableCommand {
                 ? nil
                 : try s.tlsCert.map { try TLSIdentity.load(certFile: $0, keyFile: s.tlsKey ?? "") }
                     ?? TLSIdentity.selfSigned(dir: config.stateDir + "/tls", host: tcp.host)
-            if tcp.insecure {
-                logger.warning("serving plain HTTP on a loopback address: --insecure-http weakens a default")
-            }
             services.append(
                 .init(
                     service: try tcp.application(
@@ -137,6 +152,7 @@ struct Serve: AsyncParsableCommand {
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()
+        engine.recordStop()
         logger.info("stopped; sandboxes keep running and are adopted at the next start")
         withExtendedLifetime((stateLock, socketLock)) {}
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TOMLKit
+import VivariumAudit
 import VivariumCore
 
 /// Options every verb shares: where the daemon's socket and state are, and which config file to read.
@@ -44,6 +45,12 @@ struct Settings {
     var trustedProxies: [CIDR] = []
     var adminAllowlist: [CIDR] = []
     var maxAccessTokenSeconds = 3600
+    var auditMode = AuditMode.required
+    var auditCheckpointSeconds = 60
+    var auditCheckpointRecords = 1000
+    /// Where checkpoints are exported (JSON lines); default: <state_dir>/audit/checkpoints.jsonl.
+    var auditExport: String?
+    var auditSyslog = false
     var configFile: String?
 
     /// Keys accepted in the config file and as VIVARIUM_<KEY> environment variables.
@@ -52,6 +59,7 @@ struct Settings {
         "stop_timeout_seconds", "ttl_sweep_seconds", "uid_registry", "listen", "insecure_http", "tls_cert", "tls_key",
         "access_token_seconds", "max_access_token_seconds", "quota_sandboxes", "quota_memory", "quota_cpus",
         "auth_failures_per_minute", "requests_per_second", "request_burst", "trusted_proxies", "admin_allowlist",
+        "audit_mode", "audit_checkpoint_seconds", "audit_checkpoint_records", "audit_export", "audit_syslog",
     ]
 
     static func defaultInit() -> String {
@@ -106,6 +114,10 @@ struct Settings {
             }
             return n
         }
+        func bool() throws -> Bool {
+            guard let b = Bool(value) else { throw VivariumError(.invalidArgument, "\(key) must be true or false") }
+            return b
+        }
         func path() throws -> String {
             guard value.hasPrefix("/"), value.utf8.count < 4096 else {
                 throw VivariumError(.invalidArgument, "\(key) must be an absolute path")
@@ -138,11 +150,16 @@ struct Settings {
                 Int(value[value.index(after: colon)...]) != nil
             else { throw VivariumError(.invalidArgument, "listen must be HOST:PORT") }
             listen = value
-        case "insecure_http":
-            guard let b = Bool(value) else {
-                throw VivariumError(.invalidArgument, "insecure_http must be true or false")
+        case "insecure_http": insecureHTTP = try bool()
+        case "audit_mode":
+            guard let m = AuditMode(rawValue: value) else {
+                throw VivariumError(.invalidArgument, "audit_mode must be required, fail-open or off")
             }
-            insecureHTTP = b
+            auditMode = m
+        case "audit_checkpoint_seconds": auditCheckpointSeconds = Int(try int(1...3600))
+        case "audit_checkpoint_records": auditCheckpointRecords = Int(try int(1...1_000_000))
+        case "audit_export": auditExport = try path()
+        case "audit_syslog": auditSyslog = try bool()
         case "quota_sandboxes": quota.sandboxes = Int(try int(0...1_000_000))
         case "quota_memory": quota.memoryBytes = try Quantity.parseBytes(value)
         case "quota_cpus":
@@ -161,5 +178,32 @@ struct Settings {
         case "max_access_token_seconds": maxAccessTokenSeconds = Int(try int(60...86400))
         default: throw VivariumError(.invalidArgument, "unknown setting \(key)")
         }
+    }
+
+    /// The settings that weaken a secure default, recorded in the audit trail at every start.
+    var weakened: [(key: String, value: String, secureDefault: String)] {
+        let d = Settings()
+        var out: [(String, String, String)] = []
+        if insecureHTTP && listen != nil { out.append(("insecure_http", "true", "false")) }
+        if auditMode != d.auditMode { out.append(("audit_mode", auditMode.rawValue, d.auditMode.rawValue)) }
+        if !trustedProxies.isEmpty {
+            out.append(("trusted_proxies", trustedProxies.map(\.description).joined(separator: ","), "none"))
+        }
+        if accessTokenSeconds > d.accessTokenSeconds {
+            out.append(("access_token_seconds", String(accessTokenSeconds), String(d.accessTokenSeconds)))
+        }
+        if maxAccessTokenSeconds > d.maxAccessTokenSeconds {
+            out.append(("max_access_token_seconds", String(maxAccessTokenSeconds), String(d.maxAccessTokenSeconds)))
+        }
+        if authFailuresPerMinute > d.authFailuresPerMinute {
+            out.append(("auth_failures_per_minute", String(authFailuresPerMinute), String(d.authFailuresPerMinute)))
+        }
+        if auditCheckpointSeconds > d.auditCheckpointSeconds {
+            out.append(("audit_checkpoint_seconds", String(auditCheckpointSeconds), String(d.auditCheckpointSeconds)))
+        }
+        if auditCheckpointRecords > d.auditCheckpointRecords {
+            out.append(("audit_checkpoint_records", String(auditCheckpointRecords), String(d.auditCheckpointRecords)))
+        }
+        return out
     }
 }

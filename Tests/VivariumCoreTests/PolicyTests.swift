@@ -21,7 +21,7 @@ import VivariumStore
         let config = EngineConfiguration(
             stateDir: dir, initBinary: "/bin/true", uidBase: 1 << 28, maxSandboxes: 4, cgroupMode: .legacy)
         let engine = try Engine(
-            config: config, store: store, identity: store, tokens: tokens,
+            config: config, store: store, identity: store, audit: store, tokens: tokens,
             runtime: Crun(root: dir + "/crun", cgroupMode: .legacy, logger: Logger(label: "t")),
             logger: Logger(label: "t"))
         try body(engine)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VivariumAudit
 import VivariumCore
 import VivariumEngine
 import VivariumStore
@@ -17,7 +18,7 @@ import VivariumStore
         try s.insertImage(
             ImageRecord(
                 tenant: "default", name: ResourceName(rawValue: "base")!, digest: Digest.of([1]), rootfs: "/img",
-                sizeBytes: 1, createdAt: Date()))
+                sizeBytes: 1, createdAt: Date()), audit: AuditEvent("test"))
     }
 
     func record(_ img: ImageRecord, _ name: String, slot: Int) -> SandboxRecord {
@@ -30,15 +31,23 @@ import VivariumStore
     @Test func allocatesTheLowestFreeUIDSlotAndNeverShares() throws {
         try withStore { s in
             let img = try image(s)
-            let a = try s.insertSandbox(maxSlots: 3, quota: nil) { record(img, "a", slot: $0) }
-            let b = try s.insertSandbox(maxSlots: 3, quota: nil) { record(img, "b", slot: $0) }
-            let c = try s.insertSandbox(maxSlots: 3, quota: nil) { record(img, "c", slot: $0) }
+            let a = try s.insertSandbox(maxSlots: 3, quota: nil, audit: AuditEvent("test")) {
+                record(img, "a", slot: $0)
+            }
+            let b = try s.insertSandbox(maxSlots: 3, quota: nil, audit: AuditEvent("test")) {
+                record(img, "b", slot: $0)
+            }
+            let c = try s.insertSandbox(maxSlots: 3, quota: nil, audit: AuditEvent("test")) {
+                record(img, "c", slot: $0)
+            }
             #expect([a.uidSlot, b.uidSlot, c.uidSlot] == [Int](0...2))
             #expect(throws: VivariumError.self) {
-                try s.insertSandbox(maxSlots: 3, quota: nil) { record(img, "d", slot: $0) }
+                try s.insertSandbox(maxSlots: 3, quota: nil, audit: AuditEvent("test")) { record(img, "d", slot: $0) }
             }
-            try s.deleteSandbox(b.id)
-            let d = try s.insertSandbox(maxSlots: 3, quota: nil) { record(img, "d", slot: $0) }
+            try s.deleteSandbox(b.id, audit: AuditEvent("test"))
+            let d = try s.insertSandbox(maxSlots: 3, quota: nil, audit: AuditEvent("test")) {
+                record(img, "d", slot: $0)
+            }
             #expect(d.uidSlot == 1)
         }
     }
@@ -46,14 +55,18 @@ import VivariumStore
     @Test func namesAreUniquePerTenantAndStatesPersist() throws {
         try withStore { s in
             let img = try image(s)
-            let a = try s.insertSandbox(maxSlots: 8, quota: nil) { record(img, "a", slot: $0) }
+            let a = try s.insertSandbox(maxSlots: 8, quota: nil, audit: AuditEvent("test")) {
+                record(img, "a", slot: $0)
+            }
             do {
-                _ = try s.insertSandbox(maxSlots: 8, quota: nil) { record(img, "a", slot: $0) }
+                _ = try s.insertSandbox(maxSlots: 8, quota: nil, audit: AuditEvent("test")) {
+                    record(img, "a", slot: $0)
+                }
                 Issue.record("duplicate name accepted")
             } catch let e as VivariumError {
                 #expect(e.code == .alreadyExists)
             }
-            try s.updateState(a.id, .running(pid: 99))
+            try s.updateState(a.id, .running(pid: 99), audit: AuditEvent("test"))
             #expect(try s.sandbox(id: a.id)?.state == .running(pid: 99))
             #expect(try s.sandbox(tenant: "default", name: a.name)?.spec == a.spec)
         }
@@ -62,15 +75,17 @@ import VivariumStore
     @Test func imagesInUseCannotBeDeleted() throws {
         try withStore { s in
             let img = try image(s)
-            let a = try s.insertSandbox(maxSlots: 8, quota: nil) { record(img, "a", slot: $0) }
+            let a = try s.insertSandbox(maxSlots: 8, quota: nil, audit: AuditEvent("test")) {
+                record(img, "a", slot: $0)
+            }
             do {
-                _ = try s.deleteImage(tenant: "default", name: img.name)
+                _ = try s.deleteImage(tenant: "default", name: img.name, audit: AuditEvent("test"))
                 Issue.record("image in use was deleted")
             } catch let e as VivariumError {
                 #expect(e.code == .imageInUse)
             }
-            try s.deleteSandbox(a.id)
-            #expect(try s.deleteImage(tenant: "default", name: img.name).id == img.id)
+            try s.deleteSandbox(a.id, audit: AuditEvent("test"))
+            #expect(try s.deleteImage(tenant: "default", name: img.name, audit: AuditEvent("test")).id == img.id)
             #expect(try s.image(tenant: "default", name: img.name) == nil)
         }
     }
@@ -78,13 +93,15 @@ import VivariumStore
     @Test func paginatesByNameAndFindsExpired() throws {
         try withStore { s in
             let img = try image(s)
-            for n in ["c", "a", "b"] { _ = try s.insertSandbox(maxSlots: 8, quota: nil) { record(img, n, slot: $0) } }
+            for n in ["c", "a", "b"] {
+                _ = try s.insertSandbox(maxSlots: 8, quota: nil, audit: AuditEvent("test")) { record(img, n, slot: $0) }
+            }
             #expect(try s.sandboxes(tenant: "default", after: nil, limit: 2).map(\.name.rawValue) == ["a", "b"])
             #expect(try s.sandboxes(tenant: "default", after: "b", limit: 2).map(\.name.rawValue) == ["c"])
             var e = record(img, "e", slot: 0)
             e.expiresAt = Date().addingTimeInterval(-1)
             let expiring = e
-            _ = try s.insertSandbox(maxSlots: 8, quota: nil) { slot in
+            _ = try s.insertSandbox(maxSlots: 8, quota: nil, audit: AuditEvent("test")) { slot in
                 var r = expiring
                 r.uidSlot = slot
                 return r
@@ -121,13 +138,15 @@ import VivariumStore
             let img = try StoreTests().image(s)
             let quota = TenantQuota(sandboxes: 2, memoryBytes: 1 << 30, milliCPUs: 1500)
             // 512M and 1 CPU: the defaults.
-            _ = try s.insertSandbox(maxSlots: 8, quota: quota) { StoreTests().record(img, "a", slot: $0) }
+            _ = try s.insertSandbox(maxSlots: 8, quota: quota, audit: AuditEvent("test")) {
+                StoreTests().record(img, "a", slot: $0)
+            }
             for (name, limits) in [
                 ("cpu", ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 1000, pids: 64)),
                 ("mem", ResourceLimits(memoryBytes: 768 << 20, milliCPUs: 100, pids: 64)),
             ] {
                 do {
-                    _ = try s.insertSandbox(maxSlots: 8, quota: quota) { slot in
+                    _ = try s.insertSandbox(maxSlots: 8, quota: quota, audit: AuditEvent("test")) { slot in
                         var r = StoreTests().record(img, name, slot: slot)
                         r.spec.limits = limits
                         return r
@@ -137,13 +156,15 @@ import VivariumStore
                     #expect(e.code == .quotaExceeded)
                 }
             }
-            _ = try s.insertSandbox(maxSlots: 8, quota: quota) { slot in
+            _ = try s.insertSandbox(maxSlots: 8, quota: quota, audit: AuditEvent("test")) { slot in
                 var r = StoreTests().record(img, "b", slot: slot)
                 r.spec.limits = ResourceLimits(memoryBytes: 256 << 20, milliCPUs: 500, pids: 64)
                 return r
             }
             do {
-                _ = try s.insertSandbox(maxSlots: 8, quota: quota) { StoreTests().record(img, "c", slot: $0) }
+                _ = try s.insertSandbox(maxSlots: 8, quota: quota, audit: AuditEvent("test")) {
+                    StoreTests().record(img, "c", slot: $0)
+                }
                 Issue.record("sandbox count quota not enforced")
             } catch let e as VivariumError {
                 #expect(e.code == .quotaExceeded)

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Logging
 import Testing
+import VivariumAudit
 import VivariumAuth
 import VivariumCore
 import VivariumStore
@@ -26,7 +27,7 @@ import VivariumStore
             let member = PrincipalRecord(
                 id: "p-" + randomHex(bytes: 4), tenant: "default", name: ResourceName(rawValue: "ann")!, kind: .user,
                 role: .member, disabled: false, createdAt: Date())
-            try store.insertPrincipal(member)
+            try store.insertPrincipal(member, audit: AuditEvent("test"))
             return Fixture(dir: dir, store: store, tokens: tokens, member: member)
         }
 
@@ -140,16 +141,16 @@ import VivariumStore
         let (a, ca) = try await f.access()
         let (b, _) = try await f.access()
         _ = try await f.tokens.verify(a)  // now cached
-        try f.tokens.revoke(.jti, ca.jti.value)
+        try f.tokens.revoke(.jti, ca.jti.value, tenant: nil)
         await expectRefused(f, a)
         _ = try await f.tokens.verify(b)
-        try f.tokens.revoke(.principal, f.member.id)
+        try f.tokens.revoke(.principal, f.member.id, tenant: nil)
         await expectRefused(f, b)
         // A token issued after the principal-wide revocation works again.
         let (c, _) = try await f.access(now: Date().addingTimeInterval(1))
         _ = try await f.tokens.verify(c, now: Date().addingTimeInterval(2))
         // Tenant-wide.
-        try f.tokens.revoke(.tenant, "default", now: Date().addingTimeInterval(3))
+        try f.tokens.revoke(.tenant, "default", tenant: nil, now: Date().addingTimeInterval(3))
         await expectRefused(f, c, now: Date().addingTimeInterval(4))
     }
 
@@ -158,7 +159,7 @@ import VivariumStore
         defer { f.cleanup() }
         let (t, _) = try await f.access()
         _ = try await f.tokens.verify(t)
-        try f.tokens.disable(principalID: f.member.id)
+        try f.tokens.disable(f.member)
         await expectRefused(f, t)
         let (fresh, _) = try await f.access(now: Date().addingTimeInterval(1))
         await expectRefused(f, fresh, now: Date().addingTimeInterval(2))
@@ -167,7 +168,8 @@ import VivariumStore
     @Test func refreshRotatesAndAReplayRevokesTheFamily() async throws {
         let f = try await Fixture.make()
         defer { f.cleanup() }
-        let first = try await f.tokens.issuePair(f.member, scopes: [.exec], boundSandbox: nil, family: nil)
+        let first = try await f.tokens.issuePair(
+            f.member, scopes: [.exec], boundSandbox: nil, family: nil, action: "test")
         // Neither kind of token works as the other.
         await expectRefused(f, first.refreshToken)
         await #expect(throws: VivariumError.self) { try await f.tokens.refresh(first.accessToken) }
@@ -178,7 +180,8 @@ import VivariumStore
         await expectRefused(f, second.accessToken)
         await #expect(throws: VivariumError.self) { try await f.tokens.refresh(second.refreshToken) }
         // Another family of the same principal is untouched.
-        let other = try await f.tokens.issuePair(f.member, scopes: [.exec], boundSandbox: nil, family: nil)
+        let other = try await f.tokens.issuePair(
+            f.member, scopes: [.exec], boundSandbox: nil, family: nil, action: "test")
         _ = try await f.tokens.verify(other.accessToken)
     }
 
@@ -246,9 +249,10 @@ extension TokenTests {
         let f = try await Fixture.make()
         defer { f.cleanup() }
         let t0 = Date()
-        let session = try await f.tokens.issuePair(f.member, scopes: [.exec], boundSandbox: nil, family: nil, now: t0)
+        let session = try await f.tokens.issuePair(
+            f.member, scopes: [.exec], boundSandbox: nil, family: nil, action: "test", now: t0)
         let key = try f.tokens.createAPIKey(for: f.member, scopes: [.exec], ttl: 86400, now: t0)
-        try f.tokens.revoke(.principal, f.member.id, now: t0.addingTimeInterval(1))
+        try f.tokens.revoke(.principal, f.member.id, tenant: nil, now: t0.addingTimeInterval(1))
         // Two hours later every access token of that time has expired, and the revocation still holds.
         let later = t0.addingTimeInterval(7200)
         f.tokens.refreshRevocations(now: later)
@@ -266,7 +270,7 @@ extension TokenTests {
         let now = Date()
         let pair = try await f.tokens.issuePair(
             f.member, scopes: [.exec], boundSandbox: nil, family: nil, ttl: 60, sessionEnd: now.addingTimeInterval(60),
-            now: now)
+            action: "test", now: now)
         #expect(pair.expiresIn <= 60)
         f.tokens.refreshRevocations(now: now.addingTimeInterval(50))
         let next = try await f.tokens.refresh(pair.refreshToken, now: now.addingTimeInterval(50))
@@ -280,22 +284,19 @@ extension TokenTests {
 /// A store whose reads fail: revocation state cannot be loaded.
 struct BrokenStore: IdentityStore {
     struct Down: Error {}
-    func insertTenant(_ t: TenantRecord) throws { throw Down() }
+    func insertTenant(_ t: TenantRecord, audit: AuditEvent) throws { throw Down() }
     func tenants() throws -> [TenantRecord] { throw Down() }
-    func deleteTenant(_ name: String) throws { throw Down() }
-    func insertPrincipal(_ p: PrincipalRecord) throws { throw Down() }
+    func deleteTenant(_ name: String, audit: AuditEvent) throws { throw Down() }
+    func insertPrincipal(_ p: PrincipalRecord, audit: AuditEvent) throws { throw Down() }
     func principal(id: String) throws -> PrincipalRecord? { throw Down() }
     func principal(tenant: String, name: ResourceName) throws -> PrincipalRecord? { throw Down() }
     func principals(tenant: String?) throws -> [PrincipalRecord] { throw Down() }
-    func setPrincipalDisabled(id: String, _ disabled: Bool) throws { throw Down() }
-    func deletePrincipal(id: String) throws { throw Down() }
-    func insertAPIKey(_ k: APIKeyRecord) throws { throw Down() }
+    func setPrincipalDisabled(id: String, _ disabled: Bool, audit: AuditEvent) throws { throw Down() }
+    func deletePrincipal(id: String, audit: AuditEvent) throws { throw Down() }
+    func insertAPIKey(_ k: APIKeyRecord, audit: AuditEvent) throws { throw Down() }
     func apiKey(id: String) throws -> APIKeyRecord? { throw Down() }
-    func insertRefresh(_ r: RefreshRecord) throws { throw Down() }
+    func insertRefresh(_ r: RefreshRecord, audit: AuditEvent) throws { throw Down() }
     func useRefresh(hash: String, now: Date) throws -> RefreshOutcome { throw Down() }
-    func revokeFamily(_ family: String) throws { throw Down() }
-    func revokeFamilies(principalID: String, now: Date) throws { throw Down() }
-    func revokeFamilies(tenant: String, now: Date) throws { throw Down() }
-    func insertRevocation(_ r: RevocationRecord) throws { throw Down() }
+    func revoke(_ r: RevocationRecord, audit: AuditEvent) throws { throw Down() }
     func revocations(now: Date) throws -> [RevocationRecord] { throw Down() }
 }

@@ -1,0 +1,237 @@
+import Foundation
+import GRDB
+import VivariumAudit
+import VivariumCore
+
+/// Filters of an audit query; every one is optional. Results are in sequence order after `after`.
+public struct AuditQuery: Sendable {
+    public var tenant: String?
+    public var after: Int64?
+    public var sinceMs: Int64?
+    public var untilMs: Int64?
+    /// A principal id or name, `local-root`, `system` or `anonymous`.
+    public var actor: String?
+    public var action: String?
+    public var target: String?
+    public var outcome: String?
+    public var limit: Int
+    public init(
+        tenant: String? = nil, after: Int64? = nil, sinceMs: Int64? = nil, untilMs: Int64? = nil,
+        actor: String? = nil, action: String? = nil, target: String? = nil, outcome: String? = nil, limit: Int = 100
+    ) {
+        self.tenant = tenant
+        self.after = after
+        self.sinceMs = sinceMs
+        self.untilMs = untilMs
+        self.actor = actor
+        self.action = action
+        self.target = target
+        self.outcome = outcome
+        self.limit = limit
+    }
+}
+
+/// The audit trail's storage. Records that describe a state change are appended by the store method
+/// that makes the change, in its transaction; `append` is for records that stand alone (an exec's
+/// intent, a denial).
+public protocol AuditStore: Sendable {
+    var auditMode: AuditMode { get }
+    func append(_ events: [AuditEvent]) throws
+    /// The newest record's sequence number and hash.
+    func auditHead() throws -> (seq: Int64, hash: String)?
+    func auditRecords(_ q: AuditQuery) throws -> [AuditRecord]
+    func insertCheckpoint(_ c: AuditCheckpoint) throws
+    func auditCheckpoints() throws -> [AuditCheckpoint]
+    /// Called after every commit that appended records, with the newest sequence number.
+    func onAppend(_ observer: @escaping @Sendable (Int64) -> Void)
+}
+
+extension SQLiteStore: AuditStore {
+    static func registerAuditMigration(_ m: inout DatabaseMigrator) {
+        m.registerMigration("0003-audit") { db in
+            // The triggers keep the daemon's own code honest; whoever can write the file can drop them,
+            // which is what the hash chain and the checkpoints outside the database are for.
+            try db.execute(
+                sql: """
+                    CREATE TABLE audit_records (
+                        seq INTEGER PRIMARY KEY NOT NULL,
+                        time_ms INTEGER NOT NULL,
+                        actor TEXT NOT NULL,
+                        actor_name TEXT,
+                        actor_tenant TEXT,
+                        token_id TEXT,
+                        source TEXT,
+                        tenant TEXT,
+                        action TEXT NOT NULL,
+                        target TEXT,
+                        outcome TEXT NOT NULL,
+                        request_id TEXT,
+                        details TEXT NOT NULL,
+                        hash TEXT NOT NULL
+                    );
+                    CREATE INDEX audit_records_tenant ON audit_records(tenant, seq);
+                    CREATE INDEX audit_records_time ON audit_records(time_ms);
+                    CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records
+                        BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+                    CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records
+                        BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+                    CREATE TABLE audit_checkpoints (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        seq INTEGER NOT NULL,
+                        hash TEXT NOT NULL,
+                        time_ms INTEGER NOT NULL,
+                        key_id TEXT NOT NULL,
+                        signature TEXT NOT NULL
+                    );
+                    """)
+        }
+    }
+
+    /// Runs `body` and appends `audit` in one write transaction: neither the change nor its records
+    /// exist without the other.
+    func write<T>(_ what: String, audit: [AuditEvent], _ body: (Database) throws -> T) throws -> T {
+        let (value, head) = try wrap(what) {
+            try pool.write { db in
+                let v = try body(db)
+                return (v, try appendAudit(audit, db))
+            }
+        }
+        appended(audit.count, head: head)
+        return value
+    }
+
+    /// Appends records at the end of the chain inside the caller's transaction (SQLite serialises
+    /// writers, so the head read here is the head). Returns the new head's sequence number.
+    func appendAudit(_ events: [AuditEvent], _ db: Database) throws -> Int64? {
+        guard auditMode != .off, !events.isEmpty else { return nil }
+        do {
+            let head = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+            var seq: Int64 = head?["seq"] ?? 0
+            var previous = head.flatMap { AuditChain.bytes(hex: $0["hash"]) } ?? AuditChain.genesis
+            let now = Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))
+            for e in events {
+                seq += 1
+                let r = e.seal(seq: seq, timeMs: now, previousHash: previous)
+                try db.execute(
+                    sql: """
+                        INSERT INTO audit_records (seq, time_ms, actor, actor_name, actor_tenant, token_id, source, tenant,
+                            action, target, outcome, request_id, details, hash)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        r.seq, r.timeMs, r.actor, r.actorName, r.actorTenant, r.tokenId, r.source, r.tenant, r.action,
+                        r.target, r.outcome, r.requestId, try Self.encodeDetails(r.details), r.hash,
+                    ])
+                previous = AuditChain.bytes(hex: r.hash)!
+            }
+            return seq
+        } catch {
+            guard auditMode == .failOpen else {
+                throw VivariumError(.unavailable, "the audit trail cannot be written, so the action was refused")
+            }
+            logger.critical(
+                "audit record lost (audit_mode fail-open)",
+                metadata: ["actions": "\(events.map(\.action))", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    func appended(_ n: Int, head: Int64?) {
+        guard let head else { return }
+        AuditContext.current.tally?.add(n)
+        auditObserver.withLock { $0 }?(head)
+    }
+
+    public func append(_ events: [AuditEvent]) throws {
+        try write("audit record", audit: events) { _ in }
+    }
+
+    public func onAppend(_ observer: @escaping @Sendable (Int64) -> Void) {
+        auditObserver.withLock { $0 = observer }
+    }
+
+    public func auditHead() throws -> (seq: Int64, hash: String)? {
+        try wrap("audit") {
+            try pool.read { db in
+                try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").map {
+                    ($0["seq"], $0["hash"])
+                }
+            }
+        }
+    }
+
+    public func auditRecords(_ q: AuditQuery) throws -> [AuditRecord] {
+        var sql = """
+            SELECT seq, time_ms, actor, actor_name, actor_tenant, token_id, source, tenant, action, target, outcome,
+                request_id, details, hash FROM audit_records WHERE 1
+            """
+        var args: [(any DatabaseValueConvertible)?] = []
+        func add(_ clause: String, _ values: (any DatabaseValueConvertible)?...) {
+            sql += " AND " + clause
+            args += values
+        }
+        if let v = q.tenant { add("tenant = ?", v) }
+        if let v = q.after { add("seq > ?", v) }
+        if let v = q.sinceMs { add("time_ms >= ?", v) }
+        if let v = q.untilMs { add("time_ms < ?", v) }
+        if let v = q.actor { add("(actor = ? OR actor_name = ?)", v, v) }
+        if let v = q.action { add("action = ?", v) }
+        if let v = q.target { add("target = ?", v) }
+        if let v = q.outcome { add("outcome = ?", v) }
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(q.limit)
+        let arguments = StatementArguments(args)
+        return try wrap("audit") {
+            try pool.read { db in
+                try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
+                    AuditRecord(
+                        seq: row["seq"], timeMs: row["time_ms"], actor: row["actor"], actorName: row["actor_name"],
+                        actorTenant: row["actor_tenant"], tokenId: row["token_id"], source: row["source"],
+                        tenant: row["tenant"], action: row["action"], target: row["target"], outcome: row["outcome"],
+                        requestId: row["request_id"], details: try Self.decodeDetails(row["details"]),
+                        hash: row["hash"])
+                }
+            }
+        }
+    }
+
+    public func insertCheckpoint(_ c: AuditCheckpoint) throws {
+        try wrap("audit checkpoint") {
+            try pool.write { db in
+                try db.execute(
+                    sql: "INSERT INTO audit_checkpoints (seq, hash, time_ms, key_id, signature) VALUES (?, ?, ?, ?, ?)",
+                    arguments: [c.seq, c.hash, c.timeMs, c.keyId, c.signature])
+            }
+        }
+    }
+
+    public func auditCheckpoints() throws -> [AuditCheckpoint] {
+        try wrap("audit checkpoints") {
+            try pool.read { db in
+                try Row.fetchAll(
+                    db, sql: "SELECT seq, hash, time_ms, key_id, signature FROM audit_checkpoints ORDER BY id"
+                )
+                .map {
+                    AuditCheckpoint(
+                        seq: $0["seq"], hash: $0["hash"], timeMs: $0["time_ms"], keyId: $0["key_id"],
+                        signature: $0["signature"])
+                }
+            }
+        }
+    }
+
+    static func encodeDetails(_ d: [String: String]) throws -> String {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return String(decoding: try e.encode(d), as: UTF8.self)
+    }
+
+    static func decodeDetails(_ s: String) throws -> [String: String] {
+        do {
+            return try JSONDecoder().decode([String: String].self, from: Data(s.utf8))
+        } catch {
+            // A row someone edited into something else: show it, and let the chain say it was altered.
+            return ["unreadable": String(s.prefix(256))]
+        }
+    }
+}
