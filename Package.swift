@@ -114,7 +114,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "VivariumIntegrationTests",
-            dependencies: ["VivariumCore", "VivariumOS", "VivariumTestSupport"],
+            dependencies: ["VivariumCore", "VivariumOS", "VivariumAudit", "VivariumTestSupport"],
             swiftSettings: strict),
     ]
 )

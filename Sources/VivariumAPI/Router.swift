@@ -104,6 +104,7 @@ public enum API {
                     }
                     let principal = try await API.authenticate(req, ctx, policy: policy, tokens: tokens)
                     if let principal { audit.actor = API.actor(principal) }
+                    try API.authorize(policy, principal)
                     // An admin token reaches every tenant: from outside the allowlist it gets nowhere.
                     if principal?.role == .admin, !ctx.isLocal, !limits.trust.adminAllowlist.isEmpty,
                         !limits.trust.adminAllowlist.contains(where: { $0.contains(source) })
@@ -199,17 +200,18 @@ public enum API {
         }
         // Public routes never look at credentials: they cannot be used as a free token oracle.
         if policy.ownership == .publicRoute { return nil }
-        var principal: Principal?
-        if ctx.isLocal {
-            principal = .localRoot
-        } else if let header = req.headers[.authorization] {
-            guard let token = Bearer.fromAuthorization(header) else {
-                throw VivariumError(.unauthenticated, "invalid or expired credentials")
-            }
-            principal = try await tokens.verify(token)
+        if ctx.isLocal { return .localRoot }
+        guard let header = req.headers[.authorization] else { return nil }
+        guard let token = Bearer.fromAuthorization(header) else {
+            throw VivariumError(.unauthenticated, "invalid or expired credentials")
         }
+        return try await tokens.verify(token)
+    }
+
+    /// The route-level decision of the policy table for this caller.
+    static func authorize(_ policy: RoutePolicy, _ principal: Principal?) throws {
         switch PolicyTable.decide(policy, principal: principal) {
-        case .allow: return principal
+        case .allow: return
         case .unauthenticated: throw VivariumError(.unauthenticated, "authentication required")
         case .forbidden(let why): throw VivariumError(.forbidden, why)
         }

@@ -14,6 +14,9 @@ public enum Integration {
         if access("/usr/bin/crun", X_OK) != 0 { m.append("crun (/usr/bin/crun)") }
         if access("/bin/busybox", X_OK) != 0 { m.append("busybox-static (/bin/busybox)") }
         if access("/usr/bin/curl", X_OK) != 0 { m.append("curl (/usr/bin/curl)") }
+        if access("/usr/bin/sqlite3", X_OK) != 0 {
+            m.append("sqlite3 (/usr/bin/sqlite3), to tamper with the audit trail")
+        }
         if access(Paths.vivarium, X_OK) != 0 { m.append("the vivarium binary (\(Paths.vivarium)): run `make debug`") }
         if access(Paths.initBinary, X_OK) != 0 { m.append("vivarium-init (\(Paths.initBinary)): run `make debug`") }
         return m

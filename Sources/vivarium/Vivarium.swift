@@ -17,7 +17,7 @@ struct Vivarium: AsyncParsableCommand {
             Serve.self, ConfigCommand.self, Create.self, List.self, Inspect.self, Start.self, Stop.self, Remove.self,
             Exec.self, ImageCommand.self, TenantCommand.self, PrincipalCommand.self, TokenCommand.self, Login.self,
             Logout.self,
-            KeysCommand.self,
+            KeysCommand.self, AuditCommand.self,
         ])
 }
 
