@@ -91,29 +91,36 @@ public enum API {
                     requestID: ctx.requestID, tally: AuditTally())
                 let guarded = !ctx.isLocal && (policy.ownership != .publicRoute || exchangesCredentials)
                 let limitKey = SourceTrust.limitKey(source)
+                let allowlisted =
+                    ctx.isLocal || limits.trust.adminAllowlist.isEmpty
+                    || limits.trust.adminAllowlist.contains(where: { $0.contains(source) })
                 do {
-                    if policy.ownership == .admin, !ctx.isLocal, !limits.trust.adminAllowlist.isEmpty,
-                        !limits.trust.adminAllowlist.contains(where: { $0.contains(source) })
-                    {
-                        throw VivariumError(.forbidden, "admin routes are not served to this address")
-                    }
                     if guarded, let wait = limits.failedAuth.exhausted(limitKey) {
                         throw VivariumError(
                             .rateLimited, "too many failed authentications from this address",
                             retryAfterSeconds: wait)
                     }
+                    if policy.ownership == .admin, !allowlisted {
+                        throw VivariumError(.forbidden, "admin routes are not served to this address")
+                    }
                     let principal = try await API.authenticate(req, ctx, policy: policy, tokens: tokens)
-                    if let principal { audit.actor = API.actor(principal) }
-                    try API.authorize(policy, principal)
+                    if let principal {
+                        audit.actor = API.actor(principal)
+                        // An admin acting in another tenant (?tenant=) acts in that tenant's trail.
+                        if principal.role == .admin, let t = req.uri.queryParameters.get("tenant"),
+                            let name = ResourceName(rawValue: String(t))
+                        {
+                            audit.tenant = name.rawValue
+                        }
+                    }
                     // An admin token reaches every tenant: from outside the allowlist it gets nowhere.
-                    if principal?.role == .admin, !ctx.isLocal, !limits.trust.adminAllowlist.isEmpty,
-                        !limits.trust.adminAllowlist.contains(where: { $0.contains(source) })
-                    {
+                    if principal?.role == .admin, !allowlisted {
                         throw VivariumError(.forbidden, "admin credentials are not accepted from this address")
                     }
                     if let p = principal, !ctx.isLocal, let wait = limits.perPrincipal.take(p.id) {
                         throw VivariumError(.rateLimited, "request rate limit reached", retryAfterSeconds: wait)
                     }
+                    try API.authorize(policy, principal)
                     let response = try await AuditContext.$current.withValue(audit) {
                         try await handler(req, ctx, principal)
                     }
@@ -123,7 +130,11 @@ public enum API {
                     }
                     return response
                 } catch let e as VivariumError {
-                    if e.code == .unauthenticated && guarded { _ = limits.failedAuth.take(limitKey) }
+                    // Refusals before authentication count against the source like failed logins (the
+                    // per-principal limit bounds the rest): neither can flood the trail.
+                    if guarded && (e.code == .unauthenticated || (e.code == .forbidden && audit.actor == .anonymous)) {
+                        _ = limits.failedAuth.take(limitKey)
+                    }
                     API.recordFailure(e, policy: policy, mutating: mutating, req, ctx, audit, to: audits)
                     throw e
                 }
@@ -140,7 +151,8 @@ public enum API {
         _ details: [String: String]
     ) -> AuditEvent {
         AuditEvent(
-            policy.action, target: ctx.parameters.get("name"), outcome: outcome, details: details, context: audit)
+            policy.action, target: ctx.parameters.get("name"), tenant: audit.tenant, outcome: outcome,
+            details: details, context: audit)
     }
 
     /// Authentication failures, policy denials and quota refusals are recorded on every route; other
@@ -159,7 +171,7 @@ public enum API {
                 "auth.failure", target: policy.action, outcome: .denied, details: details, context: audit)
         case .forbidden:
             event = AuditEvent(
-                "policy.denied", target: ctx.parameters.get("name"), outcome: .denied,
+                "policy.denied", target: ctx.parameters.get("name"), tenant: audit.tenant, outcome: .denied,
                 details: details.merging(["action": policy.action]) { a, _ in a }, context: audit)
         case .quotaExceeded:
             event = API.event(policy, ctx, audit, .refused, details)
@@ -341,7 +353,11 @@ public enum API {
         r.add(.get, "/v1/audit") { req, _, p in
             var q = try auditQuery(req)
             // Admins read every tenant's records (or one, with ?tenant=); everyone else their own.
-            q.tenant = p!.role == .admin ? req.uri.queryParameters.get("tenant").map { String($0) } : p!.tenant
+            q.tenant =
+                p!.role == .admin
+                ? try req.uri.queryParameters.get("tenant").map {
+                    try ResourceName.parse(String($0), what: "tenant").rawValue
+                } : p!.tenant
             return try json(try engine.auditRecords(q))
         }
         r.add(.get, "/v1/audit/checkpoints") { _, _, _ in try json(try engine.auditCheckpoints()) }

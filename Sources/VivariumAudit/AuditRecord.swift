@@ -49,6 +49,8 @@ public struct AuditContext: Sendable {
     public var source: String?
     public var requestID: String?
     public var tally: AuditTally?
+    /// The tenant the work acts in when it is not the actor's own (an admin's `?tenant=`).
+    public var tenant: String?
     public init(actor: AuditActor, source: String? = nil, requestID: String? = nil, tally: AuditTally? = nil) {
         self.actor = actor
         self.source = source
@@ -59,7 +61,9 @@ public struct AuditContext: Sendable {
 }
 
 /// What to record, before it gets its place in the chain. Actor, source and request id come from the
-/// current `AuditContext`; `tenant` (whose records these are, for tenant auditors) defaults to the actor's.
+/// current `AuditContext`; `tenant` (whose records these are, for tenant auditors) defaults to the actor's,
+/// and `global` events (key rotation, a revocation by token id) belong to no tenant: admins read them.
+/// Target and details are redacted here, before any transaction is open.
 public struct AuditEvent: Sendable {
     public var action: String
     public var target: String?
@@ -69,24 +73,24 @@ public struct AuditEvent: Sendable {
     public var context: AuditContext
 
     public init(
-        _ action: String, target: String? = nil, tenant: String? = nil, outcome: AuditOutcome = .ok,
-        details: [String: String] = [:], context: AuditContext = .current
+        _ action: String, target: String? = nil, tenant: String? = nil, global: Bool = false,
+        outcome: AuditOutcome = .ok, details: [String: String] = [:], context: AuditContext = .current
     ) {
         self.action = action
-        self.target = target
-        self.tenant = tenant ?? context.actor.tenant
+        self.target = target.map(Redactor.redact)
+        self.tenant = global ? nil : tenant ?? context.tenant ?? context.actor.tenant
         self.outcome = outcome
-        self.details = details
+        self.details = Redactor.redact(details)
         self.context = context
     }
 
-    /// The record this event becomes at `seq`, redacted and chained to `previousHash`.
+    /// The record this event becomes at `seq`, chained to `previousHash`.
     public func seal(seq: Int64, timeMs: Int64, previousHash: [UInt8]) -> AuditRecord {
         var r = AuditRecord(
             seq: seq, timeMs: timeMs, actor: context.actor.id, actorName: context.actor.name,
             actorTenant: context.actor.tenant, tokenId: context.actor.tokenID, source: context.source,
-            tenant: tenant, action: action, target: target.map(Redactor.redact), outcome: outcome.rawValue,
-            requestId: context.requestID, details: Redactor.redact(details), hash: "")
+            tenant: tenant, action: action, target: target, outcome: outcome.rawValue, requestId: context.requestID,
+            details: details, hash: "")
         r.hash = AuditChain.hex(AuditChain.link(previous: previousHash, r))
         return r
     }

@@ -54,8 +54,8 @@ public struct AuditKey: Sendable {
 
     public init(privateKey: Curve25519.Signing.PrivateKey = .init()) { self.privateKey = privateKey }
 
-    /// Loads the key at `path`, or makes and stores one.
-    public static func loadOrCreate(at path: String) throws -> AuditKey {
+    /// Loads the key at `path`, or makes and stores one (`created`).
+    public static func loadOrCreate(at path: String) throws -> (key: AuditKey, created: Bool) {
         if let data = FileManager.default.contents(atPath: path) {
             var st = stat()
             guard stat(path, &st) == 0, st.st_mode & 0o077 == 0 else {
@@ -64,7 +64,7 @@ public struct AuditKey: Sendable {
             guard let k = try? Curve25519.Signing.PrivateKey(rawRepresentation: data) else {
                 throw VivariumError(.unavailable, "the audit key \(path) is not an Ed25519 private key")
             }
-            return AuditKey(privateKey: k)
+            return (AuditKey(privateKey: k), false)
         }
         let key = AuditKey()
         let tmp = path + ".tmp"
@@ -77,7 +77,7 @@ public struct AuditKey: Sendable {
             unlink(tmp)
             throw VivariumError(.unavailable, "cannot write the audit key \(path)")
         }
-        return key
+        return (key, true)
     }
 
     public static func keyID(_ key: Curve25519.Signing.PublicKey) -> String {
@@ -114,32 +114,41 @@ public struct JSONLinesCheckpointFile: CheckpointSink {
     public func write(_ checkpoint: AuditCheckpoint) throws {
         var line = try WireCoding.encoder().encode(checkpoint)
         line.append(UInt8(ascii: "\n"))
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        let fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw VivariumError(.unavailable, "cannot open \(path): errno \(errno)") }
         defer { close(fd) }
+        // A line torn by a crash must not swallow this one.
+        var st = stat()
+        var lastByte: UInt8 = 0
+        if fstat(fd, &st) == 0, st.st_size > 0, pread(fd, &lastByte, 1, off_t(st.st_size - 1)) == 1,
+            lastByte != UInt8(ascii: "\n")
+        {
+            line.insert(UInt8(ascii: "\n"), at: 0)
+        }
         let n = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         guard n == line.count, fsync(fd) == 0 else {
             throw VivariumError(.unavailable, "cannot append to \(path): errno \(errno)")
         }
     }
 
-    /// The checkpoints in a file written by this sink. A torn last line (a crash mid-write) is skipped;
-    /// any other unreadable line is an error.
-    public static func read(_ path: String) throws -> [AuditCheckpoint] {
+    /// The checkpoints in a file written by this sink, and the numbers of the lines that are not one (a
+    /// line torn by a crash, or damage: the caller reports them).
+    public static func read(_ path: String) throws -> (checkpoints: [AuditCheckpoint], unreadable: [Int]) {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw VivariumError(.notFound, "cannot read checkpoint file \(path)")
         }
-        let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
         var out: [AuditCheckpoint] = []
-        for (i, line) in lines.enumerated() {
-            do {
-                out.append(try WireCoding.decoder().decode(AuditCheckpoint.self, from: Data(line)))
-            } catch {
-                if i == lines.count - 1 && data.last != UInt8(ascii: "\n") { break }
-                throw VivariumError(.invalidArgument, "\(path) line \(i + 1) is not a checkpoint")
+        var bad: [Int] = []
+        let decoder = WireCoding.decoder()
+        for (i, line) in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated()
+        where !line.isEmpty {
+            if let c = try? decoder.decode(AuditCheckpoint.self, from: Data(line)) {
+                out.append(c)
+            } else {
+                bad.append(i + 1)
             }
         }
-        return out
+        return (out, bad)
     }
 }
 

@@ -201,7 +201,8 @@ public final class TokenService: Sendable {
     public func revoke(_ kind: RevocationKind, _ value: String, tenant: String?, now: Date = Date()) throws {
         try revoke(
             kind, value, now: now,
-            audit: AuditEvent("token.revoke", target: "\(kind.rawValue):\(value)", tenant: tenant))
+            audit: AuditEvent(
+                "token.revoke", target: "\(kind.rawValue):\(value)", tenant: tenant, global: tenant == nil))
     }
 
     func revoke(_ kind: RevocationKind, _ value: String, now: Date, audit: AuditEvent) throws {
@@ -264,16 +265,24 @@ public final class TokenService: Sendable {
     public func refresh(_ token: String, now: Date = Date()) async throws -> TokenPair {
         try checkRevocationFresh(now: now)
         guard token.hasPrefix("vivr_"), token.utf8.count == 69 else { throw Self.unauthorized() }
-        switch try store.useRefresh(hash: Self.hash(token), now: now) {
+        let outcome = try store.useRefresh(hash: Self.hash(token), now: now) { outcome, p in
+            switch outcome {
+            case .invalid: nil
+            case .reused(let family, let principalID):
+                AuditEvent(
+                    "token.refresh_reuse", target: p?.name.rawValue ?? principalID, tenant: p?.tenant,
+                    outcome: .alert, details: ["family": family, "principal_id": principalID])
+            case .rotated(let r):
+                AuditEvent(
+                    "token.refresh", target: p?.name.rawValue ?? r.principalID, tenant: p?.tenant, outcome: .started,
+                    details: ["family": r.family])
+            }
+        }
+        switch outcome {
         case .invalid:
             throw Self.unauthorized()
         case .reused(let family, let principalID):
-            let p = try? store.principal(id: principalID)
-            try revoke(
-                .family, family, now: now,
-                audit: AuditEvent(
-                    "token.refresh_reuse", target: p?.name.rawValue ?? principalID, tenant: p?.tenant,
-                    outcome: .alert, details: ["family": family, "principal_id": principalID]))
+            try revoke(.family, family, tenant: try? store.principal(id: principalID)?.tenant, now: now)
             logger.critical(
                 "refresh token reuse: family revoked", metadata: ["family": "\(family)", "principal": "\(principalID)"])
             throw Self.unauthorized()

@@ -23,6 +23,8 @@ public final class AuditCheckpointer: Service, Sendable {
     let wakeUp: AsyncStream<Void>.Continuation
     /// Serialises checkpoints (the timer, the record count and shutdown may ask at once).
     let signing = Mutex(())
+    /// The first bad record already reported, so that one break raises one alert.
+    let reported = Mutex<Int64?>(nil)
 
     public init(
         store: any AuditStore, key: AuditKey, sinks: [any CheckpointSink], interval: Duration, everyRecords: Int64,
@@ -34,7 +36,9 @@ public final class AuditCheckpointer: Service, Sendable {
         self.interval = interval
         self.everyRecords = everyRecords
         self.logger = logger
-        last = Mutex(try store.auditCheckpoints().last.map { ($0.seq, $0.hash) })
+        // Only a checkpoint this key signed counts: rows in the table are as forgeable as records.
+        last = Mutex(
+            try store.auditCheckpoints().last { $0.isValid(under: key.publicKey) }.map { ($0.seq, $0.hash) })
         (wake, wakeUp) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         store.onAppend { [weak self] head in self?.appended(head) }
     }
@@ -64,19 +68,26 @@ public final class AuditCheckpointer: Service, Sendable {
     public func checkpoint() -> AuditCheckpoint? {
         signing.withLock { _ in
             do {
-                guard let head = try store.auditHead() else { return nil }
+                guard var head = try store.auditHead() else { return nil }
                 let prior = last.withLock { $0 }
                 if let prior, prior.seq == head.seq, prior.hash == head.hash { return nil }
-                if let problem = try verifySince(prior, upTo: head.seq) {
-                    logger.critical(
-                        "the audit trail was altered: not signing it", metadata: ["problem": "\(problem)"])
+                if let problem = try verifySince(prior, upTo: head.seq),
+                    reported.withLock({ r in
+                        defer { r = problem.seq }
+                        return r != problem.seq
+                    })
+                {
+                    // Alert once, then sign the head anyway: what follows stays protected, and `audit
+                    // verify` still names the break.
+                    logger.critical("the audit trail was altered", metadata: ["problem": "\(problem)"])
                     try? store.append([
                         AuditEvent(
                             "audit.tamper_detected", outcome: .alert, details: ["problem": problem.description],
                             context: AuditContext(actor: .system))
                     ])
-                    return nil
+                    head = try store.auditHead() ?? head
                 }
+                try store.syncAudit()
                 let cp = try key.sign(
                     seq: head.seq, hash: head.hash, timeMs: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)))
                 try store.insertCheckpoint(cp)
@@ -96,8 +107,12 @@ public final class AuditCheckpointer: Service, Sendable {
         }
     }
 
-    /// Checks that the records after `prior` up to `head` follow on from it in sequence and chain.
+    /// Checks that the record `prior` signed is still there as signed, and that the records after it up to
+    /// `head` follow on from it in sequence and chain.
     func verifySince(_ prior: (seq: Int64, hash: String)?, upTo head: Int64) throws -> AuditVerifier.Problem? {
+        if let prior, try store.auditRecords(AuditQuery(after: prior.seq - 1, limit: 1)).first?.hash != prior.hash {
+            return .init(seq: prior.seq, reason: "rewritten or missing since checkpoint \(prior.seq) signed it")
+        }
         var verifier = AuditVerifier(publicKey: key.publicKey, checkpoints: [], start: prior)
         var after = prior?.seq ?? 0
         while after < head {

@@ -24,9 +24,18 @@ extension Engine {
                 AuditEvent(
                     "daemon.start",
                     details: details.merging(
-                        ["version": VivariumVersion.string, "audit_mode": audit.auditMode.rawValue]
+                        [
+                            "version": VivariumVersion.string, "audit_mode": audit.auditMode.rawValue,
+                            "audit_key": auditKey.keyID,
+                        ]
                     ) { a, _ in a })
             ]
+                + (auditKeyCreated
+                    ? [
+                        AuditEvent(
+                            "audit.key_created", target: auditKey.keyID, outcome: .alert,
+                            details: ["public_key": auditKey.publicKeyBase64])
+                    ] : [])
                 + weakened.map {
                     AuditEvent(
                         "config.weakened", target: $0.key, outcome: .alert,
@@ -42,14 +51,14 @@ extension Engine {
 
     /// Rotates the token signing keys, recorded before (no record, no rotation) and after.
     public func rotateKeys() async throws -> [String: [[String: String]]] {
-        try audit.append([AuditEvent("keys.rotate", outcome: .started)])
+        try audit.append([AuditEvent("keys.rotate", global: true, outcome: .started)])
         do {
             try await tokens.keys.rotate()
         } catch {
-            recordOutcome(AuditEvent("keys.rotate", outcome: .failed, details: ["error": "\(error)"]))
+            recordOutcome(AuditEvent("keys.rotate", global: true, outcome: .failed, details: ["error": "\(error)"]))
             throw error
         }
-        recordOutcome(AuditEvent("keys.rotate", details: ["kid": tokens.keys.current.kid]))
+        recordOutcome(AuditEvent("keys.rotate", global: true, details: ["kid": tokens.keys.current.kid]))
         return tokens.keys.jwks
     }
 

@@ -20,6 +20,8 @@ public final class Engine: Sendable {
     let identity: any IdentityStore
     public let audit: any AuditStore
     public let auditKey: AuditKey
+    /// The audit key was made at this start (recorded with the start).
+    let auditKeyCreated: Bool
     public let checkpointer: AuditCheckpointer
     public let tokens: TokenService
     let runtime: any OCIRuntime
@@ -57,7 +59,7 @@ public final class Engine: Sendable {
         try Self.checkTraversable(config.sandboxesDir)
         self.images = try ImageStore(root: config.imagesDir, logger: logger)
         try FileSystem.makeDirectory(config.auditDir, mode: 0o700)
-        auditKey = try AuditKey.loadOrCreate(at: config.auditDir + "/signing.key")
+        (auditKey, auditKeyCreated) = try AuditKey.loadOrCreate(at: config.auditDir + "/signing.key")
         checkpointer = try AuditCheckpointer(
             store: audit, key: auditKey,
             sinks: [JSONLinesCheckpointFile(path: config.auditExportPath)]

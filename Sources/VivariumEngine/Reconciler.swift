@@ -109,7 +109,7 @@ extension Engine {
         }
         if removed > 0 {
             logger.notice("removed orphans", metadata: ["count": "\(removed)"])
-            try? audit.append([AuditEvent("reconcile.orphans", details: ["removed": "\(removed)"])])
+            recordOutcome(AuditEvent("reconcile.orphans", details: ["removed": "\(removed)"]))
         }
         return removed
     }

@@ -129,8 +129,10 @@ public protocol IdentityStore: Sendable {
 
     func insertRefresh(_ r: RefreshRecord, audit: AuditEvent) throws
     /// Marks the token used if it is valid and unused; on a second use revokes the whole family. The
-    /// caller records the outcome (with the new pair, or the reuse alert with the family's revocation).
-    func useRefresh(hash: String, now: Date) throws -> RefreshOutcome
+    /// record `audit` makes of the outcome (and the token's principal) is appended in the same transaction.
+    func useRefresh(
+        hash: String, now: Date, audit: @Sendable (RefreshOutcome, PrincipalRecord?) -> AuditEvent?
+    ) throws -> RefreshOutcome
 
     /// Records a revocation and, for a family, principal or tenant, ends the refresh families it covers.
     func revoke(_ r: RevocationRecord, audit: AuditEvent) throws

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Glibc
 import VivariumAudit
 import VivariumCore
 
@@ -40,6 +41,8 @@ public protocol AuditStore: Sendable {
     /// The newest record's sequence number and hash.
     func auditHead() throws -> (seq: Int64, hash: String)?
     func auditRecords(_ q: AuditQuery) throws -> [AuditRecord]
+    /// Makes every committed record durable before a checkpoint signs it.
+    func syncAudit() throws
     func insertCheckpoint(_ c: AuditCheckpoint) throws
     func auditCheckpoints() throws -> [AuditCheckpoint]
     /// Called after every commit that appended records, with the newest sequence number.
@@ -71,6 +74,9 @@ extension SQLiteStore: AuditStore {
                     );
                     CREATE INDEX audit_records_tenant ON audit_records(tenant, seq);
                     CREATE INDEX audit_records_time ON audit_records(time_ms);
+                    CREATE INDEX audit_records_action ON audit_records(action, seq);
+                    CREATE INDEX audit_records_target ON audit_records(target, seq);
+                    CREATE INDEX audit_records_actor ON audit_records(actor, seq);
                     CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records
                         BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
                     CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records
@@ -105,9 +111,9 @@ extension SQLiteStore: AuditStore {
     func appendAudit(_ events: [AuditEvent], _ db: Database) throws -> Int64? {
         guard auditMode != .off, !events.isEmpty else { return nil }
         do {
-            let head = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
-            var seq: Int64 = head?["seq"] ?? 0
-            var previous = head.flatMap { AuditChain.bytes(hex: $0["hash"]) } ?? AuditChain.genesis
+            let head = try Self.head(db)
+            var seq = head?.seq ?? 0
+            var previous = head.flatMap { AuditChain.bytes(hex: $0.hash) } ?? AuditChain.genesis
             let now = Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))
             for e in events {
                 seq += 1
@@ -151,13 +157,34 @@ extension SQLiteStore: AuditStore {
     }
 
     public func auditHead() throws -> (seq: Int64, hash: String)? {
-        try wrap("audit") {
-            try pool.read { db in
-                try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").map {
-                    ($0["seq"], $0["hash"])
-                }
-            }
+        try wrap("audit") { try pool.read { db in try Self.head(db) } }
+    }
+
+    /// The newest record's sequence number and hash; an unreadable one (a tampered row) stops appends.
+    static func head(_ db: Database) throws -> (seq: Int64, hash: String)? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+        else { return nil }
+        guard case .int64(let seq) = (row["seq"] as DatabaseValue).storage, let hash = text(row["hash"]),
+            AuditChain.bytes(hex: hash)?.count == 32
+        else { throw VivariumError(.unavailable, "the newest audit record is unreadable: the trail was tampered with") }
+        return (seq, hash)
+    }
+
+    /// Column values of audit rows, read without trapping on a row someone rewrote with the wrong types:
+    /// such a record then simply fails verification.
+    static func text(_ v: DatabaseValue) -> String? {
+        switch v.storage {
+        case .null: nil
+        case .string(let s): s
+        case .int64(let i): String(i)
+        case .double(let d): String(d)
+        case .blob(let b): String(decoding: b, as: UTF8.self)
         }
+    }
+
+    static func int(_ v: DatabaseValue) -> Int64 {
+        if case .int64(let i) = v.storage { return i }
+        return Int64.min
     }
 
     public func auditRecords(_ q: AuditQuery) throws -> [AuditRecord] {
@@ -185,13 +212,31 @@ extension SQLiteStore: AuditStore {
             try pool.read { db in
                 try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
                     AuditRecord(
-                        seq: row["seq"], timeMs: row["time_ms"], actor: row["actor"], actorName: row["actor_name"],
-                        actorTenant: row["actor_tenant"], tokenId: row["token_id"], source: row["source"],
-                        tenant: row["tenant"], action: row["action"], target: row["target"], outcome: row["outcome"],
-                        requestId: row["request_id"], details: try Self.decodeDetails(row["details"]),
-                        hash: row["hash"])
+                        seq: Self.int(row["seq"]), timeMs: Self.int(row["time_ms"]),
+                        actor: Self.text(row["actor"]) ?? "",
+                        actorName: Self.text(row["actor_name"]), actorTenant: Self.text(row["actor_tenant"]),
+                        tokenId: Self.text(row["token_id"]), source: Self.text(row["source"]),
+                        tenant: Self.text(row["tenant"]), action: Self.text(row["action"]) ?? "",
+                        target: Self.text(row["target"]), outcome: Self.text(row["outcome"]) ?? "",
+                        requestId: Self.text(row["request_id"]),
+                        details: Self.decodeDetails(Self.text(row["details"]) ?? ""),
+                        hash: Self.text(row["hash"]) ?? "")
                 }
             }
+        }
+    }
+
+    /// Makes every committed record durable (synchronous=NORMAL leaves the WAL's newest commits to the OS
+    /// until a checkpoint): call before signing a head that leaves the host.
+    public func syncAudit() throws {
+        try wrap("audit sync") {
+            try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA wal_checkpoint(PASSIVE)") }
+        }
+        for file in [path + "-wal", path] {
+            let fd = open(file, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            guard fsync(fd) == 0 else { throw VivariumError(.unavailable, "cannot sync \(file): errno \(errno)") }
         }
     }
 
@@ -226,7 +271,7 @@ extension SQLiteStore: AuditStore {
         return String(decoding: try e.encode(d), as: UTF8.self)
     }
 
-    static func decodeDetails(_ s: String) throws -> [String: String] {
+    static func decodeDetails(_ s: String) -> [String: String] {
         do {
             return try JSONDecoder().decode([String: String].self, from: Data(s.utf8))
         } catch {

@@ -222,40 +222,61 @@ extension SQLiteStore {
         }
     }
 
-    public func useRefresh(hash: String, now: Date) throws -> RefreshOutcome {
-        try wrap("refresh token") {
-            try pool.write { db in
-                guard
-                    let row = try Row.fetchOne(
-                        db,
-                        sql: """
-                            SELECT t.hash, t.family, t.principal_id, t.scopes, t.bound_sandbox, t.expires_at, t.used_at,
-                                   f.revoked_at
-                            FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family WHERE t.hash = ?
-                            """, arguments: [hash])
-                else { return .invalid }
-                let family: String = row["family"]
-                let principalID: String = row["principal_id"]
-                let used: Double? = row["used_at"]
-                let revoked: Double? = row["revoked_at"]
-                if revoked != nil { return .invalid }  // a replay into a dead family: nothing more to do
-                if used != nil {
-                    try db.execute(
-                        sql: "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
-                        arguments: [now.timeIntervalSince1970, family])
-                    return .reused(family: family, principalID: principalID)
+    public func useRefresh(
+        hash: String, now: Date, audit: @Sendable (RefreshOutcome, PrincipalRecord?) -> AuditEvent?
+    ) throws -> RefreshOutcome {
+        let (outcome, head, n) = try wrap("refresh token") {
+            try pool.write { db -> (RefreshOutcome, Int64?, Int) in
+                let outcome = try Self.useRefresh(db, hash: hash, now: now)
+                let principalID: String? =
+                    switch outcome {
+                    case .invalid: nil
+                    case .reused(_, let id): id
+                    case .rotated(let r): r.principalID
+                    }
+                let p = try principalID.flatMap {
+                    try Row.fetchOne(
+                        db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE id = ?", arguments: [$0]
+                    ).map(Self.principal)
                 }
-                guard revoked == nil, (row["expires_at"] as Double) > now.timeIntervalSince1970 else { return .invalid }
-                try db.execute(
-                    sql: "UPDATE refresh_tokens SET used_at = ? WHERE hash = ?",
-                    arguments: [now.timeIntervalSince1970, hash])
-                return .rotated(
-                    RefreshRecord(
-                        hash: hash, family: family, principalID: principalID, scopes: Self.scopes(row["scopes"]),
-                        boundSandbox: row["bound_sandbox"], expiresAt: Date(timeIntervalSince1970: row["expires_at"]),
-                        usedAt: now))
+                let events = audit(outcome, p).map { [$0] } ?? []
+                return (outcome, try appendAudit(events, db), events.count)
             }
         }
+        appended(n, head: head)
+        return outcome
+    }
+
+    static func useRefresh(_ db: Database, hash: String, now: Date) throws -> RefreshOutcome {
+        guard
+            let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT t.hash, t.family, t.principal_id, t.scopes, t.bound_sandbox, t.expires_at, t.used_at,
+                           f.revoked_at
+                    FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family WHERE t.hash = ?
+                    """, arguments: [hash])
+        else { return .invalid }
+        let family: String = row["family"]
+        let principalID: String = row["principal_id"]
+        let used: Double? = row["used_at"]
+        let revoked: Double? = row["revoked_at"]
+        if revoked != nil { return .invalid }  // a replay into a dead family: nothing more to do
+        if used != nil {
+            try db.execute(
+                sql: "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                arguments: [now.timeIntervalSince1970, family])
+            return .reused(family: family, principalID: principalID)
+        }
+        guard revoked == nil, (row["expires_at"] as Double) > now.timeIntervalSince1970 else { return .invalid }
+        try db.execute(
+            sql: "UPDATE refresh_tokens SET used_at = ? WHERE hash = ?",
+            arguments: [now.timeIntervalSince1970, hash])
+        return .rotated(
+            RefreshRecord(
+                hash: hash, family: family, principalID: principalID, scopes: Self.scopes(row["scopes"]),
+                boundSandbox: row["bound_sandbox"], expiresAt: Date(timeIntervalSince1970: row["expires_at"]),
+                usedAt: now))
     }
 
     public func revoke(_ r: RevocationRecord, audit: AuditEvent) throws {

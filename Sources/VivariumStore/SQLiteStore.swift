@@ -27,9 +27,11 @@ public final class SQLiteStore: Store {
     public let auditMode: AuditMode
     let auditObserver = Mutex<(@Sendable (Int64) -> Void)?>(nil)
     let logger: Logger
+    let path: String
 
     public init(path: String, audit: AuditMode = .required, logger: Logger = Logger(label: "vivarium.store")) throws {
         auditMode = audit
+        self.path = path
         self.logger = logger
         var config = Configuration()
         config.foreignKeysEnabled = true

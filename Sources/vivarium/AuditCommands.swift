@@ -120,13 +120,23 @@ struct AuditVerify: AsyncParsableCommand {
                 let path = s.auditExport ?? s.stateDir + "/audit/checkpoints.jsonl"
                 if FileManager.default.isReadableFile(atPath: path) { file = path }
             }
-            let external = try file.map { try JSONLinesCheckpointFile.read($0) } ?? []
+            let (external, unreadable) = try file.map { try JSONLinesCheckpointFile.read($0) } ?? ([], [])
+            if let file, !unreadable.isEmpty {
+                FileHandle.standardError.write(
+                    Data("warning: \(file): lines \(unreadable.prefix(10)) are not checkpoints\n".utf8))
+            }
+            if file == nil {
+                FileHandle.standardError.write(
+                    Data(
+                        "warning: no checkpoint export file checked: deleting the newest records goes unnoticed without one (--checkpoints)\n"
+                            .utf8))
+            }
             var verifier = AuditVerifier(publicKey: key, checkpoints: list.checkpoints + external)
             try forEachAuditPage(c, after: nil, path: { "/v1/audit?limit=1000" + ($0.map { "&cursor=\($0)" } ?? "") }) {
                 page in page.forEach { verifier.add($0) }
             }
             let result = verifier.finish()
-            let source = file.map { " (\(external.count) from \($0))" } ?? " (no export file checked)"
+            let source = file.map { " (\(external.count) from \($0))" } ?? ""
             if let problem = result.problem {
                 FileHandle.standardError.write(
                     Data(

@@ -296,7 +296,9 @@ struct BrokenStore: IdentityStore {
     func insertAPIKey(_ k: APIKeyRecord, audit: AuditEvent) throws { throw Down() }
     func apiKey(id: String) throws -> APIKeyRecord? { throw Down() }
     func insertRefresh(_ r: RefreshRecord, audit: AuditEvent) throws { throw Down() }
-    func useRefresh(hash: String, now: Date) throws -> RefreshOutcome { throw Down() }
+    func useRefresh(
+        hash: String, now: Date, audit: @Sendable (RefreshOutcome, PrincipalRecord?) -> AuditEvent?
+    ) throws -> RefreshOutcome { throw Down() }
     func revoke(_ r: RevocationRecord, audit: AuditEvent) throws { throw Down() }
     func revocations(now: Date) throws -> [RevocationRecord] { throw Down() }
 }
