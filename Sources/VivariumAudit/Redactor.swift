@@ -9,16 +9,11 @@ public enum Redactor {
     /// Longest text kept per field; the rest is cut at a word boundary (a cut secret cannot leak a prefix).
     public static let maxLength = 4096
 
-    /// Detail keys whose values are never recorded.
-    static let secretKeyWords = [
-        "token", "secret", "password", "passwd", "credential", "authorization", "cookie", "private", "apikey",
-        "api_key",
-    ]
-
-    /// Names that make the value assigned to them (`name=value`, `name: value`, `--name value`) a secret.
+    /// Names that make what is assigned to them a secret: detail keys, `name=value`, `name: value` and
+    /// `--name value`.
     static let secretNameWords = [
         "pass", "pwd", "secret", "token", "apikey", "api_key", "api-key", "accesskey", "access_key", "access-key",
-        "auth", "credential", "private_key", "private-key", "privatekey",
+        "auth", "credential", "private_key", "private-key", "privatekey", "cookie",
     ]
 
     static let wholesale: [NSRegularExpression] = [
@@ -137,10 +132,7 @@ public enum Redactor {
 
     public static func redact(_ details: [String: String]) -> [String: String] {
         var out: [String: String] = [:]
-        for (k, v) in details {
-            let lower = k.lowercased()
-            out[k] = secretKeyWords.contains(where: lower.contains) ? mark : redact(v)
-        }
+        for (k, v) in details { out[k] = isSecretName(Substring(k)) ? mark : redact(v) }
         return out
     }
 

@@ -22,7 +22,6 @@ public struct AuditVerifier {
         public var lastSeq: Int64
         /// The earliest problem; nil when the trail verifies.
         public var problem: Problem?
-        public var ok: Bool { problem == nil }
     }
 
     let key: Curve25519.Signing.PublicKey
@@ -85,7 +84,10 @@ public struct AuditVerifier {
                             seq: last + 1,
                             reason: "missing: a checkpoint signed the trail up to record \(seq), which ends at \(last)")
                     )
-                } else if let h = hashes[seq], h != c.hash {
+                } else if let h = hashes[seq], h != c.hash,
+                    // A break the chain itself shows in this stretch names the record more precisely.
+                    !problems.contains(where: { $0.seq > lastGood && $0.seq <= seq })
+                {
                     all.append(
                         Problem(
                             seq: lastGood + 1,

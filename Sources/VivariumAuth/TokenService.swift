@@ -252,7 +252,7 @@ public final class TokenService: Sendable {
                 action, target: p.name.rawValue, tenant: p.tenant,
                 details: details.merging(
                     [
-                        "jti": claims.jti.value, "family": fam, "scopes": Self.scopeList(scopes),
+                        "jti": claims.jti.value, "family": fam, "scopes": scopes.commaSeparated,
                         "expires_in": String(Int(claims.exp.value.timeIntervalSince(now))),
                     ].merging(boundSandbox.map { ["sandbox": $0.rawValue] } ?? [:]) { a, _ in a }
                 ) { a, _ in a }))
@@ -305,17 +305,14 @@ public final class TokenService: Sendable {
     ) throws -> String {
         let id = randomHex(bytes: 6)
         let secret = randomHex(bytes: 32)
+        let granted = scopes.intersection(Self.allowedScopes(p.role))
         try store.insertAPIKey(
             APIKeyRecord(
-                id: id, principalID: p.id, secretHash: Self.hash(secret),
-                scopes: scopes.intersection(Self.allowedScopes(p.role)), expiresAt: now.addingTimeInterval(ttl),
-                createdAt: now),
+                id: id, principalID: p.id, secretHash: Self.hash(secret), scopes: granted,
+                expiresAt: now.addingTimeInterval(ttl), createdAt: now),
             audit: AuditEvent(
                 "apikey.create", target: p.name.rawValue, tenant: p.tenant,
-                details: [
-                    "key_id": id, "scopes": Self.scopeList(scopes.intersection(Self.allowedScopes(p.role))),
-                    "expires_in": String(Int(ttl)),
-                ]))
+                details: ["key_id": id, "scopes": granted.commaSeparated, "expires_in": String(Int(ttl))]))
         return "viv_\(id)_\(secret)"
     }
 
@@ -342,8 +339,6 @@ public final class TokenService: Sendable {
     public static func actor(_ p: PrincipalRecord) -> AuditActor {
         AuditActor(id: p.id, name: p.name.rawValue, tenant: p.tenant)
     }
-
-    static func scopeList(_ s: Set<Scope>) -> String { s.map(\.rawValue).sorted().joined(separator: ",") }
 
     static func hash(_ s: String) -> String { Digest.of(Array(s.utf8)).hex }
 

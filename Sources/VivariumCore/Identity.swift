@@ -99,3 +99,8 @@ public struct Principal: Sendable, Equatable {
 
     public func has(_ scope: Scope) -> Bool { scopes.contains(scope) }
 }
+
+extension Set where Element == Scope {
+    /// "exec,sandboxes:read": sorted and comma-separated, as stored and recorded.
+    public var commaSeparated: String { map(\.rawValue).sorted().joined(separator: ",") }
+}

@@ -173,7 +173,6 @@ extension SQLiteStore {
     static func scopes(_ s: String) -> Set<Scope> {
         Set(s.split(separator: ",").compactMap { Scope(rawValue: String($0)) })
     }
-    static func scopeList(_ s: Set<Scope>) -> String { s.map(\.rawValue).sorted().joined(separator: ",") }
 
     public func insertAPIKey(_ k: APIKeyRecord, audit: AuditEvent) throws {
         try write("api key", audit: [audit]) { db in
@@ -183,7 +182,7 @@ extension SQLiteStore {
                     VALUES (?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
-                    k.id, k.principalID, k.secretHash, Self.scopeList(k.scopes), k.expiresAt.timeIntervalSince1970,
+                    k.id, k.principalID, k.secretHash, k.scopes.commaSeparated, k.expiresAt.timeIntervalSince1970,
                     k.createdAt.timeIntervalSince1970,
                 ])
         }
@@ -216,7 +215,7 @@ extension SQLiteStore {
                     VALUES (?, ?, ?, ?, ?, ?, NULL)
                     """,
                 arguments: [
-                    r.hash, r.family, r.principalID, Self.scopeList(r.scopes), r.boundSandbox,
+                    r.hash, r.family, r.principalID, r.scopes.commaSeparated, r.boundSandbox,
                     r.expiresAt.timeIntervalSince1970,
                 ])
         }

@@ -15,7 +15,8 @@ import VivariumStore
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the daemon: the API on a unix socket (and TLS with --listen), the reconciler, the TTL sweeper.",
+        abstract:
+            "Run the daemon: the API on a unix socket (and TLS with --listen), the reconciler, the TTL sweeper, the audit checkpointer.",
         discussion: """
             Needs root. Settings come from flags, then VIVARIUM_* environment variables, then the config file, \
             then defaults (see `vivarium config show`). SIGTERM or SIGINT stop the daemon gracefully and leave \
@@ -100,7 +101,8 @@ struct Serve: AsyncParsableCommand {
         let report = try await engine.reconcile()
         logger.info("reconciled", metadata: ["result": "\(report)"])
         for w in s.weakened {
-            logger.warning("\(w.key) = \(w.value) weakens a default (\(w.secureDefault)); recorded in the audit trail")
+            let recorded = s.auditMode == .off ? "the audit trail is off" : "recorded in the audit trail"
+            logger.warning("\(w.key) = \(w.value) weakens a default (\(w.secureDefault)); \(recorded)")
         }
         try engine.recordStart(
             s.weakened.map { .init(key: $0.key, value: $0.value, secureDefault: $0.secureDefault) },
@@ -210,7 +212,10 @@ struct ConfigCommand: AsyncParsableCommand {
                     ("ttl_sweep_seconds", String(s.ttlSweepSeconds)), ("uid_registry", s.uidRegistry),
                     ("instance", engine.instance),
                     ("cgroup_mode", engine.cgroupMode.rawValue), ("cgroup_parent", engine.cgroupParent),
-                    ("crun_root", engine.crunRoot),
+                    ("crun_root", engine.crunRoot), ("audit_mode", s.auditMode.rawValue),
+                    ("audit_checkpoint_seconds", String(s.auditCheckpointSeconds)),
+                    ("audit_checkpoint_records", String(s.auditCheckpointRecords)),
+                    ("audit_export", s.auditExport ?? engine.auditExportPath), ("audit_syslog", String(s.auditSyslog)),
                 ]
                 if json {
                     try printJSON(Dictionary(uniqueKeysWithValues: rows))

@@ -43,6 +43,8 @@ import VivariumAudit
         swapped.swapAt(2, 3)
         (swapped[2].seq, swapped[3].seq) = (3, 4)
         #expect(verify(swapped, [cp], key: key) == 3)
+        let atSwap = try key.sign(seq: 4, hash: log[3].hash, timeMs: 1)
+        #expect(verify(swapped, [atSwap, cp], key: key) == 3, "a checkpoint inside the break does not blur it")
 
         // Cut off the newest three: only a checkpoint beyond the cut can tell.
         #expect(verify(Array(log.prefix(7)), key: key) == nil)

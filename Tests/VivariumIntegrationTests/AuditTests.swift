@@ -45,14 +45,18 @@ import VivariumTestSupport
     }
 
     @Test func editDeleteSwapTruncateAndForgedSignaturesAreNamed() async throws {
-        try await TestDaemon.with(extraEnv: ["VIVARIUM_AUDIT_CHECKPOINT_SECONDS": "3600"]) { d in
+        let env = ["VIVARIUM_AUDIT_CHECKPOINT_SECONDS": "3600", "VIVARIUM_AUDIT_CHECKPOINT_RECORDS": "5"]
+        try await TestDaemon.with(extraEnv: env) { d in
             for i in 0..<3 {
                 _ = try d.create(CreateSandboxRequest(name: "t\(i)"))
                 _ = try d.exec("t\(i)", ["/bin/true"])
             }
+            let exportFile = d.stateDir + "/audit/checkpoints.jsonl"
+            #expect(
+                d.eventually { FileManager.default.fileExists(atPath: exportFile) },
+                "five records bring a checkpoint long before the interval")
             // A graceful restart signs the head (the daemon.stop record) into the export file.
             try d.restart()
-            let exportFile = d.stateDir + "/audit/checkpoints.jsonl"
             let stopSeq = try #require(
                 try records(d, "&action=daemon.stop").last?.seq, "the stop was recorded")
             let lines = try String(contentsOfFile: exportFile, encoding: .utf8).split(separator: "\n")
@@ -115,6 +119,13 @@ import VivariumTestSupport
             try (lines.dropLast().joined(separator: "\n") + "\n" + last + "\n").write(
                 toFile: forged, atomically: true, encoding: .utf8)
             #expect(try verify(d, ["--checkpoints", forged]) == stopSeq)
+
+            // An alteration after the last checkpoint is seen before the next one is signed.
+            let newest = try #require(try records(d).last?.seq)
+            try sql(d, "UPDATE audit_records SET outcome = 'failed' WHERE seq = \(newest);")
+            for i in 0..<3 { _ = try d.create(CreateSandboxRequest(name: "u\(i)")) }
+            #expect(d.eventually { (try? records(d, "&action=audit.tamper_detected"))?.isEmpty == false })
+            #expect(try verify(d) == newest)
         }
     }
 
