@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+import VivariumAudit
 import VivariumCore
 import VivariumOS
 import VivariumTestSupport
@@ -89,6 +90,9 @@ import VivariumTestSupport
             #expect(gone)
             #expect(try d.get("lasting").state == "running")
             #expect(try d.crunContainers().count == 1)
+            let trail: Page<AuditRecord> = try d.client.call("GET", "/v1/audit?action=sandbox.expire&target=brief")
+            #expect(trail.items.map(\.outcome) == ["started", "ok"], "the expiry is recorded")
+            #expect(trail.items.allSatisfy { $0.actor == "system" && $0.tenant == "default" })
         }
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+import VivariumAudit
 import VivariumCore
 import VivariumOS
 import VivariumTestSupport
@@ -53,6 +54,14 @@ import VivariumTestSupport
                     #expect(c == 0)
                 }
             }
+            // No lost record: every sandbox that exists has its finished create in a chain that verifies.
+            let trail: Page<AuditRecord> = try d.client.call("GET", "/v1/audit?limit=1000&action=sandbox.create")
+            let page: Page<SandboxInfo> = try d.client.call("GET", "/v1/sandboxes?limit=500")
+            for s in page.items {
+                #expect(trail.items.contains { $0.details["id"] == s.id && $0.outcome == "ok" }, "\(s.name)")
+            }
+            let verify = try d.cli("audit", "verify")
+            #expect(verify.status == 0, "\(verify.stderr)")
         }
     }
 
@@ -98,6 +107,10 @@ import VivariumTestSupport
             #expect(d.eventually(10) { (try? d.get("fragile"))?.state == "stopped" })
             let (c, _, _) = try d.sh("resilient", "true")
             #expect(c == 0)
+            // The daemon's own actions are in the trail, as `system`.
+            let trail: Page<AuditRecord> = try d.client.call("GET", "/v1/audit?limit=1000&actor=system")
+            #expect(trail.items.contains { $0.action == "sandbox.restart" && $0.target == "resilient" })
+            #expect(trail.items.contains { $0.action == "sandbox.stopped" && $0.target == "fragile" })
         }
     }
 }
