@@ -25,6 +25,8 @@ public final class AuditCheckpointer: Service, Sendable {
     let signing = Mutex(())
     /// The first bad record already reported, so that one break raises one alert.
     let reported = Mutex<Int64?>(nil)
+    /// Sinks whose last write failed (one alert per failure streak).
+    let failing = Mutex<Set<String>>([])
 
     public init(
         store: any AuditStore, key: AuditKey, sinks: [any CheckpointSink], interval: Duration, everyRecords: Int64,
@@ -92,10 +94,23 @@ public final class AuditCheckpointer: Service, Sendable {
                     seq: head.seq, hash: head.hash, timeMs: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)))
                 try store.insertCheckpoint(cp)
                 for sink in sinks {
-                    do { try sink.write(cp) } catch {
+                    do {
+                        try sink.write(cp)
+                        _ = failing.withLock { $0.remove(sink.name) }
+                    } catch {
+                        // Until the export works again, the window of undetectable loss grows: say so once
+                        // in the trail, and in the log every time.
                         logger.error(
                             "cannot export an audit checkpoint",
                             metadata: ["sink": "\(sink.name)", "error": "\(error)"])
+                        if failing.withLock({ $0.insert(sink.name).inserted }) {
+                            try? store.append([
+                                AuditEvent(
+                                    "audit.export_failed", target: sink.name, outcome: .alert,
+                                    details: ["error": "\(error)", "checkpoint": String(cp.seq)],
+                                    context: AuditContext(actor: .system))
+                            ])
+                        }
                     }
                 }
                 last.withLock { $0 = (cp.seq, cp.hash) }

@@ -210,6 +210,27 @@ import VivariumTestSupport
         }
     }
 
+    @Test func aFailingCheckpointExportRaisesOneAlert() async throws {
+        let env = [
+            "VIVARIUM_AUDIT_EXPORT": "/nonexistent-vivarium-\(randomHex(bytes: 4))/checkpoints.jsonl",
+            "VIVARIUM_AUDIT_CHECKPOINT_RECORDS": "2",
+        ]
+        try await TestDaemon.with(extraEnv: env) { d in
+            for i in 0..<3 {
+                let _: TenantInfo = try d.client.call("POST", "/v1/tenants", body: CreateTenantRequest(name: "x\(i)"))
+            }
+            #expect(d.eventually { (try? records(d, "&action=audit.export_failed"))?.count == 1 })
+            for i in 3..<6 {
+                let _: TenantInfo = try d.client.call("POST", "/v1/tenants", body: CreateTenantRequest(name: "x\(i)"))
+            }
+            #expect(
+                try d.eventually {
+                    try (d.client.call("GET", "/v1/audit/checkpoints") as AuditCheckpointList).checkpoints.count >= 2
+                }, "checkpoints still reach the store")
+            #expect(try records(d, "&action=audit.export_failed").count == 1, "one alert per failure streak")
+        }
+    }
+
     @Test func aCrashDuringABurstLeavesAValidChain() async throws {
         try await TestDaemon.with { d in
             let done = Mutex(false)
