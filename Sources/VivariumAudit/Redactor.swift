@@ -12,8 +12,8 @@ public enum Redactor {
     /// Names that make what is assigned to them a secret: detail keys, `name=value`, `name: value` and
     /// `--name value`.
     static let secretNameWords = [
-        "pass", "pwd", "secret", "token", "apikey", "api_key", "api-key", "accesskey", "access_key", "access-key",
-        "auth", "credential", "private_key", "private-key", "privatekey", "cookie",
+        "pass", "pw", "secret", "token", "apikey", "api_key", "api-key", "accesskey", "access_key", "access-key",
+        "auth", "credential", "private_key", "private-key", "privatekey", "cookie", "session",
     ]
 
     static let wholesale: [NSRegularExpression] = [
@@ -22,16 +22,17 @@ public enum Redactor {
         // Vivarium API keys and refresh tokens.
         #"(?<![A-Za-z0-9_])viv_[0-9a-f]{12}_[0-9a-f]{16,}+"#, #"(?<![A-Za-z0-9_])vivr_[0-9a-f]{16,}+"#,
         // Well-known cloud and forge token shapes.
-        #"(?<![A-Za-z0-9])AKIA[0-9A-Z]{16}(?![A-Za-z0-9])"#,
+        #"(?<![A-Za-z0-9])(AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9])"#, #"(?<![A-Za-z0-9_-])AIza[0-9A-Za-z_-]{35}+"#,
+        #"(?<![A-Za-z0-9_])(sk|rk|pk)_(live|test)_[0-9A-Za-z]{10,}+"#,
         #"(?<![A-Za-z0-9_])(ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{20,}+"#,
         #"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{20,}+"#, #"(?<![A-Za-z0-9_-])glpat-[A-Za-z0-9_-]{16,}+"#,
         #"(?<![A-Za-z0-9_-])xox[abprs]-[A-Za-z0-9-]{10,}+"#, #"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}+"#,
         // Bearer and basic credentials.
         #"(?i)(?<![A-Za-z0-9])(bearer|basic)\s++[A-Za-z0-9._~+/=-]{8,}+"#,
         // Long hex (20 bytes or more), except a digest after "sha256:".
-        #"(?<![0-9A-Za-z:])[0-9a-fA-F]{40,}+(?![0-9A-Za-z])"#,
-        // URL user info: the password goes.
-        #"(?<=://)[^/\s:@]{1,256}+:[^/\s@]{1,256}+(?=@)"#,
+        #"(?<![0-9A-Za-z])(?<!sha256:)[0-9a-fA-F]{40,}+(?![0-9A-Za-z])"#,
+        // URL user info (user and password, up to the authority's last @).
+        #"(?<=://)[^/\s:@]{0,256}+:[^/\s]*@"#,
     ].map { try! NSRegularExpression(pattern: $0) }
 
     /// Runs of base64 / base64url characters of 40 or more: a secret when they mix digits, upper and
@@ -41,7 +42,8 @@ public enum Redactor {
     public static func redact(_ text: String) -> String {
         guard !text.isEmpty else { return text }
         // NUL would end the string where SQLite binds it, but not where the chain hashes it.
-        let s = cut(text.contains("\0") ? text.replacingOccurrences(of: "\0", with: "\\0") : text)
+        var s = cut(text)
+        if s.contains("\0") { s = s.replacingOccurrences(of: "\0", with: "\\0") }
         let m = NSMutableString(string: s)
         for re in wholesale {
             _ = re.replaceMatches(in: m, range: NSRange(location: 0, length: m.length), withTemplate: mark)
@@ -69,13 +71,17 @@ public enum Redactor {
         return prefix + " …[cut]"
     }
 
-    /// PEM private key blocks, to their END line or the end of the text.
+    /// PEM private key blocks, to their END line or the end of the text (other blocks stay).
     static func privateKeys(_ s: String) -> String {
         var out = ""
         var rest = Substring(s)
-        while let begin = rest.range(of: "-----BEGIN "), let header = rest[begin.upperBound...].range(of: "-----"),
-            rest[begin.upperBound..<header.lowerBound].hasSuffix("PRIVATE KEY")
-        {
+        while let begin = rest.range(of: "-----BEGIN ") {
+            guard let header = rest[begin.upperBound...].range(of: "-----") else { break }
+            guard rest[begin.upperBound..<header.lowerBound].hasSuffix("PRIVATE KEY") else {
+                out += rest[..<header.upperBound]
+                rest = rest[header.upperBound...]
+                continue
+            }
             out += rest[..<begin.lowerBound] + mark
             guard let end = rest[header.upperBound...].range(of: "PRIVATE KEY-----") else { return out }
             rest = rest[end.upperBound...]
@@ -83,39 +89,94 @@ public enum Redactor {
         return out + rest
     }
 
-    /// `name=value`, `name: value` and `name value` (after `--name:`/`name=` with nothing attached) where
-    /// the name says it is a secret: the name stays, the value goes, quoted words included.
+    /// Word by word (any whitespace separates; a field may hold a shell script), with each word also cut
+    /// at `?&;,` (query strings, JSON, cookies, chained assignments):
+    /// - `name=value` and `name: value` where the name says secret: the value goes, quoted words included;
+    ///   after `Authorization:` the scheme and the credential go;
+    /// - `--password value`: a secret-named flag takes the next word with it;
+    /// - `-u user:password`, `-uuser:password`, `--user=user:password`: the password goes.
     static func assignments(_ s: String) -> String {
-        var out: [Substring] = []
-        var hideNext = false
+        var out: [String] = []
+        var hide = 0
         var openQuote: Character?
-        for word in s.split(separator: " ", omittingEmptySubsequences: false) {
+        var userNext = false
+        for word in s.split(whereSeparator: \.isWhitespace) {
             if let q = openQuote {
                 if word.last == q { openQuote = nil }
                 continue
             }
-            if hideNext && !word.isEmpty {
-                out.append(Substring(mark))
-                hideNext = false
+            if hide > 0 {
+                out.append(mark)
+                hide -= 1
                 openQuote = unclosedQuote(word)
                 continue
             }
-            guard let sep = word.firstIndex(where: { $0 == "=" || $0 == ":" }), isSecretName(word[..<sep]) else {
-                out.append(word)
+            if userNext {
+                userNext = false
+                if let colon = word.firstIndex(of: ":") {
+                    out.append(word[...colon] + mark)
+                    continue
+                }
+            }
+            let lower = word.lowercased()
+            if lower == "-u" || lower == "--user" || lower == "--proxy-user" {
+                userNext = true
+                out.append(String(word))
                 continue
             }
-            let value = word[word.index(after: sep)...]
-            if value.isEmpty {
-                hideNext = true
-                out.append(word)
-            } else if !value.hasPrefix("//") {  // a URL's scheme: its user info is handled above
-                out.append(word[...sep] + mark)
-                openQuote = unclosedQuote(value)
-            } else {
-                out.append(word)
+            if let redacted = userPassword(word) {
+                out.append(redacted)
+                continue
             }
+            if word.hasPrefix("-"), !word.contains("="), !word.contains(":"), isSecretName(word) {
+                hide = 1
+                out.append(String(word))
+                continue
+            }
+            var rewritten = ""
+            var segment = Substring("")
+            var pendingHide = 0
+            func flush() {
+                guard !segment.isEmpty else { return }
+                if let sep = segment.firstIndex(where: { $0 == "=" || $0 == ":" }), isSecretName(segment[..<sep]) {
+                    let value = segment[segment.index(after: sep)...]
+                    if value.isEmpty {
+                        pendingHide = segment[..<sep].lowercased().contains("authorization") ? 2 : 1
+                        rewritten += segment
+                    } else if value.hasPrefix("//") {
+                        rewritten += segment  // a URL's scheme: its user info is handled above
+                    } else {
+                        rewritten += segment[...sep] + mark
+                        openQuote = unclosedQuote(value)
+                    }
+                } else {
+                    rewritten += segment
+                }
+                segment = ""
+            }
+            for c in word {
+                if "?&;,".contains(c) {
+                    flush()
+                    rewritten.append(c)
+                } else {
+                    segment.append(c)
+                }
+            }
+            flush()
+            hide = pendingHide
+            out.append(rewritten)
         }
         return out.joined(separator: " ")
+    }
+
+    /// `-uuser:password`, `--user=user:password`: the password redacted; nil for any other word.
+    static func userPassword(_ word: Substring) -> String? {
+        let lower = word.lowercased()
+        for prefix in ["--user=", "--proxy-user=", "-u"] where lower.hasPrefix(prefix) && lower.count > prefix.count {
+            guard let colon = word.dropFirst(prefix.count).firstIndex(of: ":") else { return nil }
+            return word[...colon] + mark
+        }
+        return nil
     }
 
     /// The quote a word opens and does not close.
@@ -136,26 +197,39 @@ public enum Redactor {
         return out
     }
 
-    /// An argument vector as one line for the trail: each argument redacted, and a flag that names a
-    /// secret (`--password`, `--token`) takes its following argument with it.
+    /// An argument vector as one line for the trail: each argument redacted; a flag that names a secret
+    /// or a key (`--password`, `--token`, `--client-key`, or `--password=` with the value apart) takes
+    /// the next argument with it; `-u user:password` loses the password. At most `maxLength` bytes.
     public static func argv(_ args: [String]) -> String {
         var out: [String] = []
+        var bytes = 0
         var hideNext = false
-        for (i, a) in args.prefix(256).enumerated() {
+        for (i, a) in args.enumerated() {
+            guard bytes <= maxLength else {
+                out.append("…[\(args.count - i) more]")
+                break
+            }
             if hideNext {
                 out.append(mark)
                 hideNext = false
                 continue
             }
-            // curl -u user:password
             if i > 0, ["-u", "--user", "--proxy-user"].contains(args[i - 1]), let colon = a.firstIndex(of: ":") {
                 out.append(String(a[...colon]) + mark)
                 continue
             }
-            if a.hasPrefix("-"), !a.contains("="), !a.contains(":"), isSecretName(Substring(a)) { hideNext = true }
-            out.append(redact(a))
+            if a.hasPrefix("-") {
+                let name = a.hasSuffix("=") || a.hasSuffix(":") ? Substring(a.dropLast()) : Substring(a)
+                if !name.contains("="), !name.contains(":"),
+                    isSecretName(name) || name.lowercased().contains("key")
+                {
+                    hideNext = true
+                }
+            }
+            let r = redact(a)
+            bytes += r.utf8.count + 1
+            out.append(r.contains(where: \.isWhitespace) ? "'\(r)'" : r)
         }
-        if args.count > 256 { out.append("…[\(args.count - 256) more]") }
-        return cut(out.map { $0.contains(" ") ? "'\($0)'" : $0 }.joined(separator: " "))
+        return cut(out.joined(separator: " "))
     }
 }

@@ -6,27 +6,35 @@ import Foundation
 /// are fed in sequence order, so a trail of any length streams through.
 public struct AuditVerifier {
     public struct Problem: Sendable, Equatable, CustomStringConvertible {
-        /// The first record that is missing, altered or out of place.
+        /// The first record that is missing, altered or out of place (for a checkpoint problem: its seq).
         public var seq: Int64
         public var reason: String
-        public init(seq: Int64, reason: String) {
+        /// A checkpoint that does not verify, as opposed to a record.
+        public var checkpoint = false
+        public init(seq: Int64, reason: String, checkpoint: Bool = false) {
             self.seq = seq
             self.reason = reason
+            self.checkpoint = checkpoint
         }
-        public var description: String { "record \(seq): \(reason)" }
+        public var description: String { (checkpoint ? "checkpoint " : "record ") + "\(seq): \(reason)" }
     }
 
     public struct Result: Sendable {
         public var records: Int64
         public var checkpoints: Int
         public var lastSeq: Int64
-        /// The earliest problem; nil when the trail verifies.
-        public var problem: Problem?
+        /// Every problem: records in sequence order, then checkpoints.
+        public var problems: [Problem]
+        /// The highest checkpoint whose record still has the signed hash (0: none): the records up to
+        /// it are as they were signed, even where a later break cannot say exactly where it starts.
+        public var signedThrough: Int64
+        /// The first bad record, or failing that the first bad checkpoint; nil when the trail verifies.
+        public var problem: Problem? { problems.first }
     }
 
-    let key: Curve25519.Signing.PublicKey
     var checkpoints: [Int64: [AuditCheckpoint]] = [:]
     var problems: [Problem] = []
+    var checkpointProblems: [Problem] = []
     var previous = AuditChain.genesis
     var expected: Int64 = 1
     var count: Int64 = 0
@@ -39,7 +47,6 @@ public struct AuditVerifier {
         publicKey: Curve25519.Signing.PublicKey, checkpoints: [AuditCheckpoint],
         start: (seq: Int64, hash: String)? = nil
     ) {
-        key = publicKey
         if let start {
             expected = start.seq + 1
             previous = AuditChain.bytes(hex: start.hash) ?? AuditChain.genesis
@@ -48,7 +55,9 @@ public struct AuditVerifier {
         for c in checkpoints where seen.insert("\(c.seq)/\(c.hash)/\(c.timeMs)/\(c.signature)").inserted {
             checkpointCount += 1
             if !c.isValid(under: publicKey) {
-                problems.append(Problem(seq: c.seq, reason: "checkpoint signature is not valid (key \(c.keyId))"))
+                checkpointProblems.append(
+                    Problem(
+                        seq: c.seq, reason: "signature is not valid (key \(c.keyId.prefix(16)))", checkpoint: true))
             } else {
                 self.checkpoints[c.seq, default: []].append(c)
             }
@@ -60,28 +69,30 @@ public struct AuditVerifier {
         if r.seq != expected {
             problems.append(
                 Problem(
-                    seq: min(r.seq, expected),
+                    seq: expected,
                     reason: r.seq > expected
-                        ? "missing (the next record present is \(r.seq))" : "out of order (found \(r.seq))"))
+                        ? "missing (the next record present is \(r.seq))"
+                        : "a record numbered \(r.seq) is out of place after \(expected &- 1)"))
         } else if AuditChain.hex(AuditChain.link(previous: previous, r)) != r.hash {
             problems.append(Problem(seq: r.seq, reason: "altered: its hash does not match its content and chain"))
         }
+        guard r.seq >= expected else { return }
         // Follow the stored hashes past a break, so that later checks still mean something.
         previous = AuditChain.bytes(hex: r.hash) ?? AuditChain.genesis
         if checkpoints[r.seq] != nil { hashes[r.seq] = r.hash }
-        if r.seq >= expected { expected = r.seq + 1 }
+        expected = r.seq < Int64.max ? r.seq + 1 : r.seq
     }
 
     public func finish() -> Result {
         var all = problems
-        let last = expected - 1
+        let last = expected &- 1
         var lastGood: Int64 = 0
         for seq in checkpoints.keys.sorted() {
             for c in checkpoints[seq]! {
                 if seq > last {
                     all.append(
                         Problem(
-                            seq: last + 1,
+                            seq: last &+ 1,
                             reason: "missing: a checkpoint signed the trail up to record \(seq), which ends at \(last)")
                     )
                 } else if let h = hashes[seq], h != c.hash,
@@ -90,17 +101,21 @@ public struct AuditVerifier {
                 {
                     all.append(
                         Problem(
-                            seq: lastGood + 1,
+                            seq: lastGood &+ 1,
                             reason:
-                                "rewritten: records \(lastGood + 1)…\(seq) differ from what checkpoint \(seq) signed"
+                                "rewritten: records \(lastGood &+ 1)…\(seq) differ from what checkpoint \(seq) signed"
                         ))
                 }
             }
-            if seq <= last, hashes[seq] != nil, checkpoints[seq]!.allSatisfy({ $0.hash == hashes[seq] }) {
+            if seq <= last, let h = hashes[seq], checkpoints[seq]!.allSatisfy({ $0.hash == h }),
+                all.allSatisfy({ $0.seq > seq })
+            {
                 lastGood = seq
             }
         }
         return Result(
-            records: count, checkpoints: checkpointCount, lastSeq: last, problem: all.min { $0.seq < $1.seq })
+            records: count, checkpoints: checkpointCount, lastSeq: last,
+            problems: all.sorted { $0.seq < $1.seq } + checkpointProblems.sorted { $0.seq < $1.seq },
+            signedThrough: lastGood)
     }
 }

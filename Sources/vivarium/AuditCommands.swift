@@ -138,9 +138,11 @@ struct AuditVerify: AsyncParsableCommand {
             let result = verifier.finish()
             let source = file.map { " (\(external.count) from \($0))" } ?? ""
             if let problem = result.problem {
-                FileHandle.standardError.write(
-                    Data(
-                        "audit trail FAILED verification: first bad record \(problem.seq): \(problem.reason)\n".utf8))
+                var text = "audit trail FAILED verification: first bad \(problem)\n"
+                for p in result.problems.dropFirst().prefix(9) { text += "  also \(p)\n" }
+                if result.problems.count > 10 { text += "  and \(result.problems.count - 10) more problems\n" }
+                text += "  records up to \(result.signedThrough) match a signed checkpoint\n"
+                FileHandle.standardError.write(Data(text.utf8))
                 throw ExitCode(1)
             }
             print(

@@ -66,6 +66,19 @@ import VivariumAudit
         var forged = cp
         forged.signature = try AuditKey().sign(seq: 10, hash: log[9].hash, timeMs: 1).signature
         #expect(verify(log, [forged], key: key) == 10)
+
+        // Noise cannot move the finger away from a real edit: a bogus checkpoint, a junk record, a
+        // duplicate of a checkpointed record, an absurd sequence number.
+        var bogus = try AuditKey().sign(seq: 1, hash: log[0].hash, timeMs: 1)
+        bogus.keyId = key.keyID
+        #expect(verify(edited, [bogus, cp], key: key) == 5)
+        var junk = log[0]
+        junk.seq = -7
+        #expect(verify([junk] + Array(log.prefix(4)) + [edited[4]] + Array(log.dropFirst(5)), [cp], key: key) == 1)
+        #expect(verify(rewritten + [log[9]], [early, cp], key: key) == 4, "a duplicate does not stand in")
+        var huge = log[9]
+        huge.seq = Int64.max
+        #expect(verify(log + [huge], [cp], key: key) == 11)
     }
 
     @Test func theEncodingIsLengthPrefixedSoFieldsCannotBleedIntoEachOther() {
@@ -110,6 +123,24 @@ import VivariumAudit
         ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalr"),
         ("K7MDENGbPxRfiCYEXAMPLEKEYwJalrXUtnFEMI9a8b7c6", "K7MDENG"),
         ("DB=Zx9aB3kLmN0pQrStUvWxYz0123456789AbCdEfGH", "Zx9aB3"),
+        ("https://api.example.com/x?access_token=tok123xyz&x=1", "tok123xyz"),
+        (#"{"user":"bob","password":"s3cr3tpw"}"#, "s3cr3tpw"),
+        ("Cookie: lang=en; session=abc123session", "abc123session"),
+        ("A=1;PASSWORD=chained99 ./run", "chained99"),
+        ("Authorization: Token tok-4f7a9c", "tok-4f7a9c"),
+        ("curl -ubob:curlpass1", "curlpass1"),
+        ("curl --user=bob:curlpass2", "curlpass2"),
+        ("sh -c 'curl -u bob:curlpass3 x'", "curlpass3"),
+        ("echo hi\nPASSWORD: newline77", "newline77"),
+        ("AIzaSyA1234567890abcdefghijklmnopqrstuv", "AIzaSy"),
+        ("sk_live_51Habcdefghij1234", "51Habcdef"),
+        ("k:" + String(repeating: "ab", count: 32), "abab"),
+        ("redis://:emptyuserpw@host:6379", "emptyuserpw"),
+        ("postgres://bob:p@ss@db/x", "p@ss"),
+        (
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nMIIEvQIB\nshortline\n-----END PRIVATE KEY-----",
+            "shortline"
+        ),
     ])
     func credentialsAreRedacted(input: String, secretPart: String) {
         let out = Redactor.redact("run " + input + " now")
@@ -128,6 +159,9 @@ import VivariumAudit
             Redactor.argv(["mysql", "--password", "hunter2", "-e", "select 1"])
                 == "mysql --password [redacted] -e 'select 1'")
         #expect(Redactor.argv(["curl", "-u", "bob:pw123", "https://x"]) == "curl -u bob:[redacted] https://x")
+        #expect(Redactor.argv(["tool", "--password=", "pw456", "--client-key", "k789"]).contains("pw456") == false)
+        #expect(!Redactor.argv(["tool", "--password=", "pw456", "--client-key", "k789"]).contains("k789"))
+        #expect(Redactor.argv(Array(repeating: String(repeating: "token= ", count: 600), count: 64)).utf8.count < 4200)
         #expect(
             Redactor.redact(["api_token": "abc", "image": "base"]) == ["api_token": "[redacted]", "image": "base"])
         let long = Redactor.redact(String(repeating: "word ", count: 2000) + "hunter2hunter2")
@@ -141,12 +175,15 @@ import VivariumAudit
             String(repeating: "password:", count: 7000), String(repeating: "sk-", count: 20_000),
             String(repeating: "passpass", count: 8000), String(repeating: "a", count: 64_000),
             String(repeating: "bearer ", count: 9000), String(repeating: "://a:", count: 12_000),
+            String(repeating: "a\0", count: 128_000), String(repeating: "x:@", count: 20_000),
         ]
         let clock = ContinuousClock()
         for s in hostile {
             let t = clock.measure { _ = Redactor.redact(s) }
             #expect(t < .seconds(2), "\(s.prefix(20))… took \(t)")
         }
+        let args = Array(repeating: String(repeating: "viv_0123456789ab_ ", count: 230), count: 256)
+        #expect(clock.measure { _ = Redactor.argv(args) } < .seconds(2))
     }
 
     @Test func checkpointExportFilesRoundTripAndTolerateATornLastLine() throws {

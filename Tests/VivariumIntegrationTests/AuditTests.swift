@@ -32,11 +32,12 @@ import VivariumTestSupport
             #expect(r.stdout.contains("audit trail verified"), sourceLocation: sourceLocation)
             return nil
         }
-        guard let range = r.stderr.range(of: "first bad record ") else {
+        guard let range = r.stderr.range(of: #"first bad (record|checkpoint) [0-9]+"#, options: .regularExpression)
+        else {
             Issue.record("verify failed without naming a record: \(r.stderr)", sourceLocation: sourceLocation)
             return -1
         }
-        return Int64(r.stderr[range.upperBound...].prefix { $0.isNumber })
+        return Int64(r.stderr[range].split(separator: " ").last!)
     }
 
     func records(_ d: TestDaemon, _ query: String = "", client: APIClient? = nil) throws -> [AuditRecord] {
