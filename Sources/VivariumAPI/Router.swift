@@ -151,7 +151,7 @@ public enum API {
         _ details: [String: String]
     ) -> AuditEvent {
         AuditEvent(
-            policy.action, target: ctx.parameters.get("name"), tenant: audit.tenant, outcome: outcome,
+            policy.action, target: ctx.parameters.get("name"), outcome: outcome,
             details: details, context: audit)
     }
 
@@ -171,7 +171,7 @@ public enum API {
                 "auth.failure", target: policy.action, outcome: .denied, details: details, context: audit)
         case .forbidden:
             event = AuditEvent(
-                "policy.denied", target: ctx.parameters.get("name"), tenant: audit.tenant, outcome: .denied,
+                "policy.denied", target: ctx.parameters.get("name"), outcome: .denied,
                 details: details.merging(["action": policy.action]) { a, _ in a }, context: audit)
         case .quotaExceeded:
             event = API.event(policy, ctx, audit, .refused, details)

@@ -63,7 +63,7 @@ public struct AuditContext: Sendable {
 /// What to record, before it gets its place in the chain. Actor, source and request id come from the
 /// current `AuditContext`; `tenant` (whose records these are, for tenant auditors) defaults to the actor's,
 /// and `global` events (key rotation, a revocation by token id) belong to no tenant: admins read them.
-/// Target and details are redacted here, before any transaction is open.
+/// The store redacts target and details (`redacted()`) before it writes them.
 public struct AuditEvent: Sendable {
     public var action: String
     public var target: String?
@@ -77,11 +77,19 @@ public struct AuditEvent: Sendable {
         outcome: AuditOutcome = .ok, details: [String: String] = [:], context: AuditContext = .current
     ) {
         self.action = action
-        self.target = target.map(Redactor.redact)
+        self.target = target
         self.tenant = global ? nil : tenant ?? context.tenant ?? context.actor.tenant
         self.outcome = outcome
-        self.details = Redactor.redact(details)
+        self.details = details
         self.context = context
+    }
+
+    /// This event with credentials removed from its target and details (`Redactor`).
+    public func redacted() -> AuditEvent {
+        var e = self
+        e.target = target.map(Redactor.redact)
+        e.details = Redactor.redact(details)
+        return e
     }
 
     /// The record this event becomes at `seq`, chained to `previousHash`.

@@ -16,38 +16,47 @@ public enum Redactor {
         "auth", "credential", "private_key", "private-key", "privatekey", "cookie", "session",
     ]
 
-    static let wholesale: [NSRegularExpression] = [
-        // JWTs (our access tokens and anyone else's).
-        #"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]*+"#,
-        // Vivarium API keys and refresh tokens.
-        #"(?<![A-Za-z0-9_])viv_[0-9a-f]{12}_[0-9a-f]{16,}+"#, #"(?<![A-Za-z0-9_])vivr_[0-9a-f]{16,}+"#,
-        // Well-known cloud and forge token shapes.
-        #"(?<![A-Za-z0-9])(AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9])"#, #"(?<![A-Za-z0-9_-])AIza[0-9A-Za-z_-]{35}+"#,
-        #"(?<![A-Za-z0-9_])(sk|rk|pk)_(live|test)_[0-9A-Za-z]{10,}+"#,
-        #"(?<![A-Za-z0-9_])(ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{20,}+"#,
-        #"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{20,}+"#, #"(?<![A-Za-z0-9_-])glpat-[A-Za-z0-9_-]{16,}+"#,
-        #"(?<![A-Za-z0-9_-])xox[abprs]-[A-Za-z0-9-]{10,}+"#, #"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}+"#,
-        // Bearer and basic credentials.
-        #"(?i)(?<![A-Za-z0-9])(bearer|basic)\s++[A-Za-z0-9._~+/=-]{8,}+"#,
-        // Long hex (20 bytes or more), except a digest after "sha256:".
-        #"(?<![0-9A-Za-z])(?<!sha256:)[0-9a-fA-F]{40,}+(?![0-9A-Za-z])"#,
-        // URL user info (user and password, up to the authority's last @).
-        #"(?<=://)[^/\s:@]{0,256}+:[^/\s]*@"#,
-    ].map { try! NSRegularExpression(pattern: $0) }
+    /// Every shape removed wholesale, as one alternation: one pass over the text.
+    static let wholesale = try! NSRegularExpression(
+        pattern: [
+            // JWTs (our access tokens and anyone else's).
+            #"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]*+"#,
+            // Vivarium API keys and refresh tokens.
+            #"(?<![A-Za-z0-9_])viv_[0-9a-f]{12}_[0-9a-f]{16,}+"#, #"(?<![A-Za-z0-9_])vivr_[0-9a-f]{16,}+"#,
+            // Well-known cloud and forge token shapes.
+            #"(?<![A-Za-z0-9])(AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9])"#, #"(?<![A-Za-z0-9_-])AIza[0-9A-Za-z_-]{35}+"#,
+            #"(?<![A-Za-z0-9_])(sk|rk|pk)_(live|test)_[0-9A-Za-z]{10,}+"#,
+            #"(?<![A-Za-z0-9_])(ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{20,}+"#,
+            #"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{20,}+"#, #"(?<![A-Za-z0-9_-])glpat-[A-Za-z0-9_-]{16,}+"#,
+            #"(?<![A-Za-z0-9_-])xox[abprs]-[A-Za-z0-9-]{10,}+"#, #"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}+"#,
+            // Bearer and basic credentials.
+            #"(?i:(?<![A-Za-z0-9])(bearer|basic)\s++[A-Za-z0-9._~+/=-]{8,}+)"#,
+            // Long hex (20 bytes or more), except a digest after "sha256:".
+            #"(?<![0-9A-Za-z])(?<!sha256:)[0-9a-fA-F]{40,}+(?![0-9A-Za-z])"#,
+            // URL user info (user and password, up to the authority's last @).
+            #"(?<=://)[^/\s:@]{0,256}+:[^/\s]*@"#,
+        ].map { "(?:\($0))" }.joined(separator: "|"))
 
     /// Runs of base64 / base64url characters of 40 or more: a secret when they mix digits, upper and
     /// lower case (paths and words rarely do).
     static let opaqueRun = try! NSRegularExpression(pattern: #"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{40,}+={0,2}+"#)
 
     public static func redact(_ text: String) -> String {
-        guard !text.isEmpty else { return text }
+        // The shortest shape any rule matches is 13 characters, or holds whitespace, `=`, `:` or `@`: a
+        // short plain word (a name, a number, a state) cannot hold one.
+        if text.utf8.count < 13,
+            text.utf8.allSatisfy({
+                ($0 | 0x20) >= 0x61 && ($0 | 0x20) <= 0x7a || (0x30...0x39).contains($0) || $0 == 0x2e || $0 == 0x5f
+                    || $0 == 0x2d
+            })
+        {
+            return text
+        }
         // NUL would end the string where SQLite binds it, but not where the chain hashes it.
         var s = cut(text)
         if s.contains("\0") { s = s.replacingOccurrences(of: "\0", with: "\\0") }
         let m = NSMutableString(string: s)
-        for re in wholesale {
-            _ = re.replaceMatches(in: m, range: NSRange(location: 0, length: m.length), withTemplate: mark)
-        }
+        _ = wholesale.replaceMatches(in: m, range: NSRange(location: 0, length: m.length), withTemplate: mark)
         for match in opaqueRun.matches(in: m as String, range: NSRange(location: 0, length: m.length)).reversed() {
             let run = m.substring(with: match.range)
             if run.contains(where: \.isNumber) && run.contains(where: \.isUppercase)
@@ -56,7 +65,8 @@ public enum Redactor {
                 m.replaceCharacters(in: match.range, with: mark)
             }
         }
-        return assignments(privateKeys(m as String))
+        // Cut again: markers can be longer than what they replace.
+        return cut(assignments(privateKeys(m as String)))
     }
 
     /// The first `maxLength` bytes, ending at a space (the partial word is dropped).
@@ -128,7 +138,10 @@ public enum Redactor {
                 out.append(redacted)
                 continue
             }
-            if word.hasPrefix("-"), !word.contains("="), !word.contains(":"), isSecretName(word) {
+            // A flag naming a secret or a key (`--password`, `--client-key`) takes the next word with it.
+            if word.hasPrefix("-"), !word.contains("="), !word.contains(":"),
+                isSecretName(word) || lower.contains("key")
+            {
                 hide = 1
                 out.append(String(word))
                 continue
@@ -197,39 +210,15 @@ public enum Redactor {
         return out
     }
 
-    /// An argument vector as one line for the trail: each argument redacted; a flag that names a secret
-    /// or a key (`--password`, `--token`, `--client-key`, or `--password=` with the value apart) takes
-    /// the next argument with it; `-u user:password` loses the password. At most `maxLength` bytes.
-    public static func argv(_ args: [String]) -> String {
-        var out: [String] = []
-        var bytes = 0
-        var hideNext = false
+    /// An argument vector as one line (arguments holding whitespace quoted), at most about `maxLength`
+    /// bytes. Not redacted: it is recorded like any other detail, and the store redacts those.
+    public static func commandLine(_ args: [String]) -> String {
+        var out = ""
         for (i, a) in args.enumerated() {
-            guard bytes <= maxLength else {
-                out.append("…[\(args.count - i) more]")
-                break
-            }
-            if hideNext {
-                out.append(mark)
-                hideNext = false
-                continue
-            }
-            if i > 0, ["-u", "--user", "--proxy-user"].contains(args[i - 1]), let colon = a.firstIndex(of: ":") {
-                out.append(String(a[...colon]) + mark)
-                continue
-            }
-            if a.hasPrefix("-") {
-                let name = a.hasSuffix("=") || a.hasSuffix(":") ? Substring(a.dropLast()) : Substring(a)
-                if !name.contains("="), !name.contains(":"),
-                    isSecretName(name) || name.lowercased().contains("key")
-                {
-                    hideNext = true
-                }
-            }
-            let r = redact(a)
-            bytes += r.utf8.count + 1
-            out.append(r.contains(where: \.isWhitespace) ? "'\(r)'" : r)
+            guard out.utf8.count <= maxLength else { return out + " …[\(args.count - i) more]" }
+            if i > 0 { out += " " }
+            out += a.contains(where: \.isWhitespace) ? "'\(a)'" : a
         }
-        return cut(out.joined(separator: " "))
+        return out
     }
 }

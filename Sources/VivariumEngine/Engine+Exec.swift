@@ -23,7 +23,7 @@ extension Engine {
             event(
                 "sandbox.exec", r, .started,
                 details: [
-                    "argv": Redactor.argv(argv), "user": String(req.user ?? 0), "workdir": req.workdir ?? "/",
+                    "argv": Redactor.commandLine(argv), "user": String(req.user ?? 0), "workdir": req.workdir ?? "/",
                     "timeout_seconds": String(req.timeoutSeconds ?? ExecRequest.defaultTimeout),
                     "env_keys": (req.env ?? [:]).keys.sorted().joined(separator: ","),
                 ])

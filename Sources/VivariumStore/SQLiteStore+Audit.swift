@@ -94,15 +94,22 @@ extension SQLiteStore: AuditStore {
     }
 
     /// Runs `body` and appends `audit` in one write transaction: neither the change nor its records
-    /// exist without the other.
+    /// exist without the other. The records are redacted before the transaction opens.
     func write<T>(_ what: String, audit: [AuditEvent], _ body: (Database) throws -> T) throws -> T {
-        let (value, head) = try wrap(what) {
+        let events = auditMode == .off ? [] : audit.map { $0.redacted() }
+        return try transaction(what) { db in (try body(db), events) }
+    }
+
+    /// One write transaction: `body` makes a change and returns it with the (redacted) records that
+    /// describe it, for changes whose records depend on what the transaction found.
+    func transaction<T>(_ what: String, _ body: (Database) throws -> (T, [AuditEvent])) throws -> T {
+        let (value, count, head) = try wrap(what) {
             try pool.write { db in
-                let v = try body(db)
-                return (v, try appendAudit(audit, db))
+                let (v, events) = try body(db)
+                return (v, events.count, try appendAudit(events, db))
             }
         }
-        appended(audit.count, head: head)
+        appended(count, head: head)
         return value
     }
 

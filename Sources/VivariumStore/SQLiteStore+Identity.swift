@@ -224,26 +224,21 @@ extension SQLiteStore {
     public func useRefresh(
         hash: String, now: Date, audit: @Sendable (RefreshOutcome, PrincipalRecord?) -> AuditEvent?
     ) throws -> RefreshOutcome {
-        let (outcome, head, n) = try wrap("refresh token") {
-            try pool.write { db -> (RefreshOutcome, Int64?, Int) in
-                let outcome = try Self.useRefresh(db, hash: hash, now: now)
-                let principalID: String? =
-                    switch outcome {
-                    case .invalid: nil
-                    case .reused(_, let id): id
-                    case .rotated(let r): r.principalID
-                    }
-                let p = try principalID.flatMap {
-                    try Row.fetchOne(
-                        db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE id = ?", arguments: [$0]
-                    ).map(Self.principal)
+        try transaction("refresh token") { db in
+            let outcome = try Self.useRefresh(db, hash: hash, now: now)
+            let principalID: String? =
+                switch outcome {
+                case .invalid: nil
+                case .reused(_, let id): id
+                case .rotated(let r): r.principalID
                 }
-                let events = audit(outcome, p).map { [$0] } ?? []
-                return (outcome, try appendAudit(events, db), events.count)
+            let p = try principalID.flatMap {
+                try Row.fetchOne(
+                    db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE id = ?", arguments: [$0]
+                ).map(Self.principal)
             }
+            return (outcome, audit(outcome, p).map { [$0.redacted()] } ?? [])
         }
-        appended(n, head: head)
-        return outcome
     }
 
     static func useRefresh(_ db: Database, hash: String, now: Date) throws -> RefreshOutcome {

@@ -105,7 +105,7 @@ struct Serve: AsyncParsableCommand {
             logger.warning("\(w.key) = \(w.value) weakens a default (\(w.secureDefault)); \(recorded)")
         }
         try engine.recordStart(
-            s.weakened.map { .init(key: $0.key, value: $0.value, secureDefault: $0.secureDefault) },
+            s.weakened,
             details: [
                 "state_dir": config.stateDir, "listen": s.listen ?? "none", "reconciled": "\(report)",
                 "checkpoints": config.auditExportPath + (config.auditSyslog ? ", syslog" : ""),

@@ -3,6 +3,7 @@ import Foundation
 import TOMLKit
 import VivariumAudit
 import VivariumCore
+import VivariumEngine
 
 /// Options every verb shares: where the daemon's socket and state are, and which config file to read.
 struct GlobalOptions: ParsableArguments {
@@ -181,28 +182,25 @@ struct Settings {
     }
 
     /// The settings that weaken a secure default, recorded in the audit trail at every start.
-    var weakened: [(key: String, value: String, secureDefault: String)] {
+    var weakened: [Engine.WeakenedSetting] {
         let d = Settings()
-        var out: [(String, String, String)] = []
-        if insecureHTTP && listen != nil { out.append(("insecure_http", "true", "false")) }
-        if auditMode != d.auditMode { out.append(("audit_mode", auditMode.rawValue, d.auditMode.rawValue)) }
+        var out: [Engine.WeakenedSetting] = []
+        func add(_ key: String, _ value: String, _ secureDefault: String) {
+            out.append(.init(key: key, value: value, secureDefault: secureDefault))
+        }
+        if insecureHTTP && listen != nil { add("insecure_http", "true", "false") }
+        if auditMode != d.auditMode { add("audit_mode", auditMode.rawValue, d.auditMode.rawValue) }
         if !trustedProxies.isEmpty {
-            out.append(("trusted_proxies", trustedProxies.map(\.description).joined(separator: ","), "none"))
+            add("trusted_proxies", trustedProxies.map(\.description).joined(separator: ","), "none")
         }
-        if accessTokenSeconds > d.accessTokenSeconds {
-            out.append(("access_token_seconds", String(accessTokenSeconds), String(d.accessTokenSeconds)))
-        }
-        if maxAccessTokenSeconds > d.maxAccessTokenSeconds {
-            out.append(("max_access_token_seconds", String(maxAccessTokenSeconds), String(d.maxAccessTokenSeconds)))
-        }
-        if authFailuresPerMinute > d.authFailuresPerMinute {
-            out.append(("auth_failures_per_minute", String(authFailuresPerMinute), String(d.authFailuresPerMinute)))
-        }
-        if auditCheckpointSeconds > d.auditCheckpointSeconds {
-            out.append(("audit_checkpoint_seconds", String(auditCheckpointSeconds), String(d.auditCheckpointSeconds)))
-        }
-        if auditCheckpointRecords > d.auditCheckpointRecords {
-            out.append(("audit_checkpoint_records", String(auditCheckpointRecords), String(d.auditCheckpointRecords)))
+        for (key, value, secureDefault) in [
+            ("access_token_seconds", accessTokenSeconds, d.accessTokenSeconds),
+            ("max_access_token_seconds", maxAccessTokenSeconds, d.maxAccessTokenSeconds),
+            ("auth_failures_per_minute", authFailuresPerMinute, d.authFailuresPerMinute),
+            ("audit_checkpoint_seconds", auditCheckpointSeconds, d.auditCheckpointSeconds),
+            ("audit_checkpoint_records", auditCheckpointRecords, d.auditCheckpointRecords),
+        ] where value > secureDefault {
+            add(key, String(value), String(secureDefault))
         }
         return out
     }
