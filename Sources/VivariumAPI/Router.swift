@@ -106,12 +106,8 @@ public enum API {
                     let principal = try await API.authenticate(req, ctx, policy: policy, tokens: tokens)
                     if let principal {
                         audit.actor = API.actor(principal)
-                        // An admin acting in another tenant (?tenant=) acts in that tenant's trail.
-                        if principal.role == .admin, let t = req.uri.queryParameters.get("tenant"),
-                            let name = ResourceName(rawValue: String(t))
-                        {
-                            audit.tenant = name.rawValue
-                        }
+                        // The tenant the call acts in, by the handlers' own rule (an admin's ?tenant=).
+                        audit.tenant = try? API.tenant(req, principal)
                     }
                     // An admin token reaches every tenant: from outside the allowlist it gets nowhere.
                     if principal?.role == .admin, !allowlisted {

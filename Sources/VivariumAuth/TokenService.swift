@@ -102,7 +102,7 @@ public final class TokenService: Sendable {
     /// (jwt-kit would otherwise fall back to a default key and not tie `alg` to the key).
     public func verify(_ token: String, now: Date = Date()) async throws -> Principal {
         try checkRevocationFresh(now: now)
-        let digest = Digest.of(Array(token.utf8)).hex
+        let digest = Self.hash(token)
         if let (p, claims) = cache.get()[digest] {
             try checkTimes(claims, now: now)
             try checkNotRevoked(claims, tenant: p.tenant, now: now)

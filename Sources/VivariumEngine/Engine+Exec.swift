@@ -101,8 +101,7 @@ extension Engine {
     /// An empty exec cgroup of the sandbox: a pooled one, or a new one. Creating one costs a directory
     /// per hierarchy (about 0.8 ms here), so finished execs hand theirs back.
     func acquireExecCgroup(_ r: SandboxRecord) throws -> ExecCgroup {
-        while let name = execCgroupPool.withLock({ $0[r.id]?.popLast() }) {
-            let g = ExecCgroup(name: name, dirs: execCgroupDirs(r, name))
+        while let g = execCgroupPool.withLock({ $0[r.id]?.popLast() }) {
             if g.isEmpty && g.dirs.allSatisfy(FileSystem.exists) { return g }
         }
         let name = "exec-" + randomHex(bytes: 8)
@@ -117,7 +116,7 @@ extension Engine {
         guard g.isEmpty else { return }
         let pooled = execCgroupPool.withLock { pool -> Bool in
             guard pool[r.id, default: []].count < 4 else { return false }
-            pool[r.id, default: []].append(g.name)
+            pool[r.id, default: []].append(g)
             return true
         }
         if !pooled { g.removeIfEmpty() }
@@ -127,11 +126,7 @@ extension Engine {
     /// it (crun exec --cgroup joins the sub-cgroup only where it exists and would leave the process in
     /// its own cgroup elsewhere, outside the sandbox's limits), or the one v2 directory.
     func execCgroupDirs(_ r: SandboxRecord, _ name: String) -> [String] {
-        if config.cgroupMode == .unified { return ["/sys/fs/cgroup\(r.cgroupPath)/\(name)"] }
-        let controllers = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []
-        return controllers.filter { $0 != "unified" }.sorted()
-            .filter { FileSystem.exists("/sys/fs/cgroup/\($0)\(r.cgroupPath)") }
-            .map { "/sys/fs/cgroup/\($0)\(r.cgroupPath)/\(name)" }
+        sandboxCgroups(r).filter(FileSystem.exists).map { $0 + "/" + name }
     }
 
     static func validate(_ req: ExecRequest) throws -> [String] {

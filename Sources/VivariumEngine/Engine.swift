@@ -33,8 +33,10 @@ public final class Engine: Sendable {
     let swapAccounting: Bool
     /// Upper-dir usage per sandbox, walked at most every `diskUsageTTL` (a walk is O(files)).
     let diskUsageCache = Mutex<[SandboxID: (bytes: Int64, at: ContinuousClock.Instant)]>([:])
-    /// Idle exec cgroups per sandbox (names below the sandbox's cgroup).
-    let execCgroupPool = Mutex<[SandboxID: [String]]>([:])
+    /// Idle exec cgroups per sandbox.
+    let execCgroupPool = Mutex<[SandboxID: [ExecCgroup]]>([:])
+    /// The cgroup hierarchies sandboxes live in, listed once: the v2 root, or each v1 controller's.
+    let cgroupHierarchies: [String]
     static let diskUsageTTL = Duration.seconds(5)
 
     public init(
@@ -73,6 +75,12 @@ public final class Engine: Sendable {
         case .legacy, .hybrid:
             swapAccounting = FileSystem.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
         }
+        cgroupHierarchies =
+            config.cgroupMode == .unified
+            ? ["/sys/fs/cgroup"]
+            : ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []).filter {
+                $0 != "unified"
+            }.sorted().map { "/sys/fs/cgroup/" + $0 }
         if !swapAccounting {
             logger.warning("swap is not accounted on this host: sandboxes get swappiness 0 instead of a swap limit")
         }
@@ -330,8 +338,9 @@ public final class Engine: Sendable {
     /// bundle and runs crun create + start. Returns the init's host pid.
     func boot(_ r: SandboxRecord) async throws -> Int32 {
         let base = hostUIDBase(r)
-        if !Mounts.isMountPoint(r.rootfsMount) {
-            if !Mounts.isMountPoint(r.lowerMount) {
+        let mounted = Set(Mounts.mounts(under: r.bundle))  // one read of the mount table
+        if !mounted.contains(r.rootfsMount) {
+            if !mounted.contains(r.lowerMount) {
                 let userns = try UserNamespace(base: base, size: HardenedSpec.idRangeSize)
                 try Mounts.idmappedBind(source: r.imageRootfs, target: r.lowerMount, userns: userns, readOnly: true)
             }
@@ -375,18 +384,14 @@ public final class Engine: Sendable {
         try Mounts.unmountAll(under: r.bundle)
     }
 
+    /// A sandbox's cgroup directory in each hierarchy (whether crun made it there or not).
+    func sandboxCgroups(_ r: SandboxRecord) -> [String] { cgroupHierarchies.map { $0 + r.cgroupPath } }
+
     /// Removes what crun leaves of a sandbox's cgroups: the exec cgroups below it, then its own (both
     /// are empty once the init is gone, since the PID namespace died with it).
     func removeCgroups(_ r: SandboxRecord) {
         execCgroupPool.withLock { $0[r.id] = nil }
-        let roots =
-            config.cgroupMode == .unified
-            ? ["/sys/fs/cgroup" + r.cgroupPath]
-            : ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []).filter {
-                $0 != "unified"
-            }
-            .map { "/sys/fs/cgroup/\($0)\(r.cgroupPath)" }
-        for root in roots where FileSystem.exists(root) {
+        for root in sandboxCgroups(r) where FileSystem.exists(root) {
             for e in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] where e.hasPrefix("exec-") {
                 rmdir(root + "/" + e)
             }

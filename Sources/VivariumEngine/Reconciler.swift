@@ -116,10 +116,7 @@ extension Engine {
 
     /// The cgroup directories that hold this instance's sandboxes, one per v1 controller or the v2 one.
     func cgroupDirs() -> [String] {
-        if config.cgroupMode == .unified { return ["/sys/fs/cgroup/" + config.cgroupParent] }
-        let controllers = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []
-        return controllers.filter { $0 != "unified" }.map { "/sys/fs/cgroup/\($0)/\(config.cgroupParent)" }
-            .filter { FileSystem.exists($0) }
+        cgroupHierarchies.map { $0 + "/" + config.cgroupParent }.filter(FileSystem.exists)
     }
 
     /// Deletes sandboxes whose TTL ran out. Returns how many.
