@@ -169,7 +169,9 @@ import VivariumAudit
         #expect(
             Redactor.redact(["api_token": "abc", "image": "base"]) == ["api_token": "[redacted]", "image": "base"])
         let long = Redactor.redact(String(repeating: "word ", count: 2000) + "hunter2hunter2")
-        #expect(long.utf8.count < Redactor.maxLength + 16 && !long.contains("hunter2"), "cut at a word boundary")
+        #expect(long.utf8.count < Redactor.maxLength + 16 && long.hasSuffix("word …[cut]"), "cut at a word boundary")
+        let secretAtCut = String(repeating: "a", count: Redactor.maxLength - 8) + " hunter2hunter2"
+        #expect(!Redactor.redact(secretAtCut).contains("hunt"), "a word the cut would split is dropped whole")
     }
 
     @Test func redactionIsLinearOnHostileInput() {

@@ -25,7 +25,8 @@ import VivariumTestSupport
         try await TestDaemon.with { d in
             // Crash the daemon at different points of a create; after each restart the host holds
             // exactly what the store records.
-            for (i, delayMs) in [0, 3, 8, 15, 25, 40].enumerated() {
+            // The last delay lets the create finish, so that at least one sandbox survives to be checked.
+            for (i, delayMs) in [0, 3, 8, 15, 25, 40, 2000].enumerated() {
                 let name = "crash\(i)"
                 let client = d.client
                 let req = Task.detached {
@@ -57,6 +58,7 @@ import VivariumTestSupport
             // No lost record: every sandbox that exists has its finished create in a chain that verifies.
             let trail: Page<AuditRecord> = try d.client.call("GET", "/v1/audit?limit=1000&action=sandbox.create")
             let page: Page<SandboxInfo> = try d.client.call("GET", "/v1/sandboxes?limit=500")
+            #expect(!page.items.isEmpty)
             for s in page.items {
                 #expect(trail.items.contains { $0.details["id"] == s.id && $0.outcome == "ok" }, "\(s.name)")
             }
@@ -109,8 +111,14 @@ import VivariumTestSupport
             #expect(c == 0)
             // The daemon's own actions are in the trail, as `system`.
             let trail: Page<AuditRecord> = try d.client.call("GET", "/v1/audit?limit=1000&actor=system")
-            #expect(trail.items.contains { $0.action == "sandbox.restart" && $0.target == "resilient" })
-            #expect(trail.items.contains { $0.action == "sandbox.stopped" && $0.target == "fragile" })
+            #expect(
+                trail.items.contains {
+                    $0.actor == "system" && $0.action == "sandbox.restart" && $0.target == "resilient"
+                })
+            #expect(
+                trail.items.contains {
+                    $0.actor == "system" && $0.action == "sandbox.stopped" && $0.target == "fragile"
+                })
         }
     }
 }
