@@ -13,42 +13,38 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-## The static init of every sandbox, built beside each vivarium binary.
-.build/%/vivarium-init: init/vivarium-init.c
-	@mkdir -p $(dir $@)
-	gcc -static -O2 -Wall -Wextra -Werror -o $@ $<
-
-## Release binary at .build/release/vivarium.
+## Release binary at .build/release/vivarium: the Swift runtime and Foundation linked in, the sandbox
+## init and the OpenAPI document embedded.
 build: deps
-	$(SWIFT) build -c release
-	@$(MAKE) --no-print-directory .build/release/vivarium-init
+	$(SWIFT) build -c release --static-swift-stdlib --product vivarium
 
 debug: deps
-	$(SWIFT) build
-	@$(MAKE) --no-print-directory .build/debug/vivarium-init
+	$(SWIFT) build --build-tests
 
 ## Build and run the daemon on embedded defaults (SQLite in $(STATE_DIR), socket /run/vivarium/vivarium.sock).
 run: build
 	@echo "Starting vivarium. In another shell:"
-	@echo "  .build/release/vivarium create demo"
-	@echo "  .build/release/vivarium exec demo -- uname -a"
+	@echo "  .build/release/vivarium run --rm -- uname -a"
+	@echo "  .build/release/vivarium create demo && .build/release/vivarium exec demo -- id"
 	@echo "  .build/release/vivarium ls; .build/release/vivarium rm -f demo"
 	.build/release/vivarium serve --state-dir $(STATE_DIR)
 
 ## Unit and integration tests (integration tests need root and crun; set VIVARIUM_REQUIRE_INTEGRATION=1
 ## to fail instead of skip when they are missing).
 test: debug
-	$(SWIFT) test --no-parallel
+	$(SWIFT) test --skip-build --no-parallel
 
-## Latency benchmark against raw crun, measured in the same run.
+## Latency benchmark against raw crun and curl, measured in the same run. BASELINE_BIN=path/to/an/older/vivarium
+## adds its rows, interleaved, for a before/after comparison.
 bench: build
-	VIVARIUM_BUILD_DIR=$(CURDIR)/.build/release .build/release/vivarium-bench
+	$(SWIFT) build -c release --product vivarium-bench
+	VIVARIUM_BUILD_DIR=$(CURDIR)/.build/release VIVARIUM_BASELINE_BIN=$(BASELINE_BIN) .build/release/vivarium-bench
 
 format:
-	$(SWIFT) format format -i -r Sources Tests Package.swift
+	$(SWIFT) format format -i -r Sources Tests Package.swift Plugins
 
 lint:
-	$(SWIFT) format lint --strict -r Sources Tests Package.swift
+	$(SWIFT) format lint --strict -r Sources Tests Package.swift Plugins
 
 clean:
 	rm -rf .build

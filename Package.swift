@@ -3,6 +3,11 @@ import PackageDescription
 
 let strict: [SwiftSetting] = [.unsafeFlags(["-warnings-as-errors"])]
 
+let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let nio = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
+
 let package = Package(
     name: "Vivarium",
     platforms: [.macOS(.v15)],
@@ -12,6 +17,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
@@ -19,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
@@ -26,49 +33,29 @@ let package = Package(
     ],
     targets: [
         .target(name: "CVivariumOS"),
+        .target(name: "VivariumCore", dependencies: [crypto], swiftSettings: strict),
+        .target(name: "VivariumOS", dependencies: ["CVivariumOS", "VivariumCore"], swiftSettings: strict),
+        .target(name: "VivariumAudit", dependencies: ["VivariumCore", "VivariumOS", crypto], swiftSettings: strict),
         .target(
-            name: "VivariumCore",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            name: "VivariumImages", dependencies: ["VivariumCore", "VivariumOS", crypto, logging],
             swiftSettings: strict),
-        .target(
-            name: "VivariumOS",
-            dependencies: ["CVivariumOS", "VivariumCore", .product(name: "Logging", package: "swift-log")],
-            swiftSettings: strict),
-        .target(
-            name: "VivariumImages",
-            dependencies: [
-                "VivariumCore", "VivariumOS", .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: strict),
-        .target(
-            name: "VivariumRuntime",
-            dependencies: ["VivariumCore", "VivariumOS", .product(name: "Logging", package: "swift-log")],
-            swiftSettings: strict),
-        .target(
-            name: "VivariumAudit",
-            dependencies: ["VivariumCore", .product(name: "Crypto", package: "swift-crypto")],
-            swiftSettings: strict),
+        .target(name: "VivariumRuntime", dependencies: ["VivariumCore", "VivariumOS", logging], swiftSettings: strict),
         .target(
             name: "VivariumStore",
-            dependencies: [
-                "VivariumCore", "VivariumAudit", .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
+            dependencies: ["VivariumCore", "VivariumAudit", .product(name: "GRDB", package: "GRDB.swift"), logging],
             swiftSettings: strict),
         .target(
             name: "VivariumAuth",
             dependencies: [
-                "VivariumCore", "VivariumStore", "VivariumAudit", .product(name: "JWTKit", package: "jwt-kit"),
-                .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
+                "VivariumCore", "VivariumOS", "VivariumStore", "VivariumAudit",
+                .product(name: "JWTKit", package: "jwt-kit"), crypto, logging,
             ],
             swiftSettings: strict),
         .target(
             name: "VivariumEngine",
             dependencies: [
                 "VivariumCore", "VivariumOS", "VivariumImages", "VivariumRuntime", "VivariumStore", "VivariumAuth",
-                "VivariumAudit", .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                "VivariumAudit", logging, lifecycle,
             ],
             swiftSettings: strict),
         .target(
@@ -76,45 +63,58 @@ let package = Package(
             dependencies: [
                 "VivariumCore", "VivariumAuth", "VivariumAudit", "VivariumEngine",
                 .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "Logging", package: "swift-log"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "HTTPTypes", package: "swift-http-types"), nio,
+                .product(name: "NIOHTTP1", package: "swift-nio"), logging,
             ],
             swiftSettings: strict),
+        .target(
+            name: "VivariumClient",
+            dependencies: [
+                "VivariumCore", nio, .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: strict),
+        .plugin(name: "EmbedAssets", capability: .buildTool()),
+        .target(name: "VivariumAssets", swiftSettings: strict, plugins: ["EmbedAssets"]),
         .executableTarget(
             name: "vivarium",
             dependencies: [
                 "VivariumCore", "VivariumOS", "VivariumAuth", "VivariumAudit", "VivariumEngine", "VivariumAPI",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                "VivariumClient", "VivariumAssets", "VivariumRuntime", "VivariumStore", "VivariumImages",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"), logging, lifecycle,
                 .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"), nio,
                 .product(name: "X509", package: "swift-certificates"),
-                .product(name: "SwiftASN1", package: "swift-asn1"),
-                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"), crypto,
             ],
             swiftSettings: strict),
         .target(
-            name: "VivariumTestSupport",
-            dependencies: ["VivariumCore", "VivariumOS"],
+            name: "VivariumTestSupport", dependencies: ["VivariumCore", "VivariumOS", "VivariumClient"],
             swiftSettings: strict),
         .executableTarget(
             name: "vivarium-bench",
-            dependencies: ["VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumTestSupport"],
+            dependencies: [
+                "VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumClient", "VivariumTestSupport", logging,
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "VivariumCoreTests",
             dependencies: [
                 "VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumAuth", "VivariumAudit",
-                "VivariumEngine", "VivariumAPI", "VivariumTestSupport",
+                "VivariumEngine", "VivariumAPI", "VivariumImages", "VivariumClient", "VivariumTestSupport", logging,
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Hummingbird", package: "hummingbird"),
             ],
             swiftSettings: strict),
         .testTarget(
             name: "VivariumIntegrationTests",
-            dependencies: ["VivariumCore", "VivariumOS", "VivariumAudit", "VivariumTestSupport"],
+            dependencies: ["VivariumCore", "VivariumOS", "VivariumAudit", "VivariumClient", "VivariumTestSupport"],
             swiftSettings: strict),
     ]
 )

@@ -1,4 +1,6 @@
 import Foundation
+import HTTPTypes
+import Hummingbird
 
 /// Where a bearer token may come from: the Authorization header, or for WebSocket upgrades the
 /// `Sec-WebSocket-Protocol: vivarium.bearer, <token>` pair (browsers cannot set headers there).
@@ -19,5 +21,11 @@ public enum Bearer {
         let token = items[i + 1]
         guard !token.isEmpty, token.utf8.count <= maxLength else { return nil }
         return token
+    }
+
+    /// The bearer token of a request, from either place.
+    static func of(_ request: Request) -> String? {
+        if let h = request.headers[.authorization] { return fromAuthorization(h) }
+        return request.headers[.secWebSocketProtocol].flatMap(fromWebSocketProtocol)
     }
 }

@@ -9,18 +9,9 @@ import VivariumCore
 /// PROXY protocol header or X-Forwarded-For says. Headers from anyone else change nothing.
 public struct SourceTrust: Sendable {
     public let trustedProxies: [CIDR]
-    /// Admin routes answer only to these sources; empty: any source.
-    public let adminAllowlist: [CIDR]
 
-    public init(trustedProxies: [CIDR] = [], adminAllowlist: [CIDR] = []) {
+    public init(trustedProxies: [CIDR] = []) {
         self.trustedProxies = trustedProxies
-        self.adminAllowlist = adminAllowlist
-    }
-
-    /// The key a source is rate-limited under: the address, or its /64 for IPv6 (one host holds many).
-    public static func limitKey(_ ip: String) -> String {
-        guard let b = CIDR.parseAddress(ip), b.count == 16 else { return ip }
-        return b.prefix(8).map { String($0, radix: 16) }.joined(separator: ".") + "/64"
     }
 
     public func trusts(_ ip: String?) -> Bool {

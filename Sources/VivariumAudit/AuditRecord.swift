@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Synchronization
+import VivariumCore
 
 /// Who did something: a principal (its id, name, tenant and the access token's `jti`), root over the
 /// unix socket (`local-root`), the daemon itself (`system`) or an unauthenticated caller (`anonymous`).
@@ -51,6 +52,8 @@ public struct AuditContext: Sendable {
     public var tally: AuditTally?
     /// The tenant the work acts in when it is not the actor's own (an admin's `?tenant=`).
     public var tenant: String?
+    /// The request and action a `Gate.perform` runs for (so that a nested one only authorizes).
+    public var scope: String?
     public init(actor: AuditActor, source: String? = nil, requestID: String? = nil, tally: AuditTally? = nil) {
         self.actor = actor
         self.source = source
@@ -102,49 +105,6 @@ public struct AuditEvent: Sendable {
         r.hash = AuditChain.hex(AuditChain.link(previous: previousHash, r))
         return r
     }
-}
-
-/// One record of the trail, as stored and as served.
-public struct AuditRecord: Codable, Sendable, Equatable {
-    public var seq: Int64
-    /// Milliseconds since the Unix epoch (hashed exactly).
-    public var timeMs: Int64
-    public var actor: String
-    public var actorName: String?
-    public var actorTenant: String?
-    public var tokenId: String?
-    public var source: String?
-    public var tenant: String?
-    public var action: String
-    public var target: String?
-    public var outcome: String
-    public var requestId: String?
-    public var details: [String: String]
-    /// Hex SHA-256 linking this record to the one before (see `AuditChain`).
-    public var hash: String
-
-    public init(
-        seq: Int64, timeMs: Int64, actor: String, actorName: String?, actorTenant: String?, tokenId: String?,
-        source: String?, tenant: String?, action: String, target: String?, outcome: String, requestId: String?,
-        details: [String: String], hash: String
-    ) {
-        self.seq = seq
-        self.timeMs = timeMs
-        self.actor = actor
-        self.actorName = actorName
-        self.actorTenant = actorTenant
-        self.tokenId = tokenId
-        self.source = source
-        self.tenant = tenant
-        self.action = action
-        self.target = target
-        self.outcome = outcome
-        self.requestId = requestId
-        self.details = details
-        self.hash = hash
-    }
-
-    public var time: Date { Date(timeIntervalSince1970: Double(timeMs) / 1000) }
 }
 
 /// The hash chain. Record n carries `SHA-256(hash(n-1) || canonical(n))`, record 1 chains to 32 zero

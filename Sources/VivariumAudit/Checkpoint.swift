@@ -2,26 +2,9 @@ import Crypto
 import Foundation
 import Glibc
 import VivariumCore
+import VivariumOS
 
-/// A signed statement that the trail held `seq` records ending in `hash` at `timeMs`. Once a checkpoint
-/// is outside the database, rewriting or cutting the trail at or before `seq` is detectable.
-public struct AuditCheckpoint: Codable, Sendable, Equatable {
-    public var seq: Int64
-    public var hash: String
-    public var timeMs: Int64
-    /// First 16 hex digits of SHA-256 of the raw public key.
-    public var keyId: String
-    /// Base64 Ed25519 signature of `message`.
-    public var signature: String
-
-    public init(seq: Int64, hash: String, timeMs: Int64, keyId: String, signature: String) {
-        self.seq = seq
-        self.hash = hash
-        self.timeMs = timeMs
-        self.keyId = keyId
-        self.signature = signature
-    }
-
+extension AuditCheckpoint {
     /// What is signed: u32-length-prefixed "vivarium-audit-checkpoint-v1", u64 seq, the 32 hash bytes,
     /// i64 time_ms (big-endian).
     public static func message(seq: Int64, hash: [UInt8], timeMs: Int64) -> [UInt8] {
@@ -67,15 +50,10 @@ public struct AuditKey: Sendable {
             return (AuditKey(privateKey: k), false)
         }
         let key = AuditKey()
-        let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw VivariumError(.unavailable, "cannot write the audit key \(path): errno \(errno)") }
-        let raw = Array(key.privateKey.rawRepresentation)
-        let ok = raw.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == raw.count && fsync(fd) == 0
-        close(fd)
-        guard ok, rename(tmp, path) == 0 else {
-            unlink(tmp)
-            throw VivariumError(.unavailable, "cannot write the audit key \(path)")
+        do {
+            try FileSystem.writeSecret(key.privateKey.rawRepresentation, to: path)
+        } catch {
+            throw VivariumError(.unavailable, "cannot write the audit key \(path)", cause: error)
         }
         return (key, true)
     }
@@ -159,17 +137,5 @@ public struct SyslogCheckpointSink: CheckpointSink {
     public func write(_ checkpoint: AuditCheckpoint) throws {
         let line = String(decoding: try WireCoding.encoder().encode(checkpoint), as: UTF8.self)
         withVaList([line]) { vsyslog(LOG_AUTHPRIV | LOG_NOTICE, "vivarium-audit-checkpoint %s", $0) }
-    }
-}
-
-/// The checkpoints the store holds and the key that signs them, as served to verifiers.
-public struct AuditCheckpointList: Codable, Sendable {
-    public var publicKey: String
-    public var keyId: String
-    public var checkpoints: [AuditCheckpoint]
-    public init(publicKey: String, keyId: String, checkpoints: [AuditCheckpoint]) {
-        self.publicKey = publicKey
-        self.keyId = keyId
-        self.checkpoints = checkpoints
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import VivariumCore
 
 /// Removes credentials from text before it is written to the audit trail: tokens, keys and anything
 /// that looks like one. It errs on the side of removing too much. Every pattern starts only where a run

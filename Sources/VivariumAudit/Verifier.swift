@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import VivariumCore
 
 /// Checks a whole trail: every record in sequence from 1, every link of the chain, every checkpoint's
 /// signature, and that every checkpoint's record still exists with the hash that was signed. Records

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import JWTKit
 import VivariumCore
+import VivariumOS
 
 /// The Ed25519 token signing keys of one instance, in `<dir>` (0700): `<kid>.ed25519` (raw private
 /// key, 0600) and `keys.json` (kids in creation order). The newest key signs; older keys keep
@@ -68,11 +69,7 @@ public final class SigningKeys: Sendable {
     public func rotate(now: Date = Date()) async throws -> Key {
         let kid = randomHex(bytes: 8)
         let pk = Curve25519.Signing.PrivateKey()
-        let path = "\(dir)/\(kid).ed25519"
-        guard
-            FileManager.default.createFile(
-                atPath: path, contents: pk.rawRepresentation, attributes: [.posixPermissions: 0o600])
-        else { throw VivariumError(.unavailable, "cannot write \(path)") }
+        try FileSystem.writeSecret(pk.rawRepresentation, to: "\(dir)/\(kid).ed25519")
         let key = try await Self.key(kid: kid, createdAt: now, raw: pk.rawRepresentation)
         // One rotation at a time: the manifest and the key set change together under the lock.
         try state.update { (current: inout [Key]) throws in
@@ -84,12 +81,7 @@ public final class SigningKeys: Sendable {
             let manifest = Manifest(keys: keys.map { .init(kid: $0.kid, createdAt: $0.createdAt) })
             let enc = JSONEncoder()
             enc.outputFormatting = .sortedKeys
-            let tmp = dir + "/keys.json.tmp-\(kid)"
-            guard
-                FileManager.default.createFile(
-                    atPath: tmp, contents: try enc.encode(manifest), attributes: [.posixPermissions: 0o600]),
-                rename(tmp, dir + "/keys.json") == 0
-            else { throw VivariumError(.unavailable, "cannot write \(dir)/keys.json") }
+            try FileSystem.writeSecret(try enc.encode(manifest), to: dir + "/keys.json")
             for old in current where !keys.contains(where: { $0.kid == old.kid }) {
                 unlink("\(dir)/\(old.kid).ed25519")
             }
@@ -99,15 +91,8 @@ public final class SigningKeys: Sendable {
     }
 
     /// The public keys as a JWK set (RFC 8037 OKP keys).
-    public var jwks: [String: [[String: String]]] {
-        [
-            "keys": all.map { k in
-                [
-                    "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": k.kid,
-                    "x": base64url(k.publicKey.rawRepresentation),
-                ]
-            }
-        ]
+    public var jwks: JWKSet {
+        JWKSet(keys: all.map { JWKSet.Key(kid: $0.kid, x: base64url($0.publicKey.rawRepresentation)) })
     }
 }
 

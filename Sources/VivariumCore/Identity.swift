@@ -66,7 +66,7 @@ public struct Scope: RawRepresentable, Hashable, Codable, Sendable, CustomString
     public static func < (a: Scope, b: Scope) -> Bool { a.rawValue < b.rawValue }
 }
 
-/// The authenticated caller of one request.
+/// An authenticated identity: who a token (or the unix socket) speaks for, and what it may do.
 public struct Principal: Sendable, Equatable {
     public var id: String
     public var name: String
@@ -103,4 +103,101 @@ public struct Principal: Sendable, Equatable {
 extension Set where Element == Scope {
     /// "exec,sandboxes:read": sorted and comma-separated, as stored and recorded.
     public var commaSeparated: String { map(\.rawValue).sorted().joined(separator: ",") }
+}
+
+/// The caller of one request or session, established once by the door it came through (the REST and
+/// WebSocket API today; SSH, MCP and the e2b API later) and handed to every Engine entry point, which
+/// decides through the one policy table and records under it.
+public struct Caller: Sendable, Equatable {
+    /// The front door a request came through (recorded with denials).
+    public enum Door: String, Sendable, Equatable {
+        case rest, websocket
+    }
+
+    /// Who is calling; nil for an unauthenticated caller (public actions only).
+    public var principal: Principal?
+    /// A tenant named explicitly (an admin's `?tenant=`); otherwise the principal's own.
+    public var requestedTenant: ResourceName?
+    /// The client address as the trusted-source rules determined it, or "local" for the unix socket.
+    public var source: String
+    public var requestID: String
+    public var door: Door
+    /// Root on the host through the unix socket: never rate-limited, never source-restricted.
+    public var isLocal: Bool
+
+    public init(
+        principal: Principal?, requestedTenant: ResourceName? = nil, source: String, requestID: String,
+        door: Door = .rest, isLocal: Bool = false
+    ) {
+        self.principal = principal
+        self.requestedTenant = requestedTenant
+        self.source = source
+        self.requestID = requestID
+        self.door = door
+        self.isLocal = isLocal
+    }
+
+    /// Local root over the unix socket.
+    public static func localRoot(requestID: String, requestedTenant: ResourceName? = nil) -> Caller {
+        Caller(
+            principal: .localRoot, requestedTenant: requestedTenant, source: "local", requestID: requestID,
+            isLocal: true)
+    }
+
+    public static func anonymous(source: String, requestID: String, door: Door = .rest) -> Caller {
+        Caller(principal: nil, source: source, requestID: requestID, door: door)
+    }
+
+    /// The tenant the call acts in: the one named explicitly, else the principal's own.
+    public var tenant: String? { requestedTenant?.rawValue ?? principal?.tenant }
+    public var role: Role? { principal?.role }
+    public var scopes: Set<Scope> { principal?.scopes ?? [] }
+    public var boundSandbox: SandboxID? { principal?.boundSandbox }
+    public var tokenID: String? { principal?.tokenID }
+}
+
+extension Role {
+    /// Parses a role name at the boundary.
+    public static func parse(_ s: String) throws -> Role {
+        guard let r = Role(rawValue: s) else {
+            throw VivariumError(.invalidArgument, "role must be admin, tenant-admin, member or auditor")
+        }
+        return r
+    }
+}
+
+extension PrincipalKind {
+    public static func parse(_ s: String) throws -> PrincipalKind {
+        guard let k = PrincipalKind(rawValue: s) else {
+            throw VivariumError(.invalidArgument, "kind must be user, agent or service")
+        }
+        return k
+    }
+}
+
+/// How a caller proves who it is when it asks for a token pair.
+public enum TokenGrant: Sendable, Equatable {
+    case apiKey(String)
+    case refreshToken(String)
+}
+
+/// What a revocation covers: one token, every token of a principal, or of a whole tenant.
+public enum RevocationTarget: Sendable, Equatable {
+    case jti(String)
+    case principal(ResourceName)
+    case tenant(ResourceName)
+}
+
+/// A new API key: the secret is shown once, only its hash is kept.
+public struct NewAPIKey: Sendable, Equatable {
+    public var key: String
+    public var principal: ResourceName
+    public var scopes: Set<Scope>
+    public var expiresAt: Date
+    public init(key: String, principal: ResourceName, scopes: Set<Scope>, expiresAt: Date) {
+        self.key = key
+        self.principal = principal
+        self.scopes = scopes
+        self.expiresAt = expiresAt
+    }
 }

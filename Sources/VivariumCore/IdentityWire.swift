@@ -118,3 +118,25 @@ public struct RevokeRequest: Codable, Sendable {
         self.tenant = tenant
     }
 }
+
+/// The public token-signing keys (RFC 7517 set of RFC 8037 OKP keys).
+public struct JWKSet: Codable, Sendable, Equatable {
+    public struct Key: Codable, Sendable, Equatable {
+        public var kty: String
+        public var crv: String
+        public var alg: String
+        public var use: String
+        public var kid: String
+        public var x: String
+        public init(kid: String, x: String) {
+            self.kty = "OKP"
+            self.crv = "Ed25519"
+            self.alg = "EdDSA"
+            self.use = "sig"
+            self.kid = kid
+            self.x = x
+        }
+    }
+    public var keys: [Key]
+    public init(keys: [Key]) { self.keys = keys }
+}

@@ -74,6 +74,20 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
         self.restart = restart
         self.ttlSeconds = ttlSeconds
     }
+
+    public static let maxTTLSeconds: Int64 = 366 * 86400
+
+    /// Checks every bound: limits, environment, labels, TTL.
+    public func validated() throws -> SandboxSpec {
+        var s = self
+        s.limits = try limits.validated()
+        try FieldRules.validateEnv(env)
+        try FieldRules.validateLabels(labels)
+        if let ttl = ttlSeconds, !(1...Self.maxTTLSeconds).contains(ttl) {
+            throw VivariumError(.invalidArgument, "ttl must be between 1 second and 366 days")
+        }
+        return s
+    }
 }
 
 /// The sandbox lifecycle. Transitions: creating → running ⇄ stopped; any → deleting → (gone).
@@ -175,5 +189,120 @@ public enum FieldRules {
             out[String(item[..<eq])] = String(item[item.index(after: eq)...])
         }
         return out
+    }
+}
+
+/// A sandbox as callers see it: what was asked for, its state, and the host facts worth knowing.
+public struct Sandbox: Sendable, Equatable {
+    public var id: SandboxID
+    public var tenant: String
+    public var name: ResourceName
+    public var imageDigest: Digest
+    public var spec: SandboxSpec
+    public var state: SandboxState
+    public var createdAt: Date
+    public var expiresAt: Date?
+    /// The first host uid of the sandbox's id range (uid 0 inside).
+    public var hostUIDBase: Int64
+    /// Bytes in the sandbox's writable layer (filled for a single-sandbox read).
+    public var diskUsageBytes: Int64?
+
+    public init(
+        id: SandboxID, tenant: String, name: ResourceName, imageDigest: Digest, spec: SandboxSpec,
+        state: SandboxState, createdAt: Date, expiresAt: Date?, hostUIDBase: Int64, diskUsageBytes: Int64? = nil
+    ) {
+        self.id = id
+        self.tenant = tenant
+        self.name = name
+        self.imageDigest = imageDigest
+        self.spec = spec
+        self.state = state
+        self.createdAt = createdAt
+        self.expiresAt = expiresAt
+        self.hostUIDBase = hostUIDBase
+        self.diskUsageBytes = diskUsageBytes
+    }
+}
+
+/// A command to run in a sandbox, validated: every bound is checked when it is made.
+public struct ExecCommand: Sendable, Equatable {
+    public static let maxArgs = 4096
+    public static let maxArgvBytes = 256 << 10
+    public static let defaultTimeout = Duration.seconds(60)
+    public static let maxTimeout = Duration.seconds(24 * 3600)
+    public static let defaultMaxOutput = 1 << 20
+    public static let maxOutputCap = 16 << 20
+
+    public let argv: [String]
+    public let env: [String: String]
+    public let workdir: String
+    public let user: UInt32
+    public let timeout: Duration
+    /// Bytes kept of each of stdout and stderr.
+    public let maxOutputBytes: Int
+
+    /// `shell` runs the words joined by spaces through `/bin/sh -c`.
+    public init(
+        argv: [String], shell: Bool = false, env: [String: String] = [:], workdir: String? = nil, user: UInt32? = nil,
+        timeout: Duration? = nil, maxOutputBytes: Int? = nil
+    ) throws {
+        guard !argv.isEmpty, !argv[0].isEmpty else { throw VivariumError(.invalidArgument, "argv must name a command") }
+        guard argv.count <= Self.maxArgs, argv.reduce(0, { $0 + $1.utf8.count }) <= Self.maxArgvBytes,
+            argv.allSatisfy({ !$0.utf8.contains(0) })
+        else { throw VivariumError(.invalidArgument, "argv is too long or holds a NUL byte") }
+        try FieldRules.validateEnv(env)
+        if let w = workdir {
+            guard w.hasPrefix("/"), w.utf8.count <= 4096, !w.utf8.contains(0) else {
+                throw VivariumError(.invalidArgument, "workdir must be an absolute path")
+            }
+        }
+        if let t = timeout, !(t > .zero && t <= Self.maxTimeout) {
+            throw VivariumError(
+                .invalidArgument, "timeout must be between 0 and \(Self.maxTimeout.components.seconds) seconds")
+        }
+        if let m = maxOutputBytes, !(0...Self.maxOutputCap).contains(m) {
+            throw VivariumError(.invalidArgument, "max_output_bytes must be between 0 and \(Self.maxOutputCap)")
+        }
+        if let u = user, u > 65535 {
+            throw VivariumError(.invalidArgument, "user must be a uid inside the sandbox (0-65535)")
+        }
+        self.argv = shell ? ["/bin/sh", "-c", argv.joined(separator: " ")] : argv
+        self.env = env
+        self.workdir = workdir ?? "/"
+        self.user = user ?? 0
+        self.timeout = timeout ?? Self.defaultTimeout
+        self.maxOutputBytes = maxOutputBytes ?? Self.defaultMaxOutput
+    }
+}
+
+/// How a command in a sandbox ended, with its (capped) output.
+public struct ExecOutcome: Sendable, Equatable {
+    public var exitCode: Int32
+    public var stdout: [UInt8]
+    public var stderr: [UInt8]
+    public var stdoutTruncated: Bool
+    public var stderrTruncated: Bool
+    /// The timeout fired and every process of the command was killed.
+    public var timedOut: Bool
+    public var duration: Duration
+
+    public init(
+        exitCode: Int32, stdout: [UInt8], stderr: [UInt8], stdoutTruncated: Bool, stderrTruncated: Bool,
+        timedOut: Bool, duration: Duration
+    ) {
+        self.exitCode = exitCode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdoutTruncated = stdoutTruncated
+        self.stderrTruncated = stderrTruncated
+        self.timedOut = timedOut
+        self.duration = duration
+    }
+}
+
+extension Duration {
+    /// Milliseconds as a floating-point number.
+    public var milliseconds: Double {
+        Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15
     }
 }

@@ -96,7 +96,8 @@ public struct SandboxInfo: Codable, Sendable {
     }
 }
 
-public struct Page<Item: Codable & Sendable>: Codable, Sendable {
+/// One page of a list, and the cursor of the next page (nil at the end).
+public struct Page<Item: Sendable>: Sendable {
     public var items: [Item]
     public var nextCursor: String?
     public init(items: [Item], nextCursor: String?) {
@@ -104,6 +105,8 @@ public struct Page<Item: Codable & Sendable>: Codable, Sendable {
         self.nextCursor = nextCursor
     }
 }
+
+extension Page: Codable where Item: Codable {}
 
 public struct ExecRequest: Codable, Sendable {
     public var argv: [String]
@@ -114,13 +117,6 @@ public struct ExecRequest: Codable, Sendable {
     public var user: UInt32?
     public var timeoutSeconds: Double?
     public var maxOutputBytes: Int?
-
-    public static let maxArgs = 4096
-    public static let maxArgvBytes = 256 << 10
-    public static let defaultTimeout = 60.0
-    public static let maxTimeout = 24.0 * 3600
-    public static let defaultMaxOutput = 1 << 20
-    public static let maxOutputCap = 16 << 20
 
     public init(
         argv: [String], shell: Bool? = nil, env: [String: String]? = nil, workdir: String? = nil,
@@ -156,6 +152,30 @@ public struct ExecResult: Codable, Sendable {
         self.stderrTruncated = stderrTruncated
         self.timedOut = timedOut
         self.durationMs = durationMs
+    }
+}
+
+/// `POST /v1/sandboxes/run`: create a sandbox, run one command in it, and delete it when `remove` is set.
+public struct RunRequest: Codable, Sendable {
+    public var sandbox: CreateSandboxRequest
+    public var exec: ExecRequest
+    public var remove: Bool?
+    public init(sandbox: CreateSandboxRequest, exec: ExecRequest, remove: Bool? = nil) {
+        self.sandbox = sandbox
+        self.exec = exec
+        self.remove = remove
+    }
+}
+
+public struct RunResult: Codable, Sendable {
+    /// The sandbox as created (it is gone when `removed`).
+    public var sandbox: SandboxInfo
+    public var result: ExecResult
+    public var removed: Bool
+    public init(sandbox: SandboxInfo, result: ExecResult, removed: Bool) {
+        self.sandbox = sandbox
+        self.result = result
+        self.removed = removed
     }
 }
 

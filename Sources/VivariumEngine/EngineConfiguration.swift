@@ -9,7 +9,6 @@ import VivariumOS
 public struct EngineConfiguration: Sendable {
     public var stateDir: String
     public var crunBinary: String
-    public var initBinary: String
     public var busybox: String
     /// First host uid/gid of this instance's sandbox ranges; sandbox n gets base + n * 65536.
     public var uidBase: Int64
@@ -28,14 +27,13 @@ public struct EngineConfiguration: Sendable {
     public var auditSyslog = false
 
     public init(
-        stateDir: String, crunBinary: String = "/usr/bin/crun", initBinary: String, busybox: String = "/bin/busybox",
+        stateDir: String, crunBinary: String = "/usr/bin/crun", busybox: String = "/bin/busybox",
         uidBase: Int64? = nil, maxSandboxes: Int = 1024, cgroupMode: CgroupMode = .detect(),
         ttlSweepInterval: Duration = .seconds(2), stopTimeout: Duration = .seconds(10), quota: TenantQuota = .default
     ) {
         self.quota = quota
         self.stateDir = stateDir
         self.crunBinary = crunBinary
-        self.initBinary = initBinary
         self.busybox = busybox
         self.maxSandboxes = maxSandboxes
         self.uidBase = uidBase ?? Self.defaultUIDBase(stateDir: stateDir, maxSandboxes: maxSandboxes)
@@ -63,6 +61,8 @@ public struct EngineConfiguration: Sendable {
     }
 
     public var crunRoot: String { stateDir + "/run/crun" }
+    /// Where the sandbox init is installed (read-only, reachable by every sandbox's id range).
+    public var initBinary: String { stateDir + "/init/vivarium-init" }
     public var sandboxesDir: String { stateDir + "/sandboxes" }
     public var imagesDir: String { stateDir + "/images" }
     /// In a 0700 directory: the database holds every sandbox's environment.
@@ -81,10 +81,8 @@ public struct EngineConfiguration: Sendable {
         guard (1...65536).contains(maxSandboxes) else {
             throw VivariumError(.invalidArgument, "max_sandboxes must be between 1 and 65536")
         }
-        for (what, path) in [("crun", crunBinary), ("init", initBinary)] {
-            guard access(path, X_OK) == 0 else {
-                throw VivariumError(.unavailable, "\(what) binary not found or not executable at \(path)")
-            }
+        guard access(crunBinary, X_OK) == 0 else {
+            throw VivariumError(.unavailable, "crun binary not found or not executable at \(crunBinary)")
         }
     }
 }

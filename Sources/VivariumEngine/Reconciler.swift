@@ -7,7 +7,7 @@ import VivariumCore
 import VivariumOS
 import VivariumStore
 
-extension Engine {
+extension Sandboxes {
     public struct ReconcileReport: Sendable, CustomStringConvertible {
         public var adopted = 0
         public var restarted = 0
@@ -27,33 +27,34 @@ extension Engine {
     public func reconcile() async throws -> ReconcileReport {
         var report = ReconcileReport()
         let containers = Dictionary(
-            try await runtime.list().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+            try await host.runtime.list().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let records = try store.allSandboxes()
         for r in records {
             do {
                 switch r.state {
                 case .creating, .deleting:
-                    try await destroyHost(r)
+                    try await host.destroy(r)
                     try store.deleteSandbox(
                         r.id, audit: event("reconcile.rollback", r, details: ["unfinished": r.state.name]))
                     report.rolledBack += 1
                     logger.notice("rolled back an unfinished \(r.state.name)", metadata: ["sandbox": "\(r.name)"])
                 case .running(let pid):
                     let c = containers[r.id.rawValue]
-                    if let c, c.status == "running", Self.processAlive(c.pid), Mounts.isMountPoint(r.rootfsMount) {
+                    if let c, c.status == "running", SandboxHost.processAlive(c.pid), Mounts.isMountPoint(r.rootfsMount)
+                    {
                         if c.pid != pid {
                             try store.updateState(
                                 r.id, .running(pid: c.pid),
                                 audit: event(
                                     "reconcile.adopt", r, details: ["pid": "\(c.pid)", "recorded_pid": "\(pid)"]))
                         }
-                        watchInit(r.id, pid: c.pid)
+                        host.watchInit(r.id, pid: c.pid, watcher(r))
                         report.adopted += 1
                         continue
                     }
-                    try await releaseHost(r)
+                    try await host.release(r)
                     if r.spec.restart == .always {
-                        let newPid = try await boot(r)
+                        let newPid = try await host.boot(r, watch: watcher(r))
                         try store.updateState(
                             r.id, .running(pid: newPid),
                             audit: event("reconcile.restart", r, details: ["pid": "\(newPid)"]))
@@ -66,7 +67,7 @@ extension Engine {
                     }
                 case .stopped:
                     if containers[r.id.rawValue] != nil || !Mounts.mounts(under: r.bundle).isEmpty {
-                        try await releaseHost(r)
+                        try await host.release(r)
                     }
                 }
             } catch {
@@ -86,7 +87,7 @@ extension Engine {
         guard let current = try? store.allSandboxes() else { return 0 }
         let live = Set(current.map(\.id.rawValue))
         for id in containers where !live.contains(id) {
-            if (try? await runtime.delete(id: id, force: true)) != nil { removed += 1 }
+            if (try? await host.runtime.delete(id: id, force: true)) != nil { removed += 1 }
         }
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: config.sandboxesDir)) ?? []
         for e in entries where !live.contains(e) {
@@ -99,7 +100,7 @@ extension Engine {
                 logger.error("cannot remove orphan", metadata: ["path": "\(dir)", "error": "\(error)"])
             }
         }
-        for dir in cgroupDirs() {
+        for dir in host.instanceCgroupDirs() {
             for e in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where !live.contains(e) {
                 var st = stat()
                 if lstat(dir + "/" + e, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, rmdir(dir + "/" + e) == 0 {
@@ -112,11 +113,6 @@ extension Engine {
             recordOutcome(AuditEvent("reconcile.orphans", details: ["removed": "\(removed)"]))
         }
         return removed
-    }
-
-    /// The cgroup directories that hold this instance's sandboxes, one per v1 controller or the v2 one.
-    func cgroupDirs() -> [String] {
-        cgroupHierarchies.map { $0 + "/" + config.cgroupParent }.filter(FileSystem.exists)
     }
 
     /// Deletes sandboxes whose TTL ran out. Returns how many.
@@ -138,14 +134,14 @@ extension Engine {
     }
 }
 
-extension Engine {
+extension Sandboxes {
     /// Catches drift the init watches could miss: a running record whose init is gone is handled as an
     /// unexpected exit (restart under `always`, else stopped).
     public func checkDrift() async {
         Reaper.shared.reapStrays()
         for r in (try? store.allSandboxes()) ?? [] {
             switch r.state {
-            case .running(let pid) where !Self.processAlive(pid) && !stopping.withLock({ $0.contains(r.id) }):
+            case .running(let pid) where !SandboxHost.processAlive(pid) && !host.isStopping(r.id):
                 await initExited(r.id, pid: pid, status: nil)
             case .deleting:
                 // A delete or rollback whose teardown failed: retry it.
@@ -156,37 +152,5 @@ extension Engine {
             default: continue
             }
         }
-    }
-}
-
-/// Runs `work` every `interval` until the ServiceGroup shuts down.
-public struct PeriodicService: Service {
-    let interval: Duration
-    let work: @Sendable () async -> Void
-
-    public init(every interval: Duration, _ work: @escaping @Sendable () async -> Void) {
-        self.interval = interval
-        self.work = work
-    }
-
-    public func run() async throws {
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            do {
-                try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
-            } catch { return }
-            await work()
-        }
-    }
-}
-
-extension Engine {
-    /// The engine's background work, for the daemon's ServiceGroup: the TTL sweeper, the reconciler's
-    /// drift check, and the refresh of the revocation set (tokens are refused while it is stale).
-    public var backgroundServices: [PeriodicService] {
-        [
-            PeriodicService(every: config.ttlSweepInterval) { _ = await self.sweepExpired() },
-            PeriodicService(every: .seconds(30)) { await self.checkDrift() },
-            PeriodicService(every: .seconds(5)) { self.tokens.refreshRevocations() },
-        ]
     }
 }

@@ -13,12 +13,19 @@ public enum FileSystem {
         if let (u, g) = owner, chown(path, u, g) != 0 { throw posixError("chown \(path)") }
     }
 
-    /// Writes a file atomically (temp file, fsync unless `durable` is false, rename) with the given mode.
-    /// Files that are rebuilt after a crash anyway (bundles, exec process specs) skip the fsync.
+    /// Writes a file that holds a secret (a private key, credentials): see `writeAtomically`; mode 0600.
+    public static func writeSecret(_ data: Data, to path: String) throws {
+        try writeAtomically(data, to: path, mode: 0o600, durable: true)
+    }
+
+    /// Writes a file atomically: a temporary file created exclusively (O_EXCL, no link followed) with
+    /// `mode` from its first byte, written whole, fsynced, renamed into place, and its directory fsynced,
+    /// so that a crash leaves the old file or the new one, never a partial or a more readable one. Files
+    /// that are rebuilt after a crash anyway (bundles, exec process specs) pass `durable: false`.
     public static func writeAtomically(_ data: Data, to path: String, mode: mode_t = 0o600, durable: Bool = true) throws
     {
         let tmp = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
         guard fd >= 0 else { throw posixError("create \(tmp)") }
         var ok = true
         data.withUnsafeBytes { raw in
@@ -38,6 +45,13 @@ public enum FileSystem {
         guard ok, rename(tmp, path) == 0 else {
             unlink(tmp)
             throw posixError("write \(path)")
+        }
+        if durable {
+            let dir = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if dir >= 0 {
+                _ = fsync(dir)
+                close(dir)
+            }
         }
     }
 

@@ -2,37 +2,6 @@ import Foundation
 import VivariumAudit
 import VivariumCore
 
-public struct TenantRecord: Sendable, Equatable {
-    public var name: ResourceName
-    public var createdAt: Date
-    public init(name: ResourceName, createdAt: Date) {
-        self.name = name
-        self.createdAt = createdAt
-    }
-}
-
-public struct PrincipalRecord: Sendable, Equatable {
-    public var id: String
-    public var tenant: String
-    public var name: ResourceName
-    public var kind: PrincipalKind
-    public var role: Role
-    public var disabled: Bool
-    public var createdAt: Date
-    public init(
-        id: String, tenant: String, name: ResourceName, kind: PrincipalKind, role: Role, disabled: Bool,
-        createdAt: Date
-    ) {
-        self.id = id
-        self.tenant = tenant
-        self.name = name
-        self.kind = kind
-        self.role = role
-        self.disabled = disabled
-        self.createdAt = createdAt
-    }
-}
-
 /// An API key: only the SHA-256 of its secret is stored.
 public struct APIKeyRecord: Sendable, Equatable {
     public var id: String

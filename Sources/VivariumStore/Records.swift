@@ -2,30 +2,6 @@ import Foundation
 import VivariumAudit
 import VivariumCore
 
-public struct ImageRecord: Sendable, Equatable {
-    public var id: Int64
-    public var tenant: String
-    public var name: ResourceName
-    public var digest: Digest
-    /// The unpacked, read-only root file system on the host.
-    public var rootfs: String
-    public var sizeBytes: Int64
-    public var createdAt: Date
-
-    public init(
-        id: Int64 = 0, tenant: String, name: ResourceName, digest: Digest, rootfs: String, sizeBytes: Int64,
-        createdAt: Date
-    ) {
-        self.id = id
-        self.tenant = tenant
-        self.name = name
-        self.digest = digest
-        self.rootfs = rootfs
-        self.sizeBytes = sizeBytes
-        self.createdAt = createdAt
-    }
-}
-
 /// A sandbox and the host resources it holds: its user-id slot, bundle directory (with the lower and
 /// rootfs mount points, upper and work dirs inside) and cgroup path.
 public struct SandboxRecord: Sendable, Equatable {

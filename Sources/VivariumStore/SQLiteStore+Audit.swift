@@ -4,34 +4,6 @@ import Glibc
 import VivariumAudit
 import VivariumCore
 
-/// Filters of an audit query; every one is optional. Results are in sequence order after `after`.
-public struct AuditQuery: Sendable {
-    public var tenant: String?
-    public var after: Int64?
-    public var sinceMs: Int64?
-    public var untilMs: Int64?
-    /// A principal id or name, `local-root`, `system` or `anonymous`.
-    public var actor: String?
-    public var action: String?
-    public var target: String?
-    public var outcome: String?
-    public var limit: Int
-    public init(
-        tenant: String? = nil, after: Int64? = nil, sinceMs: Int64? = nil, untilMs: Int64? = nil,
-        actor: String? = nil, action: String? = nil, target: String? = nil, outcome: String? = nil, limit: Int = 100
-    ) {
-        self.tenant = tenant
-        self.after = after
-        self.sinceMs = sinceMs
-        self.untilMs = untilMs
-        self.actor = actor
-        self.action = action
-        self.target = target
-        self.outcome = outcome
-        self.limit = limit
-    }
-}
-
 /// The audit trail's storage. Records that describe a state change are appended by the store method
 /// that makes the change, in its transaction; `append` is for records that stand alone (an exec's
 /// intent, a denial).
@@ -45,8 +17,11 @@ public protocol AuditStore: Sendable {
     func syncAudit() throws
     func insertCheckpoint(_ c: AuditCheckpoint) throws
     func auditCheckpoints() throws -> [AuditCheckpoint]
-    /// Called after every commit that appended records, with the newest sequence number.
-    func onAppend(_ observer: @escaping @Sendable (Int64) -> Void)
+    /// Calls `observer` after every commit that appended records, with the newest sequence number,
+    /// until `removeObserver` is given the returned id.
+    @discardableResult
+    func onAppend(_ observer: @escaping @Sendable (Int64) -> Void) -> Int
+    func removeObserver(_ id: Int)
 }
 
 extension SQLiteStore: AuditStore {
@@ -152,16 +127,23 @@ extension SQLiteStore: AuditStore {
     func appended(_ n: Int, head: Int64?) {
         guard let head else { return }
         AuditContext.current.tally?.add(n)
-        auditObserver.withLock { $0 }?(head)
+        for o in auditObservers.withLock({ Array($0.all.values) }) { o(head) }
     }
 
     public func append(_ events: [AuditEvent]) throws {
         try write("audit record", audit: events) { _ in }
     }
 
-    public func onAppend(_ observer: @escaping @Sendable (Int64) -> Void) {
-        auditObserver.withLock { $0 = observer }
+    @discardableResult
+    public func onAppend(_ observer: @escaping @Sendable (Int64) -> Void) -> Int {
+        auditObservers.withLock { o in
+            o.next += 1
+            o.all[o.next] = observer
+            return o.next
+        }
     }
+
+    public func removeObserver(_ id: Int) { _ = auditObservers.withLock { $0.all.removeValue(forKey: id) } }
 
     public func auditHead() throws -> (seq: Int64, hash: String)? {
         try wrap("audit") { try pool.read { db in try Self.head(db) } }

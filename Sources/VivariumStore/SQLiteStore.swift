@@ -25,7 +25,8 @@ public final class SQLiteStore: Store {
     }
     let cache = Mutex(SandboxCache())
     public let auditMode: AuditMode
-    let auditObserver = Mutex<(@Sendable (Int64) -> Void)?>(nil)
+    /// Who hears of appended records (the checkpointer, audit followers), by registration id.
+    let auditObservers = Mutex<(next: Int, all: [Int: @Sendable (Int64) -> Void])>((0, [:]))
     let logger: Logger
     let path: String
 

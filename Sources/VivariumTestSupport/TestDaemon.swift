@@ -1,5 +1,7 @@
 import Foundation
 import Glibc
+import Testing
+import VivariumClient
 import VivariumCore
 import VivariumOS
 
@@ -18,7 +20,6 @@ public enum Integration {
             m.append("sqlite3 (/usr/bin/sqlite3), to tamper with the audit trail")
         }
         if access(Paths.vivarium, X_OK) != 0 { m.append("the vivarium binary (\(Paths.vivarium)): run `make debug`") }
-        if access(Paths.initBinary, X_OK) != 0 { m.append("vivarium-init (\(Paths.initBinary)): run `make debug`") }
         return m
     }
 
@@ -38,7 +39,6 @@ public enum Paths {
         ProcessInfo.processInfo.environment["VIVARIUM_BUILD_DIR"] ?? packageRoot + "/.build/debug"
     }
     public static var vivarium: String { ProcessInfo.processInfo.environment["VIVARIUM_BIN"] ?? buildDir + "/vivarium" }
-    public static var initBinary: String { buildDir + "/vivarium-init" }
 }
 
 /// The result of running a command to completion.
@@ -106,7 +106,9 @@ public final class TestDaemon: @unchecked Sendable {
         logPath = root + "/daemon.log"
         // A private block of 16 ranges far from the default instance's.
         uidBase = (1 << 30) + Int64.random(in: 0..<3000) * 16 * 65536
-        client = APIClient(socketPath: socket)
+        var http = SocketHTTPClient(socketPath: socket)
+        http.receiveTimeout = .seconds(120)
+        client = APIClient(http: http)
         var env = extraEnv
         if tcp {
             let port = try freeLoopbackPort()
@@ -126,7 +128,7 @@ public final class TestDaemon: @unchecked Sendable {
         var e = [
             "VIVARIUM_STATE_DIR": stateDir, "VIVARIUM_SOCKET": socket, "VIVARIUM_UID_BASE": String(uidBase),
             "VIVARIUM_MAX_SANDBOXES": "16", "VIVARIUM_TTL_SWEEP_SECONDS": "1", "VIVARIUM_STOP_TIMEOUT_SECONDS": "5",
-            "VIVARIUM_INIT": Paths.initBinary, "VIVARIUM_LOG_LEVEL": "info",
+            "VIVARIUM_LOG_LEVEL": "info",
             "VIVARIUM_UID_REGISTRY": root + "/uid-ranges.json",
         ]
         for (k, v) in extraEnv { e[k] = v }
@@ -193,6 +195,8 @@ public final class TestDaemon: @unchecked Sendable {
     }
 
     public var crunRoot: String { stateDir + "/run/crun" }
+    /// The sandbox init the daemon installed (the one built into the binary).
+    public var initBinary: String { stateDir + "/init/vivarium-init" }
     public var cgroupParent: String { "vivarium-" + instance }
     public var instance: String { String(Digest.of(Array(stateDir.utf8)).hex.prefix(8)) }
 
@@ -258,8 +262,9 @@ public final class TestDaemon: @unchecked Sendable {
 
     /// A client of the TCP listener carrying `token`.
     public func remote(_ token: String? = nil) -> APIClient {
-        var http = UnixHTTPClient(host: "127.0.0.1", port: tcpPort!)
+        var http = SocketHTTPClient(host: "127.0.0.1", port: tcpPort!)
         http.bearer = token
+        http.receiveTimeout = .seconds(120)
         return APIClient(http: http)
     }
 
@@ -323,4 +328,36 @@ func freeLoopbackPort() throws -> UInt16 {
     }
     guard ok else { throw VivariumError(.unavailable, "no free port") }
     return UInt16(bigEndian: addr.sin_port)
+}
+
+/// Expects `body` to throw a `VivariumError` with `code`.
+public func expectCode<T>(
+    _ code: VivariumError.Code, _ comment: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () async throws -> T
+) async {
+    do {
+        _ = try await body()
+        Issue.record(
+            "expected \(code), nothing was thrown \(comment.map { "(\($0))" } ?? "")", sourceLocation: sourceLocation)
+    } catch let e as VivariumError {
+        #expect(e.code == code, "\(comment.map { "\($0): " } ?? "")\(e)", sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("expected \(code), got \(error)", sourceLocation: sourceLocation)
+    }
+}
+
+/// Expects `body` to throw a `VivariumError` with `code` (synchronous form).
+public func expectCode<T>(
+    _ code: VivariumError.Code, _ comment: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () throws -> T
+) {
+    do {
+        _ = try body()
+        Issue.record(
+            "expected \(code), nothing was thrown \(comment.map { "(\($0))" } ?? "")", sourceLocation: sourceLocation)
+    } catch let e as VivariumError {
+        #expect(e.code == code, "\(comment.map { "\($0): " } ?? "")\(e)", sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("expected \(code), got \(error)", sourceLocation: sourceLocation)
+    }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import VivariumClient
 import VivariumCore
 import VivariumOS
 import VivariumRuntime
@@ -163,7 +164,7 @@ do {
         try Mounts.overlay(lower: b + "/lower", upper: b + "/upper", work: b + "/work", target: b + "/rootfs")
         let spec = HardenedSpec(
             hostname: "raw", rootfs: b + "/rootfs", readOnly: false, hostUIDBase: base, limits: .default, env: [:],
-            cgroupsPath: "/\(cgroupParent)/raw\(i)", initBinary: Paths.initBinary, swapAccounting: swap
+            cgroupsPath: "/\(cgroupParent)/raw\(i)", initBinary: daemon.initBinary, swapAccounting: swap
         ).build()
         try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: b + "/config.json", durable: false)
         _ = try await crun.create(id: "raw\(i)", bundle: b)

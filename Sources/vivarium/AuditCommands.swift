@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VivariumAudit
+import VivariumClient
 import VivariumCore
 
 struct AuditCommand: AsyncParsableCommand {
@@ -25,17 +26,13 @@ struct AuditFilters: ParsableArguments {
     @Option(help: "Only this tenant's records (admins; others always see their own tenant only).")
     var tenant: String?
 
-    func query(after: Int64?, limit: Int, since: String? = nil, until: String? = nil) throws -> String {
-        var q = ["limit=\(limit)"]
-        if let after { q.append("cursor=\(after)") }
-        if let since { q.append("since_ms=\(try Self.milliseconds(since))") }
-        if let until { q.append("until_ms=\(try Self.milliseconds(until))") }
-        for (k, v) in [
-            ("actor", actor), ("action", action), ("target", target), ("outcome", outcome), ("tenant", tenant),
-        ] {
-            if let v { q.append("\(k)=\(v.urlComponentEncoded)") }
-        }
-        return "/v1/audit?" + q.joined(separator: "&")
+    func query(after: Int64?, limit: Int, since: String? = nil, until: String? = nil) throws -> [(String, String?)] {
+        [
+            ("limit", String(limit)), ("cursor", after.map(String.init)),
+            ("since_ms", try since.map { String(try Self.milliseconds($0)) }),
+            ("until_ms", try until.map { String(try Self.milliseconds($0)) }), ("actor", actor), ("action", action),
+            ("target", target), ("outcome", outcome), ("tenant", tenant),
+        ]
     }
 
     static func milliseconds(_ s: String) throws -> Int64 {
@@ -45,21 +42,21 @@ struct AuditFilters: ParsableArguments {
     }
 }
 
-/// Pages through `GET /v1/audit` from `after` (`path` gives a page's path for a cursor), handing each
+/// Pages through `GET /v1/audit` from `after` (`query` gives a page's query for a cursor), handing each
 /// page to `body`.
 func forEachAuditPage(
-    _ c: APIClient, after: Int64?, path: (Int64?) throws -> String, _ body: ([AuditRecord]) throws -> Void
+    _ c: APIClient, after: Int64?, query: (Int64?) throws -> [(String, String?)], _ body: ([AuditRecord]) throws -> Void
 ) throws {
     var cursor = after
     while true {
-        let page: Page<AuditRecord> = try c.call("GET", try path(cursor))
+        let page = try c.call(Endpoints.auditList, query: try query(cursor))
         try body(page.items)
         guard let next = page.nextCursor, let n = Int64(next) else { return }
         cursor = n
     }
 }
 
-struct AuditList: AsyncParsableCommand {
+struct AuditList: ClientCommand {
     static let configuration = CommandConfiguration(commandName: "ls", abstract: "List audit records, oldest first.")
     @OptionGroup var global: GlobalOptions
     @OptionGroup var filters: AuditFilters
@@ -70,29 +67,27 @@ struct AuditList: AsyncParsableCommand {
     @Option(help: "At most this many records (1-1000).") var limit = 100
     @Flag(help: "Print JSON.") var json = false
 
-    func run() async throws {
-        do {
-            guard (1...1000).contains(limit) else { throw VivariumError(.invalidArgument, "--limit must be 1-1000") }
-            let page: Page<AuditRecord> = try client(global).call(
-                "GET", try filters.query(after: after, limit: limit, since: since, until: until))
-            if json { return try printJSON(page) }
-            let time = ISO8601DateFormatter()
-            printTable(
-                ["SEQ", "TIME", "ACTOR", "SOURCE", "ACTION", "TARGET", "OUTCOME", "DETAILS"],
-                page.items.map { r in
-                    [
-                        String(r.seq), time.string(from: r.time),
-                        (r.actorName ?? r.actor) + (r.actorTenant.map { "@" + $0 } ?? ""), r.source ?? "-", r.action,
-                        r.target ?? "-", r.outcome,
-                        r.details.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "),
-                    ]
-                })
-            if let next = page.nextCursor { print("more: --after \(next)") }
-        } catch { fail(error) }
+    func run(_ client: APIClient) async throws {
+        guard (1...1000).contains(limit) else { throw VivariumError(.invalidArgument, "--limit must be 1-1000") }
+        let page = try client.call(
+            Endpoints.auditList, query: try filters.query(after: after, limit: limit, since: since, until: until))
+        if json { return try printJSON(page) }
+        let time = ISO8601DateFormatter()
+        printTable(
+            ["SEQ", "TIME", "ACTOR", "SOURCE", "ACTION", "TARGET", "OUTCOME", "DETAILS"],
+            page.items.map { r in
+                [
+                    String(r.seq), time.string(from: r.time),
+                    (r.actorName ?? r.actor) + (r.actorTenant.map { "@" + $0 } ?? ""), r.source ?? "-", r.action,
+                    r.target ?? "-", r.outcome,
+                    r.details.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "),
+                ]
+            })
+        if let next = page.nextCursor { print("more: --after \(next)") }
     }
 }
 
-struct AuditVerify: AsyncParsableCommand {
+struct AuditVerify: ClientCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
         abstract: "Check the whole chain and every checkpoint signature; name the first bad record.",
@@ -108,53 +103,48 @@ struct AuditVerify: AsyncParsableCommand {
     @Option(help: "The audit public key (base64) to trust, instead of the one the daemon reports.")
     var publicKey: String?
 
-    func run() async throws {
-        do {
-            let c = try client(global)
-            let list: AuditCheckpointList = try c.call("GET", "/v1/audit/checkpoints")
-            guard let key = AuditKey.publicKey(base64: publicKey ?? list.publicKey) else {
-                throw VivariumError(.invalidArgument, "the audit public key is not a base64 Ed25519 key")
-            }
-            var file = checkpoints
-            if file == nil, let s = try? Settings.resolve(global) {
-                let path = s.auditExport ?? s.stateDir + "/audit/checkpoints.jsonl"
-                if FileManager.default.isReadableFile(atPath: path) { file = path }
-            }
-            let (external, unreadable) = try file.map { try JSONLinesCheckpointFile.read($0) } ?? ([], [])
-            if let file, !unreadable.isEmpty {
-                FileHandle.standardError.write(
-                    Data("warning: \(file): lines \(unreadable.prefix(10)) are not checkpoints\n".utf8))
-            }
-            if file == nil {
-                FileHandle.standardError.write(
-                    Data(
-                        "warning: no checkpoint export file checked: deleting the newest records goes unnoticed without one (--checkpoints)\n"
-                            .utf8))
-            }
-            var verifier = AuditVerifier(publicKey: key, checkpoints: list.checkpoints + external)
-            try forEachAuditPage(c, after: nil, path: { "/v1/audit?limit=1000" + ($0.map { "&cursor=\($0)" } ?? "") }) {
-                page in page.forEach { verifier.add($0) }
-            }
-            let result = verifier.finish()
-            let source = file.map { " (\(external.count) from \($0))" } ?? ""
-            if let problem = result.problem {
-                var text = "audit trail FAILED verification: first bad \(problem)\n"
-                for p in result.problems.dropFirst().prefix(9) { text += "  also \(p)\n" }
-                if result.problems.count > 10 { text += "  and \(result.problems.count - 10) more problems\n" }
-                text += "  records up to \(result.signedThrough) match a signed checkpoint\n"
-                FileHandle.standardError.write(Data(text.utf8))
-                throw ExitCode(1)
-            }
-            print(
-                "audit trail verified: \(result.records) records (last \(result.lastSeq)), "
-                    + "\(result.checkpoints) checkpoints\(source), key \(AuditKey.keyID(key))")
-        } catch let e as ExitCode {
-            throw e
-        } catch { fail(error) }
+    func run(_ c: APIClient) async throws {
+        let list = try c.call(Endpoints.auditCheckpoints)
+        guard let key = AuditKey.publicKey(base64: publicKey ?? list.publicKey) else {
+            throw VivariumError(.invalidArgument, "the audit public key is not a base64 Ed25519 key")
+        }
+        var file = checkpoints
+        if file == nil, let s = try? Settings.resolve(global) {
+            let path = s.auditExport ?? s.stateDir + "/audit/checkpoints.jsonl"
+            if FileManager.default.isReadableFile(atPath: path) { file = path }
+        }
+        let (external, unreadable) = try file.map { try JSONLinesCheckpointFile.read($0) } ?? ([], [])
+        if let file, !unreadable.isEmpty {
+            FileHandle.standardError.write(
+                Data("warning: \(file): lines \(unreadable.prefix(10)) are not checkpoints\n".utf8))
+        }
+        if file == nil {
+            FileHandle.standardError.write(
+                Data(
+                    "warning: no checkpoint export file checked: deleting the newest records goes unnoticed without one (--checkpoints)\n"
+                        .utf8))
+        }
+        var verifier = AuditVerifier(publicKey: key, checkpoints: list.checkpoints + external)
+        try forEachAuditPage(c, after: nil, query: { [("limit", "1000"), ("cursor", $0.map(String.init))] }) {
+            page in page.forEach { verifier.add($0) }
+        }
+        let result = verifier.finish()
+        let source = file.map { " (\(external.count) from \($0))" } ?? ""
+        if let problem = result.problem {
+            var text = "audit trail FAILED verification: first bad \(problem)\n"
+            for p in result.problems.dropFirst().prefix(9) { text += "  also \(p)\n" }
+            if result.problems.count > 10 { text += "  and \(result.problems.count - 10) more problems\n" }
+            text += "  records up to \(result.signedThrough) match a signed checkpoint\n"
+            FileHandle.standardError.write(Data(text.utf8))
+            throw ExitCode(1)
+        }
+        print(
+            "audit trail verified: \(result.records) records (last \(result.lastSeq)), "
+                + "\(result.checkpoints) checkpoints\(source), key \(AuditKey.keyID(key))")
     }
 }
 
-struct AuditExport: AsyncParsableCommand {
+struct AuditExport: ClientCommand {
     static let configuration = CommandConfiguration(
         commandName: "export", abstract: "Write audit records as JSON lines, oldest first.")
     @OptionGroup var global: GlobalOptions
@@ -162,37 +152,31 @@ struct AuditExport: AsyncParsableCommand {
     @Option(help: "First sequence number to export.") var since: Int64 = 1
     @Option(name: .shortAndLong, help: "Write to this file instead of standard output.") var output: String?
 
-    func run() async throws {
-        do {
-            guard since >= 1 else { throw VivariumError(.invalidArgument, "--since must be at least 1") }
-            let out: FileHandle
-            if let output {
-                guard
-                    FileManager.default.createFile(
-                        atPath: output, contents: nil, attributes: [.posixPermissions: 0o600]),
-                    let h = FileHandle(forWritingAtPath: output)
-                else { throw VivariumError(.invalidArgument, "cannot write \(output)") }
-                out = h
-            } else {
-                out = FileHandle.standardOutput
+    func run(_ client: APIClient) async throws {
+        guard since >= 1 else { throw VivariumError(.invalidArgument, "--since must be at least 1") }
+        let out: FileHandle
+        if let output {
+            guard
+                FileManager.default.createFile(atPath: output, contents: nil, attributes: [.posixPermissions: 0o600]),
+                let h = FileHandle(forWritingAtPath: output)
+            else { throw VivariumError(.invalidArgument, "cannot write \(output)") }
+            out = h
+        } else {
+            out = FileHandle.standardOutput
+        }
+        let encoder = WireCoding.encoder()
+        var n = 0
+        try forEachAuditPage(client, after: since - 1, query: { try filters.query(after: $0, limit: 1000) }) { page in
+            var chunk = Data()
+            for r in page {
+                chunk.append(try encoder.encode(r))
+                chunk.append(UInt8(ascii: "\n"))
             }
-            let encoder = WireCoding.encoder()
-            var n = 0
-            try forEachAuditPage(
-                try client(global), after: since - 1, path: { try filters.query(after: $0, limit: 1000) }
-            ) {
-                page in
-                var chunk = Data()
-                for r in page {
-                    chunk.append(try encoder.encode(r))
-                    chunk.append(UInt8(ascii: "\n"))
-                }
-                try out.write(contentsOf: chunk)
-                n += page.count
-                if output != nil { FileHandle.standardError.write(Data("\rexported \(n) records".utf8)) }
-            }
-            if output != nil { FileHandle.standardError.write(Data("\n".utf8)) }
-            try out.close()
-        } catch { fail(error) }
+            try out.write(contentsOf: chunk)
+            n += page.count
+            if output != nil { FileHandle.standardError.write(Data("\rexported \(n) records".utf8)) }
+        }
+        if output != nil { FileHandle.standardError.write(Data("\n".utf8)) }
+        try out.close()
     }
 }

@@ -1,54 +1,42 @@
 import ArgumentParser
 import Foundation
+import VivariumClient
 import VivariumCore
-
-/// `?tenant=NAME` for admin verbs that act in another tenant.
-func tenantQuery(_ t: String?) -> String { t.map { "?tenant=" + $0.urlComponentEncoded } ?? "" }
 
 struct TenantCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenant", abstract: "Manage tenants (admin).", subcommands: [Create.self, Ls.self, Rm.self])
 
-    struct Create: AsyncParsableCommand {
+    struct Create: ClientCommand {
         static let configuration = CommandConfiguration(abstract: "Create a tenant.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Tenant name (a DNS label).") var name: String
-        func run() async throws {
-            do {
-                let t: TenantInfo = try client(global).call(
-                    "POST", "/v1/tenants", body: CreateTenantRequest(name: name))
-                print(t.name)
-            } catch { fail(error) }
+        func run(_ client: APIClient) async throws {
+            print(try client.call(Endpoints.tenantCreate, CreateTenantRequest(name: name)).name)
         }
     }
 
-    struct Ls: AsyncParsableCommand {
+    struct Ls: ClientCommand {
         static let configuration = CommandConfiguration(commandName: "ls", abstract: "List tenants.")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Print JSON.") var json = false
-        func run() async throws {
-            do {
-                let page: Page<TenantInfo> = try client(global).call("GET", "/v1/tenants")
-                if json { return try printJSON(page.items) }
-                printTable(
-                    ["NAME", "CREATED"],
-                    page.items.map { [$0.name, ISO8601DateFormatter().string(from: $0.createdAt)] })
-            } catch { fail(error) }
+        func run(_ client: APIClient) async throws {
+            let page = try client.call(Endpoints.tenantList)
+            if json { return try printJSON(page.items) }
+            printTable(
+                ["NAME", "CREATED"], page.items.map { [$0.name, ISO8601DateFormatter().string(from: $0.createdAt)] })
         }
     }
 
-    struct Rm: AsyncParsableCommand {
+    struct Rm: ClientCommand {
         static let configuration = CommandConfiguration(
             commandName: "rm", abstract: "Remove a tenant; refused while it holds sandboxes or images unless --force.")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Delete the tenant's sandboxes and images too.") var force = false
         @Argument(help: "Tenant name.") var name: String
-        func run() async throws {
-            do {
-                try client(global).callNoContent(
-                    "DELETE", "/v1/tenants/" + name.urlComponentEncoded + (force ? "?force=true" : ""))
-                print(name)
-            } catch { fail(error) }
+        func run(_ client: APIClient) async throws {
+            _ = try client.call(Endpoints.tenantDelete, name: name, query: [("force", force ? "true" : nil)])
+            print(name)
         }
     }
 }
@@ -58,69 +46,58 @@ struct PrincipalCommand: AsyncParsableCommand {
         commandName: "principal", abstract: "Manage users, agents and services of a tenant.",
         subcommands: [Create.self, Ls.self, Rm.self, Disable.self, Key.self])
 
-    struct Create: AsyncParsableCommand {
+    struct Create: ClientCommand {
         static let configuration = CommandConfiguration(abstract: "Create a principal.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Principal name (a DNS label).") var name: String
         @Option(help: "user, agent or service.") var kind = "user"
         @Option(help: "admin, tenant-admin, member or auditor.") var role = "member"
         @Option(help: "Tenant (admins only; default: your own).") var tenant: String?
-        func run() async throws {
-            do {
-                let p: PrincipalInfo = try client(global).call(
-                    "POST", "/v1/principals" + tenantQuery(tenant),
-                    body: CreatePrincipalRequest(name: name, kind: kind, role: role))
-                print("\(p.name) \(p.id)")
-            } catch { fail(error) }
+        func run(_ client: APIClient) async throws {
+            let p = try client.call(
+                Endpoints.principalCreate, CreatePrincipalRequest(name: name, kind: kind, role: role),
+                query: tenantQuery(tenant))
+            print("\(p.name) \(p.id)")
         }
     }
 
-    struct Ls: AsyncParsableCommand {
+    struct Ls: ClientCommand {
         static let configuration = CommandConfiguration(commandName: "ls", abstract: "List principals.")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Tenant (admins only; default: your own).") var tenant: String?
         @Flag(help: "Print JSON.") var json = false
-        func run() async throws {
-            do {
-                let page: Page<PrincipalInfo> = try client(global).call("GET", "/v1/principals" + tenantQuery(tenant))
-                if json { return try printJSON(page.items) }
-                printTable(
-                    ["NAME", "KIND", "ROLE", "DISABLED", "ID"],
-                    page.items.map { [$0.name, $0.kind, $0.role, String($0.disabled), $0.id] })
-            } catch { fail(error) }
+        func run(_ client: APIClient) async throws {
+            let page = try client.call(Endpoints.principalList, query: tenantQuery(tenant))
+            if json { return try printJSON(page.items) }
+            printTable(
+                ["NAME", "KIND", "ROLE", "DISABLED", "ID"],
+                page.items.map { [$0.name, $0.kind, $0.role, String($0.disabled), $0.id] })
         }
     }
 
-    struct Rm: AsyncParsableCommand {
+    struct Rm: ClientCommand {
         static let configuration = CommandConfiguration(
             commandName: "rm", abstract: "Remove a principal and revoke its tokens.")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Tenant (admins only).") var tenant: String?
         @Argument(help: "Principal name.") var name: String
-        func run() async throws {
-            do {
-                try client(global).callNoContent(
-                    "DELETE", "/v1/principals/\(name.urlComponentEncoded)" + tenantQuery(tenant))
-                print(name)
-            } catch { fail(error) }
+        func run(_ client: APIClient) async throws {
+            _ = try client.call(Endpoints.principalDelete, name: name, query: tenantQuery(tenant))
+            print(name)
         }
     }
 
-    struct Disable: AsyncParsableCommand {
+    struct Disable: ClientCommand {
         static let configuration = CommandConfiguration(abstract: "Disable a principal; its tokens stop at once.")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Tenant (admins only).") var tenant: String?
         @Argument(help: "Principal name.") var name: String
-        func run() async throws {
-            do {
-                let p: PrincipalInfo = try client(global).call(
-                    "POST", "/v1/principals/\(name.urlComponentEncoded)/disable" + tenantQuery(tenant))
-                print(p.name)
-            } catch { fail(error) }
+        func run(_ client: APIClient) async throws {
+            print(try client.call(Endpoints.principalDisable, name: name, query: tenantQuery(tenant)).name)
         }
     }
 
-    struct Key: AsyncParsableCommand {
+    struct Key: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create an API key for a principal. It is printed once; only its hash is stored.")
         @OptionGroup var global: GlobalOptions
@@ -129,15 +106,12 @@ struct PrincipalCommand: AsyncParsableCommand {
         @Option(help: "Lifetime, e.g. 90d (default 90d).") var ttl: String?
         @Argument(help: "Principal name.") var name: String
         @Flag(help: "Print JSON.") var json = false
-        func run() async throws {
-            do {
-                let req = CreateAPIKeyRequest(
-                    scopes: scopes.map { $0.split(separator: ",").map(String.init) },
-                    ttlSeconds: try ttl.map { try Quantity.parseSeconds($0) })
-                let k: APIKeyInfo = try client(global).call(
-                    "POST", "/v1/principals/\(name.urlComponentEncoded)/keys" + tenantQuery(tenant), body: req)
-                if json { try printJSON(k) } else { print(k.apiKey) }
-            } catch { fail(error) }
+        func run(_ client: APIClient) async throws {
+            let req = CreateAPIKeyRequest(
+                scopes: scopes.map { $0.split(separator: ",").map(String.init) },
+                ttlSeconds: try ttl.map { try Quantity.parseSeconds($0) })
+            let k = try client.call(Endpoints.apiKeyCreate, req, name: name, query: tenantQuery(tenant))
+            if json { try printJSON(k) } else { print(k.apiKey) }
         }
     }
 }
@@ -147,7 +121,7 @@ struct TokenCommand: AsyncParsableCommand {
         commandName: "token", abstract: "Issue least-privilege tokens and revoke tokens.",
         subcommands: [Issue.self, Revoke.self])
 
-    struct Issue: AsyncParsableCommand {
+    struct Issue: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Mint a token for a principal, optionally bound to one sandbox (by id, not by name).",
             discussion:
@@ -159,19 +133,16 @@ struct TokenCommand: AsyncParsableCommand {
         @Option(help: "Lifetime, e.g. 10m (capped by the daemon).") var ttl: String?
         @Option(help: "Tenant (admins only).") var tenant: String?
         @Flag(help: "Print JSON (access and refresh token).") var json = false
-        func run() async throws {
-            do {
-                let req = IssueTokenRequest(
-                    principal: principal, sandbox: sandbox, scopes: scopes.split(separator: ",").map(String.init),
-                    ttlSeconds: try ttl.map { try Quantity.parseSeconds($0) })
-                let pair: TokenPair = try client(global).call(
-                    "POST", "/v1/tokens/issue" + tenantQuery(tenant), body: req)
-                if json { try printJSON(pair) } else { print(pair.accessToken) }
-            } catch { fail(error) }
+        func run(_ client: APIClient) async throws {
+            let req = IssueTokenRequest(
+                principal: principal, sandbox: sandbox, scopes: scopes.split(separator: ",").map(String.init),
+                ttlSeconds: try ttl.map { try Quantity.parseSeconds($0) })
+            let pair = try client.call(Endpoints.tokenIssue, req, query: tenantQuery(tenant))
+            if json { try printJSON(pair) } else { print(pair.accessToken) }
         }
     }
 
-    struct Revoke: AsyncParsableCommand {
+    struct Revoke: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract:
                 "Revoke one token (--jti), every token of a principal, or of a tenant. Effective on the next request.")
@@ -181,13 +152,11 @@ struct TokenCommand: AsyncParsableCommand {
         @Option(name: .customLong("all-of-tenant"), help: "Tenant name: revoke all its tokens.") var allOfTenant:
             String?
         @Option(help: "Tenant the principal belongs to (admins only).") var tenant: String?
-        func run() async throws {
-            do {
-                try client(global).callNoContentBody(
-                    "POST", "/v1/tokens/revoke" + tenantQuery(tenant),
-                    body: RevokeRequest(jti: jti, principal: principal, tenant: allOfTenant))
-                print("revoked")
-            } catch { fail(error) }
+        func run(_ client: APIClient) async throws {
+            _ = try client.call(
+                Endpoints.tokenRevoke, RevokeRequest(jti: jti, principal: principal, tenant: allOfTenant),
+                query: tenantQuery(tenant))
+            print("revoked")
         }
     }
 }
@@ -196,15 +165,12 @@ struct KeysCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keys", abstract: "Token signing keys.", subcommands: [Rotate.self])
 
-    struct Rotate: AsyncParsableCommand {
+    struct Rotate: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Start signing with a new Ed25519 key; older keys verify until their tokens expire.")
         @OptionGroup var global: GlobalOptions
-        func run() async throws {
-            do {
-                let jwks: [String: [[String: String]]] = try client(global).call("POST", "/v1/keys/rotate")
-                for k in jwks["keys"] ?? [] { print(k["kid"] ?? "") }
-            } catch { fail(error) }
+        func run(_ client: APIClient) async throws {
+            for k in try client.call(Endpoints.keysRotate).keys { print(k.kid) }
         }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
+import HummingbirdWebSocket
 import Logging
 import NIOCore
 import NIOSSL
@@ -41,7 +42,8 @@ struct Listener {
             guard let tls else { throw VivariumError(.invalidArgument, "the TLS listener needs a certificate") }
             let (h, p) = (host, port)
             return Application(
-                router: router, server: try Self.server(tls: try tls.serverConfiguration(), trust: trust),
+                router: router,
+                server: try Self.server(router: router, tls: try tls.serverConfiguration(), trust: trust),
                 configuration: .init(address: .hostname(host, port: port), serverName: nil),
                 onServerRunning: { channel in
                     let banner = """
@@ -53,7 +55,7 @@ struct Listener {
                 }, logger: logger)
         }
         return Application(
-            router: router, server: try Self.server(tls: nil, trust: trust),
+            router: router, server: try Self.server(router: router, tls: nil, trust: trust),
             configuration: .init(address: .hostname(host, port: port), serverName: nil),
             onServerRunning: { channel in
                 let banner =
@@ -62,14 +64,11 @@ struct Listener {
             }, logger: logger)
     }
 
-    /// HTTP/1.1, under TLS when configured, with the PROXY protocol reader ahead of both.
-    static func server(tls: TLSConfiguration?, trust: SourceTrust) throws -> HTTPServerBuilder {
-        if let tls {
-            return HTTPServerBuilder { responder in
-                ProxyProtocolChannel(
-                    try TLSChannel(HTTP1Channel(responder: responder), tlsConfiguration: tls), trust: trust)
-            }
-        }
-        return HTTPServerBuilder { responder in ProxyProtocolChannel(HTTP1Channel(responder: responder), trust: trust) }
+    /// The API's server: under TLS unless plain HTTP was asked for.
+    static func server(router: Router<APIRequestContext>, tls: TLSConfiguration?, trust: SourceTrust) throws
+        -> HTTPServerBuilder
+    {
+        guard let tls else { return API.server(router: router, trust: trust) }
+        return API.server(router: router, trust: trust) { try TLSChannel($0, tlsConfiguration: tls) }
     }
 }

@@ -1,9 +1,10 @@
 import ArgumentParser
 import Foundation
 import NIOSSL
+import VivariumClient
 import VivariumCore
 
-struct Login: AsyncParsableCommand {
+struct Login: Verb {
     static let configuration = CommandConfiguration(
         abstract: "Log in to a remote daemon over TLS with an API key; later verbs use it.",
         discussion: """
@@ -18,26 +19,24 @@ struct Login: AsyncParsableCommand {
     @Option(help: "PEM file with the daemon's certificate, pinned as is.") var ca: String?
     @Option(help: "File holding the API key.") var apiKeyFile: String?
 
-    func run() async throws {
-        do {
-            let (h, p) = try Self.parseHost(host)
-            let pin = try pinnedFingerprint(host: h, port: p)
-            let key = try readAPIKey()
-            let t = PinnedHTTPS(host: h, port: p, fingerprint: pin)
-            let r = try t.send(
-                "POST", "/v1/tokens",
-                body: try WireCoding.encoder().encode(TokenRequest(grantType: "api_key", apiKey: key)))
-            guard r.status == 200, let pair = try? WireCoding.decoder().decode(TokenPair.self, from: r.body) else {
-                throw VivariumError(.unauthenticated, "the daemon refused the API key")
-            }
-            try Credentials.locked {
-                try Credentials(
-                    host: h, port: p, fingerprint: pin, accessToken: pair.accessToken, refreshToken: pair.refreshToken,
-                    expiresAt: Date().addingTimeInterval(TimeInterval(pair.expiresIn))
-                ).save()
-            }
-            print("logged in to \(h):\(p)")
-        } catch { fail(error) }
+    func perform() async throws {
+        let (h, p) = try Self.parseHost(host)
+        let pin = try pinnedFingerprint(host: h, port: p)
+        let key = try readAPIKey()
+        let t = PinnedHTTPS(host: h, port: p, fingerprint: pin)
+        let r = try t.send(
+            "POST", Endpoints.tokenExchange.route.path,
+            body: try WireCoding.encoder().encode(TokenRequest(grantType: "api_key", apiKey: key)))
+        guard r.status == 200, let pair = try? WireCoding.decoder().decode(TokenPair.self, from: r.body) else {
+            throw VivariumError(.unauthenticated, "the daemon refused the API key")
+        }
+        try Credentials.locked {
+            try Credentials(
+                host: h, port: p, fingerprint: pin, accessToken: pair.accessToken, refreshToken: pair.refreshToken,
+                expiresAt: Date().addingTimeInterval(TimeInterval(pair.expiresIn))
+            ).save()
+        }
+        print("logged in to \(h):\(p)")
     }
 
     static func parseHost(_ s: String) throws -> (String, Int) {
@@ -67,8 +66,8 @@ struct Login: AsyncParsableCommand {
         }
         // Trust on first use, confirmed by a person: fetch the certificate, show it, ask.
         let probe = PinnedHTTPS(host: host, port: port, fingerprint: nil)
-        _ = try probe.send("GET", "/healthz", body: nil)
-        guard let seen = probe.seen.lock.withLock({ probe.seen.value }) else {
+        _ = try probe.send("GET", Endpoints.health.route.path, body: nil)
+        guard let seen = probe.seenFingerprint else {
             throw VivariumError(.unavailable, "the daemon presented no certificate")
         }
         FileHandle.standardError.write(

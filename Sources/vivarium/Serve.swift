@@ -2,18 +2,21 @@ import ArgumentParser
 import Foundation
 import Glibc
 import Hummingbird
+import HummingbirdWebSocket
 import Logging
 import ServiceLifecycle
 import VivariumAPI
+import VivariumAssets
 import VivariumAudit
 import VivariumAuth
 import VivariumCore
 import VivariumEngine
+import VivariumImages
 import VivariumOS
 import VivariumRuntime
 import VivariumStore
 
-struct Serve: AsyncParsableCommand {
+struct Serve: Verb {
     static let configuration = CommandConfiguration(
         abstract:
             "Run the daemon: the API on a unix socket (and TLS with --listen), the reconciler, the TTL sweeper, the audit checkpointer.",
@@ -26,7 +29,7 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Option(help: "First host uid of this instance's sandbox id ranges (env VIVARIUM_UID_BASE).")
     var uidBase: Int64?
-    @Option(help: "Path to the static vivarium-init binary (env VIVARIUM_INIT).")
+    @Option(help: "A static init binary to install instead of the one built into vivarium (env VIVARIUM_INIT).")
     var initBinary: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String?
@@ -35,21 +38,17 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Serve plain HTTP on --listen instead of TLS; refused unless the address is loopback.")
     var insecureHTTP = false
 
-    func run() async throws {
+    func perform() async throws {
         var overrides: [String: String] = [:]
         if let uidBase { overrides["uid_base"] = String(uidBase) }
         if let initBinary { overrides["init"] = initBinary }
         if let logLevel { overrides["log_level"] = logLevel }
         if let listen { overrides["listen"] = listen }
         if insecureHTTP { overrides["insecure_http"] = "true" }
-        do {
-            let settings = try Settings.resolve(global, overrides: overrides)
-            try await Self.serve(settings)
-        } catch {
-            fail(error)
-        }
+        try await Self.serve(try Settings.resolve(global, overrides: overrides))
     }
 
+    /// The composition root: every collaborator of the engine is made here.
     static func serve(_ s: Settings) async throws {
         let level = Logger.Level(rawValue: s.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
@@ -70,7 +69,7 @@ struct Serve: AsyncParsableCommand {
         let socketLock = try prepareSocketDirectory(s.socket)
 
         var configuration = EngineConfiguration(
-            stateDir: s.stateDir, crunBinary: s.crun, initBinary: s.initBinary, busybox: s.busybox, uidBase: s.uidBase,
+            stateDir: s.stateDir, crunBinary: s.crun, busybox: s.busybox, uidBase: s.uidBase,
             maxSandboxes: s.maxSandboxes, ttlSweepInterval: .seconds(s.ttlSweepSeconds),
             stopTimeout: .seconds(s.stopTimeoutSeconds), quota: s.quota)
         configuration.auditCheckpointInterval = .seconds(s.auditCheckpointSeconds)
@@ -82,6 +81,16 @@ struct Serve: AsyncParsableCommand {
         try UIDRangeRegistry(path: s.uidRegistry).claim(
             stateDir: config.stateDir, base: config.uidBase, count: Int64(config.maxSandboxes) * 65536)
         try becomeSubreaper()
+        let initBinary: Data
+        if let path = s.initBinary {
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw VivariumError(.unavailable, "cannot read the init binary at \(path)")
+            }
+            initBinary = data
+        } else {
+            initBinary = Assets.initBinary
+        }
+        try Engine.prepareStateDirectory(config, initBinary: initBinary)
         try FileSystem.makeDirectory(config.databaseDir, mode: 0o700)
         let store = try SQLiteStore(path: config.databasePath, audit: s.auditMode, logger: logger)
         let runtime = Crun(
@@ -93,18 +102,29 @@ struct Serve: AsyncParsableCommand {
             dir: config.stateDir + "/keys", maxTokenLifetime: tokenConfig.maxAccessLifetime)
         let tokens = TokenService(config: tokenConfig, keys: keys, store: store, logger: logger)
         tokens.refreshRevocations()
-        let engine = try Engine(
-            config: config, store: store, identity: store, audit: store, tokens: tokens, runtime: runtime,
+        let (auditKey, auditKeyCreated) = try AuditKey.loadOrCreate(at: config.auditDir + "/signing.key")
+        let checkpointer = try AuditCheckpointer(
+            store: store, key: auditKey,
+            sinks: [JSONLinesCheckpointFile(path: config.auditExportPath)]
+                + (config.auditSyslog ? [SyslogCheckpointSink()] : []),
+            interval: config.auditCheckpointInterval, everyRecords: config.auditCheckpointRecords, logger: logger)
+        let engine = Engine(
+            config: config, store: store, identityStore: store, auditStore: store, tokens: tokens, runtime: runtime,
+            content: try ImageStore(root: config.imagesDir, logger: logger), auditKey: auditKey,
+            auditKeyCreated: auditKeyCreated, checkpointer: checkpointer,
+            limits: AbuseLimits(
+                authFailuresPerMinute: Double(s.authFailuresPerMinute), requestsPerSecond: Double(s.requestsPerSecond),
+                requestBurst: Double(s.requestBurst), adminAllowlist: s.adminAllowlist),
             logger: logger)
 
-        try await engine.ensureBaseImage()
-        let report = try await engine.reconcile()
+        try await engine.images.ensureBase()
+        let report = try await engine.sandboxes.reconcile()
         logger.info("reconciled", metadata: ["result": "\(report)"])
         for w in s.weakened {
             let recorded = s.auditMode == .off ? "the audit trail is off" : "recorded in the audit trail"
             logger.warning("\(w.key) = \(w.value) weakens a default (\(w.secureDefault)); \(recorded)")
         }
-        try engine.recordStart(
+        try engine.audit.recordStart(
             s.weakened,
             details: [
                 "state_dir": config.stateDir, "listen": s.listen ?? "none", "reconciled": "\(report)",
@@ -112,15 +132,17 @@ struct Serve: AsyncParsableCommand {
             ])
 
         let socketPath = s.socket
+        let local = API.router(engine: engine, openAPI: Assets.openAPI)
         let app = Application(
-            router: API.router(engine: engine),
+            router: local, server: API.server(router: local, trust: SourceTrust()),
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: nil),
             onServerRunning: { _ in
                 _ = chmod(socketPath, 0o600)
                 let banner = """
                     vivarium \(VivariumVersion.string) serving on unix:\(socketPath)
                       state \(config.stateDir) · instance \(config.instance) · cgroups \(config.cgroupMode.rawValue) · uid base \(config.uidBase)
-                      try:  vivarium create demo && vivarium exec demo -- uname -a
+                      try:  vivarium run --rm -- uname -a
+                            vivarium create demo && vivarium exec demo -- id
 
                     """
                 FileHandle.standardOutput.write(Data(banner.utf8))
@@ -128,10 +150,10 @@ struct Serve: AsyncParsableCommand {
             logger: logger)
         // The checkpointer comes first: services stop in reverse order, so it outlives the listeners.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] =
-            [.init(service: engine.checkpointer), .init(service: app)]
+            [.init(service: engine.audit.checkpointer), .init(service: app)]
             + engine.backgroundServices.map { .init(service: $0) }
         if let tcp {
-            let trust = SourceTrust(trustedProxies: s.trustedProxies, adminAllowlist: s.adminAllowlist)
+            let trust = SourceTrust(trustedProxies: s.trustedProxies)
             let tls: TLSIdentity? =
                 tcp.insecure
                 ? nil
@@ -140,13 +162,8 @@ struct Serve: AsyncParsableCommand {
             services.append(
                 .init(
                     service: try tcp.application(
-                        router: API.router(
-                            engine: engine,
-                            limits: APILimits(
-                                authFailuresPerMinute: Double(s.authFailuresPerMinute),
-                                requestsPerSecond: Double(s.requestsPerSecond), requestBurst: Double(s.requestBurst),
-                                trust: trust)),
-                        tls: tls, trust: trust, logger: logger)))
+                        router: API.router(engine: engine, trust: trust, openAPI: Assets.openAPI), tls: tls,
+                        trust: trust, logger: logger)))
         }
         let group = ServiceGroup(
             configuration: .init(
@@ -154,7 +171,7 @@ struct Serve: AsyncParsableCommand {
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()
-        engine.recordStop()
+        engine.audit.recordStop()
         logger.info("stopped; sandboxes keep running and are adopted at the next start")
         withExtendedLifetime((stateLock, socketLock)) {}
     }
@@ -193,37 +210,32 @@ struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "config", abstract: "Show the effective settings.", subcommands: [Show.self])
 
-    struct Show: AsyncParsableCommand {
+    struct Show: Verb {
         static let configuration = CommandConfiguration(
             abstract: "Print the effective daemon settings (flags > environment > config file > defaults).")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Print JSON.") var json = false
 
-        func run() async throws {
-            do {
-                let s = try Settings.resolve(global)
-                let engine = EngineConfiguration(
-                    stateDir: s.stateDir, initBinary: s.initBinary, uidBase: s.uidBase, maxSandboxes: s.maxSandboxes)
-                let rows: [(String, String)] = [
-                    ("config_file", s.configFile ?? "(none)"), ("state_dir", s.stateDir), ("socket", s.socket),
-                    ("crun", s.crun), ("init", s.initBinary), ("busybox", s.busybox),
-                    ("uid_base", String(engine.uidBase)), ("max_sandboxes", String(s.maxSandboxes)),
-                    ("log_level", s.logLevel), ("stop_timeout_seconds", String(s.stopTimeoutSeconds)),
-                    ("ttl_sweep_seconds", String(s.ttlSweepSeconds)), ("uid_registry", s.uidRegistry),
-                    ("instance", engine.instance),
-                    ("cgroup_mode", engine.cgroupMode.rawValue), ("cgroup_parent", engine.cgroupParent),
-                    ("crun_root", engine.crunRoot), ("audit_mode", s.auditMode.rawValue),
-                    ("audit_checkpoint_seconds", String(s.auditCheckpointSeconds)),
-                    ("audit_checkpoint_records", String(s.auditCheckpointRecords)),
-                    ("audit_export", s.auditExport ?? engine.auditExportPath), ("audit_syslog", String(s.auditSyslog)),
-                ]
-                if json {
-                    try printJSON(Dictionary(uniqueKeysWithValues: rows))
-                } else {
-                    for (k, v) in rows { print("\(k) = \(v)") }
-                }
-            } catch {
-                fail(error)
+        func perform() async throws {
+            let s = try Settings.resolve(global)
+            let engine = EngineConfiguration(stateDir: s.stateDir, uidBase: s.uidBase, maxSandboxes: s.maxSandboxes)
+            let rows: [(String, String)] = [
+                ("config_file", s.configFile ?? "(none)"), ("state_dir", s.stateDir), ("socket", s.socket),
+                ("crun", s.crun), ("init", s.initBinary ?? "(built in)"), ("busybox", s.busybox),
+                ("uid_base", String(engine.uidBase)), ("max_sandboxes", String(s.maxSandboxes)),
+                ("log_level", s.logLevel), ("stop_timeout_seconds", String(s.stopTimeoutSeconds)),
+                ("ttl_sweep_seconds", String(s.ttlSweepSeconds)), ("uid_registry", s.uidRegistry),
+                ("instance", engine.instance),
+                ("cgroup_mode", engine.cgroupMode.rawValue), ("cgroup_parent", engine.cgroupParent),
+                ("crun_root", engine.crunRoot), ("audit_mode", s.auditMode.rawValue),
+                ("audit_checkpoint_seconds", String(s.auditCheckpointSeconds)),
+                ("audit_checkpoint_records", String(s.auditCheckpointRecords)),
+                ("audit_export", s.auditExport ?? engine.auditExportPath), ("audit_syslog", String(s.auditSyslog)),
+            ]
+            if json {
+                try printJSON(Dictionary(uniqueKeysWithValues: rows))
+            } else {
+                for (k, v) in rows { print("\(k) = \(v)") }
             }
         }
     }

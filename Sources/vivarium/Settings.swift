@@ -23,7 +23,8 @@ struct Settings {
     var stateDir = "/var/lib/vivarium"
     var socket = "/run/vivarium/vivarium.sock"
     var crun = "/usr/bin/crun"
-    var initBinary = Settings.defaultInit()
+    /// A static init to install instead of the one built into the binary.
+    var initBinary: String?
     var busybox = "/bin/busybox"
     var uidBase: Int64?
     var maxSandboxes = 1024
@@ -62,13 +63,6 @@ struct Settings {
         "auth_failures_per_minute", "requests_per_second", "request_burst", "trusted_proxies", "admin_allowlist",
         "audit_mode", "audit_checkpoint_seconds", "audit_checkpoint_records", "audit_export", "audit_syslog",
     ]
-
-    static func defaultInit() -> String {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
-        let beside = (exe as NSString).deletingLastPathComponent + "/vivarium-init"
-        if FileManager.default.isExecutableFile(atPath: beside) { return beside }
-        return "/usr/local/libexec/vivarium/vivarium-init"
-    }
 
     static func resolve(_ g: GlobalOptions, overrides: [String: String] = [:]) throws -> Settings {
         var s = Settings()
@@ -182,9 +176,9 @@ struct Settings {
     }
 
     /// The settings that weaken a secure default, recorded in the audit trail at every start.
-    var weakened: [Engine.WeakenedSetting] {
+    var weakened: [AuditTrail.WeakenedSetting] {
         let d = Settings()
-        var out: [Engine.WeakenedSetting] = []
+        var out: [AuditTrail.WeakenedSetting] = []
         func add(_ key: String, _ value: String, _ secureDefault: String) {
             out.append(.init(key: key, value: value, secureDefault: secureDefault))
         }

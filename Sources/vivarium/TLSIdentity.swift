@@ -64,7 +64,7 @@ struct TLSIdentity {
             },
             issuerPrivateKey: .init(key))
         let certPEM = try cert.serializeAsPEM().pemString
-        try FileSystem.writeAtomically(Data(key.pemRepresentation.utf8), to: keyPath, mode: 0o600)
+        try FileSystem.writeSecret(Data(key.pemRepresentation.utf8), to: keyPath)
         try FileSystem.writeAtomically(Data(certPEM.utf8), to: certPath, mode: 0o644)
         return try load(certFile: certPath, keyFile: keyPath)
     }

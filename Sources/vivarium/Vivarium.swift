@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VivariumClient
 import VivariumCore
 
 @main
@@ -14,11 +15,46 @@ struct Vivarium: AsyncParsableCommand {
             """,
         version: VivariumVersion.string,
         subcommands: [
-            Serve.self, ConfigCommand.self, Create.self, List.self, Inspect.self, Start.self, Stop.self, Remove.self,
-            Exec.self, ImageCommand.self, TenantCommand.self, PrincipalCommand.self, TokenCommand.self, Login.self,
-            Logout.self,
-            KeysCommand.self, AuditCommand.self,
+            Serve.self, ConfigCommand.self, Create.self, Run.self, List.self, Inspect.self, Start.self, Stop.self,
+            Remove.self, Exec.self, ImageCommand.self, TenantCommand.self, PrincipalCommand.self, TokenCommand.self,
+            Login.self, Logout.self, KeysCommand.self, AuditCommand.self,
         ])
+}
+
+/// A verb: every error it throws is reported the same way (a message with its stable code, exit 1); an
+/// exit status it throws on purpose passes through.
+protocol Verb: AsyncParsableCommand {
+    func perform() async throws
+}
+
+extension Verb {
+    func run() async throws {
+        do {
+            try await perform()
+        } catch let e as ExitCode {
+            throw e
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+/// A verb that talks to the daemon.
+protocol ClientCommand: Verb {
+    var global: GlobalOptions { get }
+    func run(_ client: APIClient) async throws
+}
+
+extension ClientCommand {
+    func perform() async throws { try await run(try client(global)) }
+}
+
+/// The daemon to talk to: the unix socket (local root), or the remote daemon of `vivarium login`
+/// when credentials exist and no socket was named explicitly.
+func client(_ g: GlobalOptions) throws -> APIClient {
+    let explicitSocket = g.socket != nil || ProcessInfo.processInfo.environment["VIVARIUM_SOCKET"] != nil
+    if !explicitSocket && Credentials.exists() { return APIClient(transport: LoggedIn()) }
+    return APIClient(socketPath: try Settings.resolve(g).socket)
 }
 
 /// Prints an error the way every verb does and exits non-zero.
@@ -51,3 +87,6 @@ func printTable(_ header: [String], _ rows: [[String]]) {
     print(line(header))
     for r in rows { print(line(r)) }
 }
+
+/// `?tenant=NAME` for admin verbs that act in another tenant.
+func tenantQuery(_ t: String?) -> [(String, String?)] { [("tenant", t)] }

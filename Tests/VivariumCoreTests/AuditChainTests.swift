@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Testing
 import VivariumAudit
+import VivariumCore
 
 @Suite struct AuditChainTests {
     /// A chain of `n` records as the store seals them.

@@ -1,71 +1,55 @@
 import Foundation
-import Logging
 import Testing
 import VivariumAPI
 import VivariumAuth
 import VivariumCore
 import VivariumEngine
-import VivariumRuntime
-import VivariumStore
 
 @Suite struct PolicyTests {
-    /// An engine over a temporary state dir: enough to build the router (nothing is run).
-    func withEngine(_ body: (Engine) throws -> Void) async throws {
-        let dir = "/tmp/vivarium-policy-\(randomHex(bytes: 6))"
-        try FileManager.default.createDirectory(
-            atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let store = try SQLiteStore(path: dir + "/v.db")
-        let keys = try await SigningKeys(dir: dir + "/keys", maxTokenLifetime: 3600)
-        let tokens = TokenService(config: .init(), keys: keys, store: store, logger: Logger(label: "t"))
-        let config = EngineConfiguration(
-            stateDir: dir, initBinary: "/bin/true", uidBase: 1 << 28, maxSandboxes: 4, cgroupMode: .legacy)
-        let engine = try Engine(
-            config: config, store: store, identity: store, audit: store, tokens: tokens,
-            runtime: Crun(root: dir + "/crun", cgroupMode: .legacy, logger: Logger(label: "t")),
-            logger: Logger(label: "t"))
-        try body(engine)
+    @Test func everyActionIsServedByExactlyTheRoutesOfTheTableAndBack() async throws {
+        let f = try await EngineFixture()
+        let registered = API.registeredRoutes(engine: f.engine)
+        #expect(registered.count == Set(registered).count, "a route is registered twice")
+        #expect(Set(registered) == Set(Endpoints.all), "registered routes and Endpoints.all differ")
+        // Every action of the policy table is reached by a door, and every route asks for one action.
+        #expect(Set(registered.map(\.action)) == Set(Action.allCases), "an action no door reaches, or the reverse")
+        let pathsAndMethods = registered.map { "\($0.method.rawValue) \($0.path)" }
+        #expect(pathsAndMethods.count == Set(pathsAndMethods).count, "two routes share a method and path")
+        // Public actions are exactly the ones a caller needs before it has a token.
+        let publicActions = Action.allCases.filter { PolicyTable.policy($0).ownership == .publicAction }
+        #expect(Set(publicActions) == [.health, .apiDescribe, .jwks, .tokenExchange])
     }
 
-    @Test func everyRouteHasExactlyOnePolicyAndEveryPolicyARoute() async throws {
-        try await withEngine { engine in
-            let routes = API.routeKeys(engine: engine)
-            #expect(routes.count == Set(routes).count, "a route is registered twice")
-            for r in routes {
-                let parts = r.split(separator: " ", maxSplits: 1).map(String.init)
-                #expect(PolicyTable.policy(parts[0], parts[1]) != nil, "\(r) has no policy")
-            }
-            #expect(Set(routes) == Set(PolicyTable.routes.keys), "policy rows without a route, or routes without a row")
-        }
+    func caller(_ role: Role, _ scopes: Set<Scope>, bound: SandboxID? = nil, tenant: String? = nil) -> Caller {
+        Caller(
+            principal: Principal(
+                id: "p", name: "p", tenant: "t", kind: .user, role: role, scopes: scopes, boundSandbox: bound),
+            requestedTenant: tenant.flatMap(ResourceName.init(rawValue:)), source: "192.0.2.1", requestID: "r")
     }
 
-    func principal(_ role: Role, _ scopes: Set<Scope>, bound: SandboxID? = nil) -> Principal {
-        Principal(id: "p", name: "p", tenant: "t", kind: .user, role: role, scopes: scopes, boundSandbox: bound)
+    func forbidden(_ d: PolicyTable.Decision) -> Bool {
+        if case .forbidden = d { return true }
+        return false
     }
 
-    @Test func decisionsFollowRoleScopeAndBinding() {
-        let exec = PolicyTable.policy("POST", "/v1/sandboxes/:name/exec")!
-        let tenants = PolicyTable.policy("GET", "/v1/tenants")!
-        let list = PolicyTable.policy("GET", "/v1/sandboxes")!
-        #expect(PolicyTable.decide(exec, principal: nil) == .unauthenticated)
-        #expect(PolicyTable.decide(exec, principal: principal(.member, [.exec])) == .allow)
-        if case .forbidden = PolicyTable.decide(exec, principal: principal(.member, [.sandboxesRead])) {
-        } else {
-            Issue.record("missing scope allowed")
-        }
-        if case .forbidden = PolicyTable.decide(exec, principal: principal(.auditor, [.exec])) {
-        } else {
-            Issue.record("auditor allowed to exec")
-        }
-        if case .forbidden = PolicyTable.decide(tenants, principal: principal(.tenantAdmin, Set(Scope.all))) {
-        } else {
-            Issue.record("tenant-admin allowed on an admin route")
-        }
-        #expect(PolicyTable.decide(tenants, principal: .localRoot) == .allow)
-        let bound = principal(.member, [.exec, .sandboxesRead], bound: .random())
-        #expect(PolicyTable.decide(exec, principal: bound) == .allow)
-        if case .forbidden = PolicyTable.decide(list, principal: bound) {} else { Issue.record("bound token listed") }
-        #expect(PolicyTable.decide(PolicyTable.policy("GET", "/healthz")!, principal: nil) == .allow)
+    @Test func decisionsFollowRoleScopeBindingAndTenant() {
+        let anonymous = Caller.anonymous(source: "192.0.2.1", requestID: "r")
+        #expect(PolicyTable.decide(.sandboxExec, for: anonymous) == .unauthenticated)
+        #expect(PolicyTable.decide(.sandboxExec, for: caller(.member, [.exec])) == .allow)
+        #expect(forbidden(PolicyTable.decide(.sandboxExec, for: caller(.member, [.sandboxesRead]))), "missing scope")
+        #expect(forbidden(PolicyTable.decide(.sandboxExec, for: caller(.auditor, [.exec]))), "auditor exec")
+        #expect(forbidden(PolicyTable.decide(.tenantList, for: caller(.tenantAdmin, Set(Scope.all)))), "admin only")
+        #expect(PolicyTable.decide(.tenantList, for: .localRoot(requestID: "r")) == .allow)
+        let bound = caller(.member, [.exec, .sandboxesRead], bound: .random())
+        #expect(PolicyTable.decide(.sandboxExec, for: bound) == .allow)
+        #expect(forbidden(PolicyTable.decide(.sandboxList, for: bound)), "a bound token lists the tenant")
+        #expect(forbidden(PolicyTable.decide(.sandboxRun, for: caller(.member, [.sandboxesWrite]))), "run needs exec")
+        #expect(PolicyTable.decide(.health, for: anonymous) == .allow)
+        #expect(PolicyTable.decide(.tokenExchange, for: anonymous) == .allow)
+        // Only an admin names another tenant.
+        #expect(forbidden(PolicyTable.decide(.sandboxList, for: caller(.member, [.sandboxesRead], tenant: "other"))))
+        #expect(PolicyTable.decide(.sandboxList, for: caller(.member, [.sandboxesRead], tenant: "t")) == .allow)
+        #expect(PolicyTable.decide(.sandboxList, for: caller(.admin, Set(Scope.all), tenant: "other")) == .allow)
     }
 
     @Test func bearerTokensComeOnlyFromTheirHeaders() {
@@ -78,5 +62,35 @@ import VivariumStore
         #expect(Bearer.fromWebSocketProtocol("chat, vivarium.bearer,tok") == "tok")
         #expect(Bearer.fromWebSocketProtocol("vivarium.bearer") == nil)
         #expect(Bearer.fromWebSocketProtocol("chat, tok") == nil)
+    }
+
+    @Test func theOpenAPIDocumentDescribesEveryRouteAndNothingElse() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+            "../../docs/openapi.json")
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        #expect(doc["openapi"] as? String == "3.1.0")
+        let paths = try #require(doc["paths"] as? [String: [String: Any]])
+        var documented: Set<String> = []
+        for (path, item) in paths {
+            for (method, op) in item where ["get", "post", "put", "patch", "delete"].contains(method) {
+                documented.insert("\(method.uppercased()) \(path)")
+                let operation = try #require(op as? [String: Any], "\(method) \(path)")
+                let responses = try #require(operation["responses"] as? [String: Any], "\(method) \(path)")
+                #expect(responses.keys.contains { $0.hasPrefix("2") || $0 == "101" }, "\(method) \(path): no success")
+                #expect(responses.keys.contains { $0.hasPrefix("4") }, "\(method) \(path): no error response")
+                #expect(operation["operationId"] is String, "\(method) \(path): no operationId")
+            }
+        }
+        #expect(documented == Set(Endpoints.all.map(\.description)), "document and routes differ")
+        // Every JSON route that takes a body documents it.
+        for route in Endpoints.all where route.kind == .json && route.method == .post {
+            let op = paths[route.path]?["post"] as? [String: Any]
+            let hasBody = op?["requestBody"] != nil
+            let empty = [
+                Endpoints.keysRotate.route, Endpoints.sandboxStart.route, Endpoints.sandboxStop.route,
+                Endpoints.principalDisable.route,
+            ]
+            #expect(hasBody != empty.contains(route), "\(route): request body documented wrongly")
+        }
     }
 }

@@ -230,9 +230,13 @@ import VivariumStore
         let (new, _) = try await f.access()
         #expect(Self.part(new, 0)["kid"] as? String == f.tokens.keys.current.kid, "new tokens use the new key")
         #expect(Self.part(old, 0)["kid"] as? String == oldKid)
-        let jwks = f.tokens.keys.jwks["keys"] ?? []
-        #expect(Set(jwks.compactMap { $0["kid"] }) == [oldKid, f.tokens.keys.current.kid])
-        #expect(jwks.allSatisfy { $0["kty"] == "OKP" && $0["crv"] == "Ed25519" && $0["d"] == nil })
+        let jwks = f.tokens.keys.jwks.keys
+        #expect(Set(jwks.map(\.kid)) == [oldKid, f.tokens.keys.current.kid])
+        #expect(jwks.allSatisfy { $0.kty == "OKP" && $0.crv == "Ed25519" })
+        // As served: public keys only, no private part ("d") in any key.
+        let served = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(f.tokens.keys.jwks))
+        let keys = try #require((served as? [String: Any])?["keys"] as? [[String: Any]])
+        #expect(keys.count == 2 && keys.allSatisfy { $0["d"] == nil && ($0["x"] as? String)?.count == 43 })
         // Private keys are 0600 on disk; reloading finds both.
         var st = stat()
         #expect(stat(f.dir + "/keys/\(oldKid).ed25519", &st) == 0 && st.st_mode & 0o077 == 0)

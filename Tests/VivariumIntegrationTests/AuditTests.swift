@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 import VivariumAudit
+import VivariumClient
 import VivariumCore
 import VivariumTestSupport
 
@@ -290,7 +291,10 @@ import VivariumTestSupport
             let _: SandboxInfo = try d.remote(member).call(
                 "POST", "/v1/sandboxes", body: CreateSandboxRequest(name: "acme-box"))
 
-            let seen = try records(d, "&tenant=beta", client: d.remote(auditor))
+            // Naming another tenant is for admins only: the one rule for the tenant a call acts in.
+            let other = try d.remote(auditor).http.send("GET", "/v1/audit?tenant=beta")
+            #expect(other.status == 403)
+            let seen = try records(d, client: d.remote(auditor))
             #expect(!seen.isEmpty)
             #expect(seen.allSatisfy { $0.tenant == "acme" }, "an auditor reads its own tenant only")
             #expect(seen.contains { $0.action == "sandbox.create" && $0.target == "acme-box" })

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VivariumClient
 import VivariumCore
 import VivariumTestSupport
 

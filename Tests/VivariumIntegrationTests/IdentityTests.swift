@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VivariumClient
 import VivariumCore
 import VivariumTestSupport
 
@@ -120,7 +121,7 @@ import VivariumTestSupport
             while b64.count % 4 != 0 { b64 += "=" }
             let claims = try JSONSerialization.jsonObject(with: Data(base64Encoded: b64)!) as! [String: Any]
             let jti = claims["jti"] as! String
-            try d.client.callNoContentBody("POST", "/v1/tokens/revoke", body: RevokeRequest(jti: jti))
+            try d.client.callNoContent("POST", "/v1/tokens/revoke", body: RevokeRequest(jti: jti))
             #expect(try status(c, "GET", "/v1/sandboxes").0 == 401)
         }
     }

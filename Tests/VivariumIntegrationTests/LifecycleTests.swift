@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 import VivariumAudit
+import VivariumClient
 import VivariumCore
 import VivariumOS
 import VivariumTestSupport
@@ -73,7 +74,7 @@ import VivariumTestSupport
             #expect(first.items.map(\.name) == ["p1", "p2"])
             let cursor = try #require(first.nextCursor)
             let second: Page<SandboxInfo> = try d.client.call(
-                "GET", "/v1/sandboxes?limit=2&cursor=\(cursor.urlComponentEncoded)")
+                "GET", "/v1/sandboxes?limit=2&cursor=\(cursor.percentEncoded)")
             #expect(second.items.map(\.name) == ["p3"])
             #expect(second.nextCursor == nil)
         }

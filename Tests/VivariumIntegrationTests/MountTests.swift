@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+import VivariumClient
 import VivariumCore
 import VivariumOS
 import VivariumTestSupport

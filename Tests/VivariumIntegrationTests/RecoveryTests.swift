@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 import VivariumAudit
+import VivariumClient
 import VivariumCore
 import VivariumOS
 import VivariumTestSupport

@@ -7,7 +7,7 @@ import VivariumOS
 import VivariumRuntime
 import VivariumStore
 
-extension Engine {
+extension Sandboxes {
     /// Runs a command in a running sandbox and returns its output. The command runs with exactly the
     /// init's hardening, in a cgroup of its own below the sandbox's: a timeout freezes that cgroup and
     /// SIGKILLs everything in it, so no process the command started (detached, re-parented or not)
@@ -15,27 +15,26 @@ extension Engine {
     ///
     /// The trail gets an intent record before the command runs (no record, no run) and an outcome record
     /// after: the argument vector redacted, environment names but never values, never the output.
-    public func exec(tenant: String, name: String, _ req: ExecRequest) async throws -> ExecResult {
-        let argv = try Self.validate(req)
-        let r = try record(tenant: tenant, name: name)
+    func exec(_ r: SandboxRecord, _ command: ExecCommand) async throws -> ExecOutcome {
         _ = try r.state.requireRunning()
         try audit.append([
             event(
                 "sandbox.exec", r, .started,
                 details: [
-                    "argv": Redactor.commandLine(argv), "user": String(req.user ?? 0), "workdir": req.workdir ?? "/",
-                    "timeout_seconds": String(req.timeoutSeconds ?? ExecRequest.defaultTimeout),
-                    "env_keys": (req.env ?? [:]).keys.sorted().joined(separator: ","),
+                    "argv": Redactor.commandLine(command.argv), "user": String(command.user),
+                    "workdir": command.workdir,
+                    "timeout_seconds": Self.seconds(command.timeout),
+                    "env_keys": command.env.keys.sorted().joined(separator: ","),
                 ])
         ])
         do {
-            let result = try await run(r, argv, req)
+            let result = try await host.exec(r, command)
             recordOutcome(
                 event(
                     "sandbox.exec", r, result.timedOut ? .failed : .ok,
                     details: [
                         "exit_code": String(result.exitCode), "timed_out": String(result.timedOut),
-                        "duration_ms": String(Int(result.durationMs.rounded())),
+                        "duration_ms": String(Int(result.duration.milliseconds.rounded())),
                         "stdout_bytes": String(result.stdout.count), "stderr_bytes": String(result.stderr.count),
                     ]))
             return result
@@ -45,22 +44,20 @@ extension Engine {
         }
     }
 
-    /// The outcome of something that already happened: a failure to record it cannot undo it, so it is
-    /// logged (the intent record is in the trail).
-    func recordOutcome(_ e: AuditEvent) {
-        do { try audit.append([e]) } catch {
-            logger.critical("cannot record an outcome", metadata: ["action": "\(e.action)", "error": "\(error)"])
-        }
+    /// Seconds as recorded: "60", or "0.5" for fractions.
+    static func seconds(_ d: Duration) -> String {
+        let ms = d.milliseconds
+        return ms.truncatingRemainder(dividingBy: 1000) == 0 ? String(Int64(ms / 1000)) : String(ms / 1000)
     }
+}
 
-    func run(_ r: SandboxRecord, _ argv: [String], _ req: ExecRequest) async throws -> ExecResult {
-        let timeout = req.timeoutSeconds ?? ExecRequest.defaultTimeout
-        let limit = req.maxOutputBytes ?? ExecRequest.defaultMaxOutput
-        let uid = req.user ?? 0
+extension SandboxHost {
+    func exec(_ r: SandboxRecord, _ command: ExecCommand) async throws -> ExecOutcome {
         var env = r.spec.env
-        for (k, v) in req.env ?? [:] { env[k] = v }
-        if uid != 0 && env["HOME"] == nil { env["HOME"] = "/" }
-        let process = HardenedSpec.process(args: argv, env: env, cwd: req.workdir ?? "/", uid: uid, gid: uid)
+        for (k, v) in command.env { env[k] = v }
+        if command.user != 0 && env["HOME"] == nil { env["HOME"] = "/" }
+        let process = HardenedSpec.process(
+            args: command.argv, env: env, cwd: command.workdir, uid: command.user, gid: command.user)
 
         let token = randomHex(bytes: 8)
         let processFile = "\(r.bundle)/exec/\(token).json"
@@ -73,12 +70,13 @@ extension Engine {
         let started = ContinuousClock.now
         let timedOut = Flag()
         let timer = Flag.TaskSlot()
+        let timeout = command.timeout
         let out = try await runtime.exec(
-            id: r.id.rawValue, processFile: processFile, cgroup: group.name, outputLimit: limit
+            id: r.id.rawValue, processFile: processFile, cgroup: group.name, outputLimit: command.maxOutputBytes
         ) { crunProcess in
             timer.set(
                 Task {
-                    guard (try? await Task.sleep(for: .milliseconds(Int64(timeout * 1000)))) != nil else { return }
+                    guard (try? await Task.sleep(for: timeout)) != nil else { return }
                     timedOut.set()
                     await group.killAll()
                     // Everything in the cgroup is gone; crun follows. If it lingers, end it.
@@ -87,15 +85,12 @@ extension Engine {
                 })
         }
         timer.cancel()
-        let elapsed = ContinuousClock.now - started
         var code = out.status.code
         // crun answers 255 when the command cannot be found; the shell convention is 127.
         if code == 255 && out.stderrString.contains("not found in $PATH") { code = 127 }
-        return ExecResult(
-            exitCode: code, stdout: Data(out.stdout), stderr: Data(out.stderr),
-            stdoutTruncated: out.stdoutTruncated, stderrTruncated: out.stderrTruncated,
-            timedOut: timedOut.isSet,
-            durationMs: Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15)
+        return ExecOutcome(
+            exitCode: code, stdout: out.stdout, stderr: out.stderr, stdoutTruncated: out.stdoutTruncated,
+            stderrTruncated: out.stderrTruncated, timedOut: timedOut.isSet, duration: ContinuousClock.now - started)
     }
 
     /// An empty exec cgroup of the sandbox: a pooled one, or a new one. Creating one costs a directory
@@ -127,33 +122,6 @@ extension Engine {
     /// its own cgroup elsewhere, outside the sandbox's limits), or the one v2 directory.
     func execCgroupDirs(_ r: SandboxRecord, _ name: String) -> [String] {
         sandboxCgroups(r).filter(FileSystem.exists).map { $0 + "/" + name }
-    }
-
-    static func validate(_ req: ExecRequest) throws -> [String] {
-        guard !req.argv.isEmpty, !req.argv[0].isEmpty else {
-            throw VivariumError(.invalidArgument, "argv must name a command")
-        }
-        guard req.argv.count <= ExecRequest.maxArgs,
-            req.argv.reduce(0, { $0 + $1.utf8.count }) <= ExecRequest.maxArgvBytes,
-            req.argv.allSatisfy({ !$0.utf8.contains(0) })
-        else { throw VivariumError(.invalidArgument, "argv is too long or holds a NUL byte") }
-        try FieldRules.validateEnv(req.env ?? [:])
-        if let w = req.workdir {
-            guard w.hasPrefix("/"), w.utf8.count <= 4096, !w.utf8.contains(0) else {
-                throw VivariumError(.invalidArgument, "workdir must be an absolute path")
-            }
-        }
-        if let t = req.timeoutSeconds, !(t > 0 && t <= ExecRequest.maxTimeout) {
-            throw VivariumError(
-                .invalidArgument, "timeout must be between 0 and \(Int(ExecRequest.maxTimeout)) seconds")
-        }
-        if let m = req.maxOutputBytes, !(0...ExecRequest.maxOutputCap).contains(m) {
-            throw VivariumError(.invalidArgument, "max_output_bytes must be between 0 and \(ExecRequest.maxOutputCap)")
-        }
-        if let u = req.user, u > 65535 {
-            throw VivariumError(.invalidArgument, "user must be a uid inside the sandbox (0-65535)")
-        }
-        return req.shell == true ? ["/bin/sh", "-c", req.argv.joined(separator: " ")] : req.argv
     }
 }
 

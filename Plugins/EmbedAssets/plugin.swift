@@ -1,0 +1,23 @@
+import Foundation
+import PackagePlugin
+
+/// Builds the static sandbox init from `init/vivarium-init.c` and embeds it, with the OpenAPI document
+/// `docs/openapi.json`, into the target as base64 constants, so that the vivarium binary carries both.
+@main
+struct EmbedAssets: BuildToolPlugin {
+    func createBuildCommands(context: PluginContext, target: Target) throws -> [Command] {
+        let root = context.package.directoryURL
+        let initSource = root.appending(path: "init/vivarium-init.c")
+        let document = root.appending(path: "docs/openapi.json")
+        let script = root.appending(path: "Plugins/EmbedAssets/embed.sh")
+        let work = context.pluginWorkDirectoryURL
+        let output = work.appending(path: "EmbeddedAssets.swift")
+        return [
+            .buildCommand(
+                displayName: "Embedding vivarium-init and the OpenAPI document",
+                executable: URL(fileURLWithPath: "/bin/sh"),
+                arguments: [script.path, initSource.path, document.path, work.path, output.path],
+                inputFiles: [initSource, document, script], outputFiles: [output])
+        ]
+    }
+}

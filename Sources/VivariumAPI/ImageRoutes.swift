@@ -1,0 +1,23 @@
+import VivariumCore
+import VivariumEngine
+
+/// `/v1/images`: local images.
+struct ImageRoutes {
+    let images: Images
+
+    func register(_ r: inout RouteRegistry) {
+        let images = self.images
+        r.add(Endpoints.imageList) { call in
+            Page(items: try await images.list(call.caller).map(Mapping.info), nextCursor: nil)
+        }
+        r.add(Endpoints.imageImport) { call in
+            let body: ImportImageRequest = try await call.body()
+            let name = try ResourceName.parse(body.name, what: "image name")
+            return Mapping.info(try await images.importRootfs(call.caller, path: body.path, name: name))
+        }
+        r.add(Endpoints.imageDelete) { call in
+            try await images.remove(call.caller, name: try call.name())
+            return Empty()
+        }
+    }
+}

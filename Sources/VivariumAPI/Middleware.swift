@@ -1,0 +1,151 @@
+import HTTPTypes
+import Hummingbird
+import Logging
+import VivariumCore
+import VivariumEngine
+
+/// Sets the request's source: "local" on the unix socket, else the peer, or what a trusted proxy says.
+struct SourceMiddleware: RouterMiddleware {
+    typealias Context = APIRequestContext
+    let trust: SourceTrust
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        var context = context
+        context.source =
+            context.isLocal
+            ? "local"
+            : trust.clientAddress(
+                peer: context.remote?.ipAddress, proxied: context.proxied,
+                forwardedFor: request.headers[HTTPField.Name("X-Forwarded-For")!]) ?? "unknown"
+        return try await next(request, context)
+    }
+}
+
+/// Establishes the caller of a request: local root on the unix socket, anonymous on public routes,
+/// otherwise the principal of a bearer token from the Authorization header (or, for a WebSocket upgrade,
+/// the `vivarium.bearer` subprotocol). Credentials anywhere else are refused. A failure is kept in the
+/// context, for the route to record under its action and answer.
+struct AuthenticationMiddleware: RouterMiddleware {
+    typealias Context = APIRequestContext
+    let gate: Gate
+    /// False on routes of public actions: credentials are not even looked at (no token oracle).
+    let requireCredentials: Bool
+
+    static let queryCredentials = ["access_token", "token", "bearer", "api_key", "refresh_token"]
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        var context = context
+        context.authentication = await authenticate(request, context)
+        return try await next(request, context)
+    }
+
+    func authenticate(_ request: Request, _ context: Context) async -> Result<Caller, VivariumError> {
+        let q = request.uri.queryParameters
+        if Self.queryCredentials.contains(where: { q.get($0) != nil }) {
+            return .failure(
+                VivariumError(.unauthenticated, "credentials are accepted only in the Authorization header"))
+        }
+        let tenant: ResourceName?
+        do {
+            tenant = try q.get("tenant").map { try ResourceName.parse(String($0), what: "tenant") }
+        } catch let e as VivariumError {
+            return .failure(e)
+        } catch {
+            return .failure(VivariumError(.invalidName, "invalid tenant"))
+        }
+        if context.isLocal { return .success(.localRoot(requestID: context.requestID, requestedTenant: tenant)) }
+        guard requireCredentials else { return .success(context.anonymous) }
+        let bearer: String?
+        let door: Caller.Door
+        if let header = request.headers[.authorization] {
+            guard let token = Bearer.fromAuthorization(header) else {
+                return .failure(VivariumError(.unauthenticated, "invalid or expired credentials"))
+            }
+            bearer = token
+            door = request.headers[.upgrade]?.lowercased() == "websocket" ? .websocket : .rest
+        } else if let proto = request.headers[.secWebSocketProtocol], request.headers[.upgrade] != nil {
+            bearer = Bearer.fromWebSocketProtocol(proto)
+            door = .websocket
+            if bearer == nil { return .failure(VivariumError(.unauthenticated, "invalid or expired credentials")) }
+        } else {
+            bearer = nil
+            door = .rest
+        }
+        return await gate.authenticate(
+            bearer: bearer, source: context.source, requestID: context.requestID, requestedTenant: tenant, door: door)
+    }
+}
+
+/// Turns every error into the JSON error body, adds `X-Request-Id`, and logs server-side failures.
+struct ErrorMiddleware: RouterMiddleware {
+    typealias Context = APIRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        var response: Response
+        do {
+            response = try await next(request, context)
+        } catch {
+            let e = VivariumError.from(error)
+            if e.status.code >= 500 {
+                context.logger.error(
+                    "request failed", metadata: ["request_id": "\(context.requestID)", "error": "\(e)"])
+            }
+            response = try e.response(from: request, context: context)
+        }
+        response.headers[HTTPField.Name("X-Request-Id")!] = context.requestID
+        return response
+    }
+}
+
+extension VivariumError: HTTPResponseError {
+    /// The one mapping from `VivariumError` to HTTP.
+    public var status: HTTPResponse.Status {
+        switch code {
+        case .badRequest: .badRequest
+        case .invalidArgument, .invalidName: .unprocessableContent
+        case .notFound, .imageNotFound: .notFound
+        case .alreadyExists, .imageInUse, .invalidState: .conflict
+        case .payloadTooLarge: .contentTooLarge
+        case .unsupportedMediaType: .unsupportedMediaType
+        case .methodNotAllowed: .methodNotAllowed
+        case .resourceExhausted, .unavailable: .serviceUnavailable
+        case .unauthenticated: .unauthorized
+        case .forbidden, .quotaExceeded: .forbidden
+        case .rateLimited: .tooManyRequests
+        default: .internalServerError
+        }
+    }
+
+    /// The JSON error body. A 500 says only that it failed: internals never leave the daemon.
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        let requestID = (context as? APIRequestContext)?.requestID ?? ""
+        let message = status == .internalServerError && code == .internalError ? "internal error" : self.message
+        let body = ErrorBody(error: .init(code: code.rawValue, message: message, requestId: requestID))
+        var response = try API.json(body, status: status)
+        if let wait = retryAfterSeconds { response.headers[.retryAfter] = String(wait) }
+        if code == .unauthenticated { response.headers[.wwwAuthenticate] = "Bearer" }
+        return response
+    }
+
+    /// Any error as the one the API answers with.
+    static func from(_ error: any Error) -> VivariumError {
+        switch error {
+        case let e as VivariumError: return e
+        case let e as HTTPError:
+            switch e.status {
+            case .notFound: return VivariumError(.notFound, "no such route")
+            case .methodNotAllowed: return VivariumError(.methodNotAllowed, "method not allowed")
+            case .contentTooLarge: return VivariumError(.payloadTooLarge, "request body too large")
+            case .badRequest: return VivariumError(.badRequest, "bad request")
+            default: return VivariumError(.internalError, "request failed")
+            }
+        default: return VivariumError(.internalError, "internal error", cause: error)
+        }
+    }
+}

@@ -1,0 +1,40 @@
+/// Everything a caller can ask of Vivarium, whichever door the request comes through (REST, WebSocket,
+/// and later SSH, MCP, e2b). The policy table in VivariumAuth decides each one; the audit trail records
+/// requests, denials and failures under these names.
+public enum Action: String, CaseIterable, Sendable, Codable {
+    case health = "health"
+    case apiDescribe = "api.describe"
+    case jwks = "keys.jwks"
+    case tokenExchange = "token.exchange"
+    case tokenIssue = "token.issue"
+    case tokenRevoke = "token.revoke"
+    case keysRotate = "keys.rotate"
+
+    case tenantList = "tenant.list"
+    case tenantCreate = "tenant.create"
+    case tenantDelete = "tenant.delete"
+
+    case principalList = "principal.list"
+    case principalCreate = "principal.create"
+    case principalDelete = "principal.delete"
+    case principalDisable = "principal.disable"
+    case apiKeyCreate = "apikey.create"
+
+    case sandboxList = "sandbox.list"
+    case sandboxCreate = "sandbox.create"
+    case sandboxGet = "sandbox.get"
+    case sandboxDelete = "sandbox.delete"
+    case sandboxStart = "sandbox.start"
+    case sandboxStop = "sandbox.stop"
+    case sandboxExec = "sandbox.exec"
+    /// Create, exec and (optionally) delete in one call.
+    case sandboxRun = "sandbox.run"
+
+    case imageList = "image.list"
+    case imageImport = "image.import"
+    case imageDelete = "image.delete"
+
+    case auditList = "audit.list"
+    case auditFollow = "audit.follow"
+    case auditCheckpoints = "audit.checkpoints"
+}

@@ -1,0 +1,155 @@
+/// The HTTP methods the API uses.
+public enum HTTPMethod: String, Sendable, CaseIterable, Codable {
+    case get = "GET"
+    case post = "POST"
+    case delete = "DELETE"
+}
+
+/// An empty request or response body.
+public struct Empty: Codable, Sendable, Equatable {
+    public init() {}
+}
+
+/// One route of the REST API, untyped: its method, path pattern (`{name}` placeholders, as in the
+/// OpenAPI document) and the action it asks for. The server registers these and the client builds its
+/// requests from them, so the two cannot drift apart.
+public struct Route: Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: Sendable, Hashable {
+        /// JSON request and response bodies.
+        case json
+        /// A WebSocket upgrade (GET).
+        case webSocket
+        /// A document served as is.
+        case document
+    }
+
+    public let method: HTTPMethod
+    public let path: String
+    public let action: Action
+    /// The status of a successful answer (101 for a WebSocket upgrade).
+    public let status: Int
+    public let kind: Kind
+
+    public init(_ method: HTTPMethod, _ path: String, _ action: Action, status: Int = 200, kind: Kind = .json) {
+        self.method = method
+        self.path = path
+        self.action = action
+        self.status = status
+        self.kind = kind
+    }
+
+    public var description: String { "\(method.rawValue) \(path)" }
+
+    /// The names of the path's `{placeholders}`, in order.
+    public var parameters: [String] {
+        path.split(separator: "/").compactMap { part in
+            part.hasPrefix("{") && part.hasSuffix("}") ? String(part.dropFirst().dropLast()) : nil
+        }
+    }
+
+    /// The concrete path: placeholders replaced by percent-encoded values, then the query (pairs with a
+    /// nil value are left out).
+    public func path(_ values: [String: String] = [:], query: [(String, String?)] = []) -> String {
+        var out = path.split(separator: "/", omittingEmptySubsequences: false).map { part -> String in
+            guard part.hasPrefix("{"), part.hasSuffix("}") else { return String(part) }
+            return (values[String(part.dropFirst().dropLast())] ?? "").percentEncoded
+        }.joined(separator: "/")
+        let q = query.compactMap { k, v in v.map { "\(k)=\($0.percentEncoded)" } }
+        if !q.isEmpty { out += "?" + q.joined(separator: "&") }
+        return out
+    }
+}
+
+/// A JSON route with its request and response types.
+public struct Endpoint<Request: Codable & Sendable, Response: Codable & Sendable>: Sendable {
+    public let route: Route
+    public init(_ method: HTTPMethod, _ path: String, _ action: Action, status: Int = 200) {
+        route = Route(method, path, action, status: status)
+    }
+}
+
+/// Every route of the API. The OpenAPI document (`docs/openapi.json`) describes exactly these.
+public enum Endpoints {
+    public static let health = Endpoint<Empty, HealthInfo>(.get, "/healthz", .health)
+    public static let openAPI = Route(.get, "/v1/openapi.json", .apiDescribe, kind: .document)
+    public static let jwks = Endpoint<Empty, JWKSet>(.get, "/.well-known/jwks.json", .jwks)
+
+    public static let tokenExchange = Endpoint<TokenRequest, TokenPair>(.post, "/v1/tokens", .tokenExchange)
+    public static let tokenIssue = Endpoint<IssueTokenRequest, TokenPair>(
+        .post, "/v1/tokens/issue", .tokenIssue, status: 201)
+    public static let tokenRevoke = Endpoint<RevokeRequest, Empty>(
+        .post, "/v1/tokens/revoke", .tokenRevoke, status: 204)
+    public static let keysRotate = Endpoint<Empty, JWKSet>(.post, "/v1/keys/rotate", .keysRotate)
+
+    public static let tenantList = Endpoint<Empty, Page<TenantInfo>>(.get, "/v1/tenants", .tenantList)
+    public static let tenantCreate = Endpoint<CreateTenantRequest, TenantInfo>(
+        .post, "/v1/tenants", .tenantCreate, status: 201)
+    public static let tenantDelete = Endpoint<Empty, Empty>(
+        .delete, "/v1/tenants/{name}", .tenantDelete, status: 204)
+
+    public static let principalList = Endpoint<Empty, Page<PrincipalInfo>>(.get, "/v1/principals", .principalList)
+    public static let principalCreate = Endpoint<CreatePrincipalRequest, PrincipalInfo>(
+        .post, "/v1/principals", .principalCreate, status: 201)
+    public static let principalDelete = Endpoint<Empty, Empty>(
+        .delete, "/v1/principals/{name}", .principalDelete, status: 204)
+    public static let principalDisable = Endpoint<Empty, PrincipalInfo>(
+        .post, "/v1/principals/{name}/disable", .principalDisable)
+    public static let apiKeyCreate = Endpoint<CreateAPIKeyRequest, APIKeyInfo>(
+        .post, "/v1/principals/{name}/keys", .apiKeyCreate, status: 201)
+
+    public static let sandboxList = Endpoint<Empty, Page<SandboxInfo>>(.get, "/v1/sandboxes", .sandboxList)
+    public static let sandboxCreate = Endpoint<CreateSandboxRequest, SandboxInfo>(
+        .post, "/v1/sandboxes", .sandboxCreate, status: 201)
+    public static let sandboxRun = Endpoint<RunRequest, RunResult>(.post, "/v1/sandboxes/run", .sandboxRun)
+    public static let sandboxGet = Endpoint<Empty, SandboxInfo>(.get, "/v1/sandboxes/{name}", .sandboxGet)
+    public static let sandboxDelete = Endpoint<Empty, Empty>(
+        .delete, "/v1/sandboxes/{name}", .sandboxDelete, status: 204)
+    public static let sandboxStart = Endpoint<Empty, SandboxInfo>(
+        .post, "/v1/sandboxes/{name}/start", .sandboxStart)
+    public static let sandboxStop = Endpoint<Empty, SandboxInfo>(.post, "/v1/sandboxes/{name}/stop", .sandboxStop)
+    public static let sandboxExec = Endpoint<ExecRequest, ExecResult>(
+        .post, "/v1/sandboxes/{name}/exec", .sandboxExec)
+
+    public static let imageList = Endpoint<Empty, Page<ImageInfo>>(.get, "/v1/images", .imageList)
+    public static let imageImport = Endpoint<ImportImageRequest, ImageInfo>(
+        .post, "/v1/images", .imageImport, status: 201)
+    public static let imageDelete = Endpoint<Empty, Empty>(.delete, "/v1/images/{name}", .imageDelete, status: 204)
+
+    public static let auditList = Endpoint<Empty, Page<AuditRecord>>(.get, "/v1/audit", .auditList)
+    /// New records as they are appended: one JSON text message per record.
+    public static let auditFollow = Route(.get, "/v1/audit/follow", .auditFollow, status: 101, kind: .webSocket)
+    public static let auditCheckpoints = Endpoint<Empty, AuditCheckpointList>(
+        .get, "/v1/audit/checkpoints", .auditCheckpoints)
+
+    /// Every route, in the order of the OpenAPI document.
+    public static let all: [Route] = [
+        health.route, openAPI, jwks.route, tokenExchange.route, tokenIssue.route, tokenRevoke.route,
+        keysRotate.route, tenantList.route, tenantCreate.route, tenantDelete.route, principalList.route,
+        principalCreate.route, principalDelete.route, principalDisable.route, apiKeyCreate.route, sandboxList.route,
+        sandboxCreate.route, sandboxRun.route, sandboxGet.route, sandboxDelete.route, sandboxStart.route,
+        sandboxStop.route, sandboxExec.route, imageList.route, imageImport.route, imageDelete.route,
+        auditList.route, auditFollow, auditCheckpoints.route,
+    ]
+}
+
+extension String {
+    /// Percent-encodes a path segment or query value (RFC 3986 unreserved characters stay).
+    public var percentEncoded: String {
+        var out = ""
+        out.reserveCapacity(utf8.count)
+        for b in utf8 {
+            switch b {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"),
+                UInt8(ascii: "~"):
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            default:
+                let hex = Array("0123456789ABCDEF".unicodeScalars)
+                out.unicodeScalars.append("%")
+                out.unicodeScalars.append(hex[Int(b >> 4)])
+                out.unicodeScalars.append(hex[Int(b & 15)])
+            }
+        }
+        return out
+    }
+}

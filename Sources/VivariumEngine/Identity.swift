@@ -1,0 +1,237 @@
+import Foundation
+import Logging
+import VivariumAudit
+import VivariumAuth
+import VivariumCore
+import VivariumStore
+
+/// The identity use cases: tenants, principals, API keys, tokens and signing keys.
+public final class Identity: Sendable {
+    public static let defaultTenant = "default"
+
+    let store: any IdentityStore
+    let tokens: TokenService
+    let gate: Gate
+    let sandboxes: Sandboxes
+    let images: Images
+    let logger: Logger
+
+    init(
+        store: any IdentityStore, tokens: TokenService, gate: Gate, sandboxes: Sandboxes, images: Images,
+        logger: Logger
+    ) {
+        self.store = store
+        self.tokens = tokens
+        self.gate = gate
+        self.sandboxes = sandboxes
+        self.images = images
+        self.logger = logger
+    }
+
+    func tenant(_ caller: Caller) throws -> String {
+        guard let t = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
+        return t
+    }
+
+    // MARK: Tenants
+
+    public func createTenant(_ caller: Caller, name: ResourceName) async throws -> TenantRecord {
+        try await gate.perform(caller, .tenantCreate, target: name.rawValue) {
+            let t = TenantRecord(name: name, createdAt: Date())
+            try store.insertTenant(
+                t, audit: AuditEvent("tenant.create", target: name.rawValue, tenant: name.rawValue))
+            logger.info("tenant created", metadata: ["tenant": "\(name)"])
+            return t
+        }
+    }
+
+    public func listTenants(_ caller: Caller) async throws -> [TenantRecord] {
+        try await gate.perform(caller, .tenantList, target: nil) { try store.tenants() }
+    }
+
+    /// Deletes a tenant with its principals; refused while it holds sandboxes or images unless forced,
+    /// which deletes them first. Every token of the tenant stops working.
+    public func deleteTenant(_ caller: Caller, name: String, force: Bool) async throws {
+        try await gate.perform(caller, .tenantDelete, target: name) {
+            let n = try ResourceName.parse(name, what: "tenant name")
+            guard n.rawValue != Self.defaultTenant else {
+                throw VivariumError(.invalidState, "the default tenant cannot be removed")
+            }
+            guard try store.tenants().contains(where: { $0.name == n }) else {
+                throw VivariumError(.notFound, "tenant \(n) not found")
+            }
+            if force {
+                for s in try sandboxes.store.sandboxes(tenant: n.rawValue, after: nil, limit: 100_000) {
+                    try await sandboxes.delete(tenant: n.rawValue, name: s.name, force: true)
+                }
+                for i in try sandboxes.store.images(tenant: n.rawValue) {
+                    try await images.remove(tenant: n.rawValue, name: i.name)
+                }
+            }
+            try store.deleteTenant(
+                n.rawValue,
+                audit: AuditEvent(
+                    "tenant.delete", target: n.rawValue, tenant: n.rawValue, details: ["force": "\(force)"]))
+            try tokens.revoke(.tenant, n.rawValue, tenant: n.rawValue)
+            logger.info("tenant removed", metadata: ["tenant": "\(n)"])
+        }
+    }
+
+    // MARK: Principals
+
+    public func createPrincipal(_ caller: Caller, name: ResourceName, kind: PrincipalKind, role: Role) async throws
+        -> PrincipalRecord
+    {
+        try await gate.perform(caller, .principalCreate, target: name.rawValue) {
+            let tenant = try tenant(caller)
+            guard let own = caller.role, role <= own else {
+                throw VivariumError(.forbidden, "cannot create a principal with a role above your own")
+            }
+            let rec = PrincipalRecord(
+                id: "pr_" + randomHex(bytes: 10), tenant: tenant, name: name, kind: kind, role: role, disabled: false,
+                createdAt: Date())
+            try store.insertPrincipal(
+                rec,
+                audit: AuditEvent(
+                    "principal.create", target: name.rawValue, tenant: tenant,
+                    details: ["id": rec.id, "kind": kind.rawValue, "role": role.rawValue]))
+            logger.info("principal created", metadata: ["principal": "\(name)", "tenant": "\(tenant)"])
+            return rec
+        }
+    }
+
+    public func listPrincipals(_ caller: Caller) async throws -> [PrincipalRecord] {
+        try await gate.perform(caller, .principalList, target: nil) { try store.principals(tenant: try tenant(caller)) }
+    }
+
+    public func deletePrincipal(_ caller: Caller, name: String) async throws {
+        try await gate.perform(caller, .principalDelete, target: name) {
+            let tenant = try tenant(caller)
+            let p = try manageable(caller, name)
+            try store.deletePrincipal(
+                id: p.id,
+                audit: AuditEvent("principal.delete", target: p.name.rawValue, tenant: tenant, details: ["id": p.id]))
+            try tokens.revoke(.principal, p.id, tenant: tenant)
+        }
+    }
+
+    public func disablePrincipal(_ caller: Caller, name: String) async throws -> PrincipalRecord {
+        try await gate.perform(caller, .principalDisable, target: name) {
+            var p = try manageable(caller, name)
+            try tokens.disable(p)
+            p.disabled = true
+            return p
+        }
+    }
+
+    /// An API key for a principal; its scopes are what was asked for (default: all the role allows),
+    /// cut down to the caller's own and the principal's role.
+    public func createAPIKey(_ caller: Caller, principal name: String, scopes: Set<Scope>?, ttl: Duration?)
+        async throws -> NewAPIKey
+    {
+        try await gate.perform(caller, .apiKeyCreate, target: name) {
+            let p = try manageable(caller, name)
+            let ttl = ttl ?? .seconds(90 * 86400)
+            guard ttl >= .seconds(60), ttl <= .seconds(Int64(TokenService.maxAPIKeyLifetime)) else {
+                throw VivariumError(.invalidArgument, "ttl must be between 1 minute and 366 days")
+            }
+            let granted = (scopes ?? TokenService.allowedScopes(p.role)).intersection(caller.scopes)
+                .intersection(TokenService.allowedScopes(p.role))
+            let seconds = TimeInterval(ttl.components.seconds)
+            let key = try tokens.createAPIKey(for: p, scopes: granted, ttl: seconds)
+            return NewAPIKey(
+                key: key, principal: p.name, scopes: granted, expiresAt: Date().addingTimeInterval(seconds))
+        }
+    }
+
+    /// The principal `name` of the caller's tenant, if the caller may act on it: only up to its own
+    /// role, and only an admin acts on an admin.
+    func manageable(_ caller: Caller, _ name: String) throws -> PrincipalRecord {
+        let tenant = try tenant(caller)
+        let n = try ResourceName.parse(name, what: "principal name")
+        guard let p = try store.principal(tenant: tenant, name: n) else {
+            throw VivariumError(.notFound, "principal \(n) not found")
+        }
+        guard let role = caller.role, p.role <= role, role == .admin || p.role != .admin else {
+            throw VivariumError(.forbidden, "principal \(p.name) has a role above what you may manage")
+        }
+        return p
+    }
+
+    // MARK: Tokens
+
+    /// A token pair for an API key or a refresh token (single use).
+    public func exchange(_ caller: Caller, _ grant: TokenGrant) async throws -> TokenPair {
+        try await gate.perform(caller, .tokenExchange, target: nil) {
+            switch grant {
+            case .apiKey(let k): try await tokens.exchange(apiKey: k)
+            case .refreshToken(let r): try await tokens.refresh(r)
+            }
+        }
+    }
+
+    /// A least-privilege token for a principal of the caller's tenant, optionally bound to the id of
+    /// one sandbox (a sandbox re-created under the same name is not covered).
+    public func issueToken(
+        _ caller: Caller, principal name: String, sandbox: String?, scopes: Set<Scope>, ttl: Duration?
+    ) async throws -> TokenPair {
+        try await gate.perform(caller, .tokenIssue, target: name) {
+            let p = try manageable(caller, name)
+            guard !p.disabled else { throw VivariumError(.invalidState, "principal \(p.name) is disabled") }
+            guard scopes.isSubset(of: caller.scopes), scopes.isSubset(of: TokenService.allowedScopes(p.role)) else {
+                throw VivariumError(.forbidden, "cannot grant scopes beyond your own or the principal's role")
+            }
+            let bound = try sandbox.map { try sandboxes.record(caller, $0).id }
+            let life = ttl.map { TimeInterval($0.components.seconds) } ?? tokens.config.accessLifetime
+            guard life >= 1 else { throw VivariumError(.invalidArgument, "ttl must be positive") }
+            // The whole session ends with the requested lifetime: refreshing cannot extend it.
+            return try await tokens.issuePair(
+                p, scopes: scopes, boundSandbox: bound, family: nil, ttl: life,
+                sessionEnd: Date().addingTimeInterval(life), action: "token.issue")
+        }
+    }
+
+    public func revoke(_ caller: Caller, _ target: RevocationTarget) async throws {
+        try await gate.perform(caller, .tokenRevoke, target: nil) {
+            switch target {
+            case .jti(let jti):
+                // A jti names no tenant: only an admin revokes by it.
+                guard caller.role == .admin else { throw VivariumError(.forbidden, "only an admin revokes by jti") }
+                guard jti.utf8.count == 32, jti.allSatisfy(\.isHexDigit) else {
+                    throw VivariumError(.invalidArgument, "invalid jti")
+                }
+                try tokens.revoke(.jti, jti, tenant: nil)
+            case .principal(let name):
+                let p = try manageable(caller, name.rawValue)
+                try tokens.revoke(.principal, p.id, tenant: p.tenant)
+            case .tenant(let t):
+                guard caller.role == .admin || t.rawValue == caller.principal?.tenant else {
+                    throw VivariumError(.forbidden, "only an admin revokes another tenant's tokens")
+                }
+                try tokens.revoke(.tenant, t.rawValue, tenant: t.rawValue)
+            }
+        }
+    }
+
+    // MARK: Signing keys
+
+    public func jwks(_ caller: Caller) async throws -> JWKSet {
+        try await gate.perform(caller, .jwks, target: nil) { tokens.keys.jwks }
+    }
+
+    /// Rotates the token signing keys, recorded before (no record, no rotation) and after.
+    public func rotateKeys(_ caller: Caller) async throws -> JWKSet {
+        try await gate.perform(caller, .keysRotate, target: nil) {
+            try gate.audit.append([AuditEvent("keys.rotate", global: true, outcome: .started)])
+            do {
+                try await tokens.keys.rotate()
+            } catch {
+                sandboxes.recordOutcome(
+                    AuditEvent("keys.rotate", global: true, outcome: .failed, details: ["error": "\(error)"]))
+                throw error
+            }
+            sandboxes.recordOutcome(AuditEvent("keys.rotate", global: true, details: ["kid": tokens.keys.current.kid]))
+            return tokens.keys.jwks
+        }
+    }
+}

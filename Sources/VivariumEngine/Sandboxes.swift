@@ -1,0 +1,313 @@
+import Foundation
+import Logging
+import Synchronization
+import VivariumAudit
+import VivariumCore
+import VivariumOS
+import VivariumRuntime
+import VivariumStore
+
+/// The sandbox use cases: create, list, read, start, stop, delete, exec and run. Every entry point takes
+/// the caller and decides through the policy table (`Gate.perform`); names resolve in the caller's tenant
+/// only, so another tenant's sandbox is simply not found, and a token bound to one sandbox reaches only it.
+public final class Sandboxes: Sendable {
+    public static let defaultImage = ResourceName(rawValue: "base")!
+
+    let config: EngineConfiguration
+    let store: any Store
+    let audit: any AuditStore
+    let gate: Gate
+    let host: SandboxHost
+    let logger: Logger
+    let locks = KeyedLock()
+
+    init(
+        config: EngineConfiguration, store: any Store, audit: any AuditStore, gate: Gate, host: SandboxHost,
+        logger: Logger
+    ) {
+        self.config = config
+        self.store = store
+        self.audit = audit
+        self.gate = gate
+        self.host = host
+        self.logger = logger
+    }
+
+    // MARK: Entry points
+
+    public func create(_ caller: Caller, name: ResourceName?, spec: SandboxSpec) async throws -> Sandbox {
+        try await gate.perform(caller, .sandboxCreate, target: name?.rawValue) {
+            try await create(tenant: try tenant(caller), name: name, spec: spec)
+        }
+    }
+
+    /// Sandboxes of the caller's tenant (admins: of every tenant when `allTenants`) ordered by name.
+    public func list(_ caller: Caller, cursor: String?, limit: Int?) async throws -> Page<Sandbox> {
+        try await gate.perform(caller, .sandboxList, target: nil) {
+            let n = min(max(limit ?? 100, 1), 500)
+            let after = try cursor.map { try Self.decodeCursor($0) }
+            let rows = try store.sandboxes(tenant: try tenant(caller), after: after, limit: n + 1)
+            let items = rows.prefix(n).map { view($0) }
+            let next = rows.count > n ? items.last.map { Self.encodeCursor($0.name.rawValue) } : nil
+            return Page(items: Array(items), nextCursor: next)
+        }
+    }
+
+    public func get(_ caller: Caller, name: String) async throws -> Sandbox {
+        try await gate.perform(caller, .sandboxGet, target: name) {
+            let r = try record(caller, name)
+            var s = view(r)
+            s.diskUsageBytes = await host.diskUsage(r)
+            return s
+        }
+    }
+
+    public func start(_ caller: Caller, name: String) async throws -> Sandbox {
+        try await gate.perform(caller, .sandboxStart, target: name) {
+            let n = try record(caller, name).name
+            return try await locks.withLock(try lockKey(caller, n)) { [self] in
+                var r = try record(caller, name)
+                if case .running = r.state { return view(r) }
+                try r.state.requireStopped()
+                let pid: Int32
+                do {
+                    pid = try await host.boot(r, watch: watcher(r))
+                } catch {
+                    try? await host.release(r)
+                    throw error
+                }
+                try store.updateState(
+                    r.id, .running(pid: pid), audit: event("sandbox.start", r, details: ["pid": "\(pid)"]))
+                r.state = .running(pid: pid)
+                logger.info("sandbox started", metadata: ["sandbox": "\(n)", "pid": "\(pid)"])
+                return view(r)
+            }
+        }
+    }
+
+    public func stop(_ caller: Caller, name: String) async throws -> Sandbox {
+        try await gate.perform(caller, .sandboxStop, target: name) {
+            let n = try record(caller, name).name
+            return try await locks.withLock(try lockKey(caller, n)) { [self] in
+                var r = try record(caller, name)
+                if case .stopped = r.state { return view(r) }
+                _ = try r.state.requireRunning()
+                try await host.halt(r)
+                try store.updateState(r.id, .stopped, audit: event("sandbox.stop", r))
+                r.state = .stopped
+                logger.info("sandbox stopped", metadata: ["sandbox": "\(n)"])
+                return view(r)
+            }
+        }
+    }
+
+    public func delete(_ caller: Caller, name: String, force: Bool) async throws {
+        try await gate.perform(caller, .sandboxDelete, target: name) {
+            let n = try record(caller, name).name
+            try await delete(tenant: try tenant(caller), name: n, force: force)
+        }
+    }
+
+    /// Creates a sandbox, runs one command in it with every guarantee of exec (hardening, timeout, output
+    /// caps, audit records), and with `remove` deletes it afterwards, whatever the command did.
+    public func run(_ caller: Caller, name: ResourceName?, spec: SandboxSpec, command: ExecCommand, remove: Bool)
+        async throws -> (Sandbox, ExecOutcome)
+    {
+        try await gate.perform(caller, .sandboxRun, target: name?.rawValue) {
+            let t = try tenant(caller)
+            let box = try await create(tenant: t, name: name, spec: spec)
+            let outcome: ExecOutcome
+            do {
+                outcome = try await exec(try sandboxRecord(tenant: t, name: box.name), command)
+            } catch {
+                if remove { try? await delete(tenant: t, name: box.name, force: true) }
+                throw error
+            }
+            if remove { try await delete(tenant: t, name: box.name, force: true) }
+            return (box, outcome)
+        }
+    }
+
+    /// Runs a command in a running sandbox and returns its output (see `exec(_:_:)` in Exec.swift).
+    public func exec(_ caller: Caller, name: String, _ command: ExecCommand) async throws -> ExecOutcome {
+        try await gate.perform(caller, .sandboxExec, target: name) {
+            try await exec(try record(caller, name), command)
+        }
+    }
+
+    public func count() throws -> Int { try store.sandboxCount() }
+
+    // MARK: Inside the engine
+
+    /// The tenant a call acts in (the policy table already refused anything else).
+    func tenant(_ caller: Caller) throws -> String {
+        guard let t = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
+        return t
+    }
+
+    func lockKey(_ caller: Caller, _ name: ResourceName) throws -> String { "\(try tenant(caller))/\(name)" }
+
+    /// A sandbox of the caller's tenant by name; a token bound to another sandbox finds nothing.
+    func record(_ caller: Caller, _ name: String) throws -> SandboxRecord {
+        let r = try sandboxRecord(tenant: try tenant(caller), name: try ResourceName.parse(name, what: "sandbox name"))
+        if let bound = caller.boundSandbox, bound != r.id {
+            throw VivariumError(.notFound, "sandbox \(r.name) not found")
+        }
+        return r
+    }
+
+    func sandboxRecord(tenant: String, name: ResourceName) throws -> SandboxRecord {
+        guard let r = try store.sandbox(tenant: tenant, name: name) else {
+            throw VivariumError(.notFound, "sandbox \(name) not found")
+        }
+        return r
+    }
+
+    func create(tenant: String, name: ResourceName?, spec: SandboxSpec) async throws -> Sandbox {
+        let spec = try spec.validated()
+        let name = name ?? Self.generatedName()
+        guard
+            let image = try store.image(tenant: tenant, name: spec.image)
+                ?? store.image(tenant: Identity.defaultTenant, name: spec.image)
+        else { throw VivariumError(.imageNotFound, "image \(spec.image) not found") }
+
+        return try await locks.withLock("\(tenant)/\(name)") { [self] in
+            let id = SandboxID.random()
+            let now = Date()
+            let cfg = config
+            let intent = AuditEvent(
+                "sandbox.create", target: name.rawValue, tenant: tenant, outcome: .started,
+                details: [
+                    "id": id.rawValue, "image": image.name.rawValue, "image_digest": image.digest.rawValue,
+                    "memory_bytes": String(spec.limits.memoryBytes),
+                    "milli_cpus": String(spec.limits.milliCPUs), "pids": String(spec.limits.pids),
+                    "restart": spec.restart.rawValue, "read_only": String(spec.readOnly),
+                    "ttl_seconds": spec.ttlSeconds.map(String.init) ?? "none",
+                    "env_keys": spec.env.keys.sorted().joined(separator: ","),
+                ])
+            let record = try store.insertSandbox(maxSlots: config.maxSandboxes, quota: config.quota, audit: intent) {
+                slot in
+                SandboxRecord(
+                    id: id, tenant: tenant, name: name, imageID: image.id, imageName: image.name,
+                    imageDigest: image.digest, imageRootfs: image.rootfs, spec: spec, state: .creating,
+                    uidSlot: slot, bundle: cfg.sandboxesDir + "/" + id.rawValue,
+                    cgroupPath: "/\(cfg.cgroupParent)/\(id.rawValue)", createdAt: now,
+                    expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(Double($0)) })
+            }
+            do {
+                try host.prepareDirectories(record)
+                let pid = try await host.boot(record, watch: watcher(record))
+                try store.updateState(
+                    id, .running(pid: pid), audit: event("sandbox.create", record, details: ["pid": String(pid)]))
+                var r = record
+                r.state = .running(pid: pid)
+                logger.info("sandbox created", metadata: ["sandbox": "\(name)", "id": "\(id)", "pid": "\(pid)"])
+                return view(r)
+            } catch {
+                logger.warning("create failed, rolling back", metadata: ["sandbox": "\(name)", "error": "\(error)"])
+                let failure = event("sandbox.create", record, .failed, details: ["error": "\(error)"])
+                do {
+                    try await host.destroy(record)
+                    try store.deleteSandbox(id, audit: failure)
+                } catch {
+                    // Keep the record (and its uid slot) until the host is clean: the reconciler retries.
+                    try? store.updateState(id, .deleting, audit: failure)
+                    logger.error("rollback incomplete", metadata: ["sandbox": "\(name)", "error": "\(error)"])
+                }
+                throw VivariumError.wrap(error, .runtimeFailure, "create failed")
+            }
+        }
+    }
+
+    func delete(tenant: String, name: ResourceName, force: Bool) async throws {
+        try await locks.withLock("\(tenant)/\(name)") { [self] in
+            let r = try sandboxRecord(tenant: tenant, name: name)
+            if case .running = r.state, !force {
+                throw VivariumError(.invalidState, "sandbox \(name) is running: stop it first, or force the removal")
+            }
+            try await remove(r, action: "sandbox.delete", details: ["force": "\(force)"])
+            logger.info("sandbox deleted", metadata: ["sandbox": "\(name)"])
+        }
+    }
+
+    /// Marks a sandbox deleting (so that a crash mid-way is finished at the next start), tears its host
+    /// resources down and drops the record. Recorded as `action`: its intent, then its outcome.
+    func remove(_ r: SandboxRecord, action: String, details: [String: String] = [:]) async throws {
+        try store.updateState(r.id, .deleting, audit: event(action, r, .started, details: details))
+        try await host.stopping(r.id) {
+            if case .running = r.state { try? await host.halt(r, grace: .seconds(2)) }
+            try await host.destroy(r)
+        }
+        try store.deleteSandbox(r.id, audit: event(action, r))
+    }
+
+    /// An audit record about a sandbox: its name is the target, its tenant owns the record.
+    func event(
+        _ action: String, _ r: SandboxRecord, _ outcome: AuditOutcome = .ok, details: [String: String] = [:]
+    ) -> AuditEvent {
+        AuditEvent(
+            action, target: r.name.rawValue, tenant: r.tenant, outcome: outcome,
+            details: details.merging(["id": r.id.rawValue]) { a, _ in a })
+    }
+
+    /// The outcome of something that already happened: a failure to record it cannot undo it, so it is
+    /// logged (the intent record is in the trail).
+    func recordOutcome(_ e: AuditEvent) {
+        do { try audit.append([e]) } catch {
+            logger.critical("cannot record an outcome", metadata: ["action": "\(e.action)", "error": "\(error)"])
+        }
+    }
+
+    func view(_ r: SandboxRecord) -> Sandbox {
+        Sandbox(
+            id: r.id, tenant: r.tenant, name: r.name, imageDigest: r.imageDigest, spec: r.spec, state: r.state,
+            createdAt: r.createdAt, expiresAt: r.expiresAt, hostUIDBase: host.uidBase(r))
+    }
+
+    /// What to do when a sandbox's init exits without being asked to.
+    func watcher(_ r: SandboxRecord) -> @Sendable (Int32, ExitStatus?) -> Void {
+        let id = r.id
+        return { [self] pid, status in Task { await self.initExited(id, pid: pid, status: status) } }
+    }
+
+    /// An init exit nobody asked for: the sandbox stops, or restarts under `restart: always`. The pid is
+    /// compared under the sandbox's lock: a create or start in progress records the pid before this runs.
+    func initExited(_ id: SandboxID, pid: Int32, status: ExitStatus?) async {
+        guard let r = try? store.sandbox(id: id) else { return }
+        _ = try? await locks.withLock("\(r.tenant)/\(r.name)") { [self] in
+            guard let cur = try store.sandbox(id: id), cur.state.pid == pid else { return }
+            logger.warning(
+                "sandbox init exited",
+                metadata: ["sandbox": "\(cur.name)", "status": "\(status.map { "\($0)" } ?? "unknown")"])
+            try await host.release(cur)
+            let why = ["reason": "init exited", "status": status.map { "\($0)" } ?? "unknown"]
+            guard cur.spec.restart == .always else {
+                return try store.updateState(id, .stopped, audit: event("sandbox.stopped", cur, details: why))
+            }
+            do {
+                let newPid = try await host.boot(cur, watch: watcher(cur))
+                try store.updateState(
+                    id, .running(pid: newPid),
+                    audit: event("sandbox.restart", cur, details: why.merging(["pid": "\(newPid)"]) { a, _ in a }))
+                logger.info("sandbox restarted", metadata: ["sandbox": "\(cur.name)", "pid": "\(newPid)"])
+            } catch {
+                try? await host.release(cur)
+                try store.updateState(
+                    id, .stopped,
+                    audit: event(
+                        "sandbox.restart", cur, .failed, details: why.merging(["error": "\(error)"]) { a, _ in a }))
+                logger.error("restart failed", metadata: ["sandbox": "\(cur.name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    static func generatedName() -> ResourceName { ResourceName(rawValue: "sb-" + randomHex(bytes: 4))! }
+
+    static func encodeCursor(_ name: String) -> String { Data(name.utf8).base64EncodedString() }
+    static func decodeCursor(_ c: String) throws -> String {
+        guard c.utf8.count <= 128, let d = Data(base64Encoded: c), let s = String(data: d, encoding: .utf8),
+            ResourceName.isValid(s)
+        else { throw VivariumError(.invalidArgument, "invalid cursor") }
+        return s
+    }
+}
