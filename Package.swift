@@ -114,7 +114,11 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "VivariumIntegrationTests",
-            dependencies: ["VivariumCore", "VivariumOS", "VivariumAudit", "VivariumClient", "VivariumTestSupport"],
+            dependencies: [
+                "VivariumCore", "VivariumOS", "VivariumAudit", "VivariumClient", "VivariumTestSupport", logging,
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
             swiftSettings: strict),
     ]
 )

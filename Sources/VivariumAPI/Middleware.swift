@@ -80,9 +80,11 @@ struct AuthenticationMiddleware: RouterMiddleware {
     }
 }
 
-/// Turns every error into the JSON error body, adds `X-Request-Id`, and logs server-side failures.
+/// Turns every error into the JSON error body, adds `X-Request-Id`, and logs server-side failures. A
+/// known path asked with a method it does not serve answers 405 with `Allow`, whatever the method.
 struct ErrorMiddleware: RouterMiddleware {
     typealias Context = APIRequestContext
+    let routes: [Route]
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
         -> Response
@@ -90,6 +92,24 @@ struct ErrorMiddleware: RouterMiddleware {
         var response: Response
         do {
             response = try await next(request, context)
+        } catch let e as HTTPError where e.status == .notFound {
+            // The path the router would have matched: literal segments win over placeholders, as in its trie.
+            let matching = routes.filter { $0.matches(path: Substring(request.uri.path)) }
+            let best = matching.map(\.path).max { a, b in
+                a.split(separator: "/").map { !$0.hasPrefix("{") }.lexicographicallyPrecedes(
+                    b.split(separator: "/").map { !$0.hasPrefix("{") }
+                ) { !$0 && $1 }
+            }
+            let allowed = Set(matching.filter { $0.path == best }.map(\.method.rawValue))
+            if allowed.isEmpty {
+                response = try VivariumError(.notFound, "no such route").response(from: request, context: context)
+            } else {
+                let allow = allowed.sorted().joined(separator: ", ")
+                response = try VivariumError(
+                    .methodNotAllowed, "\(request.method.rawValue.prefix(32)) is not allowed here; use \(allow)"
+                ).response(from: request, context: context)
+                response.headers[.allow] = allow
+            }
         } catch {
             let e = VivariumError.from(error)
             if e.status.code >= 500 {

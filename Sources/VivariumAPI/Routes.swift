@@ -17,7 +17,7 @@ public enum API {
         -> Router<APIRequestContext>
     {
         let router = Router(context: APIRequestContext.self)
-        router.add(middleware: ErrorMiddleware())
+        router.add(middleware: ErrorMiddleware(routes: Endpoints.all))
         router.add(middleware: SourceMiddleware(trust: trust))
         var routes = RouteRegistry(router: router, gate: engine.gate)
         SystemRoutes(engine: engine, openAPI: openAPI).register(&routes)
@@ -25,7 +25,6 @@ public enum API {
         SandboxRoutes(sandboxes: engine.sandboxes).register(&routes)
         ImageRoutes(images: engine.images).register(&routes)
         AuditRoutes(audit: engine.audit, gate: engine.gate).register(&routes)
-        routes.refuseOtherMethods()
         return router
     }
 
@@ -91,8 +90,16 @@ struct Call: Sendable {
         } catch let e as HTTPError where e.status == .contentTooLarge {
             throw VivariumError(.payloadTooLarge, "request body exceeds \(API.maxBodyBytes) bytes")
         }
+        let data = Data(buffer: buffer)
+        // null is never a value of a request field: an optional field is left out, not nulled.
+        if data.contains(UInt8(ascii: "n")), let json = try? JSONSerialization.jsonObject(with: data),
+            let at = Self.firstNull(json, path: "")
+        {
+            throw VivariumError(
+                .badRequest, "invalid JSON body: null at \(at.isEmpty ? "top level" : String(at.prefix(100)))")
+        }
         do {
-            return try WireCoding.decoder().decode(T.self, from: Data(buffer: buffer))
+            return try WireCoding.decoder().decode(T.self, from: data)
         } catch let e as VivariumError {
             throw e
         } catch let e as DecodingError {
@@ -100,6 +107,19 @@ struct Call: Sendable {
         } catch {
             throw VivariumError(.badRequest, "invalid JSON body")
         }
+    }
+
+    /// The path of the first null in a decoded JSON value, if any.
+    static func firstNull(_ v: Any, path: String) -> String? {
+        switch v {
+        case is NSNull: return path
+        case let o as [String: Any]:
+            for (k, x) in o { if let p = firstNull(x, path: path.isEmpty ? k : path + "." + k) { return p } }
+        case let a as [Any]:
+            for (i, x) in a.enumerated() { if let p = firstNull(x, path: path + "[\(i)]") { return p } }
+        default: break
+        }
+        return nil
     }
 
     static func describe(_ e: DecodingError) -> String {
@@ -214,22 +234,4 @@ struct RouteRegistry {
             })
     }
 
-    /// Answers 405 with an `Allow` header for every method a registered path does not serve.
-    func refuseOtherMethods() {
-        var methods: [String: Set<String>] = [:]
-        for r in registered { methods[r.path, default: []].insert(r.method.rawValue) }
-        for (path, allowed) in methods {
-            let allow = allowed.sorted().joined(separator: ", ")
-            for m in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "TRACE"] where !allowed.contains(m) {
-                router.on(
-                    RouterPath(path.replacingOccurrences(of: "{name}", with: ":name")), method: .init(rawValue: m)!
-                ) { request, context in
-                    var r = try VivariumError(.methodNotAllowed, "\(m) is not allowed here; use \(allow)").response(
-                        from: request, context: context)
-                    r.headers[.allow] = allow
-                    return r
-                }
-            }
-        }
-    }
 }

@@ -213,8 +213,10 @@ public final class TokenService: Sendable {
         case .principal, .tenant: keep = Self.maxAPIKeyLifetime
         }
         let r = RevocationRecord(kind: kind, value: value, at: now, expiresAt: now.addingTimeInterval(keep + 60))
-        try store.revoke(r, audit: audit)
+        // In force before it is stored: nothing (a stream woken by the revocation's own record included)
+        // may still pass with the token once the store has it. A failed write errs on the side of refusing.
         revoked.update { Self.apply(r, to: &$0) }
+        try store.revoke(r, audit: audit)
     }
 
     /// The longest lifetime an API key may have.

@@ -40,6 +40,14 @@ public struct Route: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { "\(method.rawValue) \(path)" }
 
+    /// Whether a concrete path (no query) is this route's path, a placeholder standing for one segment.
+    public func matches(path concrete: Substring) -> Bool {
+        let a = path.split(separator: "/", omittingEmptySubsequences: false)
+        let b = concrete.split(separator: "/", omittingEmptySubsequences: false)
+        guard a.count == b.count else { return false }
+        return zip(a, b).allSatisfy { t, c in (t.hasPrefix("{") && t.hasSuffix("}") && !c.isEmpty) || t == c }
+    }
+
     /// The names of the path's `{placeholders}`, in order.
     public var parameters: [String] {
         path.split(separator: "/").compactMap { part in

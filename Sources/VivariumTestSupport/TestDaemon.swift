@@ -95,7 +95,11 @@ public final class TestDaemon: @unchecked Sendable {
     /// The loopback port of the plain-HTTP listener, when started with `tcp: true`.
     public let tcpPort: UInt16?
 
-    public init(extraEnv: [String: String] = [:], tcp: Bool = false) throws {
+    /// The vivarium binary this daemon runs (an older build, for the benchmark's before/after rows).
+    public let binary: String
+
+    public init(extraEnv: [String: String] = [:], tcp: Bool = false, binary: String = Paths.vivarium) throws {
+        self.binary = binary
         let missing = Integration.missing
         guard missing.isEmpty else {
             throw VivariumError(.unavailable, "integration prerequisites missing: \(missing.joined(separator: ", "))")
@@ -104,8 +108,9 @@ public final class TestDaemon: @unchecked Sendable {
         stateDir = root + "/state"
         socket = root + "/sock/vivarium.sock"
         logPath = root + "/daemon.log"
-        // A private block of 16 ranges far from the default instance's.
-        uidBase = (1 << 30) + Int64.random(in: 0..<3000) * 16 * 65536
+        // A private block of ranges far from the default instance's.
+        let block = Int64(extraEnv["VIVARIUM_MAX_SANDBOXES"].flatMap { Int64($0) } ?? 16) * 65536
+        uidBase = (1 << 30) + Int64.random(in: 0..<((Int64(UInt32.max) - (1 << 30)) / block - 1)) * block
         var http = SocketHTTPClient(socketPath: socket)
         http.receiveTimeout = .seconds(120)
         client = APIClient(http: http)
@@ -138,7 +143,7 @@ public final class TestDaemon: @unchecked Sendable {
     /// Starts the daemon and waits until its health check answers.
     public func start() throws {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: Paths.vivarium)
+        p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = ["serve"]
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }

@@ -8,49 +8,70 @@ import VivariumRuntime
 import VivariumTestSupport
 
 // Measures, in one run, the daemon's create→ready, exec and delete through the API against the same
-// work done directly: idmapped clone + overlay mount + crun create + crun start of an equivalent
-// hardened bundle, raw `crun exec`, and crun delete + unmount.
+// work done directly (idmapped clone + overlay mount + crun create + start of an equivalent hardened
+// bundle, raw `crun exec`, crun delete + unmount), whole CLI processes against curl and against the raw
+// crun sequence, and with VIVARIUM_BASELINE_BIN an older vivarium's API rows, interleaved with ours.
 
-let iterations = Int(ProcessInfo.processInfo.environment["VIVARIUM_BENCH_ITERATIONS"] ?? "") ?? 100
+let env = ProcessInfo.processInfo.environment
+let iterations = Int(env["VIVARIUM_BENCH_ITERATIONS"] ?? "") ?? 100
 
-func ms(_ d: Duration) -> Double {
-    Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
-}
+func ms(_ d: Duration) -> Double { d.milliseconds }
 
 struct Stats {
-    var samples: [Double]
+    var samples: [Double] = []
     func percentile(_ p: Double) -> Double {
         let s = samples.sorted()
         return s[max(0, min(s.count - 1, Int((p * Double(s.count)).rounded(.up)) - 1))]
     }
     var p50: Double { percentile(0.50) }
     var p99: Double { percentile(0.99) }
+    var perSecond: Double { 1000 * Double(samples.count) / samples.reduce(0, +) }
 }
 
-func measure(_ n: Int, _ body: (Int) async throws -> Void) async throws -> Stats {
-    var out: [Double] = []
-    let clock = ContinuousClock()
-    for i in 0..<n {
-        let t = clock.now
-        try await body(i)
-        out.append(ms(clock.now - t))
-    }
-    return Stats(samples: out)
+let clock = ContinuousClock()
+
+/// Times `body` once and appends the milliseconds to `stats`.
+func time(_ stats: inout Stats, _ body: () async throws -> Void) async rethrows {
+    let t = clock.now
+    try await body()
+    stats.samples.append(ms(clock.now - t))
 }
 
-func report(_ rows: [(String, Stats, Stats?)]) {
+func report(_ title: String, _ rows: [(String, Stats, Stats?)]) {
     func f(_ v: Double) -> String { String(format: "%8.2f", v) }
-    print("operation            vivarium p50/p99 (ms)    raw p50/p99 (ms)     ratio p50")
+    print("\n\(title)")
+    print("operation                         ours p50/p99 (ms)      reference p50/p99 (ms)   ratio p50")
     for (name, ours, raw) in rows {
-        var line = name.padding(toLength: 20, withPad: " ", startingAt: 0) + " " + f(ours.p50) + " /" + f(ours.p99)
+        var line = name.padding(toLength: 32, withPad: " ", startingAt: 0) + " " + f(ours.p50) + " /" + f(ours.p99)
         if let raw {
-            line += "    " + f(raw.p50) + " /" + f(raw.p99) + "    " + String(format: "%5.2fx", ours.p50 / raw.p50)
+            line += "     " + f(raw.p50) + " /" + f(raw.p99) + "       " + String(format: "%5.2fx", ours.p50 / raw.p50)
         }
         print(line)
     }
 }
 
+/// Runs a program to completion through the reaper (vfork spawn: no Foundation overhead in the figure).
+func spawn(_ path: String, _ args: [String], environment: [String]) async throws -> ExitStatus {
+    try await Reaper.shared.run(Command(path, args, environment: environment, outputLimit: 1 << 16)).status
+}
+
 let httpsPort = UInt16.random(in: 20000...40000)
+let daemon = try TestDaemon(extraEnv: [
+    "VIVARIUM_LISTEN": "127.0.0.1:\(httpsPort)", "VIVARIUM_REQUESTS_PER_SECOND": "10000000",
+    "VIVARIUM_REQUEST_BURST": "10000000", "VIVARIUM_LOG_LEVEL": "warning",
+])
+/// The same daemon with the audit trail forced off, for the audit overhead.
+let unaudited = try TestDaemon(extraEnv: ["VIVARIUM_AUDIT_MODE": "off", "VIVARIUM_LOG_LEVEL": "warning"])
+/// An older build, for before/after rows measured in this same run.
+let baseline = try env["VIVARIUM_BASELINE_BIN"].flatMap { $0.isEmpty ? nil : $0 }.map {
+    try TestDaemon(extraEnv: ["VIVARIUM_LOG_LEVEL": "warning"], binary: $0)
+}
+defer {
+    daemon.shutdown()
+    unaudited.shutdown()
+    baseline?.shutdown()
+}
+
 /// Authenticated `GET /v1/sandboxes/NAME` over HTTPS with keep-alive: wrk, one thread, 32 connections.
 func httpsThroughput() throws {
     guard access("/usr/bin/wrk", X_OK) == 0 else {
@@ -79,152 +100,229 @@ func httpsThroughput() throws {
     let p50 = lines.first { $0.hasPrefix("50%") }?.split(separator: " ").last.map(String.init) ?? "?"
     let non2xx = lines.first { $0.hasPrefix("Non-2xx") } ?? "all 2xx"
     print(
-        "https GET /v1/sandboxes/NAME (wrk -t1 -c32, keep-alive, 10 s): \(rps) req/s, p50 \(p50), p99 \(p99); \(non2xx)"
+        "\nhttps GET /v1/sandboxes/NAME (wrk -t1 -c32, keep-alive, 10 s): \(rps) req/s, p50 \(p50), p99 \(p99); \(non2xx)"
     )
-    let ok = (Double(rps) ?? 0) >= 10_000
-    print("target: ≥ 10,000 req/s with p99 < 10 ms: \(ok ? "req/s met" : "req/s MISSED")")
 }
 
-let daemon = try TestDaemon(extraEnv: [
-    "VIVARIUM_LISTEN": "127.0.0.1:\(httpsPort)", "VIVARIUM_REQUESTS_PER_SECOND": "10000000",
-    "VIVARIUM_REQUEST_BURST": "10000000", "VIVARIUM_LOG_LEVEL": "warning",
-])
-/// The same daemon with the audit trail forced off, for the audit overhead.
-let unaudited = try TestDaemon(extraEnv: ["VIVARIUM_AUDIT_MODE": "off", "VIVARIUM_LOG_LEVEL": "warning"])
-defer {
-    daemon.shutdown()
-    unaudited.shutdown()
+/// The raw work of a sandbox without the daemon, on the daemon's own image: idmapped clone, overlay,
+/// the hardened bundle, crun.
+struct Raw {
+    let crun: Crun
+    let root: String
+    let imageRootfs: String
+    let base: Int64
+    let cgroupParent = "vivarium-bench-\(randomHex(bytes: 4))"
+    let swap = FileSystem.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+    let processFile: String
+
+    init(daemon: TestDaemon) throws {
+        root = daemon.root + "/raw"
+        let images = try FileManager.default.contentsOfDirectory(atPath: daemon.stateDir + "/images/rootfs")
+        imageRootfs = daemon.stateDir + "/images/rootfs/" + images[0]
+        crun = Crun(root: daemon.root + "/raw-crun", cgroupMode: CgroupMode.detect(), logger: Logger(label: "bench"))
+        try FileSystem.makeDirectory(daemon.root + "/raw-crun")
+        try FileSystem.makeDirectory(root, mode: 0o711)
+        base = daemon.uidBase + 15 * 65536
+        processFile = root + "/true.json"
+        let proc = HardenedSpec.process(args: ["/bin/true"], env: [:], cwd: "/", uid: 0, gid: 0)
+        try FileSystem.writeAtomically(try JSONEncoder().encode(proc), to: processFile)
+    }
+
+    func bundle(_ id: String) -> String { root + "/" + id }
+
+    func prepare(_ id: String) throws {
+        let b = bundle(id)
+        for d in [b, b + "/lower", b + "/rootfs"] { try FileSystem.makeDirectory(d, mode: 0o711) }
+        try FileSystem.makeDirectory(b + "/upper", mode: 0o755, owner: (uid_t(base), gid_t(base)))
+        try FileSystem.makeDirectory(b + "/work", mode: 0o700, owner: (uid_t(base), gid_t(base)))
+    }
+
+    func create(_ id: String, initBinary: String) async throws {
+        let b = bundle(id)
+        let userns = try UserNamespace(base: base, size: 65536)
+        try Mounts.idmappedBind(source: imageRootfs, target: b + "/lower", userns: userns, readOnly: true)
+        try Mounts.overlay(lower: b + "/lower", upper: b + "/upper", work: b + "/work", target: b + "/rootfs")
+        let spec = HardenedSpec(
+            hostname: "raw", rootfs: b + "/rootfs", readOnly: false, hostUIDBase: base, limits: .default, env: [:],
+            cgroupsPath: "/\(cgroupParent)/\(id)", initBinary: initBinary, swapAccounting: swap
+        ).build()
+        try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: b + "/config.json", durable: false)
+        _ = try await crun.create(id: id, bundle: b)
+        try await crun.start(id: id)
+    }
+
+    func exec(_ id: String) async throws {
+        let out = try await Reaper.shared.run(
+            Command("/usr/bin/crun", ["--root", crun.root, "exec", "--process", processFile, id]))
+        guard out.status == .exited(0) else { throw VivariumError(.runtimeFailure, "raw exec: \(out.stderrString)") }
+    }
+
+    func delete(_ id: String) async throws {
+        try await crun.delete(id: id, force: true)
+        try Mounts.unmountAll(under: bundle(id))
+    }
+
+    func removeCgroups() {
+        for d in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? [] {
+            for e in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/\(d)/\(cgroupParent)")) ?? []
+            {
+                rmdir("/sys/fs/cgroup/\(d)/\(cgroupParent)/\(e)")
+            }
+            rmdir("/sys/fs/cgroup/\(d)/\(cgroupParent)")
+        }
+        rmdir("/sys/fs/cgroup/\(cgroupParent)")
+    }
 }
 
-/// create + delete through the API, alternating between the audited and the unaudited daemon so that
-/// both see the same host conditions. Returns (audited, unaudited) per-call samples.
-func auditOverhead() throws -> (Stats, Stats) {
-    var on: [Double] = []
-    var off: [Double] = []
-    let clock = ContinuousClock()
+do {
+    print("vivarium-bench: \(iterations) iterations each, cgroups \(CgroupMode.detect().rawValue)")
+    let raw = try Raw(daemon: daemon)
+    defer { raw.removeCgroups() }
+    let daemons = [daemon] + (baseline.map { [$0] } ?? [])
+    for d in daemons + [unaudited] {
+        _ = try d.create(CreateSandboxRequest(name: "warm"))
+        _ = try d.exec("warm", ["/bin/true"])
+    }
+    try raw.prepare("warm")
+    try await raw.create("warm", initBinary: daemon.initBinary)
+
+    // API rows: ours, the baseline's (when given) and raw, interleaved iteration by iteration.
+    var create = [Stats](repeating: Stats(), count: daemons.count)
+    var exec = create
+    var delete = create
+    var rawCreate = Stats()
+    var rawExec = Stats()
+    var rawDelete = Stats()
+    for i in 0..<iterations {
+        for (k, d) in daemons.enumerated() {
+            try await time(&create[k]) { _ = try d.create(CreateSandboxRequest(name: "c\(i)")) }
+            try await time(&exec[k]) {
+                guard try d.exec("warm", ["/bin/true"]).exitCode == 0 else {
+                    throw VivariumError(.runtimeFailure, "exec failed")
+                }
+            }
+            try await time(&delete[k]) { try d.client.callNoContent("DELETE", "/v1/sandboxes/c\(i)?force=true") }
+        }
+        try raw.prepare("r\(i)")
+        try await time(&rawCreate) { try await raw.create("r\(i)", initBinary: daemon.initBinary) }
+        try await time(&rawExec) { try await raw.exec("warm") }
+        try await time(&rawDelete) { try await raw.delete("r\(i)") }
+    }
+    var rows: [(String, Stats, Stats?)] = [
+        ("create→ready", create[0], rawCreate), ("exec /bin/true", exec[0], rawExec),
+        ("delete", delete[0], rawDelete),
+    ]
+    if baseline != nil {
+        rows += [
+            ("create→ready (baseline)", create[1], rawCreate), ("exec /bin/true (baseline)", exec[1], rawExec),
+            ("delete (baseline)", delete[1], rawDelete),
+        ]
+    }
+    report("API over the unix socket against the same work done directly", rows)
+    if baseline != nil {
+        print("\nthis build against the baseline, each as its ratio to raw in this run (target: within 10%)")
+        for (name, ours, old, ref) in [
+            ("create→ready", create[0], create[1], rawCreate), ("exec", exec[0], exec[1], rawExec),
+            ("delete", delete[0], delete[1], rawDelete),
+        ] {
+            let change = (ours.p50 / ref.p50) / (old.p50 / ref.p50) - 1
+            print(
+                "  " + name.padding(toLength: 14, withPad: " ", startingAt: 0)
+                    + String(
+                        format: " ours %.2fx raw, baseline %.2fx raw: %+.1f%% %@", ours.p50 / ref.p50,
+                        old.p50 / ref.p50, change * 100, change <= 0.10 ? "(met)" : "(MISSED)"))
+        }
+    }
+
+    // Whole CLI processes against curl making the same request, and `vivarium run --rm` against the raw
+    // crun sequence of the same hardened bundle (create, start, exec, delete).
+    let cliEnv = [
+        "VIVARIUM_SOCKET=\(daemon.socket)", "HOME=\(daemon.root)", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+    ]
+    let vivarium = Paths.vivarium
+    let execBody = #"{"argv":["/bin/true"]}"#
+    var cliExec = Stats()
+    var curlExec = Stats()
+    var cliList = Stats()
+    var curlList = Stats()
+    var cliRun = Stats()
+    var rawSequence = Stats()
+    for i in 0..<iterations {
+        try await time(&cliExec) {
+            guard try await spawn(vivarium, ["exec", "warm", "--", "/bin/true"], environment: cliEnv) == .exited(0)
+            else { throw VivariumError(.runtimeFailure, "vivarium exec failed") }
+        }
+        try await time(&curlExec) {
+            _ = try await spawn(
+                "/usr/bin/curl",
+                [
+                    "-sf", "-o", "/dev/null", "--unix-socket", daemon.socket, "-H", "Content-Type: application/json",
+                    "-d", execBody, "http://v/v1/sandboxes/warm/exec",
+                ], environment: cliEnv)
+        }
+        try await time(&cliList) { _ = try await spawn(vivarium, ["ls"], environment: cliEnv) }
+        try await time(&curlList) {
+            _ = try await spawn(
+                "/usr/bin/curl", ["-sf", "-o", "/dev/null", "--unix-socket", daemon.socket, "http://v/v1/sandboxes"],
+                environment: cliEnv)
+        }
+        try await time(&cliRun) {
+            guard try await spawn(vivarium, ["run", "--rm", "--", "/bin/true"], environment: cliEnv) == .exited(0)
+            else { throw VivariumError(.runtimeFailure, "vivarium run failed") }
+        }
+        try raw.prepare("s\(i)")
+        try await time(&rawSequence) {
+            try await raw.create("s\(i)", initBinary: daemon.initBinary)
+            try await raw.exec("s\(i)")
+            try await raw.delete("s\(i)")
+        }
+    }
+    report(
+        "Whole CLI processes (\(vivarium))",
+        [
+            ("vivarium exec -- /bin/true", cliExec, curlExec), ("vivarium ls", cliList, curlList),
+            ("vivarium run --rm -- /bin/true", cliRun, rawSequence),
+        ])
+    print("  references: curl --unix-socket with the same request; the raw crun create+start+exec+delete sequence")
+
+    // create + delete with the audit trail on and off, alternating, so that both see the same host.
+    var auditOn = Stats()
+    var auditOff = Stats()
     for i in 0..<iterations {
         for audited in i % 2 == 0 ? [true, false] : [false, true] {
             let d = audited ? daemon : unaudited
             let t = clock.now
             _ = try d.create(CreateSandboxRequest(name: "a\(i)"))
             try d.client.callNoContent("DELETE", "/v1/sandboxes/a\(i)?force=true")
-            if audited { on.append(ms(clock.now - t)) } else { off.append(ms(clock.now - t)) }
+            if audited { auditOn.samples.append(ms(clock.now - t)) } else { auditOff.samples.append(ms(clock.now - t)) }
         }
     }
-    return (Stats(samples: on), Stats(samples: off))
-}
-
-do {
-    print("vivarium-bench: \(iterations) iterations each, cgroups \(CgroupMode.detect().rawValue)")
-    // Warm up both paths once.
-    _ = try daemon.create(CreateSandboxRequest(name: "warm"))
-    _ = try daemon.exec("warm", ["/bin/true"])
-
-    _ = try unaudited.create(CreateSandboxRequest(name: "warm"))
-    let (auditOn, auditOff) = try auditOverhead()
-
-    // Through the API (unix socket, JSON, store transactions, the full hardened path).
-    var createOnly: [Double] = []
-    var deleteOnly: [Double] = []
-    let clock = ContinuousClock()
-    for i in 0..<iterations {
-        var t = clock.now
-        _ = try daemon.create(CreateSandboxRequest(name: "c\(i)"))
-        createOnly.append(ms(clock.now - t))
-        t = clock.now
-        try daemon.client.callNoContent("DELETE", "/v1/sandboxes/c\(i)?force=true")
-        deleteOnly.append(ms(clock.now - t))
-    }
-    let apiExec = try await measure(iterations) { _ in
-        let r = try daemon.exec("warm", ["/bin/true"])
-        guard r.exitCode == 0 else { throw VivariumError(.runtimeFailure, "exec failed") }
-    }
-
-    // The same work without the daemon.
-    let images = try FileManager.default.contentsOfDirectory(atPath: daemon.stateDir + "/images/rootfs")
-    let imageRootfs = daemon.stateDir + "/images/rootfs/" + images[0]
-    let logger = Logger(label: "bench")
-    let mode = CgroupMode.detect()
-    let crun = Crun(root: daemon.root + "/raw-crun", cgroupMode: mode, logger: logger)
-    try FileSystem.makeDirectory(daemon.root + "/raw-crun")
-    let base = daemon.uidBase + 15 * 65536
-    let cgroupParent = "vivarium-bench-\(randomHex(bytes: 4))"
-    let swap = FileSystem.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
-    func bundle(_ i: Int) -> String { daemon.root + "/raw/\(i)" }
-    func prepare(_ i: Int) throws {
-        let b = bundle(i)
-        for d in [b, b + "/lower", b + "/rootfs"] { try FileSystem.makeDirectory(d, mode: 0o711) }
-        try FileSystem.makeDirectory(b + "/upper", mode: 0o755, owner: (uid_t(base), gid_t(base)))
-        try FileSystem.makeDirectory(b + "/work", mode: 0o700, owner: (uid_t(base), gid_t(base)))
-    }
-    func rawCreate(_ i: Int) async throws {
-        let b = bundle(i)
-        let userns = try UserNamespace(base: base, size: 65536)
-        try Mounts.idmappedBind(source: imageRootfs, target: b + "/lower", userns: userns, readOnly: true)
-        try Mounts.overlay(lower: b + "/lower", upper: b + "/upper", work: b + "/work", target: b + "/rootfs")
-        let spec = HardenedSpec(
-            hostname: "raw", rootfs: b + "/rootfs", readOnly: false, hostUIDBase: base, limits: .default, env: [:],
-            cgroupsPath: "/\(cgroupParent)/raw\(i)", initBinary: daemon.initBinary, swapAccounting: swap
-        ).build()
-        try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: b + "/config.json", durable: false)
-        _ = try await crun.create(id: "raw\(i)", bundle: b)
-        try await crun.start(id: "raw\(i)")
-    }
-    func rawDelete(_ i: Int) async throws {
-        try await crun.delete(id: "raw\(i)", force: true)
-        try Mounts.unmountAll(under: bundle(i))
-    }
-    var rawCreateSamples: [Double] = []
-    var rawDeleteSamples: [Double] = []
-    try prepare(iterations)
-    try await rawCreate(iterations)  // warm-up, kept for the exec runs
-    for i in 0..<iterations {
-        try prepare(i)
-        var t = clock.now
-        try await rawCreate(i)
-        rawCreateSamples.append(ms(clock.now - t))
-        t = clock.now
-        try await rawDelete(i)
-        rawDeleteSamples.append(ms(clock.now - t))
-    }
-    let proc = HardenedSpec.process(args: ["/bin/true"], env: [:], cwd: "/", uid: 0, gid: 0)
-    let procFile = daemon.root + "/raw/true.json"
-    try FileSystem.writeAtomically(try JSONEncoder().encode(proc), to: procFile)
-    let rawExec = try await measure(iterations) { _ in
-        let out = try await Reaper.shared.run(
-            Command("/usr/bin/crun", ["--root", crun.root, "exec", "--process", procFile, "raw\(iterations)"]))
-        guard out.status == .exited(0) else { throw VivariumError(.runtimeFailure, "raw exec: \(out.stderrString)") }
-    }
-    try await rawDelete(iterations)
-    for d in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? [] {
-        rmdir("/sys/fs/cgroup/\(d)/\(cgroupParent)")
-    }
-    rmdir("/sys/fs/cgroup/\(cgroupParent)")
-
-    report([
-        ("create→ready", Stats(samples: createOnly), Stats(samples: rawCreateSamples)),
-        ("exec /bin/true", apiExec, rawExec),
-        ("delete", Stats(samples: deleteOnly), Stats(samples: rawDeleteSamples)),
-    ])
     let overhead = (auditOn.p50 / auditOff.p50 - 1) * 100
-    func perSecond(_ s: Stats) -> Double { 1000 * Double(s.samples.count) / s.samples.reduce(0, +) }
     print(
         String(
             format:
-                "create+delete, audit on vs off (interleaved): on p50 %.2f / p99 %.2f ms, %.1f/s; off p50 %.2f / p99 %.2f ms, %.1f/s; overhead p50 %+.1f%%, throughput %+.1f%%",
-            auditOn.p50, auditOn.p99, perSecond(auditOn), auditOff.p50, auditOff.p99, perSecond(auditOff), overhead,
-            (perSecond(auditOn) / perSecond(auditOff) - 1) * 100))
+                "\ncreate+delete, audit on vs off (interleaved): on p50 %.2f / p99 %.2f ms, %.1f/s; off p50 %.2f / p99 %.2f ms, %.1f/s; overhead p50 %+.1f%%",
+            auditOn.p50, auditOn.p99, auditOn.perSecond, auditOff.p50, auditOff.p99, auditOff.perSecond, overhead))
+    try await raw.delete("warm")
     try httpsThroughput()
-    let c = Stats(samples: createOnly).p50 / Stats(samples: rawCreateSamples).p50
-    let e = apiExec.p50 / rawExec.p50
-    print(
-        String(
-            format:
-                "targets: create→ready p50 ≤ 2.00x raw: %@ (%.2fx); exec p50 ≤ 1.50x raw: %@ (%.2fx); audit overhead < 10%%: %@ (%+.1f%%)",
-            c <= 2 ? "met" : "MISSED", c, e <= 1.5 ? "met" : "MISSED", e, overhead < 10 ? "met" : "MISSED", overhead))
+
+    func target(_ name: String, _ ours: Stats, _ ref: Stats, _ limit: Double) -> String {
+        let r = ours.p50 / ref.p50
+        return String(format: "%@ ≤ %.2fx: %@ (%.2fx)", name, limit, r <= limit ? "met" : "MISSED", r)
+    }
+    print("\ntargets:")
+    for t in [
+        target("create→ready p50 vs raw", create[0], rawCreate, 2),
+        target("exec p50 vs raw", exec[0], rawExec, 1.5),
+        target("CLI exec p50 vs curl", cliExec, curlExec, 1.5),
+        target("vivarium ls p50 vs curl", cliList, curlList, 2),
+        target("vivarium run --rm p50 vs raw sequence", cliRun, rawSequence, 1.5),
+    ] { print("  " + t) }
+    print(String(format: "  audit overhead < 10%%: %@ (%+.1f%%)", overhead < 10 ? "met" : "MISSED", overhead))
 } catch {
     FileHandle.standardError.write(Data("vivarium-bench: \(error)\n".utf8))
     daemon.shutdown()
     unaudited.shutdown()
+    baseline?.shutdown()
     exit(1)
 }

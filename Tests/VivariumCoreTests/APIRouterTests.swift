@@ -97,6 +97,18 @@ import VivariumEngine
             try await client.execute(uri: "/v1/sandboxes/x", method: .put) { r in
                 #expect(r.status == .methodNotAllowed && r.headers[.allow] == "DELETE, GET")
             }
+            // Whatever the method, and with the path the router would match: a literal segment wins.
+            try await client.execute(uri: "/v1/sandboxes/run", method: .options) { r in
+                #expect(r.status == .methodNotAllowed && r.headers[.allow] == "POST")
+            }
+            try await client.execute(uri: "/healthz", method: HTTPRequest.Method("QUERY")!) { r in
+                #expect(r.status == .methodNotAllowed && r.headers[.allow] == "GET")
+            }
+            try await client.execute(
+                uri: "/v1/sandboxes", method: .post, headers: bearer(member), body: ByteBuffer(string: #"{"env":null}"#)
+            ) { r in
+                #expect(r.status == .badRequest, "null is not a value of a request field")
+            }
             try await client.execute(
                 uri: "/v1/sandboxes", method: .post, headers: bearer(member), body: ByteBuffer(string: "{not json")
             ) { r in
@@ -122,8 +134,11 @@ import VivariumEngine
         }
         // A mutation refused while its body was read is still recorded under its action.
         let creates = try f.records("sandbox.create")
-        #expect(creates.map(\.outcome) == ["failed", "failed", "failed"])
-        #expect(creates.map { $0.details["code"] } == ["bad_request", "unsupported_media_type", "invalid_argument"])
+        #expect(creates.map(\.outcome) == ["failed", "failed", "failed", "failed"])
+        #expect(
+            creates.map { $0.details["code"] } == [
+                "bad_request", "bad_request", "unsupported_media_type", "invalid_argument",
+            ])
     }
 
     @Test func failedAuthenticationsThrottleTheirSourceAndBoundTokensStayBound() async throws {

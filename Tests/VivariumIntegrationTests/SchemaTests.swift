@@ -1,0 +1,58 @@
+import Foundation
+import Testing
+import VivariumClient
+import VivariumCore
+import VivariumTestSupport
+
+/// schemathesis (PyPI) against a real daemon, as a tenant member: every operation of the served OpenAPI
+/// document, with generated valid and invalid data, with every check but `positive_data_acceptance`
+/// (the document states less than the API enforces: byte-counted lengths, for one). Any 5xx, crash or
+/// answer that breaks the document fails the test. Responses may take 30 s: a stop waits for the
+/// sandbox's init up to the stop timeout, and a generated exec may run until its own timeout.
+@Suite(.serialized, .enabled(if: Integration.enabled)) struct SchemaTests {
+    /// `st` on the PATH.
+    static var schemathesis: String? {
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let p = "\(dir)/st"
+            if access(p, X_OK) == 0 { return p }
+        }
+        return nil
+    }
+
+    @Test func theAPIKeepsToItsDocumentUnderGeneratedInput() async throws {
+        let st = try #require(Self.schemathesis, "schemathesis is not installed (pip install schemathesis)")
+        // Limits high enough that the generated traffic is judged on its content, not throttled; the
+        // tenant quota lower than the host's sandbox slots so that creates stop at a clear 403.
+        let env = [
+            "VIVARIUM_REQUESTS_PER_SECOND": "1000000", "VIVARIUM_REQUEST_BURST": "1000000",
+            "VIVARIUM_AUTH_FAILURES_PER_MINUTE": "100000", "VIVARIUM_MAX_SANDBOXES": "64",
+            "VIVARIUM_QUOTA_SANDBOXES": "12", "VIVARIUM_LOG_LEVEL": "warning",
+        ]
+        try await TestDaemon.with(extraEnv: env, tcp: true) { d in
+            let _: TenantInfo = try d.client.call("POST", "/v1/tenants", body: CreateTenantRequest(name: "fuzz"))
+            let _: PrincipalInfo = try d.client.call(
+                "POST", "/v1/principals?tenant=fuzz", body: CreatePrincipalRequest(name: "member", role: "member"))
+            let key: APIKeyInfo = try d.client.call(
+                "POST", "/v1/principals/member/keys?tenant=fuzz", body: CreateAPIKeyRequest())
+            let pair: TokenPair = try d.client.call(
+                "POST", "/v1/tokens", body: TokenRequest(grantType: "api_key", apiKey: key.apiKey))
+            let base = "http://127.0.0.1:\(d.tcpPort!)"
+            let r = try runCommand(
+                st,
+                [
+                    "run", base + "/v1/openapi.json", "--url", base, "-H", "Authorization: Bearer \(pair.accessToken)",
+                    "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "12",
+                    "--max-time", "100", "--request-timeout", "30", "--max-response-time", "30", "--workers", "2",
+                    "--seed", "1", "--generation-deterministic", "--no-shrink", "--output-truncate", "true",
+                ], env: ["NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"])
+            if r.status != 0 {
+                FileHandle.standardError.write(
+                    Data(
+                        "--- schemathesis ---\n\(r.stdout.suffix(20000))\n\(r.stderr)\n--- daemon log ---\n\(d.log.suffix(6000))\n"
+                            .utf8))
+            }
+            #expect(r.status == 0, "schemathesis found problems (output above)")
+            #expect(try d.client.http.send("GET", "/healthz").status == 200, "the daemon survived")
+        }
+    }
+}
