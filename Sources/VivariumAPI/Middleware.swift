@@ -59,21 +59,14 @@ struct AuthenticationMiddleware: RouterMiddleware {
         }
         if context.isLocal { return .success(.localRoot(requestID: context.requestID, requestedTenant: tenant)) }
         guard requireCredentials else { return .success(context.anonymous) }
-        let bearer: String?
-        let door: Caller.Door
-        if let header = request.headers[.authorization] {
-            guard let token = Bearer.fromAuthorization(header) else {
+        let upgrade = request.headers[.upgrade] != nil
+        let door: Caller.Door = upgrade ? .websocket : .rest
+        var bearer: String?
+        if request.headers[.authorization] != nil || (upgrade && request.headers[.secWebSocketProtocol] != nil) {
+            guard let token = Bearer.of(request) else {
                 return .failure(VivariumError(.unauthenticated, "invalid or expired credentials"))
             }
             bearer = token
-            door = request.headers[.upgrade]?.lowercased() == "websocket" ? .websocket : .rest
-        } else if let proto = request.headers[.secWebSocketProtocol], request.headers[.upgrade] != nil {
-            bearer = Bearer.fromWebSocketProtocol(proto)
-            door = .websocket
-            if bearer == nil { return .failure(VivariumError(.unauthenticated, "invalid or expired credentials")) }
-        } else {
-            bearer = nil
-            door = .rest
         }
         return await gate.authenticate(
             bearer: bearer, source: context.source, requestID: context.requestID, requestedTenant: tenant, door: door)

@@ -39,8 +39,6 @@ public struct SocketHTTPClient: HTTPTransport {
     public var extraHeaders: [(String, String)] = [] { didSet { connection = Connection() } }
     /// Raw bytes sent at the start of each connection (a PROXY protocol header, in tests).
     public var rawPrefix: [UInt8] = [] { didSet { connection = Connection() } }
-    /// Close the connection after each request (`Connection: close`).
-    public var oneShot = false
     /// Give up on an answer after this long without a byte (nil: wait as long as the command runs).
     public var receiveTimeout: Duration? { didSet { connection = Connection() } }
 
@@ -110,7 +108,6 @@ public struct SocketHTTPClient: HTTPTransport {
             }
         }
         var head = "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n"
-        if oneShot { head += "Connection: close\r\n" }
         if let bearer { head += "Authorization: Bearer \(bearer)\r\n" }
         for (k, v) in extraHeaders { head += "\(k): \(v)\r\n" }
         if let body {
@@ -140,7 +137,7 @@ public struct SocketHTTPClient: HTTPTransport {
             close(fd)
             throw error
         }
-        if keep && !oneShot {
+        if keep {
             connection.give((fd, reader.rest))
         } else {
             close(fd)

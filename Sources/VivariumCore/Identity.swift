@@ -96,8 +96,6 @@ public struct Principal: Sendable, Equatable {
     /// Root on the host, over the unix socket: the bootstrap administrator.
     public static let localRoot = Principal(
         id: "local-root", name: "local-root", tenant: "default", kind: .user, role: .admin, scopes: Set(Scope.all))
-
-    public func has(_ scope: Scope) -> Bool { scopes.contains(scope) }
 }
 
 extension Set where Element == Scope {

@@ -20,18 +20,20 @@ public final class Engine: Sendable {
     public let identity: Identity
     public let audit: AuditTrail
     let tokens: TokenService
+    let host: SandboxHost
 
     /// The collaborators are made by the composition root (`vivarium serve`, or a test).
     public init(
         config: EngineConfiguration, store: any Store, identityStore: any IdentityStore, auditStore: any AuditStore,
         tokens: TokenService, runtime: any OCIRuntime, content: ImageStore, auditKey: AuditKey,
         auditKeyCreated: Bool, checkpointer: AuditCheckpointer, limits: AbuseLimits, logger: Logger
-    ) {
+    ) throws {
         self.config = config
         self.tokens = tokens
         gate = Gate(tokens: tokens, audit: auditStore, limits: limits, logger: logger)
-        let host = SandboxHost(config: config, runtime: runtime, logger: logger)
-        sandboxes = Sandboxes(config: config, store: store, audit: auditStore, gate: gate, host: host, logger: logger)
+        host = try SandboxHost(config: config, runtime: runtime, logger: logger)
+        sandboxes = Sandboxes(
+            config: config, store: store, audit: auditStore, gate: gate, host: host, logger: logger)
         images = Images(config: config, store: store, content: content, gate: gate, logger: logger)
         identity = Identity(
             store: identityStore, tokens: tokens, gate: gate, sandboxes: sandboxes, images: images, logger: logger)
@@ -74,12 +76,14 @@ public final class Engine: Sendable {
     }
 
     /// The engine's background work, for the daemon's ServiceGroup: the TTL sweeper, the reconciler's
-    /// drift check, and the refresh of the revocation set (tokens are refused while it is stale).
-    public var backgroundServices: [PeriodicService] {
+    /// drift check, the refresh of the revocation set (tokens are refused while it is stale), and the
+    /// removal of deleted sandboxes' bundles.
+    public var backgroundServices: [any Service] {
         [
             PeriodicService(every: config.ttlSweepInterval) { _ = await self.sandboxes.sweepExpired() },
             PeriodicService(every: .seconds(30)) { await self.sandboxes.checkDrift() },
             PeriodicService(every: .seconds(5)) { self.tokens.refreshRevocations() },
+            TrashCollector(host: host),
         ]
     }
 }

@@ -94,7 +94,7 @@ extension Sandboxes {
             let dir = config.sandboxesDir + "/" + e
             do {
                 try Mounts.unmountAll(under: dir)
-                try await FileSystem.removeTree(dir)
+                try host.trash.discard(dir)
                 removed += 1
             } catch {
                 logger.error("cannot remove orphan", metadata: ["path": "\(dir)", "error": "\(error)"])

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import ServiceLifecycle
 import Synchronization
 import VivariumCore
 import VivariumOS
@@ -21,12 +22,16 @@ final class SandboxHost: Sendable {
     let execCgroupPool = Mutex<[SandboxID: [ExecCgroup]]>([:])
     /// The cgroup hierarchies sandboxes live in, listed once: the v2 root, or each v1 controller's.
     let cgroupHierarchies: [String]
+    /// Bundles of deleted sandboxes, removed in the background (`TrashCollector`).
+    let trash: Trash
+    let trashed = WakeSignal()
     static let diskUsageTTL = Duration.seconds(5)
 
-    init(config: EngineConfiguration, runtime: any OCIRuntime, logger: Logger) {
+    init(config: EngineConfiguration, runtime: any OCIRuntime, logger: Logger) throws {
         self.config = config
         self.runtime = runtime
         self.logger = logger
+        trash = try Trash(dir: config.stateDir + "/trash")
         switch config.cgroupMode {
         case .unified:
             // memory.swap.max exists in non-root cgroups when the kernel accounts swap.
@@ -108,20 +113,25 @@ final class SandboxHost: Sendable {
     }
 
     /// Stops the init (TERM, then KILL after the grace period) and releases crun's container and the mounts.
+    /// The signals go through the watch's pidfd: no crun process, and never a recycled pid.
     func halt(_ r: SandboxRecord, grace: Duration? = nil) async throws {
         try await stopping(r.id) {
             if let pid = r.state.pid, Self.processAlive(pid) {
                 let exited = ExitSignal()
                 if Reaper.shared.watch(pid: pid, onExit: { _ in exited.fire() }) {
-                    try? await runtime.kill(id: r.id.rawValue, signal: SIGTERM)
+                    await signal(r, pid, SIGTERM)
                     if !(await exited.wait(timeout: grace ?? config.stopTimeout)) {
-                        try? await runtime.kill(id: r.id.rawValue, signal: SIGKILL)
+                        await signal(r, pid, SIGKILL)
                         _ = await exited.wait(timeout: .seconds(5))
                     }
                 }
             }
             try await release(r)
         }
+    }
+
+    func signal(_ r: SandboxRecord, _ pid: Int32, _ sig: Int32) async {
+        if !Reaper.shared.signal(watched: pid, sig) { try? await runtime.kill(id: r.id.rawValue, signal: sig) }
     }
 
     /// crun delete --force and unmount; keeps the sandbox's directories (its upper dir is its disk).
@@ -131,11 +141,14 @@ final class SandboxHost: Sendable {
         try Mounts.unmountAll(under: r.bundle)
     }
 
-    /// Removes everything a sandbox holds on the host: crun container, cgroup, mounts, bundle.
-    func destroy(_ r: SandboxRecord) async throws {
-        try await release(r)
+    /// Removes everything a sandbox holds on the host: crun container, cgroup, mounts, and its bundle, which
+    /// goes to the trash (one rename; the tree is removed in the background). A sandbox that `halt`
+    /// already released needs only its directories removed.
+    func destroy(_ r: SandboxRecord, released: Bool = false) async throws {
+        if !released { try await release(r) }
         diskUsageCache.withLock { _ = $0.removeValue(forKey: r.id) }
-        try await FileSystem.removeTree(r.bundle)
+        try trash.discard(r.bundle)
+        trashed.signal()
     }
 
     /// A sandbox's cgroup directory in each hierarchy (whether crun made it there or not).
@@ -208,6 +221,20 @@ final class ExitSignal: Sendable {
                 try? await Task.sleep(for: timeout)
                 if let w = self.state.withLock({ $0.waiters.removeValue(forKey: id) }) { w.resume(returning: false) }
             }
+        }
+    }
+}
+
+/// Empties the trash of deleted sandboxes' bundles whenever something lands in it, and once at start
+/// (what a crash left there).
+struct TrashCollector: Service {
+    let host: SandboxHost
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let removed = await host.trash.empty()
+            if removed > 0 { host.logger.debug("emptied the trash", metadata: ["trees": "\(removed)"]) }
+            await cancelWhenGracefulShutdown { await host.trashed.wait() }
         }
     }
 }

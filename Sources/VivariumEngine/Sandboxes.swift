@@ -41,7 +41,7 @@ public final class Sandboxes: Sendable {
         }
     }
 
-    /// Sandboxes of the caller's tenant (admins: of every tenant when `allTenants`) ordered by name.
+    /// Sandboxes of the tenant the caller acts in, ordered by name.
     public func list(_ caller: Caller, cursor: String?, limit: Int?) async throws -> Page<Sandbox> {
         try await gate.perform(caller, .sandboxList, target: nil) {
             let n = min(max(limit ?? 100, 1), 500)
@@ -235,8 +235,17 @@ public final class Sandboxes: Sendable {
     func remove(_ r: SandboxRecord, action: String, details: [String: String] = [:]) async throws {
         try store.updateState(r.id, .deleting, audit: event(action, r, .started, details: details))
         try await host.stopping(r.id) {
-            if case .running = r.state { try? await host.halt(r, grace: .seconds(2)) }
-            try await host.destroy(r)
+            var released = false
+            if case .running = r.state {
+                do {
+                    try await host.halt(r, grace: .seconds(2))
+                    released = true
+                } catch {
+                    logger.warning(
+                        "stopping for delete failed", metadata: ["sandbox": "\(r.name)", "error": "\(error)"])
+                }
+            }
+            try await host.destroy(r, released: released)
         }
         try store.deleteSandbox(r.id, audit: event(action, r))
     }

@@ -129,3 +129,39 @@ public enum FileSystem {
         return total
     }
 }
+
+/// A directory that trees are moved into, to be removed later off the request path: moving a tree is one
+/// rename whatever its size, and removing it (GNU rm, see `FileSystem.removeTree`) can take long. It must
+/// be on the same file system as what is discarded into it. Whatever it holds after a crash is removed at
+/// the next `empty()`.
+public struct Trash: Sendable {
+    public let dir: String
+
+    public init(dir: String) throws {
+        self.dir = dir
+        try FileSystem.makeDirectory(dir, mode: 0o700)
+    }
+
+    /// Moves `path` into the trash. Refused while anything is mounted at or below it.
+    public func discard(_ path: String) throws {
+        guard FileSystem.exists(path) else { return }
+        let mounted = Mounts.mounts(under: path)
+        guard mounted.isEmpty else {
+            throw VivariumError(.internalError, "refusing to discard \(path): \(mounted[0]) is mounted")
+        }
+        let dest = dir + "/" + randomHex(bytes: 8)
+        guard rename(path, dest) == 0 else { throw posixError("move \(path) to the trash") }
+    }
+
+    /// Removes everything in the trash; returns how many trees it removed.
+    @discardableResult
+    public func empty() async -> Int {
+        var n = 0
+        for e in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+            if (try? await FileSystem.removeTree(dir + "/" + e)) != nil { n += 1 }
+        }
+        return n
+    }
+
+    public var isEmpty: Bool { ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).isEmpty }
+}

@@ -212,6 +212,19 @@ public final class Reaper: Sendable {
         return true
     }
 
+    /// Sends a signal to a watched process through its watch's pidfd, so never to a recycled pid. False
+    /// when no watch holds the process any more (it exited) or the signal could not be sent.
+    @discardableResult
+    public func signal(watched pid: Int32, _ sig: Int32) -> Bool {
+        state.withLock { s in
+            for reg in s.registrations.values {
+                guard case .watch(let p, _) = s.slots[reg.slot], p == pid else { continue }
+                return vv_pidfd_send_signal(reg.fd, sig) == 0
+            }
+            return false
+        }
+    }
+
     /// Reaps zombie children nobody registered (a sandbox init whose create failed half-way, a process
     /// orphaned by a killed crun): as a subreaper the daemon inherits them.
     public func reapStrays() {

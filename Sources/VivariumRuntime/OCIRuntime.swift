@@ -84,6 +84,9 @@ public struct Crun: OCIRuntime {
     }
 
     public func delete(id: String, force: Bool) async throws {
+        // crun keeps a container's state in <root>/<id>: without it there is nothing to delete, and no
+        // crun process needs to start to say so.
+        guard FileSystem.exists(root + "/" + id) else { return }
         try await run(["delete"] + (force ? ["--force"] : []) + [id])
     }
 

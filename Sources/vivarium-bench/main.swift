@@ -194,7 +194,7 @@ do {
     var rawExec = Stats()
     var rawDelete = Stats()
     for i in 0..<iterations {
-        for (k, d) in daemons.enumerated() {
+        for (k, d) in i % 2 == 0 ? Array(daemons.enumerated()) : daemons.enumerated().reversed() {
             try await time(&create[k]) { _ = try d.create(CreateSandboxRequest(name: "c\(i)")) }
             try await time(&exec[k]) {
                 guard try d.exec("warm", ["/bin/true"]).exitCode == 0 else {
@@ -247,34 +247,55 @@ do {
     var curlList = Stats()
     var cliRun = Stats()
     var rawSequence = Stats()
+    // Each pair runs in alternating order, so that neither side always follows the heavier work.
     for i in 0..<iterations {
-        try await time(&cliExec) {
-            guard try await spawn(vivarium, ["exec", "warm", "--", "/bin/true"], environment: cliEnv) == .exited(0)
-            else { throw VivariumError(.runtimeFailure, "vivarium exec failed") }
+        let order = i % 2 == 0 ? [true, false] : [false, true]
+        for ours in order {
+            if ours {
+                try await time(&cliExec) {
+                    guard
+                        try await spawn(vivarium, ["exec", "warm", "--", "/bin/true"], environment: cliEnv)
+                            == .exited(0)
+                    else { throw VivariumError(.runtimeFailure, "vivarium exec failed") }
+                }
+            } else {
+                try await time(&curlExec) {
+                    _ = try await spawn(
+                        "/usr/bin/curl",
+                        [
+                            "-sf", "-o", "/dev/null", "--unix-socket", daemon.socket, "-H",
+                            "Content-Type: application/json", "-d", execBody, "http://v/v1/sandboxes/warm/exec",
+                        ], environment: cliEnv)
+                }
+            }
         }
-        try await time(&curlExec) {
-            _ = try await spawn(
-                "/usr/bin/curl",
-                [
-                    "-sf", "-o", "/dev/null", "--unix-socket", daemon.socket, "-H", "Content-Type: application/json",
-                    "-d", execBody, "http://v/v1/sandboxes/warm/exec",
-                ], environment: cliEnv)
-        }
-        try await time(&cliList) { _ = try await spawn(vivarium, ["ls"], environment: cliEnv) }
-        try await time(&curlList) {
-            _ = try await spawn(
-                "/usr/bin/curl", ["-sf", "-o", "/dev/null", "--unix-socket", daemon.socket, "http://v/v1/sandboxes"],
-                environment: cliEnv)
-        }
-        try await time(&cliRun) {
-            guard try await spawn(vivarium, ["run", "--rm", "--", "/bin/true"], environment: cliEnv) == .exited(0)
-            else { throw VivariumError(.runtimeFailure, "vivarium run failed") }
+        for ours in order {
+            if ours {
+                try await time(&cliList) { _ = try await spawn(vivarium, ["ls"], environment: cliEnv) }
+            } else {
+                try await time(&curlList) {
+                    _ = try await spawn(
+                        "/usr/bin/curl",
+                        ["-sf", "-o", "/dev/null", "--unix-socket", daemon.socket, "http://v/v1/sandboxes"],
+                        environment: cliEnv)
+                }
+            }
         }
         try raw.prepare("s\(i)")
-        try await time(&rawSequence) {
-            try await raw.create("s\(i)", initBinary: daemon.initBinary)
-            try await raw.exec("s\(i)")
-            try await raw.delete("s\(i)")
+        for ours in order {
+            if ours {
+                try await time(&cliRun) {
+                    guard
+                        try await spawn(vivarium, ["run", "--rm", "--", "/bin/true"], environment: cliEnv) == .exited(0)
+                    else { throw VivariumError(.runtimeFailure, "vivarium run failed") }
+                }
+            } else {
+                try await time(&rawSequence) {
+                    try await raw.create("s\(i)", initBinary: daemon.initBinary)
+                    try await raw.exec("s\(i)")
+                    try await raw.delete("s\(i)")
+                }
+            }
         }
     }
     report(

@@ -62,6 +62,7 @@ func finish(_ result: ExecResult) throws {
 
 struct Create: ClientCommand {
     static let configuration = CommandConfiguration(
+        commandName: "create",
         abstract: "Create and start a sandbox.",
         discussion: "Sizes take K, M, G suffixes; durations take s, m, h, d (e.g. --ttl 30m).")
 
@@ -78,6 +79,7 @@ struct Create: ClientCommand {
 
 struct Run: ClientCommand {
     static let configuration = CommandConfiguration(
+        commandName: "run",
         abstract: "Create a sandbox, run one command in it, and with --rm delete it: one call to the daemon.",
         discussion: """
             Like `podman run --rm`: the command runs exactly as `vivarium exec` runs it (same hardening, timeout \
@@ -127,7 +129,8 @@ struct List: ClientCommand {
 }
 
 struct Inspect: ClientCommand {
-    static let configuration = CommandConfiguration(abstract: "Show one sandbox, with its disk usage.")
+    static let configuration = CommandConfiguration(
+        commandName: "inspect", abstract: "Show one sandbox, with its disk usage.")
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Sandbox name.") var name: String
     @Flag(help: "Print JSON.") var json = false
@@ -152,7 +155,8 @@ struct Inspect: ClientCommand {
 }
 
 struct Start: ClientCommand {
-    static let configuration = CommandConfiguration(abstract: "Start a stopped sandbox.")
+    static let configuration = CommandConfiguration(
+        commandName: "start", abstract: "Start a stopped sandbox.")
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Sandbox name.") var name: String
     @Flag(help: "Print JSON.") var json = false
@@ -164,6 +168,7 @@ struct Start: ClientCommand {
 
 struct Stop: ClientCommand {
     static let configuration = CommandConfiguration(
+        commandName: "stop",
         abstract: "Stop a sandbox (SIGTERM, then SIGKILL after the stop timeout). Its disk is kept.")
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Sandbox name.") var name: String
@@ -197,6 +202,7 @@ struct Remove: ClientCommand {
 
 struct Exec: ClientCommand {
     static let configuration = CommandConfiguration(
+        commandName: "exec",
         abstract: "Run a command in a sandbox and exit with its status.",
         discussion: """
             Output is collected and written when the command ends (streaming comes later). On a timeout every \
@@ -223,6 +229,7 @@ struct ImageCommand: AsyncParsableCommand {
 
     struct Import: ClientCommand {
         static let configuration = CommandConfiguration(
+            commandName: "import",
             abstract: "Import a root file system from a directory or a tar archive on the daemon's host.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Directory or tar archive (gzip allowed).") var path: String

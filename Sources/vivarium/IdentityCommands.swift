@@ -8,7 +8,8 @@ struct TenantCommand: AsyncParsableCommand {
         commandName: "tenant", abstract: "Manage tenants (admin).", subcommands: [Create.self, Ls.self, Rm.self])
 
     struct Create: ClientCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a tenant.")
+        static let configuration = CommandConfiguration(
+            commandName: "create", abstract: "Create a tenant.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Tenant name (a DNS label).") var name: String
         func run(_ client: APIClient) async throws {
@@ -47,7 +48,8 @@ struct PrincipalCommand: AsyncParsableCommand {
         subcommands: [Create.self, Ls.self, Rm.self, Disable.self, Key.self])
 
     struct Create: ClientCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a principal.")
+        static let configuration = CommandConfiguration(
+            commandName: "create", abstract: "Create a principal.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Principal name (a DNS label).") var name: String
         @Option(help: "user, agent or service.") var kind = "user"
@@ -88,7 +90,8 @@ struct PrincipalCommand: AsyncParsableCommand {
     }
 
     struct Disable: ClientCommand {
-        static let configuration = CommandConfiguration(abstract: "Disable a principal; its tokens stop at once.")
+        static let configuration = CommandConfiguration(
+            commandName: "disable", abstract: "Disable a principal; its tokens stop at once.")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Tenant (admins only).") var tenant: String?
         @Argument(help: "Principal name.") var name: String
@@ -99,6 +102,7 @@ struct PrincipalCommand: AsyncParsableCommand {
 
     struct Key: ClientCommand {
         static let configuration = CommandConfiguration(
+            commandName: "key",
             abstract: "Create an API key for a principal. It is printed once; only its hash is stored.")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Tenant (admins only).") var tenant: String?
@@ -123,6 +127,7 @@ struct TokenCommand: AsyncParsableCommand {
 
     struct Issue: ClientCommand {
         static let configuration = CommandConfiguration(
+            commandName: "issue",
             abstract: "Mint a token for a principal, optionally bound to one sandbox (by id, not by name).",
             discussion:
                 "Example: vivarium token issue --principal bot --sandbox work --scopes exec,sandboxes:read --ttl 10m")
@@ -144,6 +149,7 @@ struct TokenCommand: AsyncParsableCommand {
 
     struct Revoke: ClientCommand {
         static let configuration = CommandConfiguration(
+            commandName: "revoke",
             abstract:
                 "Revoke one token (--jti), every token of a principal, or of a tenant. Effective on the next request.")
         @OptionGroup var global: GlobalOptions
@@ -167,6 +173,7 @@ struct KeysCommand: AsyncParsableCommand {
 
     struct Rotate: ClientCommand {
         static let configuration = CommandConfiguration(
+            commandName: "rotate",
             abstract: "Start signing with a new Ed25519 key; older keys verify until their tokens expire.")
         @OptionGroup var global: GlobalOptions
         func run(_ client: APIClient) async throws {

@@ -6,6 +6,7 @@ import VivariumCore
 
 struct Login: Verb {
     static let configuration = CommandConfiguration(
+        commandName: "login",
         abstract: "Log in to a remote daemon over TLS with an API key; later verbs use it.",
         discussion: """
             The daemon's certificate is pinned: give its SHA-256 fingerprint (printed by `vivarium serve`) with \
@@ -93,7 +94,8 @@ struct Login: Verb {
 }
 
 struct Logout: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Forget the remote login.")
+    static let configuration = CommandConfiguration(
+        commandName: "logout", abstract: "Forget the remote login.")
     func run() async throws {
         try? Credentials.locked { _ = unlink(Credentials.path) }
         print("logged out")

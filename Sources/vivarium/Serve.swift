@@ -18,6 +18,7 @@ import VivariumStore
 
 struct Serve: Verb {
     static let configuration = CommandConfiguration(
+        commandName: "serve",
         abstract:
             "Run the daemon: the API on a unix socket (and TLS with --listen), the reconciler, the TTL sweeper, the audit checkpointer.",
         discussion: """
@@ -108,7 +109,7 @@ struct Serve: Verb {
             sinks: [JSONLinesCheckpointFile(path: config.auditExportPath)]
                 + (config.auditSyslog ? [SyslogCheckpointSink()] : []),
             interval: config.auditCheckpointInterval, everyRecords: config.auditCheckpointRecords, logger: logger)
-        let engine = Engine(
+        let engine = try Engine(
             config: config, store: store, identityStore: store, auditStore: store, tokens: tokens, runtime: runtime,
             content: try ImageStore(root: config.imagesDir, logger: logger), auditKey: auditKey,
             auditKeyCreated: auditKeyCreated, checkpointer: checkpointer,
@@ -212,6 +213,7 @@ struct ConfigCommand: AsyncParsableCommand {
 
     struct Show: Verb {
         static let configuration = CommandConfiguration(
+            commandName: "show",
             abstract: "Print the effective daemon settings (flags > environment > config file > defaults).")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Print JSON.") var json = false

@@ -44,7 +44,7 @@ final class EngineFixture: @unchecked Sendable {
         tokens.refreshRevocations()
         let config = EngineConfiguration(stateDir: dir, uidBase: 1 << 28, maxSandboxes: 4, cgroupMode: .legacy)
         let key = AuditKey()
-        engine = Engine(
+        engine = try Engine(
             config: config, store: store, identityStore: store, auditStore: store, tokens: tokens,
             runtime: NoRuntime(), content: try ImageStore(root: dir + "/images", logger: logger), auditKey: key,
             auditKeyCreated: false,

@@ -111,6 +111,10 @@ import VivariumTestSupport
             #expect(r.stdout == "out\nNoNewPrivs:\t1\n")
             #expect(r.stderr == "err\n")
             #expect(try d.crunContainers().isEmpty && d.bundles().isEmpty, "--rm leaves nothing behind")
+            let trash = d.stateDir + "/trash"
+            #expect(
+                d.eventually(10) { ((try? FileManager.default.contentsOfDirectory(atPath: trash)) ?? ["?"]).isEmpty },
+                "the deleted bundle is removed in the background")
 
             // One request: the create, the exec (intent and outcome) and the delete share its request id.
             let page: Page<AuditRecord> = try d.client.call("GET", "/v1/audit?limit=1000")
