@@ -120,6 +120,9 @@ final class SandboxHost: Sendable {
                 let exited = ExitSignal()
                 if Reaper.shared.watch(pid: pid, onExit: { _ in exited.fire() }) {
                     await signal(r, pid, SIGTERM)
+                    // An init in a PID namespace drops a signal it neither handles nor blocks yet: one that
+                    // was only starting missed the first TERM, so it gets a second one (it exits at once).
+                    if !(await exited.wait(timeout: .milliseconds(100))) { await signal(r, pid, SIGTERM) }
                     if !(await exited.wait(timeout: grace ?? config.stopTimeout)) {
                         await signal(r, pid, SIGKILL)
                         _ = await exited.wait(timeout: .seconds(5))
