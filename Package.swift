@@ -35,11 +35,14 @@ let package = Package(
         .target(name: "CVivariumOS"),
         .target(name: "VivariumCore", dependencies: [crypto], swiftSettings: strict),
         .target(name: "VivariumOS", dependencies: ["CVivariumOS", "VivariumCore"], swiftSettings: strict),
+        .target(name: "VivariumOCI", dependencies: ["VivariumCore"], swiftSettings: strict),
         .target(name: "VivariumAudit", dependencies: ["VivariumCore", "VivariumOS", crypto], swiftSettings: strict),
         .target(
-            name: "VivariumImages", dependencies: ["VivariumCore", "VivariumOS", crypto, logging],
+            name: "VivariumImages", dependencies: ["VivariumCore", "VivariumOCI", "VivariumOS", crypto, logging],
             swiftSettings: strict),
-        .target(name: "VivariumRuntime", dependencies: ["VivariumCore", "VivariumOS", logging], swiftSettings: strict),
+        .target(
+            name: "VivariumRuntime", dependencies: ["VivariumCore", "VivariumOCI", "VivariumOS", logging],
+            swiftSettings: strict),
         .target(
             name: "VivariumStore",
             dependencies: ["VivariumCore", "VivariumAudit", .product(name: "GRDB", package: "GRDB.swift"), logging],
@@ -54,8 +57,8 @@ let package = Package(
         .target(
             name: "VivariumEngine",
             dependencies: [
-                "VivariumCore", "VivariumOS", "VivariumImages", "VivariumRuntime", "VivariumStore", "VivariumAuth",
-                "VivariumAudit", logging, lifecycle,
+                "VivariumCore", "VivariumOCI", "VivariumOS", "VivariumImages", "VivariumRuntime", "VivariumStore",
+                "VivariumAuth", "VivariumAudit", logging, lifecycle,
             ],
             swiftSettings: strict),
         .target(
@@ -106,7 +109,8 @@ let package = Package(
         .testTarget(
             name: "VivariumCoreTests",
             dependencies: [
-                "VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumAuth", "VivariumAudit",
+                "VivariumCore", "VivariumOCI", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumAuth",
+                "VivariumAudit",
                 "VivariumEngine", "VivariumAPI", "VivariumImages", "VivariumClient", "VivariumTestSupport", logging,
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -3,6 +3,7 @@ import Logging
 import Synchronization
 import VivariumAudit
 import VivariumCore
+import VivariumOS
 import VivariumStore
 
 /// The audit use cases: reading and following the trail, its checkpoints, and the daemon's own records
@@ -165,45 +166,5 @@ public final class AuditFeed: Sendable {
             }
         }
         return nil
-    }
-}
-
-/// An auto-reset event for one waiter: `signal` wakes the waiter, or lets its next `wait` return at
-/// once. A cancelled wait returns.
-final class WakeSignal: Sendable {
-    private let state = Mutex<(permit: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
-
-    func signal() {
-        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
-            guard let w = s.waiter else {
-                s.permit = true
-                return nil
-            }
-            s.waiter = nil
-            return w
-        }
-        waiter?.resume()
-    }
-
-    func wait() async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let now = state.withLock { s -> Bool in
-                    if s.permit || Task.isCancelled {
-                        s.permit = false
-                        return true
-                    }
-                    s.waiter = c
-                    return false
-                }
-                if now { c.resume() }
-            }
-        } onCancel: {
-            let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
-                defer { s.waiter = nil }
-                return s.waiter
-            }
-            waiter?.resume()
-        }
     }
 }

@@ -20,20 +20,18 @@ public final class Engine: Sendable {
     public let identity: Identity
     public let audit: AuditTrail
     let tokens: TokenService
-    let host: SandboxHost
 
     /// The collaborators are made by the composition root (`vivarium serve`, or a test).
     public init(
         config: EngineConfiguration, store: any Store, identityStore: any IdentityStore, auditStore: any AuditStore,
-        tokens: TokenService, runtime: any OCIRuntime, content: ImageStore, auditKey: AuditKey,
+        tokens: TokenService, runtime: any SandboxRuntime, content: ImageStore, auditKey: AuditKey,
         auditKeyCreated: Bool, checkpointer: AuditCheckpointer, limits: AbuseLimits, logger: Logger
     ) throws {
         self.config = config
         self.tokens = tokens
         gate = Gate(tokens: tokens, audit: auditStore, limits: limits, logger: logger)
-        host = try SandboxHost(config: config, runtime: runtime, logger: logger)
         sandboxes = Sandboxes(
-            config: config, store: store, audit: auditStore, gate: gate, host: host, logger: logger)
+            config: config, store: store, audit: auditStore, gate: gate, runtime: runtime, logger: logger)
         images = Images(config: config, store: store, content: content, gate: gate, logger: logger)
         identity = Identity(
             store: identityStore, tokens: tokens, gate: gate, sandboxes: sandboxes, images: images, logger: logger)
@@ -75,35 +73,15 @@ public final class Engine: Sendable {
         }
     }
 
-    /// The engine's background work, for the daemon's ServiceGroup: the TTL sweeper, the reconciler's
-    /// drift check, the refresh of the revocation set (tokens are refused while it is stale), and the
-    /// removal of deleted sandboxes' bundles.
+    /// The engine's background work, for the daemon's ServiceGroup: what follows an init's unexpected
+    /// exit, the TTL sweeper, the reconciler's drift check, and the refresh of the revocation set (tokens
+    /// are refused while it is stale).
     public var backgroundServices: [any Service] {
         [
+            InitWatch(sandboxes: sandboxes),
             PeriodicService(every: config.ttlSweepInterval) { _ = await self.sandboxes.sweepExpired() },
             PeriodicService(every: .seconds(30)) { await self.sandboxes.checkDrift() },
             PeriodicService(every: .seconds(5)) { self.tokens.refreshRevocations() },
-            TrashCollector(host: host),
         ]
-    }
-}
-
-/// Runs `work` every `interval` until the ServiceGroup shuts down.
-public struct PeriodicService: Service {
-    let interval: Duration
-    let work: @Sendable () async -> Void
-
-    public init(every interval: Duration, _ work: @escaping @Sendable () async -> Void) {
-        self.interval = interval
-        self.work = work
-    }
-
-    public func run() async throws {
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            do {
-                try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
-            } catch { return }
-            await work()
-        }
     }
 }

@@ -1,10 +1,10 @@
 import Foundation
-import Glibc
 import Logging
 import ServiceLifecycle
 import VivariumAudit
 import VivariumCore
 import VivariumOS
+import VivariumRuntime
 import VivariumStore
 
 extension Sandboxes {
@@ -27,34 +27,33 @@ extension Sandboxes {
     public func reconcile() async throws -> ReconcileReport {
         var report = ReconcileReport()
         let containers = Dictionary(
-            try await host.runtime.list().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+            try await runtime.containers().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let records = try store.allSandboxes()
         for r in records {
+            let box = plan(r)
             do {
                 switch r.state {
                 case .creating, .deleting:
-                    try await host.destroy(r)
+                    try await runtime.destroy(box, released: false)
                     try store.deleteSandbox(
                         r.id, audit: event("reconcile.rollback", r, details: ["unfinished": r.state.name]))
                     report.rolledBack += 1
                     logger.notice("rolled back an unfinished \(r.state.name)", metadata: ["sandbox": "\(r.name)"])
                 case .running(let pid):
                     let c = containers[r.id.rawValue]
-                    if let c, c.status == "running", SandboxHost.processAlive(c.pid), Mounts.isMountPoint(r.rootfsMount)
-                    {
+                    if let c, c.status == "running", await runtime.adopt(box, pid: c.pid, onExit: onExit) {
                         if c.pid != pid {
                             try store.updateState(
                                 r.id, .running(pid: c.pid),
                                 audit: event(
                                     "reconcile.adopt", r, details: ["pid": "\(c.pid)", "recorded_pid": "\(pid)"]))
                         }
-                        host.watchInit(r.id, pid: c.pid, watcher(r))
                         report.adopted += 1
                         continue
                     }
-                    try await host.release(r)
+                    try await runtime.release(box)
                     if r.spec.restart == .always {
-                        let newPid = try await host.boot(r, watch: watcher(r))
+                        let newPid = try await runtime.boot(box, network: nil, onExit: onExit)
                         try store.updateState(
                             r.id, .running(pid: newPid),
                             audit: event("reconcile.restart", r, details: ["pid": "\(newPid)"]))
@@ -66,15 +65,13 @@ extension Sandboxes {
                         report.stopped += 1
                     }
                 case .stopped:
-                    if containers[r.id.rawValue] != nil || !Mounts.mounts(under: r.bundle).isEmpty {
-                        try await host.release(r)
-                    }
+                    if containers[r.id.rawValue] != nil || runtime.holdsMounts(box) { try await runtime.release(box) }
                 }
             } catch {
                 logger.error("reconcile failed for sandbox", metadata: ["sandbox": "\(r.name)", "error": "\(error)"])
             }
         }
-        report.orphansRemoved = await removeOrphans(containers: Array(containers.keys))
+        report.orphansRemoved = await removeOrphans()
         report.expired = await sweepExpired()
         return report
     }
@@ -82,32 +79,9 @@ extension Sandboxes {
     /// Everything of this instance on the host that no record owns: crun containers, bundles (with
     /// their mounts) and cgroups. Records are read after the per-record pass, so rolled-back ones count
     /// as gone.
-    func removeOrphans(containers: [String]) async -> Int {
-        var removed = 0
+    func removeOrphans() async -> Int {
         guard let current = try? store.allSandboxes() else { return 0 }
-        let live = Set(current.map(\.id.rawValue))
-        for id in containers where !live.contains(id) {
-            if (try? await host.runtime.delete(id: id, force: true)) != nil { removed += 1 }
-        }
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: config.sandboxesDir)) ?? []
-        for e in entries where !live.contains(e) {
-            let dir = config.sandboxesDir + "/" + e
-            do {
-                try Mounts.unmountAll(under: dir)
-                try host.trash.discard(dir)
-                removed += 1
-            } catch {
-                logger.error("cannot remove orphan", metadata: ["path": "\(dir)", "error": "\(error)"])
-            }
-        }
-        for dir in host.instanceCgroupDirs() {
-            for e in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where !live.contains(e) {
-                var st = stat()
-                if lstat(dir + "/" + e, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, rmdir(dir + "/" + e) == 0 {
-                    removed += 1
-                }
-            }
-        }
+        let removed = await runtime.removeOrphans(live: Set(current.map(\.id.rawValue)))
         if removed > 0 {
             logger.notice("removed orphans", metadata: ["count": "\(removed)"])
             recordOutcome(AuditEvent("reconcile.orphans", details: ["removed": "\(removed)"]))
@@ -141,7 +115,7 @@ extension Sandboxes {
         Reaper.shared.reapStrays()
         for r in (try? store.allSandboxes()) ?? [] {
             switch r.state {
-            case .running(let pid) where !SandboxHost.processAlive(pid) && !host.isStopping(r.id):
+            case .running(let pid) where !runtime.isAlive(pid: pid) && !runtime.isStopping(r.id):
                 await initExited(r.id, pid: pid, status: nil)
             case .deleting:
                 // A delete or rollback whose teardown failed: retry it.

@@ -17,20 +17,26 @@ public final class Sandboxes: Sendable {
     let store: any Store
     let audit: any AuditStore
     let gate: Gate
-    let host: SandboxHost
+    let runtime: any SandboxRuntime
     let logger: Logger
     let locks = KeyedLock()
+    /// Init exits nobody asked for, handled by `InitWatch` (a service of the daemon).
+    let exits: AsyncStream<InitExit>
+    let onExit: InitExitHandler
 
     init(
-        config: EngineConfiguration, store: any Store, audit: any AuditStore, gate: Gate, host: SandboxHost,
-        logger: Logger
+        config: EngineConfiguration, store: any Store, audit: any AuditStore, gate: Gate,
+        runtime: any SandboxRuntime, logger: Logger
     ) {
         self.config = config
         self.store = store
         self.audit = audit
         self.gate = gate
-        self.host = host
+        self.runtime = runtime
         self.logger = logger
+        let (exits, sink) = AsyncStream.makeStream(of: InitExit.self)
+        self.exits = exits
+        onExit = { id, pid, status in sink.yield(InitExit(id: id, pid: pid, status: status)) }
     }
 
     // MARK: Entry points
@@ -57,7 +63,7 @@ public final class Sandboxes: Sendable {
         try await gate.perform(caller, .sandboxGet, target: name) {
             let r = try record(caller, name)
             var s = view(r)
-            s.diskUsageBytes = await host.diskUsage(r)
+            s.diskUsageBytes = await runtime.diskUsage(plan(r))
             return s
         }
     }
@@ -71,9 +77,9 @@ public final class Sandboxes: Sendable {
                 try r.state.requireStopped()
                 let pid: Int32
                 do {
-                    pid = try await host.boot(r, watch: watcher(r))
+                    pid = try await runtime.boot(plan(r), network: nil, onExit: onExit)
                 } catch {
-                    try? await host.release(r)
+                    try? await runtime.release(plan(r))
                     throw error
                 }
                 try store.updateState(
@@ -92,7 +98,7 @@ public final class Sandboxes: Sendable {
                 var r = try record(caller, name)
                 if case .stopped = r.state { return view(r) }
                 _ = try r.state.requireRunning()
-                try await host.halt(r)
+                try await runtime.halt(plan(r), pid: r.state.pid, grace: nil)
                 try store.updateState(r.id, .stopped, audit: event("sandbox.stop", r))
                 r.state = .stopped
                 logger.info("sandbox stopped", metadata: ["sandbox": "\(n)"])
@@ -194,9 +200,10 @@ public final class Sandboxes: Sendable {
                     cgroupPath: "/\(cfg.cgroupParent)/\(id.rawValue)", createdAt: now,
                     expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(Double($0)) })
             }
+            let box = plan(record)
             do {
-                try host.prepareDirectories(record)
-                let pid = try await host.boot(record, watch: watcher(record))
+                try runtime.prepare(box)
+                let pid = try await runtime.boot(box, network: nil, onExit: onExit)
                 try store.updateState(
                     id, .running(pid: pid), audit: event("sandbox.create", record, details: ["pid": String(pid)]))
                 var r = record
@@ -207,7 +214,7 @@ public final class Sandboxes: Sendable {
                 logger.warning("create failed, rolling back", metadata: ["sandbox": "\(name)", "error": "\(error)"])
                 let failure = event("sandbox.create", record, .failed, details: ["error": "\(error)"])
                 do {
-                    try await host.destroy(record)
+                    try await runtime.destroy(box, released: false)
                     try store.deleteSandbox(id, audit: failure)
                 } catch {
                     // Keep the record (and its uid slot) until the host is clean: the reconciler retries.
@@ -234,19 +241,17 @@ public final class Sandboxes: Sendable {
     /// resources down and drops the record. Recorded as `action`: its intent, then its outcome.
     func remove(_ r: SandboxRecord, action: String, details: [String: String] = [:]) async throws {
         try store.updateState(r.id, .deleting, audit: event(action, r, .started, details: details))
-        try await host.stopping(r.id) {
-            var released = false
-            if case .running = r.state {
-                do {
-                    try await host.halt(r, grace: .seconds(2))
-                    released = true
-                } catch {
-                    logger.warning(
-                        "stopping for delete failed", metadata: ["sandbox": "\(r.name)", "error": "\(error)"])
-                }
+        let box = plan(r)
+        var released = false
+        if case .running(let pid) = r.state {
+            do {
+                try await runtime.halt(box, pid: pid, grace: .seconds(2))
+                released = true
+            } catch {
+                logger.warning("stopping for delete failed", metadata: ["sandbox": "\(r.name)", "error": "\(error)"])
             }
-            try await host.destroy(r, released: released)
         }
+        try await runtime.destroy(box, released: released)
         try store.deleteSandbox(r.id, audit: event(action, r))
     }
 
@@ -270,13 +275,16 @@ public final class Sandboxes: Sendable {
     func view(_ r: SandboxRecord) -> Sandbox {
         Sandbox(
             id: r.id, tenant: r.tenant, name: r.name, imageDigest: r.imageDigest, spec: r.spec, state: r.state,
-            createdAt: r.createdAt, expiresAt: r.expiresAt, hostUIDBase: host.uidBase(r))
+            createdAt: r.createdAt, expiresAt: r.expiresAt, hostUIDBase: uidBase(r))
     }
 
-    /// What to do when a sandbox's init exits without being asked to.
-    func watcher(_ r: SandboxRecord) -> @Sendable (Int32, ExitStatus?) -> Void {
-        let id = r.id
-        return { [self] pid, status in Task { await self.initExited(id, pid: pid, status: status) } }
+    func uidBase(_ r: SandboxRecord) -> Int64 { config.uidBase + Int64(r.uidSlot) * HardenedSpec.idRangeSize }
+
+    /// What the runtime needs to run a sandbox.
+    func plan(_ r: SandboxRecord) -> BoxPlan {
+        BoxPlan(
+            id: r.id, hostname: r.name.rawValue, bundle: r.bundle, cgroupPath: r.cgroupPath, imageRootfs: r.imageRootfs,
+            uidBase: uidBase(r), limits: r.spec.limits, env: r.spec.env, readOnly: r.spec.readOnly)
     }
 
     /// An init exit nobody asked for: the sandbox stops, or restarts under `restart: always`. The pid is
@@ -288,19 +296,20 @@ public final class Sandboxes: Sendable {
             logger.warning(
                 "sandbox init exited",
                 metadata: ["sandbox": "\(cur.name)", "status": "\(status.map { "\($0)" } ?? "unknown")"])
-            try await host.release(cur)
+            let box = plan(cur)
+            try await runtime.release(box)
             let why = ["reason": "init exited", "status": status.map { "\($0)" } ?? "unknown"]
             guard cur.spec.restart == .always else {
                 return try store.updateState(id, .stopped, audit: event("sandbox.stopped", cur, details: why))
             }
             do {
-                let newPid = try await host.boot(cur, watch: watcher(cur))
+                let newPid = try await runtime.boot(box, network: nil, onExit: onExit)
                 try store.updateState(
                     id, .running(pid: newPid),
                     audit: event("sandbox.restart", cur, details: why.merging(["pid": "\(newPid)"]) { a, _ in a }))
                 logger.info("sandbox restarted", metadata: ["sandbox": "\(cur.name)", "pid": "\(newPid)"])
             } catch {
-                try? await host.release(cur)
+                try? await runtime.release(box)
                 try store.updateState(
                     id, .stopped,
                     audit: event(

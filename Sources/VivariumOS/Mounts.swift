@@ -84,23 +84,6 @@ public final class UserNamespace: Sendable {
     deinit { close(fd) }
 }
 
-/// The host's cgroup layout, detected at start.
-public enum CgroupMode: String, Sendable, Codable {
-    /// cgroup v2 mounted at /sys/fs/cgroup.
-    case unified
-    /// v1 controllers only.
-    case legacy
-    /// v1 controllers plus a cgroup2 mount at /sys/fs/cgroup/unified: crun must not see the latter.
-    case hybrid
-
-    public static func detect(root: String = "/sys/fs/cgroup") -> CgroupMode {
-        let cgroup2Magic = 0x6367_7270
-        if vv_fs_type(root) == cgroup2Magic { return .unified }
-        if vv_fs_type(root + "/unified") == cgroup2Magic { return .hybrid }
-        return .legacy
-    }
-}
-
 /// An exclusive lock on a state directory, held for the life of the daemon (flock on `lock`).
 public final class StateDirLock: Sendable {
     let fd: Int32

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import VivariumCore
+import VivariumOCI
 
 /// Builds the hardened OCI configuration of a sandbox (DESIGN.md, "The hardened sandbox").
 public struct HardenedSpec: Sendable {
@@ -32,11 +33,15 @@ public struct HardenedSpec: Sendable {
     public var cgroupsPath: String
     public var initBinary: String
     public var swapAccounting: Bool
+    /// Mounts added after the hardened ones (a secrets tmpfs, for one).
+    public var extraMounts: [RuntimeSpec.Mount]
 
     public init(
         hostname: String, rootfs: String, readOnly: Bool, hostUIDBase: Int64, limits: ResourceLimits,
-        env: [String: String], cgroupsPath: String, initBinary: String, swapAccounting: Bool
+        env: [String: String], cgroupsPath: String, initBinary: String, swapAccounting: Bool,
+        extraMounts: [RuntimeSpec.Mount] = []
     ) {
+        self.extraMounts = extraMounts
         self.hostname = hostname
         self.rootfs = rootfs
         self.readOnly = readOnly
@@ -78,7 +83,7 @@ public struct HardenedSpec: Sendable {
                 .init(
                     destination: Self.initPath, type: "bind", source: initBinary,
                     options: ["bind", "ro", "nosuid", "nodev"]),
-            ],
+            ] + extraMounts,
             linux: .init(
                 uidMappings: map, gidMappings: map,
                 namespaces: ["pid", "network", "ipc", "uts", "mount", "user", "cgroup"].map { .init(type: $0) },
@@ -96,17 +101,20 @@ public struct HardenedSpec: Sendable {
 
     /// The process of the init or of an exec: the same capabilities (none effective for a non-root
     /// user), no_new_privs and limits either way.
-    public static func process(args: [String], env: [String: String], cwd: String, uid: UInt32, gid: UInt32)
-        -> RuntimeSpec.Process
-    {
+    public static func process(
+        args: [String], env: [String: String], cwd: String, uid: UInt32, gid: UInt32,
+        terminal: RuntimeSpec.ConsoleSize? = nil
+    ) -> RuntimeSpec.Process {
         var envList = [defaultPath, "HOME=/root"]
         for (k, v) in env.sorted(by: { $0.key < $1.key }) {
             envList.removeAll { $0.hasPrefix(k + "=") }
             envList.append("\(k)=\(v)")
         }
         let effective = uid == 0 ? capabilities : []
+        if terminal != nil { envList.append("TERM=xterm") }
         return .init(
-            user: .init(uid: uid, gid: gid), args: args, env: envList, cwd: cwd,
+            terminal: terminal != nil, consoleSize: terminal, user: .init(uid: uid, gid: gid), args: args,
+            env: envList, cwd: cwd,
             capabilities: .init(bounding: capabilities, effective: effective, permitted: effective),
             rlimits: [.init(type: "RLIMIT_NOFILE", hard: nofile, soft: nofile)])
     }

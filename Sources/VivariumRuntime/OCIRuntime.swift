@@ -8,6 +8,12 @@ public struct ContainerState: Codable, Sendable, Equatable {
     public var id: String
     public var pid: Int32
     public var status: String
+
+    public init(id: String, pid: Int32, status: String) {
+        self.id = id
+        self.pid = pid
+        self.status = status
+    }
 }
 
 /// The seam between the engine and an OCI runtime binary.
@@ -20,12 +26,13 @@ public protocol OCIRuntime: Sendable {
     func kill(id: String, signal: Int32) async throws
     /// Deletes the container; a container that does not exist is already deleted.
     func delete(id: String, force: Bool) async throws
-    /// Runs a process (OCI process JSON at `processFile`) in the container, inside the existing
-    /// sub-cgroup `cgroup` of the container's cgroup, and collects its output. `started` gets the
-    /// runtime's own process handle right after the spawn.
+    /// Starts a process (OCI process JSON at `processFile`) in the container, inside the existing
+    /// sub-cgroup `cgroup` of the container's cgroup, writing its host pid to `pidFile`. With a
+    /// `consoleSocket` the process gets a terminal whose master the runtime sends there; otherwise the
+    /// returned child's stdout and stderr are the process's, and its stdin when `stdin`.
     func exec(
-        id: String, processFile: String, cgroup: String, outputLimit: Int, started: (RunningProcess) -> Void
-    ) async throws -> ProcessOutput
+        id: String, processFile: String, cgroup: String, pidFile: String, consoleSocket: String?, stdin: Bool
+    ) throws -> ChildProcess
 }
 
 /// The crun driver. Every host-wide crun state lives under `root`, one per Vivarium instance.
@@ -91,9 +98,10 @@ public struct Crun: OCIRuntime {
     }
 
     public func exec(
-        id: String, processFile: String, cgroup: String, outputLimit: Int, started: (RunningProcess) -> Void
-    ) async throws -> ProcessOutput {
-        let cmd = command(["exec", "--cgroup", cgroup, "--process", processFile, id], outputLimit: outputLimit)
-        return try await Reaper.shared.start(cmd, started: started).1
+        id: String, processFile: String, cgroup: String, pidFile: String, consoleSocket: String?, stdin: Bool
+    ) throws -> ChildProcess {
+        var args = ["exec", "--cgroup", cgroup, "--process", processFile, "--pid-file", pidFile]
+        if let consoleSocket { args += ["--tty", "--console-socket", consoleSocket] }
+        return try Reaper.shared.spawn(command(args + [id]), stdin: stdin)
     }
 }

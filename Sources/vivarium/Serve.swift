@@ -94,8 +94,12 @@ struct Serve: Verb {
         try Engine.prepareStateDirectory(config, initBinary: initBinary)
         try FileSystem.makeDirectory(config.databaseDir, mode: 0o700)
         let store = try SQLiteStore(path: config.databasePath, audit: s.auditMode, logger: logger)
-        let runtime = Crun(
-            binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger)
+        let runtime = try HostRuntime(
+            layout: RuntimeLayout(
+                sandboxesDir: config.sandboxesDir, trashDir: config.stateDir + "/trash",
+                cgroupParent: config.cgroupParent, initBinary: config.initBinary, stopTimeout: config.stopTimeout),
+            oci: Crun(binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger),
+            cgroups: CgroupHost(mode: config.cgroupMode), logger: logger)
         let tokenConfig = TokenService.Configuration(
             accessLifetime: TimeInterval(min(s.accessTokenSeconds, s.maxAccessTokenSeconds)),
             maxAccessLifetime: TimeInterval(s.maxAccessTokenSeconds))
@@ -152,7 +156,9 @@ struct Serve: Verb {
         // The checkpointer comes first: services stop in reverse order, so it outlives the listeners.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] =
             [.init(service: engine.audit.checkpointer), .init(service: app)]
-            + engine.backgroundServices.map { .init(service: $0) }
+            + (engine.backgroundServices + [TrashCollector(runtime: runtime, logger: logger)]).map {
+                .init(service: $0)
+            }
         if let tcp {
             let trust = SourceTrust(trustedProxies: s.trustedProxies)
             let tls: TLSIdentity? =

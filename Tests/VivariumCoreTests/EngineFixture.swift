@@ -1,27 +1,136 @@
 import Foundation
 import Logging
+import Synchronization
 import VivariumAudit
 import VivariumAuth
 import VivariumCore
 import VivariumEngine
 import VivariumImages
+import VivariumOCI
 import VivariumOS
 import VivariumRuntime
 import VivariumStore
 
-/// A runtime that runs nothing: for tests of engine and API decisions that never reach crun.
-struct NoRuntime: OCIRuntime {
-    func create(id: String, bundle: String) async throws -> Int32 {
-        throw VivariumError(.runtimeFailure, "no runtime in this test")
+/// A runtime that keeps sandboxes as entries in a table: for tests of the engine's decisions (rollback,
+/// restart, reconcile) without root. Failures are injected per call; `crash` reports an init exit the way
+/// the real runtime does.
+final class FakeRuntime: SandboxRuntime {
+    struct Box {
+        var pid: Int32
+        var onExit: InitExitHandler
     }
-    func start(id: String) async throws {}
-    func list() async throws -> [ContainerState] { [] }
-    func kill(id: String, signal: Int32) async throws {}
-    func delete(id: String, force: Bool) async throws {}
-    func exec(
-        id: String, processFile: String, cgroup: String, outputLimit: Int, started: (RunningProcess) -> Void
-    ) async throws -> ProcessOutput {
-        throw VivariumError(.runtimeFailure, "no runtime in this test")
+    struct State {
+        var boxes: [SandboxID: Box] = [:]
+        /// Containers as the OCI runtime would list them (what survived a "daemon restart").
+        var containers: [ContainerState] = []
+        var alive: Set<Int32> = []
+        var prepared: Set<SandboxID> = []
+        var mounted: Set<SandboxID> = []
+        var calls: [String] = []
+        var failBoots = 0
+        var failDestroys = 0
+        var nextPid: Int32 = 1000
+        var orphanSweeps: [Set<String>] = []
+    }
+    let state = Mutex(State())
+
+    func calls(_ id: SandboxID) -> [String] {
+        state.withLock {
+            $0.calls.filter { $0.hasSuffix(" " + id.rawValue) }.map { String($0.split(separator: " ")[0]) }
+        }
+    }
+
+    /// The init of `id` dies, as if killed from outside.
+    func crash(_ id: SandboxID) {
+        guard
+            let box = state.withLock({ s -> Box? in
+                guard let b = s.boxes[id] else { return nil }
+                s.alive.remove(b.pid)
+                return b
+            })
+        else { return }
+        box.onExit(id, box.pid, .signaled(9))
+    }
+
+    func record(_ call: String, _ id: SandboxID) { state.withLock { $0.calls.append("\(call) \(id.rawValue)") } }
+
+    func prepare(_ plan: BoxPlan) throws {
+        record("prepare", plan.id)
+        state.withLock { _ = $0.prepared.insert(plan.id) }
+    }
+
+    func boot(_ plan: BoxPlan, network: (any NetworkAttachment)?, onExit: @escaping InitExitHandler) async throws
+        -> Int32
+    {
+        record("boot", plan.id)
+        return try state.withLock { s in
+            if s.failBoots > 0 {
+                s.failBoots -= 1
+                s.mounted.insert(plan.id)  // a boot that fails half-way leaves mounts behind
+                throw VivariumError(.runtimeFailure, "injected boot failure")
+            }
+            s.nextPid += 1
+            s.boxes[plan.id] = Box(pid: s.nextPid, onExit: onExit)
+            s.alive.insert(s.nextPid)
+            s.mounted.insert(plan.id)
+            return s.nextPid
+        }
+    }
+
+    func adopt(_ plan: BoxPlan, pid: Int32, onExit: @escaping InitExitHandler) async -> Bool {
+        record("adopt", plan.id)
+        return state.withLock { s in
+            guard s.alive.contains(pid), s.mounted.contains(plan.id) else { return false }
+            s.boxes[plan.id] = Box(pid: pid, onExit: onExit)
+            return true
+        }
+    }
+
+    func halt(_ plan: BoxPlan, pid: Int32?, grace: Duration?) async throws {
+        record("halt", plan.id)
+        try await release(plan)
+    }
+
+    func release(_ plan: BoxPlan) async throws {
+        record("release", plan.id)
+        state.withLock { s in
+            if let b = s.boxes.removeValue(forKey: plan.id) { s.alive.remove(b.pid) }
+            s.containers.removeAll { $0.id == plan.id.rawValue }
+            s.mounted.remove(plan.id)
+        }
+    }
+
+    func destroy(_ plan: BoxPlan, released: Bool) async throws {
+        record("destroy", plan.id)
+        if !released { try await release(plan) }
+        try state.withLock { s in
+            if s.failDestroys > 0 {
+                s.failDestroys -= 1
+                throw VivariumError(.runtimeFailure, "injected destroy failure")
+            }
+            s.prepared.remove(plan.id)
+        }
+    }
+
+    func start(_ plan: BoxPlan, _ command: ExecCommand, terminal: RuntimeSpec.ConsoleSize?, stdin: Bool)
+        async throws -> ExecSession
+    {
+        throw VivariumError(.runtimeFailure, "no exec in this test")
+    }
+
+    func diskUsage(_ plan: BoxPlan) async -> Int64 { 0 }
+    func isStopping(_ id: SandboxID) -> Bool { false }
+    func containers() async throws -> [ContainerState] { state.withLock { $0.containers } }
+    func isAlive(pid: Int32) -> Bool { state.withLock { $0.alive.contains(pid) } }
+    func holdsMounts(_ plan: BoxPlan) -> Bool { state.withLock { $0.mounted.contains(plan.id) } }
+
+    func removeOrphans(live: Set<String>) async -> Int {
+        state.withLock { s in
+            s.orphanSweeps.append(live)
+            let orphans = s.prepared.filter { !live.contains($0.rawValue) }
+            s.prepared.subtract(orphans)
+            return orphans.count
+        }
     }
 }
 
@@ -32,6 +141,7 @@ final class EngineFixture: @unchecked Sendable {
     let store: SQLiteStore
     let tokens: TokenService
     let engine: Engine
+    let runtime = FakeRuntime()
 
     init(limits: AbuseLimits = AbuseLimits()) async throws {
         dir = "/tmp/vivarium-engine-\(randomHex(bytes: 6))"
@@ -46,7 +156,7 @@ final class EngineFixture: @unchecked Sendable {
         let key = AuditKey()
         engine = try Engine(
             config: config, store: store, identityStore: store, auditStore: store, tokens: tokens,
-            runtime: NoRuntime(), content: try ImageStore(root: dir + "/images", logger: logger), auditKey: key,
+            runtime: runtime, content: try ImageStore(root: dir + "/images", logger: logger), auditKey: key,
             auditKeyCreated: false,
             checkpointer: try AuditCheckpointer(
                 store: store, key: key, sinks: [], interval: .seconds(3600), everyRecords: 1_000_000, logger: logger),

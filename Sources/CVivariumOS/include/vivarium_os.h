@@ -53,6 +53,21 @@ int vv_epoll_wait(int epfd, uint64_t *datas, int max, int timeout_ms);
 
 /// A pipe, both ends O_CLOEXEC, the read end non-blocking. Returns 0 or -errno.
 int vv_pipe(int fds[2]);
+/// A pipe, both ends O_CLOEXEC and blocking. Returns 0 or -errno.
+int vv_pipe_pair(int fds[2]);
+int vv_set_nonblocking(int fd);
+
+/// Registers fd for one readability (or, with write, writability) event: EPOLLONESHOT. 0 or -errno.
+int vv_epoll_add_once(int epfd, int fd, uint64_t data, int write);
+
+/// A non-blocking listening unix socket at path (replacing a stale one). Returns the fd or -errno.
+int vv_listen_unix(const char *path);
+/// accept4 with SOCK_CLOEXEC. Returns the fd or -errno (-EAGAIN: nothing to accept yet).
+int vv_accept(int fd);
+/// Receives one fd sent with SCM_RIGHTS. Returns it (O_CLOEXEC) or -errno.
+int vv_recv_fd(int sock);
+/// Sets a terminal's window size (TIOCSWINSZ). Returns 0 or -errno.
+int vv_set_winsize(int fd, unsigned short rows, unsigned short cols);
 
 /// statfs f_type of path, or -errno.
 long vv_fs_type(const char *path);
