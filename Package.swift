@@ -106,16 +106,54 @@ let package = Package(
                 "VivariumCore", "VivariumOS", "VivariumRuntime", "VivariumClient", "VivariumTestSupport", logging,
             ],
             swiftSettings: strict),
-        .testTarget(
-            name: "VivariumCoreTests",
+        .target(
+            name: "VivariumEngineTestSupport",
             dependencies: [
                 "VivariumCore", "VivariumOCI", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumAuth",
-                "VivariumAudit",
-                "VivariumEngine", "VivariumAPI", "VivariumImages", "VivariumClient", "VivariumTestSupport", logging,
-                .product(name: "HummingbirdTesting", package: "hummingbird"),
-                .product(name: "Hummingbird", package: "hummingbird"),
+                "VivariumAudit", "VivariumEngine", "VivariumImages", logging,
+            ],
+            path: "Tests/EngineTestSupport", swiftSettings: strict),
+        // One test target per module; the integration tests drive a real daemon as root.
+        .testTarget(name: "VivariumCoreTests", dependencies: ["VivariumCore"], swiftSettings: strict),
+        .testTarget(
+            name: "VivariumAuditTests", dependencies: ["VivariumCore", "VivariumAudit", crypto], swiftSettings: strict),
+        .testTarget(
+            name: "VivariumStoreTests",
+            dependencies: ["VivariumCore", "VivariumAudit", "VivariumStore", "VivariumTestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "VivariumAuthTests",
+            dependencies: [
+                "VivariumCore", "VivariumAudit", "VivariumStore", "VivariumAuth", "VivariumTestSupport", crypto,
+                logging,
             ],
             swiftSettings: strict),
+        .testTarget(
+            name: "VivariumRuntimeTests",
+            dependencies: [
+                "VivariumCore", "VivariumOCI", "VivariumOS", "VivariumRuntime", "VivariumImages", "VivariumAssets",
+                "VivariumTestSupport", logging,
+            ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "VivariumEngineTests",
+            dependencies: [
+                "VivariumCore", "VivariumAudit", "VivariumStore", "VivariumRuntime", "VivariumEngine",
+                "VivariumEngineTestSupport", "VivariumTestSupport",
+            ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "VivariumAPITests",
+            dependencies: [
+                "VivariumCore", "VivariumAudit", "VivariumAuth", "VivariumEngine", "VivariumAPI",
+                "VivariumEngineTestSupport", .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "VivariumClientTests",
+            dependencies: ["VivariumCore", "VivariumClient", "VivariumTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VivariumIntegrationTests",
             dependencies: [

@@ -163,11 +163,11 @@ struct RouteRegistry {
     }
 
     /// The caller of a request, or the recorded refusal of the action it asked for.
-    static func caller(_ context: APIRequestContext, _ action: Action, gate: Gate) throws -> Caller {
+    static func caller(_ context: APIRequestContext, _ action: Action, gate: Gate) async throws -> Caller {
         do {
             return try context.requireCaller()
         } catch let e as VivariumError {
-            gate.rejected(e, anonymous: context.anonymous, action: action, target: context.parameters.get("name"))
+            await gate.rejected(e, anonymous: context.anonymous, action: action, target: context.parameters.get("name"))
             throw e
         }
     }
@@ -182,7 +182,7 @@ struct RouteRegistry {
         let status = HTTPResponse.Status(code: route.status)
         group(route.action).on(Self.routerPath(route), method: .init(rawValue: route.method.rawValue)!) {
             request, context in
-            let caller = try Self.caller(context, route.action, gate: gate)
+            let caller = try await Self.caller(context, route.action, gate: gate)
             let value = try await gate.perform(caller, route.action, target: context.parameters.get("name")) {
                 try await handler(Call(request: request, context: context, caller: caller))
             }
@@ -196,7 +196,7 @@ struct RouteRegistry {
         registered.append(route)
         let gate = self.gate
         group(route.action).on(Self.routerPath(route), method: .get) { _, context in
-            let caller = try Self.caller(context, route.action, gate: gate)
+            let caller = try await Self.caller(context, route.action, gate: gate)
             try gate.authorize(caller, route.action)
             return Response(
                 status: .ok, headers: [.contentType: contentType], body: .init(byteBuffer: ByteBuffer(bytes: body)))
@@ -215,7 +215,7 @@ struct RouteRegistry {
         group(route.action).ws(
             Self.routerPath(route),
             shouldUpgrade: { request, context in
-                let caller = try Self.caller(context, route.action, gate: gate)
+                let caller = try await Self.caller(context, route.action, gate: gate)
                 try await gate.perform(caller, route.action, target: nil) {
                     guard request.headers[.upgrade]?.lowercased() == "websocket" else {
                         throw VivariumError(.badRequest, "this route needs a WebSocket upgrade")

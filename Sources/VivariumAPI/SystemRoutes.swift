@@ -10,7 +10,7 @@ struct SystemRoutes {
     func register(_ r: inout RouteRegistry) {
         let engine = self.engine
         r.add(Endpoints.health) { _ in
-            HealthInfo(
+            await HealthInfo(
                 status: "ok", version: VivariumVersion.string, cgroupMode: engine.config.cgroupMode.rawValue,
                 sandboxes: try engine.sandboxes.count())
         }

@@ -125,7 +125,8 @@ public final class TokenService: Sendable {
         else { throw Self.unauthorized() }
         try checkTimes(claims, now: now)
         try checkNotRevoked(claims, tenant: claims.tenant, now: now)
-        guard let rec = try? store.principal(id: claims.sub.value), !rec.disabled, rec.tenant == claims.tenant else {
+        guard let rec = try? await store.principal(id: claims.sub.value), !rec.disabled, rec.tenant == claims.tenant
+        else {
             throw Self.unauthorized()
         }
         var scopes: Set<Scope> = []
@@ -160,9 +161,9 @@ public final class TokenService: Sendable {
 
     /// Loads the revocation state from the store. Call at start and on an interval; while it is stale
     /// every request is refused (fail closed).
-    public func refreshRevocations(now: Date = Date()) {
+    public func refreshRevocations(now: Date = Date()) async {
         do {
-            let rows = try store.revocations(now: now)
+            let rows = try await store.revocations(now: now)
             var set = RevocationSet()
             for r in rows { Self.apply(r, to: &set) }
             set.loadedAt = now
@@ -198,14 +199,14 @@ public final class TokenService: Sendable {
     /// Records a revocation and applies it at once. `value` is a jti, family, principal id or tenant.
     /// Principal- and tenant-wide revocations also end every refresh family in the store and are kept as
     /// long as the longest-lived API key, so that nothing issued before them comes back.
-    public func revoke(_ kind: RevocationKind, _ value: String, tenant: String?, now: Date = Date()) throws {
-        try revoke(
+    public func revoke(_ kind: RevocationKind, _ value: String, tenant: String?, now: Date = Date()) async throws {
+        try await revoke(
             kind, value, now: now,
             audit: AuditEvent(
                 "token.revoke", target: "\(kind.rawValue):\(value)", tenant: tenant, global: tenant == nil))
     }
 
-    func revoke(_ kind: RevocationKind, _ value: String, now: Date, audit: AuditEvent) throws {
+    func revoke(_ kind: RevocationKind, _ value: String, now: Date, audit: AuditEvent) async throws {
         let keep: TimeInterval
         switch kind {
         case .jti: keep = config.maxAccessLifetime
@@ -216,17 +217,17 @@ public final class TokenService: Sendable {
         // In force before it is stored: nothing (a stream woken by the revocation's own record included)
         // may still pass with the token once the store has it. A failed write errs on the side of refusing.
         revoked.update { Self.apply(r, to: &$0) }
-        try store.revoke(r, audit: audit)
+        try await store.revoke(r, audit: audit)
     }
 
     /// The longest lifetime an API key may have.
     public static let maxAPIKeyLifetime: TimeInterval = 366 * 86400
 
     /// Disables a principal and revokes every token it holds, effective on its next request.
-    public func disable(_ p: PrincipalRecord, now: Date = Date()) throws {
-        try store.setPrincipalDisabled(
+    public func disable(_ p: PrincipalRecord, now: Date = Date()) async throws {
+        try await store.setPrincipalDisabled(
             id: p.id, true, audit: AuditEvent("principal.disable", target: p.name.rawValue, tenant: p.tenant))
-        try revoke(.principal, p.id, tenant: p.tenant, now: now)
+        try await revoke(.principal, p.id, tenant: p.tenant, now: now)
     }
 
     // MARK: Refresh tokens and API keys
@@ -246,7 +247,7 @@ public final class TokenService: Sendable {
         let (access, claims) = try await issueAccess(
             p, scopes: scopes, boundSandbox: boundSandbox, family: fam, ttl: life, now: now)
         let refresh = "vivr_" + randomHex(bytes: 32)
-        try store.insertRefresh(
+        try await store.insertRefresh(
             RefreshRecord(
                 hash: Self.hash(refresh), family: fam, principalID: p.id, scopes: scopes,
                 boundSandbox: boundSandbox?.rawValue, expiresAt: end, usedAt: nil),
@@ -267,7 +268,7 @@ public final class TokenService: Sendable {
     public func refresh(_ token: String, now: Date = Date()) async throws -> TokenPair {
         try checkRevocationFresh(now: now)
         guard token.hasPrefix("vivr_"), token.utf8.count == 69 else { throw Self.unauthorized() }
-        let outcome = try store.useRefresh(hash: Self.hash(token), now: now) { outcome, p in
+        let outcome = try await store.useRefresh(hash: Self.hash(token), now: now) { outcome, p in
             switch outcome {
             case .invalid: nil
             case .reused(let family, let principalID):
@@ -284,13 +285,13 @@ public final class TokenService: Sendable {
         case .invalid:
             throw Self.unauthorized()
         case .reused(let family, let principalID):
-            try revoke(.family, family, tenant: try? store.principal(id: principalID)?.tenant, now: now)
+            try await revoke(.family, family, tenant: try? store.principal(id: principalID)?.tenant, now: now)
             logger.critical(
                 "refresh token reuse: family revoked", metadata: ["family": "\(family)", "principal": "\(principalID)"])
             throw Self.unauthorized()
         case .rotated(let r):
             // Principal- and tenant-wide revocations ended this family in the store already.
-            guard let p = try store.principal(id: r.principalID), !p.disabled else { throw Self.unauthorized() }
+            guard let p = try await store.principal(id: r.principalID), !p.disabled else { throw Self.unauthorized() }
             let bound = r.boundSandbox.flatMap(SandboxID.init(rawValue:))
             return try await AuditContext.$current.withValue(AuditContext.current.acting(as: Self.actor(p))) {
                 try await issuePair(
@@ -304,11 +305,11 @@ public final class TokenService: Sendable {
     /// SHA-256 of the secret is stored.
     public func createAPIKey(
         for p: PrincipalRecord, scopes: Set<Scope>, ttl: TimeInterval, now: Date = Date()
-    ) throws -> String {
+    ) async throws -> String {
         let id = randomHex(bytes: 6)
         let secret = randomHex(bytes: 32)
         let granted = scopes.intersection(Self.allowedScopes(p.role))
-        try store.insertAPIKey(
+        try await store.insertAPIKey(
             APIKeyRecord(
                 id: id, principalID: p.id, secretHash: Self.hash(secret), scopes: granted,
                 expiresAt: now.addingTimeInterval(ttl), createdAt: now),
@@ -323,9 +324,9 @@ public final class TokenService: Sendable {
         try checkRevocationFresh(now: now)
         let parts = apiKey.split(separator: "_", omittingEmptySubsequences: false)
         guard parts.count == 3, parts[0] == "viv", parts[1].utf8.count == 12, parts[2].utf8.count == 64,
-            let key = try store.apiKey(id: String(parts[1])),
+            let key = try await store.apiKey(id: String(parts[1])),
             Self.constantTimeEqual(key.secretHash, Self.hash(String(parts[2]))), key.expiresAt > now,
-            let p = try store.principal(id: key.principalID), !p.disabled
+            let p = try await store.principal(id: key.principalID), !p.disabled
         else { throw Self.unauthorized() }
         let set = revoked.get()
         if let at = set.principals[p.id], key.createdAt <= at { throw Self.unauthorized() }

@@ -22,7 +22,7 @@ public final class AuditCheckpointer: Service, Sendable {
     let wake: AsyncStream<Void>
     let wakeUp: AsyncStream<Void>.Continuation
     /// Serialises checkpoints (the timer, the record count and shutdown may ask at once).
-    let signing = Mutex(())
+    let signing = KeyedLock()
     /// The first bad record already reported, so that one break raises one alert.
     let reported = Mutex<Int64?>(nil)
     /// Sinks whose last write failed (one alert per failure streak).
@@ -31,7 +31,7 @@ public final class AuditCheckpointer: Service, Sendable {
     public init(
         store: any AuditStore, key: AuditKey, sinks: [any CheckpointSink], interval: Duration, everyRecords: Int64,
         logger: Logger
-    ) throws {
+    ) async throws {
         self.store = store
         self.key = key
         self.sinks = sinks
@@ -40,7 +40,7 @@ public final class AuditCheckpointer: Service, Sendable {
         self.logger = logger
         // Only a checkpoint this key signed counts: rows in the table are as forgeable as records.
         last = Mutex(
-            try store.auditCheckpoints().last { $0.isValid(under: key.publicKey) }.map { ($0.seq, $0.hash) })
+            try await store.auditCheckpoints().last { $0.isValid(under: key.publicKey) }.map { ($0.seq, $0.hash) })
         (wake, wakeUp) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         store.onAppend { [weak self] head in self?.appended(head) }
     }
@@ -56,7 +56,7 @@ public final class AuditCheckpointer: Service, Sendable {
                 group.addTask {
                     while (try? await Task.sleep(for: interval)) != nil { wakeUp.yield() }
                 }
-                for await _ in wake { checkpoint() }
+                for await _ in wake { await checkpoint() }
                 group.cancelAll()
             }
         } onGracefulShutdown: {
@@ -67,13 +67,14 @@ public final class AuditCheckpointer: Service, Sendable {
     /// Signs the current head if it moved since the last checkpoint. Returns the checkpoint, or nil when
     /// there was nothing new or it could not be made (logged).
     @discardableResult
-    public func checkpoint() -> AuditCheckpoint? {
-        signing.withLock { _ in
+    public func checkpoint() async -> AuditCheckpoint? {
+        // The body handles its errors: the lock has none of its own.
+        (try? await signing.withLock("checkpoint") { () async -> AuditCheckpoint? in
             do {
-                guard var head = try store.auditHead() else { return nil }
+                guard var head = try await store.auditHead() else { return nil }
                 let prior = last.withLock { $0 }
                 if let prior, prior.seq == head.seq, prior.hash == head.hash { return nil }
-                if let problem = try verifySince(prior, upTo: head.seq),
+                if let problem = try await verifySince(prior, upTo: head.seq),
                     reported.withLock({ r in
                         defer { r = problem.seq }
                         return r != problem.seq
@@ -82,17 +83,17 @@ public final class AuditCheckpointer: Service, Sendable {
                     // Alert once, then sign the head anyway: what follows stays protected, and `audit
                     // verify` still names the break.
                     logger.critical("the audit trail was altered", metadata: ["problem": "\(problem)"])
-                    try? store.append([
+                    try? await store.append([
                         AuditEvent(
                             "audit.tamper_detected", outcome: .alert, details: ["problem": problem.description],
                             context: AuditContext(actor: .system))
                     ])
-                    head = try store.auditHead() ?? head
+                    head = try await store.auditHead() ?? head
                 }
-                try store.syncAudit()
+                try await store.syncAudit()
                 let cp = try key.sign(
                     seq: head.seq, hash: head.hash, timeMs: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)))
-                try store.insertCheckpoint(cp)
+                try await store.insertCheckpoint(cp)
                 for sink in sinks {
                     do {
                         try sink.write(cp)
@@ -104,7 +105,7 @@ public final class AuditCheckpointer: Service, Sendable {
                             "cannot export an audit checkpoint",
                             metadata: ["sink": "\(sink.name)", "error": "\(error)"])
                         if failing.withLock({ $0.insert(sink.name).inserted }) {
-                            try? store.append([
+                            try? await store.append([
                                 AuditEvent(
                                     "audit.export_failed", target: sink.name, outcome: .alert,
                                     details: ["error": "\(error)", "checkpoint": String(cp.seq)],
@@ -119,19 +120,20 @@ public final class AuditCheckpointer: Service, Sendable {
                 logger.error("cannot make an audit checkpoint", metadata: ["error": "\(error)"])
                 return nil
             }
-        }
+        }) ?? nil
     }
 
     /// Checks that the record `prior` signed is still there as signed, and that the records after it up to
     /// `head` follow on from it in sequence and chain.
-    func verifySince(_ prior: (seq: Int64, hash: String)?, upTo head: Int64) throws -> AuditVerifier.Problem? {
-        if let prior, try store.auditRecords(AuditQuery(after: prior.seq - 1, limit: 1)).first?.hash != prior.hash {
+    func verifySince(_ prior: (seq: Int64, hash: String)?, upTo head: Int64) async throws -> AuditVerifier.Problem? {
+        if let prior, try await store.auditRecords(AuditQuery(after: prior.seq - 1, limit: 1)).first?.hash != prior.hash
+        {
             return .init(seq: prior.seq, reason: "rewritten or missing since checkpoint \(prior.seq) signed it")
         }
         var verifier = AuditVerifier(publicKey: key.publicKey, checkpoints: [], start: prior)
         var after = prior?.seq ?? 0
         while after < head {
-            let page = try store.auditRecords(AuditQuery(after: after, limit: Int(min(head - after, 1000))))
+            let page = try await store.auditRecords(AuditQuery(after: after, limit: Int(min(head - after, 1000))))
             guard let lastOfPage = page.last else { break }
             page.forEach { verifier.add($0) }
             after = lastOfPage.seq

@@ -43,8 +43,8 @@ public final class AuditTrail: Sendable {
 
     /// Records the start (with what reconciliation did) and every weakened setting. Fails, and so stops
     /// the start, when the trail cannot be written, unless the audit mode says otherwise.
-    public func recordStart(_ weakened: [WeakenedSetting], details: [String: String]) throws {
-        try store.append(
+    public func recordStart(_ weakened: [WeakenedSetting], details: [String: String]) async throws {
+        try await store.append(
             [
                 AuditEvent(
                     "daemon.start",
@@ -69,11 +69,11 @@ public final class AuditTrail: Sendable {
     }
 
     /// Records the stop and signs a last checkpoint; call once every request has finished.
-    public func recordStop() {
-        do { try store.append([AuditEvent("daemon.stop")]) } catch {
+    public func recordStop() async {
+        do { try await store.append([AuditEvent("daemon.stop")]) } catch {
             logger.critical("cannot record the stop", metadata: ["error": "\(error)"])
         }
-        checkpointer.checkpoint()
+        await checkpointer.checkpoint()
     }
 
     /// The tenant whose records a caller reads: admins every tenant's (nil) unless they name one;
@@ -88,14 +88,14 @@ public final class AuditTrail: Sendable {
             var q = query
             q.tenant = readableTenant(caller)
             q.limit = min(max(q.limit, 1), 1000)
-            let items = try store.auditRecords(q)
+            let items = try await store.auditRecords(q)
             return Page(items: items, nextCursor: items.count == q.limit ? items.last.map { String($0.seq) } : nil)
         }
     }
 
     public func checkpoints(_ caller: Caller) async throws -> AuditCheckpointList {
         try await gate.perform(caller, .auditCheckpoints, target: nil) {
-            AuditCheckpointList(
+            await AuditCheckpointList(
                 publicKey: key.publicKeyBase64, keyId: key.keyID, checkpoints: try store.auditCheckpoints())
         }
     }
@@ -108,7 +108,8 @@ public final class AuditTrail: Sendable {
         stillValid: @escaping @Sendable () async -> Bool
     ) async throws -> AuditFeed {
         try await gate.perform(caller, .auditFollow, target: nil) {
-            let start = try after ?? store.auditHead()?.seq ?? 0
+            var start = after ?? 0
+            if after == nil { start = try await store.auditHead()?.seq ?? 0 }
             return AuditFeed(
                 store: store, tenant: readableTenant(caller), after: start, recheck: recheck, stillValid: stillValid)
         }
@@ -148,7 +149,7 @@ public final class AuditFeed: Sendable {
             if let r = state.withLock({ $0.pending.isEmpty ? nil : $0.pending.removeFirst() }) { return r }
             guard await stillValid() else { return nil }
             let after = state.withLock { $0.after }
-            let page = try store.auditRecords(AuditQuery(tenant: tenant, after: after, limit: 100))
+            let page = try await store.auditRecords(AuditQuery(tenant: tenant, after: after, limit: 100))
             if let last = page.last {
                 state.withLock {
                     $0.after = last.seq

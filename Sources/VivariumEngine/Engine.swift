@@ -81,7 +81,7 @@ public final class Engine: Sendable {
             InitWatch(sandboxes: sandboxes),
             PeriodicService(every: config.ttlSweepInterval) { _ = await self.sandboxes.sweepExpired() },
             PeriodicService(every: .seconds(30)) { await self.sandboxes.checkDrift() },
-            PeriodicService(every: .seconds(5)) { self.tokens.refreshRevocations() },
+            PeriodicService(every: .seconds(5)) { await self.tokens.refreshRevocations() },
         ]
     }
 }

@@ -17,7 +17,7 @@ extension Sandboxes {
     /// after: the argument vector redacted, environment names but never values, never the output.
     func exec(_ r: SandboxRecord, _ command: ExecCommand) async throws -> ExecOutcome {
         _ = try r.state.requireRunning()
-        try audit.append([
+        try await audit.append([
             event(
                 "sandbox.exec", r, .started,
                 details: [
@@ -29,7 +29,7 @@ extension Sandboxes {
         ])
         do {
             let result = try await runtime.exec(plan(r), command)
-            recordOutcome(
+            await recordOutcome(
                 event(
                     "sandbox.exec", r, result.timedOut ? .failed : .ok,
                     details: [
@@ -39,7 +39,7 @@ extension Sandboxes {
                     ]))
             return result
         } catch {
-            recordOutcome(event("sandbox.exec", r, .failed, details: ["error": "\(error)"]))
+            await recordOutcome(event("sandbox.exec", r, .failed, details: ["error": "\(error)"]))
             throw error
         }
     }

@@ -89,8 +89,8 @@ public final class Gate: Sendable {
     }
 
     /// A door could not establish a caller for `action`: the refusal is recorded as the action would be.
-    public func rejected(_ error: VivariumError, anonymous: Caller, action: Action, target: String?) {
-        recordFailure(error, caller: anonymous, action: action, target: target, recorded: 0)
+    public func rejected(_ error: VivariumError, anonymous: Caller, action: Action, target: String?) async {
+        await recordFailure(error, caller: anonymous, action: action, target: target, recorded: 0)
     }
 
     // MARK: Authorization
@@ -135,17 +135,17 @@ public final class Gate: Sendable {
                 return try await body()
             }
             if policy.mutating, context.tally?.count == 0 {
-                try audit.append([
+                try await audit.append([
                     AuditEvent(action.rawValue, target: target, details: ["changed": "false"], context: context)
                 ])
             }
             return value
         } catch let e as VivariumError {
-            recordFailure(e, caller: caller, action: action, target: target, recorded: context.tally?.count ?? 0)
+            await recordFailure(e, caller: caller, action: action, target: target, recorded: context.tally?.count ?? 0)
             throw e
         } catch {
             let e = VivariumError.wrap(error, .internalError, "\(action.rawValue) failed")
-            recordFailure(e, caller: caller, action: action, target: target, recorded: context.tally?.count ?? 0)
+            await recordFailure(e, caller: caller, action: action, target: target, recorded: context.tally?.count ?? 0)
             throw e
         }
     }
@@ -166,7 +166,7 @@ public final class Gate: Sendable {
     /// failures of mutating actions when nothing else was recorded. Rate-limit refusals are not (they
     /// would let a flood write the trail); the authentication failures before them were. Failed
     /// authentications count against the source, except on public actions other than the token exchange.
-    func recordFailure(_ e: VivariumError, caller: Caller, action: Action, target: String?, recorded: Int) {
+    func recordFailure(_ e: VivariumError, caller: Caller, action: Action, target: String?, recorded: Int) async {
         let policy = PolicyTable.policy(action)
         let context = Self.context(caller)
         let details = ["code": e.code.rawValue, "message": e.message]
@@ -191,7 +191,7 @@ public final class Gate: Sendable {
             guard policy.mutating, recorded == 0 else { return }
             event = AuditEvent(action.rawValue, target: target, outcome: .failed, details: details, context: context)
         }
-        do { try audit.append([event]) } catch {
+        do { try await audit.append([event]) } catch {
             logger.error(
                 "cannot record a refused request", metadata: ["request_id": "\(caller.requestID)", "error": "\(error)"])
         }

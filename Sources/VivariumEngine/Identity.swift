@@ -38,7 +38,7 @@ public final class Identity: Sendable {
     public func createTenant(_ caller: Caller, name: ResourceName) async throws -> TenantRecord {
         try await gate.perform(caller, .tenantCreate, target: name.rawValue) {
             let t = TenantRecord(name: name, createdAt: Date())
-            try store.insertTenant(
+            try await store.insertTenant(
                 t, audit: AuditEvent("tenant.create", target: name.rawValue, tenant: name.rawValue))
             logger.info("tenant created", metadata: ["tenant": "\(name)"])
             return t
@@ -46,7 +46,7 @@ public final class Identity: Sendable {
     }
 
     public func listTenants(_ caller: Caller) async throws -> [TenantRecord] {
-        try await gate.perform(caller, .tenantList, target: nil) { try store.tenants() }
+        try await gate.perform(caller, .tenantList, target: nil) { try await store.tenants() }
     }
 
     /// Deletes a tenant with its principals; refused while it holds sandboxes or images unless forced,
@@ -57,22 +57,22 @@ public final class Identity: Sendable {
             guard n.rawValue != Self.defaultTenant else {
                 throw VivariumError(.invalidState, "the default tenant cannot be removed")
             }
-            guard try store.tenants().contains(where: { $0.name == n }) else {
+            guard try await store.tenants().contains(where: { $0.name == n }) else {
                 throw VivariumError(.notFound, "tenant \(n) not found")
             }
             if force {
-                for s in try sandboxes.store.sandboxes(tenant: n.rawValue, after: nil, limit: 100_000) {
+                for s in try await sandboxes.store.sandboxes(tenant: n.rawValue, after: nil, limit: 100_000) {
                     try await sandboxes.delete(tenant: n.rawValue, name: s.name, force: true)
                 }
-                for i in try sandboxes.store.images(tenant: n.rawValue) {
+                for i in try await sandboxes.store.images(tenant: n.rawValue) {
                     try await images.remove(tenant: n.rawValue, name: i.name)
                 }
             }
-            try store.deleteTenant(
+            try await store.deleteTenant(
                 n.rawValue,
                 audit: AuditEvent(
                     "tenant.delete", target: n.rawValue, tenant: n.rawValue, details: ["force": "\(force)"]))
-            try tokens.revoke(.tenant, n.rawValue, tenant: n.rawValue)
+            try await tokens.revoke(.tenant, n.rawValue, tenant: n.rawValue)
             logger.info("tenant removed", metadata: ["tenant": "\(n)"])
         }
     }
@@ -90,7 +90,7 @@ public final class Identity: Sendable {
             let rec = PrincipalRecord(
                 id: "pr_" + randomHex(bytes: 10), tenant: tenant, name: name, kind: kind, role: role, disabled: false,
                 createdAt: Date())
-            try store.insertPrincipal(
+            try await store.insertPrincipal(
                 rec,
                 audit: AuditEvent(
                     "principal.create", target: name.rawValue, tenant: tenant,
@@ -101,24 +101,26 @@ public final class Identity: Sendable {
     }
 
     public func listPrincipals(_ caller: Caller) async throws -> [PrincipalRecord] {
-        try await gate.perform(caller, .principalList, target: nil) { try store.principals(tenant: try tenant(caller)) }
+        try await gate.perform(caller, .principalList, target: nil) {
+            try await store.principals(tenant: try tenant(caller))
+        }
     }
 
     public func deletePrincipal(_ caller: Caller, name: String) async throws {
         try await gate.perform(caller, .principalDelete, target: name) {
             let tenant = try tenant(caller)
-            let p = try manageable(caller, name)
-            try store.deletePrincipal(
+            let p = try await manageable(caller, name)
+            try await store.deletePrincipal(
                 id: p.id,
                 audit: AuditEvent("principal.delete", target: p.name.rawValue, tenant: tenant, details: ["id": p.id]))
-            try tokens.revoke(.principal, p.id, tenant: tenant)
+            try await tokens.revoke(.principal, p.id, tenant: tenant)
         }
     }
 
     public func disablePrincipal(_ caller: Caller, name: String) async throws -> PrincipalRecord {
         try await gate.perform(caller, .principalDisable, target: name) {
-            var p = try manageable(caller, name)
-            try tokens.disable(p)
+            var p = try await manageable(caller, name)
+            try await tokens.disable(p)
             p.disabled = true
             return p
         }
@@ -130,7 +132,7 @@ public final class Identity: Sendable {
         async throws -> NewAPIKey
     {
         try await gate.perform(caller, .apiKeyCreate, target: name) {
-            let p = try manageable(caller, name)
+            let p = try await manageable(caller, name)
             let ttl = ttl ?? .seconds(90 * 86400)
             guard ttl >= .seconds(60), ttl <= .seconds(Int64(TokenService.maxAPIKeyLifetime)) else {
                 throw VivariumError(.invalidArgument, "ttl must be between 1 minute and 366 days")
@@ -138,7 +140,7 @@ public final class Identity: Sendable {
             let granted = (scopes ?? TokenService.allowedScopes(p.role)).intersection(caller.scopes)
                 .intersection(TokenService.allowedScopes(p.role))
             let seconds = TimeInterval(ttl.components.seconds)
-            let key = try tokens.createAPIKey(for: p, scopes: granted, ttl: seconds)
+            let key = try await tokens.createAPIKey(for: p, scopes: granted, ttl: seconds)
             return NewAPIKey(
                 key: key, principal: p.name, scopes: granted, expiresAt: Date().addingTimeInterval(seconds))
         }
@@ -146,10 +148,10 @@ public final class Identity: Sendable {
 
     /// The principal `name` of the caller's tenant, if the caller may act on it: only up to its own
     /// role, and only an admin acts on an admin.
-    func manageable(_ caller: Caller, _ name: String) throws -> PrincipalRecord {
+    func manageable(_ caller: Caller, _ name: String) async throws -> PrincipalRecord {
         let tenant = try tenant(caller)
         let n = try ResourceName.parse(name, what: "principal name")
-        guard let p = try store.principal(tenant: tenant, name: n) else {
+        guard let p = try await store.principal(tenant: tenant, name: n) else {
             throw VivariumError(.notFound, "principal \(n) not found")
         }
         guard let role = caller.role, p.role <= role, role == .admin || p.role != .admin else {
@@ -176,12 +178,13 @@ public final class Identity: Sendable {
         _ caller: Caller, principal name: String, sandbox: String?, scopes: Set<Scope>, ttl: Duration?
     ) async throws -> TokenPair {
         try await gate.perform(caller, .tokenIssue, target: name) {
-            let p = try manageable(caller, name)
+            let p = try await manageable(caller, name)
             guard !p.disabled else { throw VivariumError(.invalidState, "principal \(p.name) is disabled") }
             guard scopes.isSubset(of: caller.scopes), scopes.isSubset(of: TokenService.allowedScopes(p.role)) else {
                 throw VivariumError(.forbidden, "cannot grant scopes beyond your own or the principal's role")
             }
-            let bound = try sandbox.map { try sandboxes.record(caller, $0).id }
+            var bound: SandboxID?
+            if let sandbox { bound = try await sandboxes.record(caller, sandbox).id }
             let life = ttl.map { TimeInterval($0.components.seconds) } ?? tokens.config.accessLifetime
             guard life >= 1 else { throw VivariumError(.invalidArgument, "ttl must be positive") }
             // The whole session ends with the requested lifetime: refreshing cannot extend it.
@@ -200,15 +203,15 @@ public final class Identity: Sendable {
                 guard jti.utf8.count == 32, jti.allSatisfy(\.isHexDigit) else {
                     throw VivariumError(.invalidArgument, "invalid jti")
                 }
-                try tokens.revoke(.jti, jti, tenant: nil)
+                try await tokens.revoke(.jti, jti, tenant: nil)
             case .principal(let name):
-                let p = try manageable(caller, name.rawValue)
-                try tokens.revoke(.principal, p.id, tenant: p.tenant)
+                let p = try await manageable(caller, name.rawValue)
+                try await tokens.revoke(.principal, p.id, tenant: p.tenant)
             case .tenant(let t):
                 guard caller.role == .admin || t.rawValue == caller.principal?.tenant else {
                     throw VivariumError(.forbidden, "only an admin revokes another tenant's tokens")
                 }
-                try tokens.revoke(.tenant, t.rawValue, tenant: t.rawValue)
+                try await tokens.revoke(.tenant, t.rawValue, tenant: t.rawValue)
             }
         }
     }
@@ -222,15 +225,16 @@ public final class Identity: Sendable {
     /// Rotates the token signing keys, recorded before (no record, no rotation) and after.
     public func rotateKeys(_ caller: Caller) async throws -> JWKSet {
         try await gate.perform(caller, .keysRotate, target: nil) {
-            try gate.audit.append([AuditEvent("keys.rotate", global: true, outcome: .started)])
+            try await gate.audit.append([AuditEvent("keys.rotate", global: true, outcome: .started)])
             do {
                 try await tokens.keys.rotate()
             } catch {
-                sandboxes.recordOutcome(
+                await sandboxes.recordOutcome(
                     AuditEvent("keys.rotate", global: true, outcome: .failed, details: ["error": "\(error)"]))
                 throw error
             }
-            sandboxes.recordOutcome(AuditEvent("keys.rotate", global: true, details: ["kid": tokens.keys.current.kid]))
+            await sandboxes.recordOutcome(
+                AuditEvent("keys.rotate", global: true, details: ["kid": tokens.keys.current.kid]))
             return tokens.keys.jwks
         }
     }

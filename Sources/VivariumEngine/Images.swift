@@ -27,8 +27,8 @@ public final class Images: Sendable {
     public func list(_ caller: Caller) async throws -> [ImageRecord] {
         try await gate.perform(caller, .imageList, target: nil) {
             guard let tenant = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
-            let shared = tenant == Identity.defaultTenant ? [] : try store.images(tenant: Identity.defaultTenant)
-            return try store.images(tenant: tenant) + shared
+            let shared = await tenant == Identity.defaultTenant ? [] : try store.images(tenant: Identity.defaultTenant)
+            return try await store.images(tenant: tenant) + shared
         }
     }
 
@@ -52,11 +52,11 @@ public final class Images: Sendable {
             throw VivariumError(.invalidArgument, "path must be an absolute path on the daemon's host")
         }
         return try await locks.withLock("image:\(tenant)/\(name)") { [self] in
-            if try store.image(tenant: tenant, name: name) != nil {
+            if try await store.image(tenant: tenant, name: name) != nil {
                 throw VivariumError(.alreadyExists, "an image named \(name) already exists")
             }
             let imported = try await content.importRootfs(from: path)
-            let rec = try store.insertImage(
+            let rec = try await store.insertImage(
                 ImageRecord(
                     tenant: tenant, name: name, digest: imported.digest, rootfs: imported.rootfs,
                     sizeBytes: imported.sizeBytes, createdAt: Date()),
@@ -72,9 +72,9 @@ public final class Images: Sendable {
 
     func remove(tenant: String, name: ResourceName) async throws {
         try await locks.withLock("image:\(tenant)/\(name)") { [self] in
-            let rec = try store.deleteImage(
+            let rec = try await store.deleteImage(
                 tenant: tenant, name: name, audit: AuditEvent("image.delete", target: name.rawValue, tenant: tenant))
-            if try !store.imageRootfsInUse(rec.rootfs) {
+            if try await !store.imageRootfsInUse(rec.rootfs) {
                 try await content.remove(manifest: rec.digest)
             }
             logger.info("image removed", metadata: ["image": "\(name)"])
@@ -84,7 +84,7 @@ public final class Images: Sendable {
     /// Creates the default `base` image (static busybox) on first start.
     public func ensureBase() async throws {
         let base = Sandboxes.defaultImage
-        guard try store.image(tenant: Identity.defaultTenant, name: base) == nil else { return }
+        guard try await store.image(tenant: Identity.defaultTenant, name: base) == nil else { return }
         let dir = config.imagesDir + "/tmp/base-" + randomHex(bytes: 6)
         try FileSystem.makeDirectory(dir, mode: 0o755)
         do {

@@ -28,14 +28,14 @@ extension Sandboxes {
         var report = ReconcileReport()
         let containers = Dictionary(
             try await runtime.containers().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
-        let records = try store.allSandboxes()
+        let records = try await store.allSandboxes()
         for r in records {
             let box = plan(r)
             do {
                 switch r.state {
                 case .creating, .deleting:
                     try await runtime.destroy(box, released: false)
-                    try store.deleteSandbox(
+                    try await store.deleteSandbox(
                         r.id, audit: event("reconcile.rollback", r, details: ["unfinished": r.state.name]))
                     report.rolledBack += 1
                     logger.notice("rolled back an unfinished \(r.state.name)", metadata: ["sandbox": "\(r.name)"])
@@ -43,7 +43,7 @@ extension Sandboxes {
                     let c = containers[r.id.rawValue]
                     if let c, c.status == "running", await runtime.adopt(box, pid: c.pid, onExit: onExit) {
                         if c.pid != pid {
-                            try store.updateState(
+                            try await store.updateState(
                                 r.id, .running(pid: c.pid),
                                 audit: event(
                                     "reconcile.adopt", r, details: ["pid": "\(c.pid)", "recorded_pid": "\(pid)"]))
@@ -54,13 +54,13 @@ extension Sandboxes {
                     try await runtime.release(box)
                     if r.spec.restart == .always {
                         let newPid = try await runtime.boot(box, network: nil, onExit: onExit)
-                        try store.updateState(
+                        try await store.updateState(
                             r.id, .running(pid: newPid),
                             audit: event("reconcile.restart", r, details: ["pid": "\(newPid)"]))
                         report.restarted += 1
                         logger.notice("restarted sandbox", metadata: ["sandbox": "\(r.name)", "pid": "\(newPid)"])
                     } else {
-                        try store.updateState(
+                        try await store.updateState(
                             r.id, .stopped, audit: event("reconcile.stop", r, details: ["reason": "init gone"]))
                         report.stopped += 1
                     }
@@ -80,11 +80,11 @@ extension Sandboxes {
     /// their mounts) and cgroups. Records are read after the per-record pass, so rolled-back ones count
     /// as gone.
     func removeOrphans() async -> Int {
-        guard let current = try? store.allSandboxes() else { return 0 }
+        guard let current = try? await store.allSandboxes() else { return 0 }
         let removed = await runtime.removeOrphans(live: Set(current.map(\.id.rawValue)))
         if removed > 0 {
             logger.notice("removed orphans", metadata: ["count": "\(removed)"])
-            recordOutcome(AuditEvent("reconcile.orphans", details: ["removed": "\(removed)"]))
+            await recordOutcome(AuditEvent("reconcile.orphans", details: ["removed": "\(removed)"]))
         }
         return removed
     }
@@ -92,10 +92,10 @@ extension Sandboxes {
     /// Deletes sandboxes whose TTL ran out. Returns how many.
     public func sweepExpired(now: Date = Date()) async -> Int {
         var n = 0
-        for r in (try? store.expiredSandboxes(now: now)) ?? [] {
+        for r in await (try? store.expiredSandboxes(now: now)) ?? [] {
             do {
                 try await locks.withLock("\(r.tenant)/\(r.name)") { [self] in
-                    guard let cur = try store.sandbox(id: r.id) else { return }
+                    guard let cur = try await store.sandbox(id: r.id) else { return }
                     try await remove(cur, action: "sandbox.expire")
                 }
                 n += 1
@@ -113,14 +113,14 @@ extension Sandboxes {
     /// unexpected exit (restart under `always`, else stopped).
     public func checkDrift() async {
         Reaper.shared.reapStrays()
-        for r in (try? store.allSandboxes()) ?? [] {
+        for r in await (try? store.allSandboxes()) ?? [] {
             switch r.state {
             case .running(let pid) where !runtime.isAlive(pid: pid) && !runtime.isStopping(r.id):
                 await initExited(r.id, pid: pid, status: nil)
             case .deleting:
                 // A delete or rollback whose teardown failed: retry it.
                 _ = try? await locks.withLock("\(r.tenant)/\(r.name)") { [self] in
-                    guard let cur = try store.sandbox(id: r.id), case .deleting = cur.state else { return }
+                    guard let cur = try await store.sandbox(id: r.id), case .deleting = cur.state else { return }
                     try await remove(cur, action: "reconcile.finish_delete")
                 }
             default: continue

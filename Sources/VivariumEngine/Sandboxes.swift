@@ -52,7 +52,7 @@ public final class Sandboxes: Sendable {
         try await gate.perform(caller, .sandboxList, target: nil) {
             let n = min(max(limit ?? 100, 1), 500)
             let after = try cursor.map { try Self.decodeCursor($0) }
-            let rows = try store.sandboxes(tenant: try tenant(caller), after: after, limit: n + 1)
+            let rows = try await store.sandboxes(tenant: try tenant(caller), after: after, limit: n + 1)
             let items = rows.prefix(n).map { view($0) }
             let next = rows.count > n ? items.last.map { Self.encodeCursor($0.name.rawValue) } : nil
             return Page(items: Array(items), nextCursor: next)
@@ -61,7 +61,7 @@ public final class Sandboxes: Sendable {
 
     public func get(_ caller: Caller, name: String) async throws -> Sandbox {
         try await gate.perform(caller, .sandboxGet, target: name) {
-            let r = try record(caller, name)
+            let r = try await record(caller, name)
             var s = view(r)
             s.diskUsageBytes = await runtime.diskUsage(plan(r))
             return s
@@ -70,9 +70,9 @@ public final class Sandboxes: Sendable {
 
     public func start(_ caller: Caller, name: String) async throws -> Sandbox {
         try await gate.perform(caller, .sandboxStart, target: name) {
-            let n = try record(caller, name).name
+            let n = try await record(caller, name).name
             return try await locks.withLock(try lockKey(caller, n)) { [self] in
-                var r = try record(caller, name)
+                var r = try await record(caller, name)
                 if case .running = r.state { return view(r) }
                 try r.state.requireStopped()
                 let pid: Int32
@@ -82,7 +82,7 @@ public final class Sandboxes: Sendable {
                     try? await runtime.release(plan(r))
                     throw error
                 }
-                try store.updateState(
+                try await store.updateState(
                     r.id, .running(pid: pid), audit: event("sandbox.start", r, details: ["pid": "\(pid)"]))
                 r.state = .running(pid: pid)
                 logger.info("sandbox started", metadata: ["sandbox": "\(n)", "pid": "\(pid)"])
@@ -93,13 +93,13 @@ public final class Sandboxes: Sendable {
 
     public func stop(_ caller: Caller, name: String) async throws -> Sandbox {
         try await gate.perform(caller, .sandboxStop, target: name) {
-            let n = try record(caller, name).name
+            let n = try await record(caller, name).name
             return try await locks.withLock(try lockKey(caller, n)) { [self] in
-                var r = try record(caller, name)
+                var r = try await record(caller, name)
                 if case .stopped = r.state { return view(r) }
                 _ = try r.state.requireRunning()
                 try await runtime.halt(plan(r), pid: r.state.pid, grace: nil)
-                try store.updateState(r.id, .stopped, audit: event("sandbox.stop", r))
+                try await store.updateState(r.id, .stopped, audit: event("sandbox.stop", r))
                 r.state = .stopped
                 logger.info("sandbox stopped", metadata: ["sandbox": "\(n)"])
                 return view(r)
@@ -109,7 +109,7 @@ public final class Sandboxes: Sendable {
 
     public func delete(_ caller: Caller, name: String, force: Bool) async throws {
         try await gate.perform(caller, .sandboxDelete, target: name) {
-            let n = try record(caller, name).name
+            let n = try await record(caller, name).name
             try await delete(tenant: try tenant(caller), name: n, force: force)
         }
     }
@@ -141,7 +141,7 @@ public final class Sandboxes: Sendable {
         }
     }
 
-    public func count() throws -> Int { try store.sandboxCount() }
+    public func count() async throws -> Int { try await store.sandboxCount() }
 
     // MARK: Inside the engine
 
@@ -154,16 +154,17 @@ public final class Sandboxes: Sendable {
     func lockKey(_ caller: Caller, _ name: ResourceName) throws -> String { "\(try tenant(caller))/\(name)" }
 
     /// A sandbox of the caller's tenant by name; a token bound to another sandbox finds nothing.
-    func record(_ caller: Caller, _ name: String) throws -> SandboxRecord {
-        let r = try sandboxRecord(tenant: try tenant(caller), name: try ResourceName.parse(name, what: "sandbox name"))
+    func record(_ caller: Caller, _ name: String) async throws -> SandboxRecord {
+        let r = try await sandboxRecord(
+            tenant: try tenant(caller), name: try ResourceName.parse(name, what: "sandbox name"))
         if let bound = caller.boundSandbox, bound != r.id {
             throw VivariumError(.notFound, "sandbox \(r.name) not found")
         }
         return r
     }
 
-    func sandboxRecord(tenant: String, name: ResourceName) throws -> SandboxRecord {
-        guard let r = try store.sandbox(tenant: tenant, name: name) else {
+    func sandboxRecord(tenant: String, name: ResourceName) async throws -> SandboxRecord {
+        guard let r = try await store.sandbox(tenant: tenant, name: name) else {
             throw VivariumError(.notFound, "sandbox \(name) not found")
         }
         return r
@@ -172,10 +173,9 @@ public final class Sandboxes: Sendable {
     func create(tenant: String, name: ResourceName?, spec: SandboxSpec) async throws -> Sandbox {
         let spec = try spec.validated()
         let name = name ?? Self.generatedName()
-        guard
-            let image = try store.image(tenant: tenant, name: spec.image)
-                ?? store.image(tenant: Identity.defaultTenant, name: spec.image)
-        else { throw VivariumError(.imageNotFound, "image \(spec.image) not found") }
+        var image = try await store.image(tenant: tenant, name: spec.image)
+        if image == nil { image = try await store.image(tenant: Identity.defaultTenant, name: spec.image) }
+        guard let image else { throw VivariumError(.imageNotFound, "image \(spec.image) not found") }
 
         return try await locks.withLock("\(tenant)/\(name)") { [self] in
             let id = SandboxID.random()
@@ -191,7 +191,9 @@ public final class Sandboxes: Sendable {
                     "ttl_seconds": spec.ttlSeconds.map(String.init) ?? "none",
                     "env_keys": spec.env.keys.sorted().joined(separator: ","),
                 ])
-            let record = try store.insertSandbox(maxSlots: config.maxSandboxes, quota: config.quota, audit: intent) {
+            let record = try await store.insertSandbox(
+                maxSlots: config.maxSandboxes, quota: config.quota, audit: intent
+            ) {
                 slot in
                 SandboxRecord(
                     id: id, tenant: tenant, name: name, imageID: image.id, imageName: image.name,
@@ -204,7 +206,7 @@ public final class Sandboxes: Sendable {
             do {
                 try runtime.prepare(box)
                 let pid = try await runtime.boot(box, network: nil, onExit: onExit)
-                try store.updateState(
+                try await store.updateState(
                     id, .running(pid: pid), audit: event("sandbox.create", record, details: ["pid": String(pid)]))
                 var r = record
                 r.state = .running(pid: pid)
@@ -215,10 +217,10 @@ public final class Sandboxes: Sendable {
                 let failure = event("sandbox.create", record, .failed, details: ["error": "\(error)"])
                 do {
                     try await runtime.destroy(box, released: false)
-                    try store.deleteSandbox(id, audit: failure)
+                    try await store.deleteSandbox(id, audit: failure)
                 } catch {
                     // Keep the record (and its uid slot) until the host is clean: the reconciler retries.
-                    try? store.updateState(id, .deleting, audit: failure)
+                    try? await store.updateState(id, .deleting, audit: failure)
                     logger.error("rollback incomplete", metadata: ["sandbox": "\(name)", "error": "\(error)"])
                 }
                 throw VivariumError.wrap(error, .runtimeFailure, "create failed")
@@ -228,7 +230,7 @@ public final class Sandboxes: Sendable {
 
     func delete(tenant: String, name: ResourceName, force: Bool) async throws {
         try await locks.withLock("\(tenant)/\(name)") { [self] in
-            let r = try sandboxRecord(tenant: tenant, name: name)
+            let r = try await sandboxRecord(tenant: tenant, name: name)
             if case .running = r.state, !force {
                 throw VivariumError(.invalidState, "sandbox \(name) is running: stop it first, or force the removal")
             }
@@ -240,7 +242,7 @@ public final class Sandboxes: Sendable {
     /// Marks a sandbox deleting (so that a crash mid-way is finished at the next start), tears its host
     /// resources down and drops the record. Recorded as `action`: its intent, then its outcome.
     func remove(_ r: SandboxRecord, action: String, details: [String: String] = [:]) async throws {
-        try store.updateState(r.id, .deleting, audit: event(action, r, .started, details: details))
+        try await store.updateState(r.id, .deleting, audit: event(action, r, .started, details: details))
         let box = plan(r)
         var released = false
         if case .running(let pid) = r.state {
@@ -252,7 +254,7 @@ public final class Sandboxes: Sendable {
             }
         }
         try await runtime.destroy(box, released: released)
-        try store.deleteSandbox(r.id, audit: event(action, r))
+        try await store.deleteSandbox(r.id, audit: event(action, r))
     }
 
     /// An audit record about a sandbox: its name is the target, its tenant owns the record.
@@ -266,8 +268,8 @@ public final class Sandboxes: Sendable {
 
     /// The outcome of something that already happened: a failure to record it cannot undo it, so it is
     /// logged (the intent record is in the trail).
-    func recordOutcome(_ e: AuditEvent) {
-        do { try audit.append([e]) } catch {
+    func recordOutcome(_ e: AuditEvent) async {
+        do { try await audit.append([e]) } catch {
             logger.critical("cannot record an outcome", metadata: ["action": "\(e.action)", "error": "\(error)"])
         }
     }
@@ -290,9 +292,9 @@ public final class Sandboxes: Sendable {
     /// An init exit nobody asked for: the sandbox stops, or restarts under `restart: always`. The pid is
     /// compared under the sandbox's lock: a create or start in progress records the pid before this runs.
     func initExited(_ id: SandboxID, pid: Int32, status: ExitStatus?) async {
-        guard let r = try? store.sandbox(id: id) else { return }
+        guard let r = try? await store.sandbox(id: id) else { return }
         _ = try? await locks.withLock("\(r.tenant)/\(r.name)") { [self] in
-            guard let cur = try store.sandbox(id: id), cur.state.pid == pid else { return }
+            guard let cur = try await store.sandbox(id: id), cur.state.pid == pid else { return }
             logger.warning(
                 "sandbox init exited",
                 metadata: ["sandbox": "\(cur.name)", "status": "\(status.map { "\($0)" } ?? "unknown")"])
@@ -300,17 +302,17 @@ public final class Sandboxes: Sendable {
             try await runtime.release(box)
             let why = ["reason": "init exited", "status": status.map { "\($0)" } ?? "unknown"]
             guard cur.spec.restart == .always else {
-                return try store.updateState(id, .stopped, audit: event("sandbox.stopped", cur, details: why))
+                return try await store.updateState(id, .stopped, audit: event("sandbox.stopped", cur, details: why))
             }
             do {
                 let newPid = try await runtime.boot(box, network: nil, onExit: onExit)
-                try store.updateState(
+                try await store.updateState(
                     id, .running(pid: newPid),
                     audit: event("sandbox.restart", cur, details: why.merging(["pid": "\(newPid)"]) { a, _ in a }))
                 logger.info("sandbox restarted", metadata: ["sandbox": "\(cur.name)", "pid": "\(newPid)"])
             } catch {
                 try? await runtime.release(box)
-                try store.updateState(
+                try await store.updateState(
                     id, .stopped,
                     audit: event(
                         "sandbox.restart", cur, .failed, details: why.merging(["error": "\(error)"]) { a, _ in a }))

@@ -79,32 +79,32 @@ public enum RefreshOutcome: Sendable, Equatable {
 
 /// Tenants, principals, API keys, refresh tokens and revocations. Every method is one transaction; every
 /// change is appended to the audit trail (`audit`) in that transaction.
-public protocol IdentityStore: Sendable {
-    func insertTenant(_ t: TenantRecord, audit: AuditEvent) throws
-    func tenants() throws -> [TenantRecord]
+public protocol IdentityStore: Transactional {
+    func insertTenant(_ t: TenantRecord, audit: AuditEvent) async throws
+    func tenants() async throws -> [TenantRecord]
     /// Deletes a tenant; `invalid_state` while it holds sandboxes or principals (the caller removes
     /// them first when forced).
-    func deleteTenant(_ name: String, audit: AuditEvent) throws
+    func deleteTenant(_ name: String, audit: AuditEvent) async throws
 
-    func insertPrincipal(_ p: PrincipalRecord, audit: AuditEvent) throws
-    func principal(id: String) throws -> PrincipalRecord?
-    func principal(tenant: String, name: ResourceName) throws -> PrincipalRecord?
-    func principals(tenant: String?) throws -> [PrincipalRecord]
-    func setPrincipalDisabled(id: String, _ disabled: Bool, audit: AuditEvent) throws
-    func deletePrincipal(id: String, audit: AuditEvent) throws
+    func insertPrincipal(_ p: PrincipalRecord, audit: AuditEvent) async throws
+    func principal(id: String) async throws -> PrincipalRecord?
+    func principal(tenant: String, name: ResourceName) async throws -> PrincipalRecord?
+    func principals(tenant: String?) async throws -> [PrincipalRecord]
+    func setPrincipalDisabled(id: String, _ disabled: Bool, audit: AuditEvent) async throws
+    func deletePrincipal(id: String, audit: AuditEvent) async throws
 
-    func insertAPIKey(_ k: APIKeyRecord, audit: AuditEvent) throws
-    func apiKey(id: String) throws -> APIKeyRecord?
+    func insertAPIKey(_ k: APIKeyRecord, audit: AuditEvent) async throws
+    func apiKey(id: String) async throws -> APIKeyRecord?
 
-    func insertRefresh(_ r: RefreshRecord, audit: AuditEvent) throws
+    func insertRefresh(_ r: RefreshRecord, audit: AuditEvent) async throws
     /// Marks the token used if it is valid and unused; on a second use revokes the whole family. The
     /// record `audit` makes of the outcome (and the token's principal) is appended in the same transaction.
     func useRefresh(
-        hash: String, now: Date, audit: @Sendable (RefreshOutcome, PrincipalRecord?) -> AuditEvent?
-    ) throws -> RefreshOutcome
+        hash: String, now: Date, audit: @escaping @Sendable (RefreshOutcome, PrincipalRecord?) -> AuditEvent?
+    ) async throws -> RefreshOutcome
 
     /// Records a revocation and, for a family, principal or tenant, ends the refresh families it covers.
-    func revoke(_ r: RevocationRecord, audit: AuditEvent) throws
+    func revoke(_ r: RevocationRecord, audit: AuditEvent) async throws
     /// Revocations not yet expired.
-    func revocations(now: Date) throws -> [RevocationRecord]
+    func revocations(now: Date) async throws -> [RevocationRecord]
 }

@@ -47,29 +47,22 @@ public struct SandboxRecord: Sendable, Equatable {
     public var workDir: String { bundle + "/work" }
 }
 
-/// Repository of sandboxes and images. Every method is one transaction; every change is appended to
-/// the audit trail (`audit`) in that transaction.
-public protocol Store: Sendable {
-    /// Allocates the lowest free user-id slot below `maxSlots` and inserts the record `make` builds
-    /// for it, atomically. Throws `already_exists` for a duplicate name, `resource_exhausted` when
-    /// no slot is free, `quota_exceeded` when the tenant's quota would be exceeded.
-    func insertSandbox(
-        maxSlots: Int, quota: TenantQuota?, audit: AuditEvent, _ make: @Sendable (Int) -> SandboxRecord
-    ) throws -> SandboxRecord
-    func updateState(_ id: SandboxID, _ state: SandboxState, audit: AuditEvent) throws
-    func sandbox(tenant: String, name: ResourceName) throws -> SandboxRecord?
-    func sandbox(id: SandboxID) throws -> SandboxRecord?
+/// Repository of sandboxes and images. Every change is one transaction (`Transactional`) with the audit
+/// records that describe it. Sandbox changes are written once for every store, on top of the transaction
+/// primitives (`insertSandbox`, `updateState`, `deleteSandbox` in Transaction.swift).
+public protocol Store: Transactional {
+    func sandbox(tenant: String, name: ResourceName) async throws -> SandboxRecord?
+    func sandbox(id: SandboxID) async throws -> SandboxRecord?
     /// Sandboxes ordered by name after `after`, at most `limit`.
-    func sandboxes(tenant: String?, after: String?, limit: Int) throws -> [SandboxRecord]
-    func allSandboxes() throws -> [SandboxRecord]
-    func expiredSandboxes(now: Date) throws -> [SandboxRecord]
-    func deleteSandbox(_ id: SandboxID, audit: AuditEvent) throws
-    func sandboxCount() throws -> Int
+    func sandboxes(tenant: String?, after: String?, limit: Int) async throws -> [SandboxRecord]
+    func allSandboxes() async throws -> [SandboxRecord]
+    func expiredSandboxes(now: Date) async throws -> [SandboxRecord]
+    func sandboxCount() async throws -> Int
 
-    func insertImage(_ image: ImageRecord, audit: AuditEvent) throws -> ImageRecord
-    func image(tenant: String, name: ResourceName) throws -> ImageRecord?
-    func images(tenant: String?) throws -> [ImageRecord]
+    func insertImage(_ image: ImageRecord, audit: AuditEvent) async throws -> ImageRecord
+    func image(tenant: String, name: ResourceName) async throws -> ImageRecord?
+    func images(tenant: String?) async throws -> [ImageRecord]
     /// Deletes an image; `image_in_use` while a sandbox uses it.
-    func deleteImage(tenant: String, name: ResourceName, audit: AuditEvent) throws -> ImageRecord
-    func imageRootfsInUse(_ rootfs: String) throws -> Bool
+    func deleteImage(tenant: String, name: ResourceName, audit: AuditEvent) async throws -> ImageRecord
+    func imageRootfsInUse(_ rootfs: String) async throws -> Bool
 }

@@ -7,16 +7,15 @@ import VivariumCore
 /// The audit trail's storage. Records that describe a state change are appended by the store method
 /// that makes the change, in its transaction; `append` is for records that stand alone (an exec's
 /// intent, a denial).
-public protocol AuditStore: Sendable {
+public protocol AuditStore: Transactional {
     var auditMode: AuditMode { get }
-    func append(_ events: [AuditEvent]) throws
     /// The newest record's sequence number and hash.
-    func auditHead() throws -> (seq: Int64, hash: String)?
-    func auditRecords(_ q: AuditQuery) throws -> [AuditRecord]
+    func auditHead() async throws -> AuditHead?
+    func auditRecords(_ q: AuditQuery) async throws -> [AuditRecord]
     /// Makes every committed record durable before a checkpoint signs it.
-    func syncAudit() throws
-    func insertCheckpoint(_ c: AuditCheckpoint) throws
-    func auditCheckpoints() throws -> [AuditCheckpoint]
+    func syncAudit() async throws
+    func insertCheckpoint(_ c: AuditCheckpoint) async throws
+    func auditCheckpoints() async throws -> [AuditCheckpoint]
     /// Calls `observer` after every commit that appended records, with the newest sequence number,
     /// until `removeObserver` is given the returned id.
     @discardableResult
@@ -69,69 +68,46 @@ extension SQLiteStore: AuditStore {
     }
 
     /// Runs `body` and appends `audit` in one write transaction: neither the change nor its records
-    /// exist without the other. The records are redacted before the transaction opens.
-    func write<T>(_ what: String, audit: [AuditEvent], _ body: (Database) throws -> T) throws -> T {
-        let events = auditMode == .off ? [] : audit.map { $0.redacted() }
-        return try transaction(what) { db in (try body(db), events) }
-    }
-
-    /// One write transaction: `body` makes a change and returns it with the (redacted) records that
-    /// describe it, for changes whose records depend on what the transaction found.
-    func transaction<T>(_ what: String, _ body: (Database) throws -> (T, [AuditEvent])) throws -> T {
-        let (value, count, head) = try wrap(what) {
-            try pool.write { db in
-                let (v, events) = try body(db)
-                return (v, events.count, try appendAudit(events, db))
-            }
+    /// exist without the other.
+    func write<T: Sendable>(_ what: String, audit: [AuditEvent], _ body: @escaping @Sendable (Database) throws -> T)
+        async throws -> T
+    {
+        try await sqliteTransaction(what) { tx in
+            let value = try await tx.sql(body)
+            try await tx.appendAudit(audit)
+            return value
         }
-        appended(count, head: head)
-        return value
     }
 
-    /// Appends records at the end of the chain inside the caller's transaction (SQLite serialises
-    /// writers, so the head read here is the head). Returns the new head's sequence number.
-    func appendAudit(_ events: [AuditEvent], _ db: Database) throws -> Int64? {
-        guard auditMode != .off, !events.isEmpty else { return nil }
+    /// One write transaction. Committed when `body` returns, rolled back when it throws.
+    func sqliteTransaction<T: Sendable>(_ what: String, _ body: @Sendable (SQLiteTransaction) async throws -> T)
+        async throws -> T
+    {
+        await writer.acquire()
+        let tx = SQLiteTransaction(store: self)
         do {
-            let head = try Self.head(db)
-            var seq = head?.seq ?? 0
-            var previous = head.flatMap { AuditChain.bytes(hex: $0.hash) } ?? AuditChain.genesis
-            let now = Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))
-            for e in events {
-                seq += 1
-                let r = e.seal(seq: seq, timeMs: now, previousHash: previous)
-                try db.execute(
-                    sql: """
-                        INSERT INTO audit_records (seq, time_ms, actor, actor_name, actor_tenant, token_id, source, tenant,
-                            action, target, outcome, request_id, details, hash)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                        """,
-                    arguments: [
-                        r.seq, r.timeMs, r.actor, r.actorName, r.actorTenant, r.tokenId, r.source, r.tenant, r.action,
-                        r.target, r.outcome, r.requestId, try Self.encodeDetails(r.details), r.hash,
-                    ])
-                previous = AuditChain.bytes(hex: r.hash)!
-            }
-            return seq
+            try await writer.execute { db in try db.beginTransaction(.immediate) }
+            let value = try await body(tx)
+            try await writer.execute { db in try db.commit() }
+            await writer.release()
+            tx.committed()
+            return value
         } catch {
-            guard auditMode == .failOpen else {
-                throw VivariumError(.unavailable, "the audit trail cannot be written, so the action was refused")
-            }
-            logger.critical(
-                "audit record lost (audit_mode fail-open)",
-                metadata: ["actions": "\(events.map(\.action))", "error": "\(error)"])
-            return nil
+            await writer.rollbackAndRelease()
+            throw Self.mapError(what, error)
         }
+    }
+
+    public func transaction<T: Sendable>(
+        _ what: String, _ body: @Sendable (any StoreTransaction) async throws -> T
+    ) async throws -> T {
+        try await sqliteTransaction(what) { tx in try await body(tx) }
     }
 
     func appended(_ n: Int, head: Int64?) {
         guard let head else { return }
         AuditContext.current.tally?.add(n)
         for o in auditObservers.withLock({ Array($0.all.values) }) { o(head) }
-    }
-
-    public func append(_ events: [AuditEvent]) throws {
-        try write("audit record", audit: events) { _ in }
     }
 
     @discardableResult
@@ -145,18 +121,18 @@ extension SQLiteStore: AuditStore {
 
     public func removeObserver(_ id: Int) { _ = auditObservers.withLock { $0.all.removeValue(forKey: id) } }
 
-    public func auditHead() throws -> (seq: Int64, hash: String)? {
-        try wrap("audit") { try pool.read { db in try Self.head(db) } }
+    public func auditHead() async throws -> AuditHead? {
+        try await read("audit") { db in try Self.head(db) }
     }
 
     /// The newest record's sequence number and hash; an unreadable one (a tampered row) stops appends.
-    static func head(_ db: Database) throws -> (seq: Int64, hash: String)? {
+    static func head(_ db: Database) throws -> AuditHead? {
         guard let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
         else { return nil }
         guard case .int64(let seq) = (row["seq"] as DatabaseValue).storage, let hash = text(row["hash"]),
             AuditChain.bytes(hex: hash)?.count == 32
         else { throw VivariumError(.unavailable, "the newest audit record is unreadable: the trail was tampered with") }
-        return (seq, hash)
+        return AuditHead(seq: seq, hash: hash)
     }
 
     /// Column values of audit rows, read without trapping on a row someone rewrote with the wrong types:
@@ -176,7 +152,7 @@ extension SQLiteStore: AuditStore {
         return Int64.min
     }
 
-    public func auditRecords(_ q: AuditQuery) throws -> [AuditRecord] {
+    public func auditRecords(_ q: AuditQuery) async throws -> [AuditRecord] {
         var sql = """
             SELECT seq, time_ms, actor, actor_name, actor_tenant, token_id, source, tenant, action, target, outcome,
                 request_id, details, hash FROM audit_records WHERE 1
@@ -197,30 +173,29 @@ extension SQLiteStore: AuditStore {
         sql += " ORDER BY seq LIMIT ?"
         args.append(q.limit)
         let arguments = StatementArguments(args)
-        return try wrap("audit") {
-            try pool.read { db in
-                try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
-                    AuditRecord(
-                        seq: Self.int(row["seq"]), timeMs: Self.int(row["time_ms"]),
-                        actor: Self.text(row["actor"]) ?? "",
-                        actorName: Self.text(row["actor_name"]), actorTenant: Self.text(row["actor_tenant"]),
-                        tokenId: Self.text(row["token_id"]), source: Self.text(row["source"]),
-                        tenant: Self.text(row["tenant"]), action: Self.text(row["action"]) ?? "",
-                        target: Self.text(row["target"]), outcome: Self.text(row["outcome"]) ?? "",
-                        requestId: Self.text(row["request_id"]),
-                        details: Self.decodeDetails(Self.text(row["details"]) ?? ""),
-                        hash: Self.text(row["hash"]) ?? "")
-                }
+        let query = sql
+        return try await read("audit") { db in
+            try Row.fetchAll(db, sql: query, arguments: arguments).map { row in
+                AuditRecord(
+                    seq: Self.int(row["seq"]), timeMs: Self.int(row["time_ms"]),
+                    actor: Self.text(row["actor"]) ?? "",
+                    actorName: Self.text(row["actor_name"]), actorTenant: Self.text(row["actor_tenant"]),
+                    tokenId: Self.text(row["token_id"]), source: Self.text(row["source"]),
+                    tenant: Self.text(row["tenant"]), action: Self.text(row["action"]) ?? "",
+                    target: Self.text(row["target"]), outcome: Self.text(row["outcome"]) ?? "",
+                    requestId: Self.text(row["request_id"]),
+                    details: Self.decodeDetails(Self.text(row["details"]) ?? ""),
+                    hash: Self.text(row["hash"]) ?? "")
             }
         }
     }
 
     /// Makes every committed record durable (synchronous=NORMAL leaves the WAL's newest commits to the OS
     /// until a checkpoint): call before signing a head that leaves the host.
-    public func syncAudit() throws {
-        try wrap("audit sync") {
-            try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA wal_checkpoint(PASSIVE)") }
-        }
+    public func syncAudit() async throws {
+        do {
+            try await writer.execute { db in try db.execute(sql: "PRAGMA wal_checkpoint(PASSIVE)") }
+        } catch { throw Self.mapError("audit sync", error) }
         for file in [path + "-wal", path] {
             let fd = open(file, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { continue }
@@ -229,27 +204,23 @@ extension SQLiteStore: AuditStore {
         }
     }
 
-    public func insertCheckpoint(_ c: AuditCheckpoint) throws {
-        try wrap("audit checkpoint") {
-            try pool.write { db in
-                try db.execute(
-                    sql: "INSERT INTO audit_checkpoints (seq, hash, time_ms, key_id, signature) VALUES (?, ?, ?, ?, ?)",
-                    arguments: [c.seq, c.hash, c.timeMs, c.keyId, c.signature])
-            }
+    public func insertCheckpoint(_ c: AuditCheckpoint) async throws {
+        try await write("audit checkpoint", audit: []) { db in
+            try db.execute(
+                sql: "INSERT INTO audit_checkpoints (seq, hash, time_ms, key_id, signature) VALUES (?, ?, ?, ?, ?)",
+                arguments: [c.seq, c.hash, c.timeMs, c.keyId, c.signature])
         }
     }
 
-    public func auditCheckpoints() throws -> [AuditCheckpoint] {
-        try wrap("audit checkpoints") {
-            try pool.read { db in
-                try Row.fetchAll(
-                    db, sql: "SELECT seq, hash, time_ms, key_id, signature FROM audit_checkpoints ORDER BY id"
-                )
-                .map {
-                    AuditCheckpoint(
-                        seq: $0["seq"], hash: $0["hash"], timeMs: $0["time_ms"], keyId: $0["key_id"],
-                        signature: $0["signature"])
-                }
+    public func auditCheckpoints() async throws -> [AuditCheckpoint] {
+        try await read("audit checkpoints") { db in
+            try Row.fetchAll(
+                db, sql: "SELECT seq, hash, time_ms, key_id, signature FROM audit_checkpoints ORDER BY id"
+            )
+            .map {
+                AuditCheckpoint(
+                    seq: $0["seq"], hash: $0["hash"], timeMs: $0["time_ms"], keyId: $0["key_id"],
+                    signature: $0["signature"])
             }
         }
     }

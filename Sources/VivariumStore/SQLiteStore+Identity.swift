@@ -52,27 +52,25 @@ extension SQLiteStore {
         }
     }
 
-    public func insertTenant(_ t: TenantRecord, audit: AuditEvent) throws {
-        try write("tenant \(t.name)", audit: [audit]) { db in
+    public func insertTenant(_ t: TenantRecord, audit: AuditEvent) async throws {
+        try await write("tenant \(t.name)", audit: [audit]) { db in
             try db.execute(
                 sql: "INSERT INTO tenants (name, created_at) VALUES (?, ?)",
                 arguments: [t.name.rawValue, t.createdAt.timeIntervalSince1970])
         }
     }
 
-    public func tenants() throws -> [TenantRecord] {
-        try wrap("tenants") {
-            try pool.read { db in
-                try Row.fetchAll(db, sql: "SELECT name, created_at FROM tenants ORDER BY name").compactMap { row in
-                    guard let n = ResourceName(rawValue: row["name"]) else { return nil }
-                    return TenantRecord(name: n, createdAt: Date(timeIntervalSince1970: row["created_at"]))
-                }
+    public func tenants() async throws -> [TenantRecord] {
+        try await read("tenants") { db in
+            try Row.fetchAll(db, sql: "SELECT name, created_at FROM tenants ORDER BY name").compactMap { row in
+                guard let n = ResourceName(rawValue: row["name"]) else { return nil }
+                return TenantRecord(name: n, createdAt: Date(timeIntervalSince1970: row["created_at"]))
             }
         }
     }
 
-    public func deleteTenant(_ name: String, audit: AuditEvent) throws {
-        try write("tenant", audit: [audit]) { db in
+    public func deleteTenant(_ name: String, audit: AuditEvent) async throws {
+        try await write("tenant", audit: [audit]) { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tenants WHERE name = ?", arguments: [name]) == true
             else {
                 throw VivariumError(.notFound, "tenant \(name) not found")
@@ -102,8 +100,8 @@ extension SQLiteStore {
             createdAt: Date(timeIntervalSince1970: row["created_at"]))
     }
 
-    public func insertPrincipal(_ p: PrincipalRecord, audit: AuditEvent) throws {
-        try write("principal \(p.name)", audit: [audit]) { db in
+    public func insertPrincipal(_ p: PrincipalRecord, audit: AuditEvent) async throws {
+        try await write("principal \(p.name)", audit: [audit]) { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tenants WHERE name = ?", arguments: [p.tenant]) == true
             else {
                 throw VivariumError(.notFound, "tenant \(p.tenant) not found")
@@ -117,54 +115,48 @@ extension SQLiteStore {
         }
     }
 
-    public func principal(id: String) throws -> PrincipalRecord? {
-        try wrap("principal") {
-            try pool.read { db in
-                try Row.fetchOne(
-                    db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE id = ?", arguments: [id]
-                )
-                .map(Self.principal)
-            }
+    public func principal(id: String) async throws -> PrincipalRecord? {
+        try await read("principal") { db in
+            try Row.fetchOne(
+                db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE id = ?", arguments: [id]
+            )
+            .map(Self.principal)
         }
     }
 
-    public func principal(tenant: String, name: ResourceName) throws -> PrincipalRecord? {
-        try wrap("principal") {
-            try pool.read { db in
-                try Row.fetchOne(
-                    db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE tenant = ? AND name = ?",
-                    arguments: [tenant, name.rawValue]
+    public func principal(tenant: String, name: ResourceName) async throws -> PrincipalRecord? {
+        try await read("principal") { db in
+            try Row.fetchOne(
+                db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE tenant = ? AND name = ?",
+                arguments: [tenant, name.rawValue]
+            ).map(Self.principal)
+        }
+    }
+
+    public func principals(tenant: String?) async throws -> [PrincipalRecord] {
+        try await read("principals") { db in
+            if let tenant {
+                return try Row.fetchAll(
+                    db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE tenant = ? ORDER BY name",
+                    arguments: [tenant]
                 ).map(Self.principal)
             }
+            return try Row.fetchAll(
+                db, sql: "SELECT \(Self.principalColumns) FROM principals ORDER BY tenant, name"
+            )
+            .map(Self.principal)
         }
     }
 
-    public func principals(tenant: String?) throws -> [PrincipalRecord] {
-        try wrap("principals") {
-            try pool.read { db in
-                if let tenant {
-                    return try Row.fetchAll(
-                        db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE tenant = ? ORDER BY name",
-                        arguments: [tenant]
-                    ).map(Self.principal)
-                }
-                return try Row.fetchAll(
-                    db, sql: "SELECT \(Self.principalColumns) FROM principals ORDER BY tenant, name"
-                )
-                .map(Self.principal)
-            }
-        }
-    }
-
-    public func setPrincipalDisabled(id: String, _ disabled: Bool, audit: AuditEvent) throws {
-        try write("principal", audit: [audit]) { db in
+    public func setPrincipalDisabled(id: String, _ disabled: Bool, audit: AuditEvent) async throws {
+        try await write("principal", audit: [audit]) { db in
             try db.execute(sql: "UPDATE principals SET disabled = ? WHERE id = ?", arguments: [disabled, id])
             guard db.changesCount == 1 else { throw VivariumError(.notFound, "principal not found") }
         }
     }
 
-    public func deletePrincipal(id: String, audit: AuditEvent) throws {
-        try write("principal", audit: [audit]) { db in
+    public func deletePrincipal(id: String, audit: AuditEvent) async throws {
+        try await write("principal", audit: [audit]) { db in
             try db.execute(sql: "DELETE FROM principals WHERE id = ?", arguments: [id])
             guard db.changesCount == 1 else { throw VivariumError(.notFound, "principal not found") }
         }
@@ -174,8 +166,8 @@ extension SQLiteStore {
         Set(s.split(separator: ",").compactMap { Scope(rawValue: String($0)) })
     }
 
-    public func insertAPIKey(_ k: APIKeyRecord, audit: AuditEvent) throws {
-        try write("api key", audit: [audit]) { db in
+    public func insertAPIKey(_ k: APIKeyRecord, audit: AuditEvent) async throws {
+        try await write("api key", audit: [audit]) { db in
             try db.execute(
                 sql: """
                     INSERT INTO api_keys (id, principal_id, secret_hash, scopes, expires_at, created_at)
@@ -188,26 +180,24 @@ extension SQLiteStore {
         }
     }
 
-    public func apiKey(id: String) throws -> APIKeyRecord? {
-        try wrap("api key") {
-            try pool.read { db in
-                try Row.fetchOne(
-                    db,
-                    sql:
-                        "SELECT id, principal_id, secret_hash, scopes, expires_at, created_at FROM api_keys WHERE id = ?",
-                    arguments: [id]
-                ).map { row in
-                    APIKeyRecord(
-                        id: row["id"], principalID: row["principal_id"], secretHash: row["secret_hash"],
-                        scopes: Self.scopes(row["scopes"]), expiresAt: Date(timeIntervalSince1970: row["expires_at"]),
-                        createdAt: Date(timeIntervalSince1970: row["created_at"]))
-                }
+    public func apiKey(id: String) async throws -> APIKeyRecord? {
+        try await read("api key") { db in
+            try Row.fetchOne(
+                db,
+                sql:
+                    "SELECT id, principal_id, secret_hash, scopes, expires_at, created_at FROM api_keys WHERE id = ?",
+                arguments: [id]
+            ).map { row in
+                APIKeyRecord(
+                    id: row["id"], principalID: row["principal_id"], secretHash: row["secret_hash"],
+                    scopes: Self.scopes(row["scopes"]), expiresAt: Date(timeIntervalSince1970: row["expires_at"]),
+                    createdAt: Date(timeIntervalSince1970: row["created_at"]))
             }
         }
     }
 
-    public func insertRefresh(_ r: RefreshRecord, audit: AuditEvent) throws {
-        try write("refresh token", audit: [audit]) { db in
+    public func insertRefresh(_ r: RefreshRecord, audit: AuditEvent) async throws {
+        try await write("refresh token", audit: [audit]) { db in
             try db.execute(sql: "INSERT OR IGNORE INTO refresh_families (id) VALUES (?)", arguments: [r.family])
             try db.execute(
                 sql: """
@@ -222,23 +212,30 @@ extension SQLiteStore {
     }
 
     public func useRefresh(
-        hash: String, now: Date, audit: @Sendable (RefreshOutcome, PrincipalRecord?) -> AuditEvent?
-    ) throws -> RefreshOutcome {
-        try transaction("refresh token") { db in
-            let outcome = try Self.useRefresh(db, hash: hash, now: now)
-            let principalID: String? =
-                switch outcome {
-                case .invalid: nil
-                case .reused(_, let id): id
-                case .rotated(let r): r.principalID
-                }
-            let p = try principalID.flatMap {
-                try Row.fetchOne(
-                    db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE id = ?", arguments: [$0]
-                ).map(Self.principal)
-            }
-            return (outcome, audit(outcome, p).map { [$0.redacted()] } ?? [])
+        hash: String, now: Date, audit: @escaping @Sendable (RefreshOutcome, PrincipalRecord?) -> AuditEvent?
+    ) async throws -> RefreshOutcome {
+        try await sqliteTransaction("refresh token") { tx in
+            let (outcome, p) = try await tx.sql { db in try Self.useRefreshRows(db, hash: hash, now: now) }
+            if let e = audit(outcome, p) { try await tx.appendAudit([e]) }
+            return outcome
         }
+    }
+
+    /// Marks the token used, or its family revoked, and reads the principal it belongs to.
+    static func useRefreshRows(_ db: Database, hash: String, now: Date) throws -> (RefreshOutcome, PrincipalRecord?) {
+        let outcome = try Self.useRefresh(db, hash: hash, now: now)
+        let principalID: String? =
+            switch outcome {
+            case .invalid: nil
+            case .reused(_, let id): id
+            case .rotated(let r): r.principalID
+            }
+        let p = try principalID.flatMap {
+            try Row.fetchOne(
+                db, sql: "SELECT \(Self.principalColumns) FROM principals WHERE id = ?", arguments: [$0]
+            ).map(Self.principal)
+        }
+        return (outcome, p)
     }
 
     static func useRefresh(_ db: Database, hash: String, now: Date) throws -> RefreshOutcome {
@@ -273,7 +270,7 @@ extension SQLiteStore {
                 usedAt: now))
     }
 
-    public func revoke(_ r: RevocationRecord, audit: AuditEvent) throws {
+    public func revoke(_ r: RevocationRecord, audit: AuditEvent) async throws {
         let families: String? =
             switch r.kind {
             case .jti: nil
@@ -282,7 +279,7 @@ extension SQLiteStore {
             case .tenant:
                 "SELECT t.family FROM refresh_tokens t JOIN principals p ON p.id = t.principal_id WHERE p.tenant = ?"
             }
-        try write("revocation", audit: [audit]) { db in
+        try await write("revocation", audit: [audit]) { db in
             try db.execute(
                 sql: "INSERT INTO revocations (kind, value, at, expires_at) VALUES (?, ?, ?, ?)",
                 arguments: [r.kind.rawValue, r.value, r.at.timeIntervalSince1970, r.expiresAt.timeIntervalSince1970])
@@ -294,18 +291,16 @@ extension SQLiteStore {
         }
     }
 
-    public func revocations(now: Date) throws -> [RevocationRecord] {
-        try wrap("revocations") {
-            try pool.read { db in
-                try Row.fetchAll(
-                    db, sql: "SELECT kind, value, at, expires_at FROM revocations WHERE expires_at > ?",
-                    arguments: [now.timeIntervalSince1970]
-                ).compactMap { row in
-                    guard let kind = RevocationKind(rawValue: row["kind"]) else { return nil }
-                    return RevocationRecord(
-                        kind: kind, value: row["value"], at: Date(timeIntervalSince1970: row["at"]),
-                        expiresAt: Date(timeIntervalSince1970: row["expires_at"]))
-                }
+    public func revocations(now: Date) async throws -> [RevocationRecord] {
+        try await read("revocations") { db in
+            try Row.fetchAll(
+                db, sql: "SELECT kind, value, at, expires_at FROM revocations WHERE expires_at > ?",
+                arguments: [now.timeIntervalSince1970]
+            ).compactMap { row in
+                guard let kind = RevocationKind(rawValue: row["kind"]) else { return nil }
+                return RevocationRecord(
+                    kind: kind, value: row["value"], at: Date(timeIntervalSince1970: row["at"]),
+                    expiresAt: Date(timeIntervalSince1970: row["expires_at"]))
             }
         }
     }

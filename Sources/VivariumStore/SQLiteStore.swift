@@ -9,8 +9,9 @@ import VivariumCore
 public final class SQLiteStore: Store {
     let pool: DatabasePool
 
-    /// Write-through cache of sandbox records: this daemon is the only writer of its database (the
-    /// state directory is locked), and a get or an exec should not wait on a database read.
+    /// Write-through cache of sandbox records, updated when a transaction commits: this daemon is the only
+    /// writer of its database (the state directory is locked), and a get or an exec should not wait on a
+    /// database read.
     struct SandboxCache {
         var byID: [SandboxID: SandboxRecord] = [:]
         var byName: [String: SandboxID] = [:]
@@ -24,6 +25,7 @@ public final class SQLiteStore: Store {
         }
     }
     let cache = Mutex(SandboxCache())
+    let writer: SQLiteWriter
     public let auditMode: AuditMode
     /// Who hears of appended records (the checkpointer, audit followers), by registration id.
     let auditObservers = Mutex<(next: Int, all: [Int: @Sendable (Int64) -> Void])>((0, [:]))
@@ -37,13 +39,18 @@ public final class SQLiteStore: Store {
         var config = Configuration()
         config.foreignKeysEnabled = true
         config.busyMode = .timeout(5)
+        // A transaction spans several accesses of the writer connection (it awaits between statements);
+        // only `SQLiteWriter` opens one, and it always ends it.
+        config.allowsUnsafeTransactions = true
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA secure_delete = ON")
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
         }
         do {
-            pool = try DatabasePool(path: path, configuration: config)
+            let pool = try DatabasePool(path: path, configuration: config)
             try Self.migrator.migrate(pool)
+            self.pool = pool
+            writer = SQLiteWriter(pool: pool)
         } catch {
             throw VivariumError(.unavailable, "cannot open the database at \(path)", cause: error)
         }
@@ -97,97 +104,27 @@ public final class SQLiteStore: Store {
         return m
     }
 
-    func wrap<T>(_ what: String, _ body: () throws -> T) throws -> T {
-        do {
-            return try body()
-        } catch let e as VivariumError {
-            throw e
-        } catch let e as DatabaseError where e.resultCode == .SQLITE_CONSTRAINT {
+    /// A database error as the API tells it: a constraint as `already_exists` or `invalid_state`, the rest
+    /// as `unavailable`.
+    static func mapError(_ what: String, _ error: any Error) -> any Error {
+        switch error {
+        case let e as VivariumError: return e
+        case let e as DatabaseError where e.resultCode == .SQLITE_CONSTRAINT:
             if e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE
                 || e.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY
             {
-                throw VivariumError(.alreadyExists, "\(what) already exists")
+                return VivariumError(.alreadyExists, "\(what) already exists")
             }
-            throw VivariumError(.invalidState, "\(what): constraint failed", cause: e)
-        } catch {
-            throw VivariumError(.unavailable, "store: \(what) failed", cause: error)
+            return VivariumError(.invalidState, "\(what): constraint failed", cause: e)
+        case is DatabaseError: return VivariumError(.unavailable, "store: \(what) failed", cause: error)
+        // A transaction body's own error is its caller's.
+        default: return error
         }
     }
 
-    public func insertSandbox(
-        maxSlots: Int, quota: TenantQuota?, audit: AuditEvent, _ make: @Sendable (Int) -> SandboxRecord
-    ) throws -> SandboxRecord {
-        try write("sandbox", audit: [audit]) { db in
-            let used = try Int.fetchAll(db, sql: "SELECT uid_slot FROM sandboxes ORDER BY uid_slot")
-            var slot = 0
-            for u in used {
-                if u != slot { break }
-                slot += 1
-            }
-            guard slot < maxSlots else {
-                throw VivariumError(.resourceExhausted, "no free user-id range: \(maxSlots) sandboxes exist")
-            }
-            let r = make(slot)
-            if let quota {
-                let row = try Row.fetchOne(
-                    db,
-                    sql: """
-                        SELECT count(*) AS n, coalesce(sum(memory_bytes), 0) AS mem, coalesce(sum(milli_cpus), 0) AS cpu
-                        FROM sandboxes WHERE tenant = ?
-                        """, arguments: [r.tenant])!
-                let (n, mem, cpu): (Int, Int64, Int64) = (row["n"], row["mem"], row["cpu"])
-                if n + 1 > quota.sandboxes {
-                    throw VivariumError(
-                        .quotaExceeded, "tenant \(r.tenant) may hold at most \(quota.sandboxes) sandboxes")
-                }
-                if mem + r.spec.limits.memoryBytes > quota.memoryBytes {
-                    throw VivariumError(
-                        .quotaExceeded,
-                        "tenant \(r.tenant) would exceed its memory quota of \(Quantity.formatBytes(quota.memoryBytes))"
-                    )
-                }
-                if cpu + r.spec.limits.milliCPUs > quota.milliCPUs {
-                    throw VivariumError(
-                        .quotaExceeded,
-                        "tenant \(r.tenant) would exceed its CPU quota of \(Double(quota.milliCPUs) / 1000) CPUs")
-                }
-            }
-            if try Bool.fetchOne(
-                db, sql: "SELECT 1 FROM sandboxes WHERE tenant = ? AND name = ?",
-                arguments: [r.tenant, r.name.rawValue]
-            ) == true {
-                throw VivariumError(.alreadyExists, "a sandbox named \(r.name) already exists")
-            }
-            try db.execute(
-                sql: """
-                    INSERT INTO sandboxes (id, tenant, name, image_id, image_name, image_digest, image_rootfs, spec,
-                        memory_bytes, milli_cpus, state, pid, uid_slot, bundle, cgroup_path, created_at, expires_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [
-                    r.id.rawValue, r.tenant, r.name.rawValue, r.imageID, r.imageName.rawValue,
-                    r.imageDigest.rawValue,
-                    r.imageRootfs, try Self.encode(r.spec), r.spec.limits.memoryBytes, r.spec.limits.milliCPUs,
-                    r.state.name, r.state.pid, r.uidSlot, r.bundle,
-                    r.cgroupPath, r.createdAt.timeIntervalSince1970, r.expiresAt?.timeIntervalSince1970,
-                ])
-            return r
-        }.cached(in: cache)
-    }
-
-    public func updateState(_ id: SandboxID, _ state: SandboxState, audit: AuditEvent) throws {
-        try write("sandbox state", audit: [audit]) { db in
-            try db.execute(
-                sql: "UPDATE sandboxes SET state = ?, pid = ? WHERE id = ?",
-                arguments: [state.name, state.pid, id.rawValue])
-            guard db.changesCount == 1 else { throw VivariumError(.notFound, "sandbox \(id) not found") }
-        }
-        cache.withLock { c in
-            if var r = c.byID[id] {
-                r.state = state
-                c.byID[id] = r
-            }
-        }
+    /// A read on one of the pool's reader connections (concurrent with the writer, WAL mode).
+    func read<T: Sendable>(_ what: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do { return try await pool.read(body) } catch { throw Self.mapError(what, error) }
     }
 
     static let sandboxColumns = """
@@ -195,88 +132,69 @@ public final class SQLiteStore: Store {
         cgroup_path, created_at, expires_at
         """
 
-    public func sandbox(tenant: String, name: ResourceName) throws -> SandboxRecord? {
+    public func sandbox(tenant: String, name: ResourceName) async throws -> SandboxRecord? {
         if let r = cache.withLock({ c in c.byName[SandboxCache.key(tenant, name.rawValue)].flatMap { c.byID[$0] } }) {
             return r
         }
-        return try wrap("sandbox") {
-            try pool.read { db in
-                try Row.fetchOne(
-                    db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE tenant = ? AND name = ?",
-                    arguments: [tenant, name.rawValue]
-                ).map(Self.sandbox)
-            }
+        return try await read("sandbox") { db in
+            try Row.fetchOne(
+                db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE tenant = ? AND name = ?",
+                arguments: [tenant, name.rawValue]
+            ).map(Self.sandbox)
         }?.cached(in: cache)
     }
 
-    public func sandbox(id: SandboxID) throws -> SandboxRecord? {
+    public func sandbox(id: SandboxID) async throws -> SandboxRecord? {
         if let r = cache.withLock({ $0.byID[id] }) { return r }
-        return try wrap("sandbox") {
-            try pool.read { db in
-                try Row.fetchOne(
-                    db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE id = ?", arguments: [id.rawValue]
-                ).map(Self.sandbox)
-            }
+        return try await read("sandbox") { db in
+            try Row.fetchOne(
+                db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE id = ?", arguments: [id.rawValue]
+            ).map(Self.sandbox)
         }?.cached(in: cache)
     }
 
-    public func sandboxes(tenant: String?, after: String?, limit: Int) throws -> [SandboxRecord] {
-        try wrap("sandboxes") {
-            try pool.read { db in
-                var sql = "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE 1"
-                var args: StatementArguments = []
-                if let tenant {
-                    sql += " AND tenant = ?"
-                    _ = args.append(contentsOf: [tenant])
-                }
-                if let after {
-                    sql += " AND name > ?"
-                    _ = args.append(contentsOf: [after])
-                }
-                sql += " ORDER BY name, tenant LIMIT ?"
-                _ = args.append(contentsOf: [limit])
-                return try Row.fetchAll(db, sql: sql, arguments: args).map(Self.sandbox)
+    public func sandboxes(tenant: String?, after: String?, limit: Int) async throws -> [SandboxRecord] {
+        try await read("sandboxes") { db in
+            var sql = "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE 1"
+            var args: StatementArguments = []
+            if let tenant {
+                sql += " AND tenant = ?"
+                _ = args.append(contentsOf: [tenant])
             }
-        }
-    }
-
-    public func allSandboxes() throws -> [SandboxRecord] {
-        try wrap("sandboxes") {
-            try pool.read { db in
-                try Row.fetchAll(db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes ORDER BY created_at").map(
-                    Self.sandbox)
+            if let after {
+                sql += " AND name > ?"
+                _ = args.append(contentsOf: [after])
             }
+            sql += " ORDER BY name, tenant LIMIT ?"
+            _ = args.append(contentsOf: [limit])
+            return try Row.fetchAll(db, sql: sql, arguments: args).map(Self.sandbox)
         }
     }
 
-    public func expiredSandboxes(now: Date) throws -> [SandboxRecord] {
-        try wrap("sandboxes") {
-            try pool.read { db in
-                try Row.fetchAll(
-                    db,
-                    sql:
-                        "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                    arguments: [now.timeIntervalSince1970]
-                ).map(Self.sandbox)
-            }
+    public func allSandboxes() async throws -> [SandboxRecord] {
+        try await read("sandboxes") { db in
+            try Row.fetchAll(db, sql: "SELECT \(Self.sandboxColumns) FROM sandboxes ORDER BY created_at").map(
+                Self.sandbox)
         }
     }
 
-    public func deleteSandbox(_ id: SandboxID, audit: AuditEvent) throws {
-        try write("sandbox", audit: [audit]) { db in
-            try db.execute(sql: "DELETE FROM sandboxes WHERE id = ?", arguments: [id.rawValue])
-        }
-        cache.withLock { $0.remove(id) }
-    }
-
-    public func sandboxCount() throws -> Int {
-        try wrap("sandboxes") {
-            try pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM sandboxes") ?? 0 }
+    public func expiredSandboxes(now: Date) async throws -> [SandboxRecord] {
+        try await read("sandboxes") { db in
+            try Row.fetchAll(
+                db,
+                sql:
+                    "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                arguments: [now.timeIntervalSince1970]
+            ).map(Self.sandbox)
         }
     }
 
-    public func insertImage(_ image: ImageRecord, audit: AuditEvent) throws -> ImageRecord {
-        try write("image \(image.name)", audit: [audit]) { db in
+    public func sandboxCount() async throws -> Int {
+        try await read("sandboxes") { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM sandboxes") ?? 0 }
+    }
+
+    public func insertImage(_ image: ImageRecord, audit: AuditEvent) async throws -> ImageRecord {
+        try await write("image \(image.name)", audit: [audit]) { db in
             try db.execute(
                 sql: """
                     INSERT INTO images (tenant, name, digest, rootfs, size_bytes, created_at)
@@ -294,34 +212,30 @@ public final class SQLiteStore: Store {
 
     static let imageColumns = "id, tenant, name, digest, rootfs, size_bytes, created_at"
 
-    public func image(tenant: String, name: ResourceName) throws -> ImageRecord? {
-        try wrap("image") {
-            try pool.read { db in
-                try Row.fetchOne(
-                    db, sql: "SELECT \(Self.imageColumns) FROM images WHERE tenant = ? AND name = ?",
-                    arguments: [tenant, name.rawValue]
+    public func image(tenant: String, name: ResourceName) async throws -> ImageRecord? {
+        try await read("image") { db in
+            try Row.fetchOne(
+                db, sql: "SELECT \(Self.imageColumns) FROM images WHERE tenant = ? AND name = ?",
+                arguments: [tenant, name.rawValue]
+            ).map(Self.image)
+        }
+    }
+
+    public func images(tenant: String?) async throws -> [ImageRecord] {
+        try await read("images") { db in
+            if let tenant {
+                return try Row.fetchAll(
+                    db, sql: "SELECT \(Self.imageColumns) FROM images WHERE tenant = ? ORDER BY name",
+                    arguments: [tenant]
                 ).map(Self.image)
             }
+            return try Row.fetchAll(db, sql: "SELECT \(Self.imageColumns) FROM images ORDER BY name").map(
+                Self.image)
         }
     }
 
-    public func images(tenant: String?) throws -> [ImageRecord] {
-        try wrap("images") {
-            try pool.read { db in
-                if let tenant {
-                    return try Row.fetchAll(
-                        db, sql: "SELECT \(Self.imageColumns) FROM images WHERE tenant = ? ORDER BY name",
-                        arguments: [tenant]
-                    ).map(Self.image)
-                }
-                return try Row.fetchAll(db, sql: "SELECT \(Self.imageColumns) FROM images ORDER BY name").map(
-                    Self.image)
-            }
-        }
-    }
-
-    public func deleteImage(tenant: String, name: ResourceName, audit: AuditEvent) throws -> ImageRecord {
-        try write("image", audit: [audit]) { db in
+    public func deleteImage(tenant: String, name: ResourceName, audit: AuditEvent) async throws -> ImageRecord {
+        try await write("image", audit: [audit]) { db in
             guard
                 let img = try Row.fetchOne(
                     db, sql: "SELECT \(Self.imageColumns) FROM images WHERE tenant = ? AND name = ?",
@@ -341,12 +255,10 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func imageRootfsInUse(_ rootfs: String) throws -> Bool {
-        try wrap("images") {
-            try pool.read { db in
-                try Bool.fetchOne(db, sql: "SELECT 1 FROM images WHERE rootfs = ? LIMIT 1", arguments: [rootfs])
-                    ?? false
-            }
+    public func imageRootfsInUse(_ rootfs: String) async throws -> Bool {
+        try await read("images") { db in
+            try Bool.fetchOne(db, sql: "SELECT 1 FROM images WHERE rootfs = ? LIMIT 1", arguments: [rootfs])
+                ?? false
         }
     }
 

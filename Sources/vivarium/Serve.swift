@@ -106,9 +106,9 @@ struct Serve: Verb {
         let keys = try await SigningKeys(
             dir: config.stateDir + "/keys", maxTokenLifetime: tokenConfig.maxAccessLifetime)
         let tokens = TokenService(config: tokenConfig, keys: keys, store: store, logger: logger)
-        tokens.refreshRevocations()
+        await tokens.refreshRevocations()
         let (auditKey, auditKeyCreated) = try AuditKey.loadOrCreate(at: config.auditDir + "/signing.key")
-        let checkpointer = try AuditCheckpointer(
+        let checkpointer = try await AuditCheckpointer(
             store: store, key: auditKey,
             sinks: [JSONLinesCheckpointFile(path: config.auditExportPath)]
                 + (config.auditSyslog ? [SyslogCheckpointSink()] : []),
@@ -129,7 +129,7 @@ struct Serve: Verb {
             let recorded = s.auditMode == .off ? "the audit trail is off" : "recorded in the audit trail"
             logger.warning("\(w.key) = \(w.value) weakens a default (\(w.secureDefault)); \(recorded)")
         }
-        try engine.audit.recordStart(
+        try await engine.audit.recordStart(
             s.weakened,
             details: [
                 "state_dir": config.stateDir, "listen": s.listen ?? "none", "reconciled": "\(report)",
@@ -178,7 +178,7 @@ struct Serve: Verb {
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()
-        engine.audit.recordStop()
+        await engine.audit.recordStop()
         logger.info("stopped; sandboxes keep running and are adopted at the next start")
         withExtendedLifetime((stateLock, socketLock)) {}
     }

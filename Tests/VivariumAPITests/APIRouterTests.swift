@@ -7,6 +7,7 @@ import VivariumAPI
 import VivariumAudit
 import VivariumCore
 import VivariumEngine
+import VivariumEngineTestSupport
 
 /// The HTTP layer in process: authentication, the policy table, error mapping and the audit records of
 /// refusals, without a daemon (HummingbirdTesting).
@@ -32,7 +33,7 @@ import VivariumEngine
                 #expect(r.headers[HTTPField.Name("X-Request-Id")!] == body.error.requestId)
             }
         }
-        let failures = try f.records("auth.failure")
+        let failures = try await f.records("auth.failure")
         #expect(failures.count == 1 && failures[0].target == "sandbox.list" && failures[0].actor == "anonymous")
     }
 
@@ -54,7 +55,7 @@ import VivariumEngine
                 #expect(r.status == .forbidden, "only an admin acts in another tenant")
             }
         }
-        let denials = try f.records("policy.denied")
+        let denials = try await f.records("policy.denied")
         #expect(denials.map { $0.details["action"] } == ["tenant.list", "sandbox.list"])
         #expect(denials.allSatisfy { $0.actorName == "ann" && $0.details["door"] == "rest" })
     }
@@ -133,7 +134,7 @@ import VivariumEngine
             }
         }
         // A mutation refused while its body was read is still recorded under its action.
-        let creates = try f.records("sandbox.create")
+        let creates = try await f.records("sandbox.create")
         #expect(creates.map(\.outcome) == ["failed", "failed", "failed", "failed"])
         #expect(
             creates.map { $0.details["code"] } == [

@@ -14,34 +14,35 @@ import VivariumStore
 /// A runtime that keeps sandboxes as entries in a table: for tests of the engine's decisions (rollback,
 /// restart, reconcile) without root. Failures are injected per call; `crash` reports an init exit the way
 /// the real runtime does.
-final class FakeRuntime: SandboxRuntime {
-    struct Box {
-        var pid: Int32
-        var onExit: InitExitHandler
+public final class FakeRuntime: SandboxRuntime {
+    public init() {}
+    public struct Box: Sendable {
+        public var pid: Int32
+        public var onExit: InitExitHandler
     }
-    struct State {
-        var boxes: [SandboxID: Box] = [:]
+    public struct State: Sendable {
+        public var boxes: [SandboxID: Box] = [:]
         /// Containers as the OCI runtime would list them (what survived a "daemon restart").
-        var containers: [ContainerState] = []
-        var alive: Set<Int32> = []
-        var prepared: Set<SandboxID> = []
-        var mounted: Set<SandboxID> = []
-        var calls: [String] = []
-        var failBoots = 0
-        var failDestroys = 0
-        var nextPid: Int32 = 1000
-        var orphanSweeps: [Set<String>] = []
+        public var containers: [ContainerState] = []
+        public var alive: Set<Int32> = []
+        public var prepared: Set<SandboxID> = []
+        public var mounted: Set<SandboxID> = []
+        public var calls: [String] = []
+        public var failBoots = 0
+        public var failDestroys = 0
+        public var nextPid: Int32 = 1000
+        public var orphanSweeps: [Set<String>] = []
     }
-    let state = Mutex(State())
+    public let state = Mutex(State())
 
-    func calls(_ id: SandboxID) -> [String] {
+    public func calls(_ id: SandboxID) -> [String] {
         state.withLock {
             $0.calls.filter { $0.hasSuffix(" " + id.rawValue) }.map { String($0.split(separator: " ")[0]) }
         }
     }
 
     /// The init of `id` dies, as if killed from outside.
-    func crash(_ id: SandboxID) {
+    public func crash(_ id: SandboxID) {
         guard
             let box = state.withLock({ s -> Box? in
                 guard let b = s.boxes[id] else { return nil }
@@ -54,12 +55,12 @@ final class FakeRuntime: SandboxRuntime {
 
     func record(_ call: String, _ id: SandboxID) { state.withLock { $0.calls.append("\(call) \(id.rawValue)") } }
 
-    func prepare(_ plan: BoxPlan) throws {
+    public func prepare(_ plan: BoxPlan) throws {
         record("prepare", plan.id)
         state.withLock { _ = $0.prepared.insert(plan.id) }
     }
 
-    func boot(_ plan: BoxPlan, network: (any NetworkAttachment)?, onExit: @escaping InitExitHandler) async throws
+    public func boot(_ plan: BoxPlan, network: (any NetworkAttachment)?, onExit: @escaping InitExitHandler) async throws
         -> Int32
     {
         record("boot", plan.id)
@@ -77,7 +78,7 @@ final class FakeRuntime: SandboxRuntime {
         }
     }
 
-    func adopt(_ plan: BoxPlan, pid: Int32, onExit: @escaping InitExitHandler) async -> Bool {
+    public func adopt(_ plan: BoxPlan, pid: Int32, onExit: @escaping InitExitHandler) async -> Bool {
         record("adopt", plan.id)
         return state.withLock { s in
             guard s.alive.contains(pid), s.mounted.contains(plan.id) else { return false }
@@ -86,12 +87,12 @@ final class FakeRuntime: SandboxRuntime {
         }
     }
 
-    func halt(_ plan: BoxPlan, pid: Int32?, grace: Duration?) async throws {
+    public func halt(_ plan: BoxPlan, pid: Int32?, grace: Duration?) async throws {
         record("halt", plan.id)
         try await release(plan)
     }
 
-    func release(_ plan: BoxPlan) async throws {
+    public func release(_ plan: BoxPlan) async throws {
         record("release", plan.id)
         state.withLock { s in
             if let b = s.boxes.removeValue(forKey: plan.id) { s.alive.remove(b.pid) }
@@ -100,7 +101,7 @@ final class FakeRuntime: SandboxRuntime {
         }
     }
 
-    func destroy(_ plan: BoxPlan, released: Bool) async throws {
+    public func destroy(_ plan: BoxPlan, released: Bool) async throws {
         record("destroy", plan.id)
         if !released { try await release(plan) }
         try state.withLock { s in
@@ -112,19 +113,19 @@ final class FakeRuntime: SandboxRuntime {
         }
     }
 
-    func start(_ plan: BoxPlan, _ command: ExecCommand, terminal: RuntimeSpec.ConsoleSize?, stdin: Bool)
+    public func start(_ plan: BoxPlan, _ command: ExecCommand, terminal: RuntimeSpec.ConsoleSize?, stdin: Bool)
         async throws -> ExecSession
     {
         throw VivariumError(.runtimeFailure, "no exec in this test")
     }
 
-    func diskUsage(_ plan: BoxPlan) async -> Int64 { 0 }
-    func isStopping(_ id: SandboxID) -> Bool { false }
-    func containers() async throws -> [ContainerState] { state.withLock { $0.containers } }
-    func isAlive(pid: Int32) -> Bool { state.withLock { $0.alive.contains(pid) } }
-    func holdsMounts(_ plan: BoxPlan) -> Bool { state.withLock { $0.mounted.contains(plan.id) } }
+    public func diskUsage(_ plan: BoxPlan) async -> Int64 { 0 }
+    public func isStopping(_ id: SandboxID) -> Bool { false }
+    public func containers() async throws -> [ContainerState] { state.withLock { $0.containers } }
+    public func isAlive(pid: Int32) -> Bool { state.withLock { $0.alive.contains(pid) } }
+    public func holdsMounts(_ plan: BoxPlan) -> Bool { state.withLock { $0.mounted.contains(plan.id) } }
 
-    func removeOrphans(live: Set<String>) async -> Int {
+    public func removeOrphans(live: Set<String>) async -> Int {
         state.withLock { s in
             s.orphanSweeps.append(live)
             let orphans = s.prepared.filter { !live.contains($0.rawValue) }
@@ -136,14 +137,14 @@ final class FakeRuntime: SandboxRuntime {
 
 /// A whole engine over a temporary state directory, with a real store, real tokens and a real audit
 /// trail, and no runtime: no root needed.
-final class EngineFixture: @unchecked Sendable {
-    let dir: String
-    let store: SQLiteStore
-    let tokens: TokenService
-    let engine: Engine
-    let runtime = FakeRuntime()
+public final class EngineFixture: @unchecked Sendable {
+    public let dir: String
+    public let store: SQLiteStore
+    public let tokens: TokenService
+    public let engine: Engine
+    public let runtime = FakeRuntime()
 
-    init(limits: AbuseLimits = AbuseLimits()) async throws {
+    public init(maxSandboxes: Int = 4, limits: AbuseLimits = AbuseLimits()) async throws {
         dir = "/tmp/vivarium-engine-\(randomHex(bytes: 6))"
         try FileManager.default.createDirectory(
             atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
@@ -151,10 +152,11 @@ final class EngineFixture: @unchecked Sendable {
         store = try SQLiteStore(path: dir + "/v.db")
         let keys = try await SigningKeys(dir: dir + "/keys", maxTokenLifetime: 3600)
         tokens = TokenService(config: .init(), keys: keys, store: store, logger: logger)
-        tokens.refreshRevocations()
-        let config = EngineConfiguration(stateDir: dir, uidBase: 1 << 28, maxSandboxes: 4, cgroupMode: .legacy)
+        await tokens.refreshRevocations()
+        let config = EngineConfiguration(
+            stateDir: dir, uidBase: 1 << 28, maxSandboxes: maxSandboxes, cgroupMode: .legacy)
         let key = AuditKey()
-        engine = try Engine(
+        engine = try await Engine(
             config: config, store: store, identityStore: store, auditStore: store, tokens: tokens,
             runtime: runtime, content: try ImageStore(root: dir + "/images", logger: logger), auditKey: key,
             auditKeyCreated: false,
@@ -166,24 +168,40 @@ final class EngineFixture: @unchecked Sendable {
     deinit { try? FileManager.default.removeItem(atPath: dir) }
 
     /// A principal of `tenant` (made on first use) and an access token for it.
-    func token(
+    public func token(
         _ name: String, tenant: String = "acme", role: Role = .member, scopes: Set<Scope>? = nil,
         bound: SandboxID? = nil
     ) async throws -> String {
-        if try !store.tenants().contains(where: { $0.name.rawValue == tenant }) {
-            try store.insertTenant(
+        if try await !store.tenants().contains(where: { $0.name.rawValue == tenant }) {
+            try await store.insertTenant(
                 TenantRecord(name: ResourceName(rawValue: tenant)!, createdAt: Date()), audit: AuditEvent("test"))
         }
         let p = PrincipalRecord(
             id: "pr_" + randomHex(bytes: 10), tenant: tenant, name: ResourceName(rawValue: name)!, kind: .user,
             role: role, disabled: false, createdAt: Date())
-        try store.insertPrincipal(p, audit: AuditEvent("test"))
+        try await store.insertPrincipal(p, audit: AuditEvent("test"))
         let (token, _) = try await tokens.issueAccess(
             p, scopes: scopes ?? TokenService.allowedScopes(role), boundSandbox: bound, family: nil)
         return token
     }
 
-    func records(_ action: String) throws -> [AuditRecord] {
-        try store.auditRecords(AuditQuery(action: action, limit: 1000))
+    public func records(_ action: String) async throws -> [AuditRecord] {
+        try await store.auditRecords(AuditQuery(action: action, limit: 1000))
+    }
+
+    /// The caller behind a token, as a door would establish it.
+    public func caller(_ token: String) async throws -> Caller {
+        try await engine.gate.authenticate(
+            bearer: token, source: "192.0.2.1", requestID: randomHex(bytes: 4), requestedTenant: nil, door: .rest
+        ).get()
+    }
+
+    /// The shared `base` image, as a record only (the fake runtime never reads its rootfs).
+    @discardableResult
+    public func baseImage() async throws -> ImageRecord {
+        try await store.insertImage(
+            ImageRecord(
+                tenant: Identity.defaultTenant, name: ResourceName(rawValue: "base")!, digest: Digest.of([1]),
+                rootfs: dir + "/images/base", sizeBytes: 1, createdAt: Date()), audit: AuditEvent("test"))
     }
 }

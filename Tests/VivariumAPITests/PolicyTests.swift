@@ -4,6 +4,7 @@ import VivariumAPI
 import VivariumAuth
 import VivariumCore
 import VivariumEngine
+import VivariumEngineTestSupport
 
 @Suite struct PolicyTests {
     @Test func everyActionIsServedByExactlyTheRoutesOfTheTableAndBack() async throws {

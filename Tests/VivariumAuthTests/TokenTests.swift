@@ -24,11 +24,11 @@ import VivariumStore
             let store = try SQLiteStore(path: dir + "/v.db")
             let keys = try await SigningKeys(dir: dir + "/keys", maxTokenLifetime: config.maxAccessLifetime)
             let tokens = TokenService(config: config, keys: keys, store: store, logger: Logger(label: "test"))
-            tokens.refreshRevocations()
+            await tokens.refreshRevocations()
             let member = PrincipalRecord(
                 id: "p-" + randomHex(bytes: 4), tenant: "default", name: ResourceName(rawValue: "ann")!, kind: .user,
                 role: .member, disabled: false, createdAt: Date())
-            try store.insertPrincipal(member, audit: AuditEvent("test"))
+            try await store.insertPrincipal(member, audit: AuditEvent("test"))
             return Fixture(dir: dir, store: store, tokens: tokens, member: member)
         }
 
@@ -156,16 +156,16 @@ import VivariumStore
         let (a, ca) = try await f.access()
         let (b, _) = try await f.access()
         _ = try await f.tokens.verify(a)  // now cached
-        try f.tokens.revoke(.jti, ca.jti.value, tenant: nil)
+        try await f.tokens.revoke(.jti, ca.jti.value, tenant: nil)
         await expectRefused(f, a)
         _ = try await f.tokens.verify(b)
-        try f.tokens.revoke(.principal, f.member.id, tenant: nil)
+        try await f.tokens.revoke(.principal, f.member.id, tenant: nil)
         await expectRefused(f, b)
         // A token issued after the principal-wide revocation works again.
         let (c, _) = try await f.access(now: Date().addingTimeInterval(1))
         _ = try await f.tokens.verify(c, now: Date().addingTimeInterval(2))
         // Tenant-wide.
-        try f.tokens.revoke(.tenant, "default", tenant: nil, now: Date().addingTimeInterval(3))
+        try await f.tokens.revoke(.tenant, "default", tenant: nil, now: Date().addingTimeInterval(3))
         await expectRefused(f, c, now: Date().addingTimeInterval(4))
     }
 
@@ -174,7 +174,7 @@ import VivariumStore
         defer { f.cleanup() }
         let (t, _) = try await f.access()
         _ = try await f.tokens.verify(t)
-        try f.tokens.disable(f.member)
+        try await f.tokens.disable(f.member)
         await expectRefused(f, t)
         let (fresh, _) = try await f.access(now: Date().addingTimeInterval(1))
         await expectRefused(f, fresh, now: Date().addingTimeInterval(2))
@@ -209,7 +209,7 @@ import VivariumStore
         try FileManager.default.removeItem(atPath: f.dir + "/v.db")
         let broken = TokenService(
             config: f.tokens.config, keys: f.tokens.keys, store: BrokenStore(), logger: Logger(label: "x"))
-        broken.refreshRevocations()
+        await broken.refreshRevocations()
         await expectCode(.unavailable) { try await broken.verify(t) }
         do {
             _ = try await f.tokens.verify(t, now: Date().addingTimeInterval(31))
@@ -247,14 +247,14 @@ import VivariumStore
     @Test func apiKeysAreExchangedOnlyWhenValid() async throws {
         let f = try await Fixture.make()
         defer { f.cleanup() }
-        let key = try f.tokens.createAPIKey(for: f.member, scopes: [.exec, .tenantsAdmin], ttl: 3600)
+        let key = try await f.tokens.createAPIKey(for: f.member, scopes: [.exec, .tenantsAdmin], ttl: 3600)
         let pair = try await f.tokens.exchange(apiKey: key)
         let p = try await f.tokens.verify(pair.accessToken)
         #expect(p.scopes == [.exec], "a member cannot hold tenants:admin even if the key names it")
         let parts = key.split(separator: "_")
         let wrong = "viv_\(parts[1])_" + String(repeating: "0", count: 64)
         await expectCode(.unauthenticated) { try await f.tokens.exchange(apiKey: wrong) }
-        let expired = try f.tokens.createAPIKey(
+        let expired = try await f.tokens.createAPIKey(
             for: f.member, scopes: [.exec], ttl: 1, now: Date().addingTimeInterval(-10))
         await expectCode(.unauthenticated) { try await f.tokens.exchange(apiKey: expired) }
         // Only the hash is stored.
@@ -271,15 +271,15 @@ extension TokenTests {
         let t0 = Date()
         let session = try await f.tokens.issuePair(
             f.member, scopes: [.exec], boundSandbox: nil, family: nil, action: "test", now: t0)
-        let key = try f.tokens.createAPIKey(for: f.member, scopes: [.exec], ttl: 86400, now: t0)
-        try f.tokens.revoke(.principal, f.member.id, tenant: nil, now: t0.addingTimeInterval(1))
+        let key = try await f.tokens.createAPIKey(for: f.member, scopes: [.exec], ttl: 86400, now: t0)
+        try await f.tokens.revoke(.principal, f.member.id, tenant: nil, now: t0.addingTimeInterval(1))
         // Two hours later every access token of that time has expired, and the revocation still holds.
         let later = t0.addingTimeInterval(7200)
-        f.tokens.refreshRevocations(now: later)
+        await f.tokens.refreshRevocations(now: later)
         await expectCode(.unauthenticated) { try await f.tokens.refresh(session.refreshToken, now: later) }
         await expectCode(.unauthenticated) { try await f.tokens.exchange(apiKey: key, now: later) }
         // A key made after the revocation works, and so does refreshing its session.
-        let fresh = try f.tokens.createAPIKey(for: f.member, scopes: [.exec], ttl: 86400, now: later)
+        let fresh = try await f.tokens.createAPIKey(for: f.member, scopes: [.exec], ttl: 86400, now: later)
         let pair = try await f.tokens.exchange(apiKey: fresh, now: later)
         _ = try await f.tokens.refresh(pair.refreshToken, now: later.addingTimeInterval(5))
     }
@@ -292,7 +292,7 @@ extension TokenTests {
             f.member, scopes: [.exec], boundSandbox: nil, family: nil, ttl: 60, sessionEnd: now.addingTimeInterval(60),
             action: "test", now: now)
         #expect(pair.expiresIn <= 60)
-        f.tokens.refreshRevocations(now: now.addingTimeInterval(50))
+        await f.tokens.refreshRevocations(now: now.addingTimeInterval(50))
         let next = try await f.tokens.refresh(pair.refreshToken, now: now.addingTimeInterval(50))
         #expect(next.expiresIn <= 10, "refreshing cannot extend an issued token's lifetime")
         await expectCode(.unauthenticated) {
@@ -317,8 +317,11 @@ struct BrokenStore: IdentityStore {
     func apiKey(id: String) throws -> APIKeyRecord? { throw Down() }
     func insertRefresh(_ r: RefreshRecord, audit: AuditEvent) throws { throw Down() }
     func useRefresh(
-        hash: String, now: Date, audit: @Sendable (RefreshOutcome, PrincipalRecord?) -> AuditEvent?
+        hash: String, now: Date, audit: @escaping @Sendable (RefreshOutcome, PrincipalRecord?) -> AuditEvent?
     ) throws -> RefreshOutcome { throw Down() }
     func revoke(_ r: RevocationRecord, audit: AuditEvent) throws { throw Down() }
     func revocations(now: Date) throws -> [RevocationRecord] { throw Down() }
+    func transaction<T: Sendable>(_ what: String, _ body: @Sendable (any StoreTransaction) async throws -> T)
+        async throws -> T
+    { throw Down() }
 }
