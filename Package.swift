@@ -114,7 +114,8 @@ let package = Package(
             ],
             path: "Tests/EngineTestSupport", swiftSettings: strict),
         // One test target per module; the integration tests drive a real daemon as root.
-        .testTarget(name: "VivariumCoreTests", dependencies: ["VivariumCore"], swiftSettings: strict),
+        .testTarget(
+            name: "VivariumCoreTests", dependencies: ["VivariumCore", "VivariumTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VivariumAuditTests", dependencies: ["VivariumCore", "VivariumAudit", crypto], swiftSettings: strict),
         .testTarget(
@@ -146,7 +147,8 @@ let package = Package(
             name: "VivariumAPITests",
             dependencies: [
                 "VivariumCore", "VivariumAudit", "VivariumAuth", "VivariumEngine", "VivariumAPI",
-                "VivariumEngineTestSupport", .product(name: "HummingbirdTesting", package: "hummingbird"),
+                "VivariumEngineTestSupport", "VivariumTestSupport",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],

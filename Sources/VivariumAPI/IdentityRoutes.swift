@@ -27,7 +27,9 @@ struct IdentityRoutes {
         r.add(Endpoints.tokenIssue) { call in
             let body: IssueTokenRequest = try await call.body()
             return try await identity.issueToken(
-                call.caller, principal: body.principal, sandbox: body.sandbox, scopes: try Mapping.scopes(body.scopes),
+                call.caller, principal: try ResourceName.parse(body.principal, what: "principal name"),
+                sandbox: try body.sandbox.map { try ResourceName.parse($0, what: "sandbox name") },
+                scopes: try Mapping.scopes(body.scopes),
                 ttl: Mapping.seconds(body.ttlSeconds))
         }
         r.add(Endpoints.tokenRevoke) { call in
@@ -54,7 +56,8 @@ struct IdentityRoutes {
             return Mapping.info(try await identity.createTenant(call.caller, name: name))
         }
         r.add(Endpoints.tenantDelete) { call in
-            try await identity.deleteTenant(call.caller, name: try call.name(), force: try call.flag("force"))
+            try await identity.deleteTenant(
+                call.caller, name: try call.name("tenant name"), force: try call.flag("force"))
             return Empty()
         }
 
@@ -70,16 +73,16 @@ struct IdentityRoutes {
             return Mapping.info(p)
         }
         r.add(Endpoints.principalDelete) { call in
-            try await identity.deletePrincipal(call.caller, name: try call.name())
+            try await identity.deletePrincipal(call.caller, name: try call.name("principal name"))
             return Empty()
         }
         r.add(Endpoints.principalDisable) { call in
-            Mapping.info(try await identity.disablePrincipal(call.caller, name: try call.name()))
+            Mapping.info(try await identity.disablePrincipal(call.caller, name: try call.name("principal name")))
         }
         r.add(Endpoints.apiKeyCreate) { call in
             let body: CreateAPIKeyRequest = try await call.body()
             let key = try await identity.createAPIKey(
-                call.caller, principal: try call.name(), scopes: try body.scopes.map(Mapping.scopes),
+                call.caller, principal: try call.name("principal name"), scopes: try body.scopes.map(Mapping.scopes),
                 ttl: Mapping.seconds(body.ttlSeconds))
             return Mapping.info(key)
         }

@@ -16,7 +16,7 @@ struct ImageRoutes {
             return Mapping.info(try await images.importRootfs(call.caller, path: body.path, name: name))
         }
         r.add(Endpoints.imageDelete) { call in
-            try await images.remove(call.caller, name: try call.name())
+            try await images.remove(call.caller, name: try call.name("image name"))
             return Empty()
         }
     }

@@ -5,7 +5,7 @@ import VivariumCore
 enum Mapping {
     static func sandbox(_ req: CreateSandboxRequest) throws -> (ResourceName?, SandboxSpec) {
         let name = try req.name.map { try ResourceName.parse($0, what: "sandbox name") }
-        let image = try ResourceName.parse(req.image ?? "base", what: "image name")
+        let image = try ImageReference.parse(req.image ?? "base")
         var limits = ResourceLimits.default
         if let m = req.memoryBytes { limits.memoryBytes = m }
         if let c = req.milliCpus { limits.milliCPUs = c }
@@ -40,7 +40,7 @@ enum Mapping {
 
     static func info(_ s: Sandbox) -> SandboxInfo {
         SandboxInfo(
-            id: s.id.rawValue, name: s.name.rawValue, tenant: s.tenant, image: s.spec.image.rawValue,
+            id: s.id.rawValue, name: s.name.rawValue, tenant: s.tenant, image: s.spec.image.description,
             imageDigest: s.imageDigest.rawValue, state: s.state.name, pid: s.state.pid,
             memoryBytes: s.spec.limits.memoryBytes, milliCpus: s.spec.limits.milliCPUs, pids: s.spec.limits.pids,
             env: s.spec.env, labels: s.spec.labels, readOnly: s.spec.readOnly, restart: s.spec.restart.rawValue,

@@ -53,8 +53,10 @@ struct Call: Sendable {
     let context: APIRequestContext
     let caller: Caller
 
-    /// The path's `{name}`.
-    func name() throws -> String { try context.parameters.require("name") }
+    /// The path's `{name}`, validated (`what` names it in the error).
+    func name(_ what: String) throws -> ResourceName {
+        try ResourceName.parse(try context.parameters.require("name"), what: what)
+    }
 
     func query(_ key: String) -> String? { request.uri.queryParameters.get(key).map { String($0) } }
 

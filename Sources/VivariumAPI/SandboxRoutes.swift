@@ -25,21 +25,21 @@ struct SandboxRoutes {
             return RunResult(sandbox: Mapping.info(box), result: Mapping.result(outcome), removed: remove)
         }
         r.add(Endpoints.sandboxGet) { call in
-            Mapping.info(try await sandboxes.get(call.caller, name: try call.name()))
+            Mapping.info(try await sandboxes.get(call.caller, name: try call.name("sandbox name")))
         }
         r.add(Endpoints.sandboxDelete) { call in
-            try await sandboxes.delete(call.caller, name: try call.name(), force: try call.flag("force"))
+            try await sandboxes.delete(call.caller, name: try call.name("sandbox name"), force: try call.flag("force"))
             return Empty()
         }
         r.add(Endpoints.sandboxStart) { call in
-            Mapping.info(try await sandboxes.start(call.caller, name: try call.name()))
+            Mapping.info(try await sandboxes.start(call.caller, name: try call.name("sandbox name")))
         }
         r.add(Endpoints.sandboxStop) { call in
-            Mapping.info(try await sandboxes.stop(call.caller, name: try call.name()))
+            Mapping.info(try await sandboxes.stop(call.caller, name: try call.name("sandbox name")))
         }
         r.add(Endpoints.sandboxExec) { call in
             let command = try Mapping.command(try await call.body())
-            return Mapping.result(try await sandboxes.exec(call.caller, name: try call.name(), command))
+            return Mapping.result(try await sandboxes.exec(call.caller, name: try call.name("sandbox name"), command))
         }
     }
 }

@@ -53,7 +53,7 @@ public enum RestartPolicy: String, Codable, Sendable, CaseIterable {
 
 /// Everything needed to (re)create a sandbox. Stored with the sandbox record.
 public struct SandboxSpec: Codable, Sendable, Equatable {
-    public var image: ResourceName
+    public var image: ImageReference
     public var limits: ResourceLimits
     public var env: [String: String]
     public var labels: [String: String]
@@ -62,7 +62,7 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
     public var ttlSeconds: Int64?
 
     public init(
-        image: ResourceName, limits: ResourceLimits = .default, env: [String: String] = [:],
+        image: ImageReference, limits: ResourceLimits = .default, env: [String: String] = [:],
         labels: [String: String] = [:], readOnly: Bool = false, restart: RestartPolicy = .never,
         ttlSeconds: Int64? = nil
     ) {

@@ -51,9 +51,8 @@ public final class Identity: Sendable {
 
     /// Deletes a tenant with its principals; refused while it holds sandboxes or images unless forced,
     /// which deletes them first. Every token of the tenant stops working.
-    public func deleteTenant(_ caller: Caller, name: String, force: Bool) async throws {
-        try await gate.perform(caller, .tenantDelete, target: name) {
-            let n = try ResourceName.parse(name, what: "tenant name")
+    public func deleteTenant(_ caller: Caller, name n: ResourceName, force: Bool) async throws {
+        try await gate.perform(caller, .tenantDelete, target: n.rawValue) {
             guard n.rawValue != Self.defaultTenant else {
                 throw VivariumError(.invalidState, "the default tenant cannot be removed")
             }
@@ -106,8 +105,8 @@ public final class Identity: Sendable {
         }
     }
 
-    public func deletePrincipal(_ caller: Caller, name: String) async throws {
-        try await gate.perform(caller, .principalDelete, target: name) {
+    public func deletePrincipal(_ caller: Caller, name: ResourceName) async throws {
+        try await gate.perform(caller, .principalDelete, target: name.rawValue) {
             let tenant = try tenant(caller)
             let p = try await manageable(caller, name)
             try await store.deletePrincipal(
@@ -117,8 +116,8 @@ public final class Identity: Sendable {
         }
     }
 
-    public func disablePrincipal(_ caller: Caller, name: String) async throws -> PrincipalRecord {
-        try await gate.perform(caller, .principalDisable, target: name) {
+    public func disablePrincipal(_ caller: Caller, name: ResourceName) async throws -> PrincipalRecord {
+        try await gate.perform(caller, .principalDisable, target: name.rawValue) {
             var p = try await manageable(caller, name)
             try await tokens.disable(p)
             p.disabled = true
@@ -128,10 +127,10 @@ public final class Identity: Sendable {
 
     /// An API key for a principal; its scopes are what was asked for (default: all the role allows),
     /// cut down to the caller's own and the principal's role.
-    public func createAPIKey(_ caller: Caller, principal name: String, scopes: Set<Scope>?, ttl: Duration?)
+    public func createAPIKey(_ caller: Caller, principal name: ResourceName, scopes: Set<Scope>?, ttl: Duration?)
         async throws -> NewAPIKey
     {
-        try await gate.perform(caller, .apiKeyCreate, target: name) {
+        try await gate.perform(caller, .apiKeyCreate, target: name.rawValue) {
             let p = try await manageable(caller, name)
             let ttl = ttl ?? .seconds(90 * 86400)
             guard ttl >= .seconds(60), ttl <= .seconds(Int64(TokenService.maxAPIKeyLifetime)) else {
@@ -148,9 +147,8 @@ public final class Identity: Sendable {
 
     /// The principal `name` of the caller's tenant, if the caller may act on it: only up to its own
     /// role, and only an admin acts on an admin.
-    func manageable(_ caller: Caller, _ name: String) async throws -> PrincipalRecord {
+    func manageable(_ caller: Caller, _ n: ResourceName) async throws -> PrincipalRecord {
         let tenant = try tenant(caller)
-        let n = try ResourceName.parse(name, what: "principal name")
         guard let p = try await store.principal(tenant: tenant, name: n) else {
             throw VivariumError(.notFound, "principal \(n) not found")
         }
@@ -175,9 +173,9 @@ public final class Identity: Sendable {
     /// A least-privilege token for a principal of the caller's tenant, optionally bound to the id of
     /// one sandbox (a sandbox re-created under the same name is not covered).
     public func issueToken(
-        _ caller: Caller, principal name: String, sandbox: String?, scopes: Set<Scope>, ttl: Duration?
+        _ caller: Caller, principal name: ResourceName, sandbox: ResourceName?, scopes: Set<Scope>, ttl: Duration?
     ) async throws -> TokenPair {
-        try await gate.perform(caller, .tokenIssue, target: name) {
+        try await gate.perform(caller, .tokenIssue, target: name.rawValue) {
             let p = try await manageable(caller, name)
             guard !p.disabled else { throw VivariumError(.invalidState, "principal \(p.name) is disabled") }
             guard scopes.isSubset(of: caller.scopes), scopes.isSubset(of: TokenService.allowedScopes(p.role)) else {
@@ -205,7 +203,7 @@ public final class Identity: Sendable {
                 }
                 try await tokens.revoke(.jti, jti, tenant: nil)
             case .principal(let name):
-                let p = try await manageable(caller, name.rawValue)
+                let p = try await manageable(caller, name)
                 try await tokens.revoke(.principal, p.id, tenant: p.tenant)
             case .tenant(let t):
                 guard caller.role == .admin || t.rawValue == caller.principal?.tenant else {

@@ -40,10 +40,10 @@ public final class Images: Sendable {
         }
     }
 
-    public func remove(_ caller: Caller, name: String) async throws {
-        try await gate.perform(caller, .imageDelete, target: name) {
+    public func remove(_ caller: Caller, name: ResourceName) async throws {
+        try await gate.perform(caller, .imageDelete, target: name.rawValue) {
             guard let tenant = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
-            try await remove(tenant: tenant, name: try ResourceName.parse(name, what: "image name"))
+            try await remove(tenant: tenant, name: name)
         }
     }
 

@@ -59,8 +59,8 @@ public final class Sandboxes: Sendable {
         }
     }
 
-    public func get(_ caller: Caller, name: String) async throws -> Sandbox {
-        try await gate.perform(caller, .sandboxGet, target: name) {
+    public func get(_ caller: Caller, name: ResourceName) async throws -> Sandbox {
+        try await gate.perform(caller, .sandboxGet, target: name.rawValue) {
             let r = try await record(caller, name)
             var s = view(r)
             s.diskUsageBytes = await runtime.diskUsage(plan(r))
@@ -68,10 +68,9 @@ public final class Sandboxes: Sendable {
         }
     }
 
-    public func start(_ caller: Caller, name: String) async throws -> Sandbox {
-        try await gate.perform(caller, .sandboxStart, target: name) {
-            let n = try await record(caller, name).name
-            return try await locks.withLock(try lockKey(caller, n)) { [self] in
+    public func start(_ caller: Caller, name: ResourceName) async throws -> Sandbox {
+        try await gate.perform(caller, .sandboxStart, target: name.rawValue) {
+            try await locks.withLock(try lockKey(caller, name)) { [self] in
                 var r = try await record(caller, name)
                 if case .running = r.state { return view(r) }
                 try r.state.requireStopped()
@@ -85,32 +84,31 @@ public final class Sandboxes: Sendable {
                 try await store.updateState(
                     r.id, .running(pid: pid), audit: event("sandbox.start", r, details: ["pid": "\(pid)"]))
                 r.state = .running(pid: pid)
-                logger.info("sandbox started", metadata: ["sandbox": "\(n)", "pid": "\(pid)"])
+                logger.info("sandbox started", metadata: ["sandbox": "\(name)", "pid": "\(pid)"])
                 return view(r)
             }
         }
     }
 
-    public func stop(_ caller: Caller, name: String) async throws -> Sandbox {
-        try await gate.perform(caller, .sandboxStop, target: name) {
-            let n = try await record(caller, name).name
-            return try await locks.withLock(try lockKey(caller, n)) { [self] in
+    public func stop(_ caller: Caller, name: ResourceName) async throws -> Sandbox {
+        try await gate.perform(caller, .sandboxStop, target: name.rawValue) {
+            try await locks.withLock(try lockKey(caller, name)) { [self] in
                 var r = try await record(caller, name)
                 if case .stopped = r.state { return view(r) }
                 _ = try r.state.requireRunning()
                 try await runtime.halt(plan(r), pid: r.state.pid, grace: nil)
                 try await store.updateState(r.id, .stopped, audit: event("sandbox.stop", r))
                 r.state = .stopped
-                logger.info("sandbox stopped", metadata: ["sandbox": "\(n)"])
+                logger.info("sandbox stopped", metadata: ["sandbox": "\(name)"])
                 return view(r)
             }
         }
     }
 
-    public func delete(_ caller: Caller, name: String, force: Bool) async throws {
-        try await gate.perform(caller, .sandboxDelete, target: name) {
-            let n = try await record(caller, name).name
-            try await delete(tenant: try tenant(caller), name: n, force: force)
+    public func delete(_ caller: Caller, name: ResourceName, force: Bool) async throws {
+        try await gate.perform(caller, .sandboxDelete, target: name.rawValue) {
+            _ = try await record(caller, name)  // a token bound to another sandbox finds nothing
+            try await delete(tenant: try tenant(caller), name: name, force: force)
         }
     }
 
@@ -135,8 +133,8 @@ public final class Sandboxes: Sendable {
     }
 
     /// Runs a command in a running sandbox and returns its output (see `exec(_:_:)` in Exec.swift).
-    public func exec(_ caller: Caller, name: String, _ command: ExecCommand) async throws -> ExecOutcome {
-        try await gate.perform(caller, .sandboxExec, target: name) {
+    public func exec(_ caller: Caller, name: ResourceName, _ command: ExecCommand) async throws -> ExecOutcome {
+        try await gate.perform(caller, .sandboxExec, target: name.rawValue) {
             try await exec(try record(caller, name), command)
         }
     }
@@ -154,9 +152,8 @@ public final class Sandboxes: Sendable {
     func lockKey(_ caller: Caller, _ name: ResourceName) throws -> String { "\(try tenant(caller))/\(name)" }
 
     /// A sandbox of the caller's tenant by name; a token bound to another sandbox finds nothing.
-    func record(_ caller: Caller, _ name: String) async throws -> SandboxRecord {
-        let r = try await sandboxRecord(
-            tenant: try tenant(caller), name: try ResourceName.parse(name, what: "sandbox name"))
+    func record(_ caller: Caller, _ name: ResourceName) async throws -> SandboxRecord {
+        let r = try await sandboxRecord(tenant: try tenant(caller), name: name)
         if let bound = caller.boundSandbox, bound != r.id {
             throw VivariumError(.notFound, "sandbox \(r.name) not found")
         }
@@ -173,8 +170,14 @@ public final class Sandboxes: Sendable {
     func create(tenant: String, name: ResourceName?, spec: SandboxSpec) async throws -> Sandbox {
         let spec = try spec.validated()
         let name = name ?? Self.generatedName()
-        var image = try await store.image(tenant: tenant, name: spec.image)
-        if image == nil { image = try await store.image(tenant: Identity.defaultTenant, name: spec.image) }
+        guard let local = spec.image.localName else {
+            throw VivariumError(
+                .invalidArgument,
+                "image \(spec.image) is a registry reference: pulling from registries is not available yet, "
+                    + "name an image of this host (vivarium image ls)")
+        }
+        var image = try await store.image(tenant: tenant, name: local)
+        if image == nil { image = try await store.image(tenant: Identity.defaultTenant, name: local) }
         guard let image else { throw VivariumError(.imageNotFound, "image \(spec.image) not found") }
 
         return try await locks.withLock("\(tenant)/\(name)") { [self] in

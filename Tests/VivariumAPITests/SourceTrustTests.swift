@@ -1,5 +1,6 @@
 import Testing
 import VivariumCore
+import VivariumTestSupport
 
 @testable import VivariumAPI
 
@@ -10,8 +11,8 @@ import VivariumCore
         #expect(try CIDR("127.0.0.1").contains("127.0.0.1") && !CIDR("127.0.0.1").contains("127.0.0.2"))
         #expect(try CIDR("fd00::/8").contains("fd12::1") && !CIDR("fd00::/8").contains("fe80::1"))
         #expect(try CIDR("10.0.0.0/8").contains("::ffff:10.1.2.3"), "IPv4-mapped IPv6 counts as IPv4")
-        #expect(throws: VivariumError.self) { try CIDR("10.0.0.0/33") }
-        #expect(throws: VivariumError.self) { try CIDR("nonsense") }
+        expectCode(.invalidArgument) { try CIDR("10.0.0.0/33") }
+        expectCode(.invalidArgument) { try CIDR("nonsense") }
         #expect(try CIDR("192.168.0.0/16").description == "192.168.0.0/16")
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VivariumCore
+import VivariumTestSupport
 
 @Suite struct QuantityTests {
     @Test(arguments: [
@@ -13,7 +14,7 @@ import VivariumCore
 
     @Test(arguments: ["", "M", "12Q", "-5M", "1.5G", "99999999999999999G"])
     func rejectsBadSizes(input: String) {
-        #expect(throws: VivariumError.self) { try Quantity.parseBytes(input) }
+        expectCode(.invalidArgument) { try Quantity.parseBytes(input) }
     }
 
     @Test func parsesDurations() throws {
@@ -21,8 +22,8 @@ import VivariumCore
         #expect(try Quantity.parseSeconds("30m") == 1800)
         #expect(try Quantity.parseSeconds("1h30m") == 5400)
         #expect(try Quantity.parseSeconds("2d") == 172_800)
-        #expect(throws: VivariumError.self) { try Quantity.parseSeconds("10x") }
-        #expect(throws: VivariumError.self) { try Quantity.parseSeconds("5m3") }
+        expectCode(.invalidArgument) { try Quantity.parseSeconds("10x") }
+        expectCode(.invalidArgument) { try Quantity.parseSeconds("5m3") }
     }
 
     @Test func formatsBytes() {
@@ -41,7 +42,7 @@ import VivariumCore
         for bad in ["", "-a", "a-", "A", "a_b", "a.b", String(repeating: "a", count: 64), "é", "a b", "a/b"] {
             #expect(ResourceName(rawValue: bad) == nil, "\(bad)")
         }
-        #expect(throws: VivariumError.self) { try ResourceName.parse("Bad") }
+        expectCode(.invalidName) { try ResourceName.parse("Bad") }
     }
 
     @Test func idsAreRandomAndValidated() {
@@ -65,21 +66,21 @@ import VivariumCore
 @Suite struct SandboxModelTests {
     @Test func stateAccessorsThrowOutsideTheirState() throws {
         #expect(try SandboxState.running(pid: 42).requireRunning() == 42)
-        #expect(throws: VivariumError.self) { try SandboxState.stopped.requireRunning() }
-        #expect(throws: VivariumError.self) { try SandboxState.creating.requireStopped() }
+        expectCode(.invalidState) { try SandboxState.stopped.requireRunning() }
+        expectCode(.invalidState) { try SandboxState.creating.requireStopped() }
         #expect(try SandboxState(name: "running", pid: 7) == .running(pid: 7))
-        #expect(throws: VivariumError.self) { try SandboxState(name: "running", pid: nil) }
-        #expect(throws: VivariumError.self) { try SandboxState(name: "exploded", pid: nil) }
+        expectCode(.internalError) { try SandboxState(name: "running", pid: nil) }
+        expectCode(.internalError) { try SandboxState(name: "exploded", pid: nil) }
     }
 
     @Test func limitsAreBounded() throws {
-        #expect(throws: VivariumError.self) {
+        expectCode(.invalidArgument) {
             try ResourceLimits(memoryBytes: 1, milliCPUs: 1000, pids: 10).validated()
         }
-        #expect(throws: VivariumError.self) {
+        expectCode(.invalidArgument) {
             try ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 0, pids: 10).validated()
         }
-        #expect(throws: VivariumError.self) {
+        expectCode(.invalidArgument) {
             try ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 100, pids: 1).validated()
         }
         #expect(try ResourceLimits.default.validated() == .default)
@@ -87,12 +88,12 @@ import VivariumCore
 
     @Test func envAndLabelsAreValidated() throws {
         try FieldRules.validateEnv(["PATH": "/bin", "_X1": ""])
-        #expect(throws: VivariumError.self) { try FieldRules.validateEnv(["1A": "x"]) }
-        #expect(throws: VivariumError.self) { try FieldRules.validateEnv(["A=B": "x"]) }
-        #expect(throws: VivariumError.self) { try FieldRules.validateEnv(["A": String(repeating: "x", count: 5000)]) }
-        #expect(throws: VivariumError.self) { try FieldRules.validateLabels(["bad key": "x"]) }
+        expectCode(.invalidArgument) { try FieldRules.validateEnv(["1A": "x"]) }
+        expectCode(.invalidArgument) { try FieldRules.validateEnv(["A=B": "x"]) }
+        expectCode(.invalidArgument) { try FieldRules.validateEnv(["A": String(repeating: "x", count: 5000)]) }
+        expectCode(.invalidArgument) { try FieldRules.validateLabels(["bad key": "x"]) }
         #expect(try FieldRules.parsePairs(["A=1", "B=x=y"], what: "env") == ["A": "1", "B": "x=y"])
-        #expect(throws: VivariumError.self) { try FieldRules.parsePairs(["=x"], what: "env") }
+        expectCode(.invalidArgument) { try FieldRules.parsePairs(["=x"], what: "env") }
     }
 
     @Test func wireTypesUseSnakeCase() throws {
@@ -102,5 +103,50 @@ import VivariumCore
         #expect(text.contains("\"read_only\":true"))
         let back = try WireCoding.decoder().decode(CreateSandboxRequest.self, from: data)
         #expect(back.memoryBytes == 5 && back.readOnly == true)
+    }
+}
+
+@Suite struct ImageReferenceTests {
+    func ref(_ s: String) throws -> ImageReference { try ImageReference.parse(s) }
+
+    @Test func parsesDockerStyleReferences() throws {
+        let digest = "sha256:" + String(repeating: "ab", count: 32)
+        let full = try ref("localhost:5000/team/tools:v1.2@\(digest)")
+        #expect(full.registry == "localhost:5000" && full.repository == "team/tools" && full.tag == "v1.2")
+        #expect(full.digest?.rawValue == digest)
+        #expect(full.description == "localhost:5000/team/tools:v1.2@\(digest)")
+        let hub = try ref("python:3.12")
+        #expect(hub.registry == nil && hub.repository == "python" && hub.tag == "3.12")
+        #expect(hub.resolved().description == "docker.io/library/python:3.12")
+        #expect(try ref("org/app").resolved().description == "docker.io/org/app:latest")
+        #expect(
+            try ref("ghcr.io/org/app").resolved(defaultRegistry: "mirror.example").description
+                == "ghcr.io/org/app:latest")
+        #expect(try ref("app@\(digest)").resolved(defaultRegistry: "r.example").tag == nil, "a digest needs no tag")
+        // The first component is a path, not a registry, unless it looks like a host.
+        #expect(try ref("team/tools").registry == nil)
+    }
+
+    @Test func aLocalImageIsOneBareComponent() throws {
+        #expect(try ref("base").localName == ResourceName(rawValue: "base"))
+        for s in ["python:3.12", "org/app", "ghcr.io/app", "base@sha256:" + String(repeating: "0", count: 64)] {
+            #expect(try ref(s).localName == nil, "\(s)")
+        }
+        // Stored specs keep the plain name they always had.
+        let spec = SandboxSpec(image: ImageReference(ResourceName(rawValue: "base")!))
+        let json = try JSONEncoder().encode(spec)
+        #expect(String(decoding: json, as: UTF8.self).contains(#""image":"base""#))
+        #expect(try JSONDecoder().decode(SandboxSpec.self, from: json) == spec)
+    }
+
+    @Test func refusesWhatTheGrammarDoesNot() {
+        for bad in [
+            "", "UPPER", "a//b", "/abs", "app:", "app:-tag", "app@sha256:short",
+            "app@md5:" + String(repeating: "0", count: 32),
+            "-lead", "trail-", "a..b", "a___b", "bad host:1/app", "host:99999/app", "a b",
+            String(repeating: "a", count: 256),
+        ] {
+            expectCode(.invalidArgument, "\(bad.prefix(40))") { try ref(bad) }
+        }
     }
 }

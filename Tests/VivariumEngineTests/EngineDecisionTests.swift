@@ -42,7 +42,8 @@ import VivariumTestSupport
         let ann = try await member(f)
         f.runtime.state.withLock { $0.failBoots = 1 }
         await expectCode(.runtimeFailure) {
-            try await f.engine.sandboxes.create(ann, name: name("a"), spec: SandboxSpec(image: name("base")))
+            try await f.engine.sandboxes.create(
+                ann, name: name("a"), spec: SandboxSpec(image: ImageReference(name("base"))))
         }
         // Everything the boot left on the host was torn down, and the record is gone.
         let failed = try await f.records("sandbox.create").filter { $0.outcome == "failed" }
@@ -52,7 +53,8 @@ import VivariumTestSupport
         #expect(f.runtime.state.withLock { !$0.mounted.contains(id) && !$0.prepared.contains(id) })
         #expect(try await f.store.sandbox(id: id) == nil)
         // The name and the uid slot are free again.
-        let again = try await f.engine.sandboxes.create(ann, name: name("a"), spec: SandboxSpec(image: name("base")))
+        let again = try await f.engine.sandboxes.create(
+            ann, name: name("a"), spec: SandboxSpec(image: ImageReference(name("base"))))
         #expect(again.state.pid != nil)
         #expect(try await f.store.sandbox(id: again.id)?.uidSlot == 0)
     }
@@ -65,12 +67,14 @@ import VivariumTestSupport
             $0.failDestroys = 1
         }
         await expectCode(.runtimeFailure) {
-            try await f.engine.sandboxes.create(ann, name: name("a"), spec: SandboxSpec(image: name("base")))
+            try await f.engine.sandboxes.create(
+                ann, name: name("a"), spec: SandboxSpec(image: ImageReference(name("base"))))
         }
         let kept = try #require(try await f.store.allSandboxes().first)
         #expect(kept.state == .deleting, "the record holds its slot while the host may still hold its resources")
         await expectCode(.alreadyExists) {
-            try await f.engine.sandboxes.create(ann, name: name("a"), spec: SandboxSpec(image: name("base")))
+            try await f.engine.sandboxes.create(
+                ann, name: name("a"), spec: SandboxSpec(image: ImageReference(name("base"))))
         }
         await f.engine.sandboxes.checkDrift()
         #expect(try await f.store.allSandboxes().isEmpty)
@@ -83,9 +87,9 @@ import VivariumTestSupport
         let ann = try await member(f)
         try await withInitWatch(f) {
             let always = try await f.engine.sandboxes.create(
-                ann, name: name("always"), spec: SandboxSpec(image: name("base"), restart: .always))
+                ann, name: name("always"), spec: SandboxSpec(image: ImageReference(name("base")), restart: .always))
             let never = try await f.engine.sandboxes.create(
-                ann, name: name("never"), spec: SandboxSpec(image: name("base")))
+                ann, name: name("never"), spec: SandboxSpec(image: ImageReference(name("base"))))
             let firstPid = try #require(always.state.pid)
             f.runtime.crash(always.id)
             f.runtime.crash(never.id)
@@ -112,7 +116,8 @@ import VivariumTestSupport
     @Test func anExitOfAnOldInitIsIgnored() async throws {
         let f = try await EngineFixture()
         let ann = try await member(f)
-        let box = try await f.engine.sandboxes.create(ann, name: name("a"), spec: SandboxSpec(image: name("base")))
+        let box = try await f.engine.sandboxes.create(
+            ann, name: name("a"), spec: SandboxSpec(image: ImageReference(name("base"))))
         // An exit report for a pid the record no longer has (an init replaced by a restart).
         let onExit = try #require(f.runtime.state.withLock { $0.boxes[box.id]?.onExit })
         try await withInitWatch(f) {
@@ -132,7 +137,7 @@ import VivariumTestSupport
                 SandboxRecord(
                     id: .random(), tenant: "acme", name: ResourceName(rawValue: n)!, imageID: img.id,
                     imageName: img.name, imageDigest: img.digest, imageRootfs: img.rootfs,
-                    spec: SandboxSpec(image: img.name, restart: restart), state: state, uidSlot: slot,
+                    spec: SandboxSpec(image: ImageReference(img.name), restart: restart), state: state, uidSlot: slot,
                     bundle: f.dir + "/sandboxes/" + n, cgroupPath: "/c/" + n, createdAt: Date(), expiresAt: nil)
             }
         }

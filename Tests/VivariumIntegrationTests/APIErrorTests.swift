@@ -16,6 +16,13 @@ import VivariumTestSupport
             }
             try expectAPIError(
                 d, "POST", "/v1/sandboxes", body: #"{"name":"x","image":"nope"}"#, status: 404, code: "image_not_found")
+            // A registry reference is understood and refused clearly until pulls exist; a malformed one is refused.
+            try expectAPIError(
+                d, "POST", "/v1/sandboxes", body: #"{"name":"x","image":"python:3.12"}"#, status: 422,
+                code: "invalid_argument")
+            try expectAPIError(
+                d, "POST", "/v1/sandboxes", body: #"{"name":"x","image":"Bad Ref"}"#, status: 422,
+                code: "invalid_argument")
             try expectAPIError(d, "POST", "/v1/sandboxes", body: "{not json", status: 400, code: "bad_request")
             try expectAPIError(d, "POST", "/v1/sandboxes", body: #"{"name": 5}"#, status: 400, code: "bad_request")
             try expectAPIError(

@@ -46,7 +46,7 @@ struct StoreKind: Sendable, CustomTestStringConvertible {
     }
 
     func record(_ img: ImageRecord, _ name: String, slot: Int, limits: ResourceLimits? = nil) -> SandboxRecord {
-        var spec = SandboxSpec(image: img.name)
+        var spec = SandboxSpec(image: ImageReference(img.name))
         if let limits { spec.limits = limits }
         return SandboxRecord(
             id: .random(), tenant: img.tenant, name: ResourceName(rawValue: name)!, imageID: img.id,
