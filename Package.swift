@@ -117,6 +117,9 @@ let package = Package(
         .testTarget(
             name: "VivariumCoreTests", dependencies: ["VivariumCore", "VivariumTestSupport"], swiftSettings: strict),
         .testTarget(
+            name: "VivariumOSTests", dependencies: ["VivariumCore", "VivariumOS", "VivariumTestSupport"],
+            swiftSettings: strict),
+        .testTarget(
             name: "VivariumAuditTests", dependencies: ["VivariumCore", "VivariumAudit", crypto], swiftSettings: strict),
         .testTarget(
             name: "VivariumStoreTests",

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -219,6 +220,13 @@ int vv_mount(const char *source, const char *target, const char *fstype, unsigne
 
 int vv_umount(const char *target, int detach) {
     return umount2(target, detach ? MNT_DETACH : 0) < 0 ? -errno : 0;
+}
+
+int vv_is_mount_root(const char *path) {
+    struct statx st;
+    if (statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS, &st) < 0) return -errno;
+    if (!(st.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT)) return -ENOTSUP;
+    return (st.stx_attributes & STATX_ATTR_MOUNT_ROOT) ? 1 : 0;
 }
 
 int vv_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0 ? -errno : 0; }

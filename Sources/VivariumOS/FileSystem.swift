@@ -59,9 +59,10 @@ public enum FileSystem {
     /// can never lead the removal into an image or a host directory. GNU rm walks with openat and never
     /// follows a symbolic link, so a sandbox swapping a directory for a link mid-way cannot redirect it,
     /// and it handles trees of any depth.
-    public static func removeTree(_ path: String) async throws {
+    /// `mountTable` is the mount table when the caller has just read it (for several trees).
+    public static func removeTree(_ path: String, mountTable: [String]? = nil) async throws {
         guard exists(path) else { return }
-        let mounted = Mounts.mounts(under: path)
+        let mounted = Mounts.mounts(under: path, in: mountTable)
         guard mounted.isEmpty else {
             throw VivariumError(.internalError, "refusing to remove \(path): \(mounted[0]) is mounted")
         }
@@ -142,12 +143,13 @@ public struct Trash: Sendable {
         try FileSystem.makeDirectory(dir, mode: 0o700)
     }
 
-    /// Moves `path` into the trash. Refused while anything is mounted at or below it.
-    public func discard(_ path: String) throws {
+    /// Moves `path` into the trash. Refused while `path` or one of `mountPoints` (the places something
+    /// may be mounted below it) is a mount point: one statx each, not a read of the mount table. A mount
+    /// anywhere else below it is found when the trash is emptied, which then refuses to remove that tree.
+    public func discard(_ path: String, unless mountPoints: [String]) throws {
         guard FileSystem.exists(path) else { return }
-        let mounted = Mounts.mounts(under: path)
-        guard mounted.isEmpty else {
-            throw VivariumError(.internalError, "refusing to discard \(path): \(mounted[0]) is mounted")
+        if let mounted = ([path] + mountPoints).first(where: Mounts.isMountRoot) {
+            throw VivariumError(.internalError, "refusing to discard \(path): \(mounted) is mounted")
         }
         let dest = dir + "/" + randomHex(bytes: 8)
         guard rename(path, dest) == 0 else { throw posixError("move \(path) to the trash") }
@@ -157,8 +159,11 @@ public struct Trash: Sendable {
     @discardableResult
     public func empty() async -> Int {
         var n = 0
-        for e in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
-            if (try? await FileSystem.removeTree(dir + "/" + e)) != nil { n += 1 }
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        guard !entries.isEmpty else { return 0 }
+        let table = Mounts.mountPoints()  // once for the whole batch
+        for e in entries {
+            if (try? await FileSystem.removeTree(dir + "/" + e, mountTable: table)) != nil { n += 1 }
         }
         return n
     }

@@ -180,9 +180,9 @@ public final class HostRuntime: SandboxRuntime {
     public func boot(_ p: BoxPlan, network: (any NetworkAttachment)?, onExit: @escaping InitExitHandler)
         async throws -> Int32
     {
-        let mounted = Set(Mounts.mounts(under: p.bundle))  // one read of the mount table
-        if !mounted.contains(p.rootfsMount) {
-            if !mounted.contains(p.lowerMount) {
+        // One statx per mount point: reading the host's mount table would cost O(sandboxes).
+        if !Mounts.isMountRoot(p.rootfsMount) {
+            if !Mounts.isMountRoot(p.lowerMount) {
                 let userns = try UserNamespace(base: p.uidBase, size: HardenedSpec.idRangeSize)
                 try Mounts.idmappedBind(source: p.imageRootfs, target: p.lowerMount, userns: userns, readOnly: true)
             }
@@ -206,7 +206,7 @@ public final class HostRuntime: SandboxRuntime {
     }
 
     public func adopt(_ p: BoxPlan, pid: Int32, onExit: @escaping InitExitHandler) async -> Bool {
-        guard processAlive(pid), Mounts.isMountPoint(p.rootfsMount) else { return false }
+        guard processAlive(pid), Mounts.isMountRoot(p.rootfsMount) else { return false }
         let box = RunningBox(pid: pid, network: nil)
         running.withLock { $0[p.id] = box }
         // Exec cgroups an earlier daemon left empty are pruned; ones still holding processes stay.
@@ -261,12 +261,15 @@ public final class HostRuntime: SandboxRuntime {
         await box?.network?.detach()
         try await oci.delete(id: p.id.rawValue, force: true)
         removeCgroups(p)
-        try Mounts.unmountAll(under: p.bundle)
+        // The two mounts a sandbox has on the host, without reading the mount table; anything else
+        // found below the bundle stops its removal from the trash.
+        try Mounts.unmountStack(p.rootfsMount)
+        try Mounts.unmountStack(p.lowerMount)
     }
 
     public func destroy(_ p: BoxPlan, released: Bool) async throws {
         if !released { try await release(p) }
-        try trash.discard(p.bundle)
+        try trash.discard(p.bundle, unless: [p.rootfsMount, p.lowerMount])
         trashed.signal()
     }
 
@@ -297,7 +300,9 @@ public final class HostRuntime: SandboxRuntime {
 
     public func isAlive(pid: Int32) -> Bool { processAlive(pid) }
 
-    public func holdsMounts(_ p: BoxPlan) -> Bool { !Mounts.mounts(under: p.bundle).isEmpty }
+    public func holdsMounts(_ p: BoxPlan) -> Bool {
+        Mounts.isMountRoot(p.rootfsMount) || Mounts.isMountRoot(p.lowerMount)
+    }
 
     public func removeOrphans(live: Set<String>) async -> Int {
         var removed = 0
@@ -309,7 +314,7 @@ public final class HostRuntime: SandboxRuntime {
             let dir = layout.sandboxesDir + "/" + e
             do {
                 try Mounts.unmountAll(under: dir)
-                try trash.discard(dir)
+                try trash.discard(dir, unless: [dir + "/rootfs", dir + "/lower"])
                 removed += 1
             } catch {
                 logger.error("cannot remove orphan", metadata: ["path": "\(dir)", "error": "\(error)"])

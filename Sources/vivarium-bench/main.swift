@@ -174,6 +174,63 @@ struct Raw {
     }
 }
 
+/// create→ready with 10 and with 300 sandboxes already running (small limits, spread over tenants),
+/// each size against a raw create+start measured at that size, interleaved. The ratio should not grow
+/// with the number of sandboxes.
+func scaling(raw: Raw, initBinary: String) async throws {
+    let sizes = [10, 300]
+    let tenants = 6
+    let rounds = Int(env["VIVARIUM_BENCH_SCALE_ITERATIONS"] ?? "") ?? 30
+    let d = try TestDaemon(extraEnv: [
+        "VIVARIUM_MAX_SANDBOXES": "\(sizes.last! + 16)", "VIVARIUM_QUOTA_SANDBOXES": "\(sizes.last! / tenants + 8)",
+        "VIVARIUM_REQUESTS_PER_SECOND": "10000000", "VIVARIUM_REQUEST_BURST": "10000000",
+        "VIVARIUM_LOG_LEVEL": "warning",
+    ])
+    defer { d.shutdown() }
+    for t in 0..<tenants {
+        let _: TenantInfo = try d.client.call("POST", "/v1/tenants", body: CreateTenantRequest(name: "t\(t)"))
+    }
+    func create(_ name: String, tenant: Int) throws {
+        let _: SandboxInfo = try d.client.call(
+            "POST", "/v1/sandboxes?tenant=t\(tenant)",
+            body: CreateSandboxRequest(name: name, memoryBytes: 32 << 20, milliCpus: 100, pids: 32))
+    }
+    var existing = 0
+    var results: [(size: Int, ours: Stats, raw: Stats)] = []
+    for size in sizes {
+        let fill = clock.now
+        while existing < size {
+            try create("fill\(existing)", tenant: existing % tenants)
+            existing += 1
+        }
+        print("  scale: \(size) sandboxes running (filled in \(String(format: "%.1f", ms(clock.now - fill) / 1000)) s)")
+        var ours = Stats()
+        var rawStats = Stats()
+        for i in 0..<rounds {
+            for mine in i % 2 == 0 ? [true, false] : [false, true] {
+                if mine {
+                    try await time(&ours) { try create("m\(i)", tenant: i % tenants) }
+                    try d.client.callNoContent("DELETE", "/v1/sandboxes/m\(i)?tenant=t\(i % tenants)&force=true")
+                } else {
+                    try raw.prepare("z\(size)-\(i)")
+                    try await time(&rawStats) { try await raw.create("z\(size)-\(i)", initBinary: initBinary) }
+                    try await raw.delete("z\(size)-\(i)")
+                }
+            }
+        }
+        results.append((size, ours, rawStats))
+    }
+    report(
+        "create→ready as sandboxes accumulate (\(tenants) tenants, 32 MiB, 0.1 CPU, 32 pids each)",
+        results.map { ("create→ready at \($0.size)", $0.ours, $0.raw) })
+    let ratio = results.map { $0.ours.p50 / $0.raw.p50 }
+    let growth = ratio[1] / ratio[0]
+    print(
+        String(
+            format: "  ratio at %d %.2fx, at %d %.2fx: growth %.2fx (target ≤ 1.20x: %@)", sizes[0], ratio[0], sizes[1],
+            ratio[1], growth, growth <= 1.2 ? "met" : "MISSED"))
+}
+
 do {
     print("vivarium-bench: \(iterations) iterations each, cgroups \(CgroupMode.detect().rawValue)")
     let raw = try Raw(daemon: daemon)
@@ -326,6 +383,7 @@ do {
             auditOn.p50, auditOn.p99, auditOn.perSecond, auditOff.p50, auditOff.p99, auditOff.perSecond, overhead))
     try await raw.delete("warm")
     try httpsThroughput()
+    if env["VIVARIUM_BENCH_SCALE"] != "0" { try await scaling(raw: raw, initBinary: daemon.initBinary) }
 
     func target(_ name: String, _ ours: Stats, _ ref: Stats, _ limit: Double) -> String {
         let r = ours.p50 / ref.p50

@@ -41,6 +41,8 @@ int vv_idmapped_bind(const char *src, const char *target, int userns_fd, int rea
 int vv_mount(const char *source, const char *target, const char *fstype, unsigned long flags,
              const char *data);
 int vv_umount(const char *target, int detach);
+/// 1 when `path` is the root of a mount (statx STATX_ATTR_MOUNT_ROOT), 0 when not, -errno on failure.
+int vv_is_mount_root(const char *path);
 
 int vv_set_child_subreaper(void);
 
