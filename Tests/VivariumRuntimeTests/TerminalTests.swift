@@ -95,3 +95,29 @@ final class RuntimeFixture: Sendable {
         }
     }
 }
+
+@Suite(.serialized, .enabled(if: Integration.enabled)) struct ExecSessionTests {
+    /// A consumer that goes away (a cancelled request, a closed stream) takes the whole command with it:
+    /// the command's cgroup is killed, background children included, as at a timeout.
+    @Test func cancellingAnExecKillsEveryProcessOfIt() async throws {
+        try await RuntimeFixture.with { f in
+            let command = try ExecCommand(
+                argv: ["/bin/sh", "-c", "sleep 1000 & sleep 1000 & echo started; wait"], timeout: .seconds(600))
+            let session = try await f.runtime.start(f.plan, command, terminal: nil, stdin: false)
+            let consumer = Task { await session.outcome(timeout: command.timeout, limit: 1 << 16) }
+            for _ in 0..<500 where session.cgroup.processes.count < 3 { try await Task.sleep(for: .milliseconds(10)) }
+            let members = session.cgroup.processes
+            #expect(members.count >= 3, "sh and both sleeps run in the command's cgroup")
+            let cancelled = ContinuousClock.now
+            consumer.cancel()
+            let outcome = await consumer.value
+            #expect(ContinuousClock.now - cancelled < .seconds(5))
+            #expect(!outcome.timedOut, "a cancellation is not a timeout")
+            // The sandbox's init reaps the killed children it inherits: give it a moment.
+            for _ in 0..<200 where members.contains(where: { kill($0, 0) == 0 }) {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(members.allSatisfy { kill($0, 0) != 0 }, "no process of the command survives")
+        }
+    }
+}
