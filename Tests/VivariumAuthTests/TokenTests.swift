@@ -5,6 +5,7 @@ import Testing
 import VivariumAudit
 import VivariumCore
 import VivariumStore
+import VivariumTestSupport
 
 @testable import VivariumAuth
 
@@ -38,14 +39,6 @@ import VivariumStore
             try await tokens.issueAccess(
                 member, scopes: [.exec, .sandboxesRead], boundSandbox: nil, family: nil, ttl: ttl, now: now)
         }
-    }
-
-    /// The call fails with this error code (any other error, or none, fails the test).
-    func expectCode<T>(
-        _ code: VivariumError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> T
-    ) async {
-        let e = await #expect(throws: VivariumError.self, sourceLocation: sourceLocation) { _ = try await body() }
-        #expect(e?.code == code, sourceLocation: sourceLocation)
     }
 
     func expectRefused(
