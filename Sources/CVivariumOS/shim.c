@@ -131,12 +131,15 @@ int vv_pidfd_send_signal(int pidfd, int sig) {
     return 0;
 }
 
+/* The idmapping helper only has to exist while its parent reads its namespace. It shares the daemon's
+   memory but holds a copy of its descriptor table, so it must never wait on a descriptor: another
+   thread's helper could hold the other end open, and two creates would then wait for each other
+   forever. It waits for nothing but its SIGKILL, and dies with its parent thread. */
 static int userns_child(void *arg) {
-    int *fds = arg;
-    close(fds[1]);
-    char c;
-    while (read(fds[0], &c, 1) < 0 && errno == EINTR) {}
-    _exit(0);
+    (void)arg;
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    for (;;) pause();
+    return 0;
 }
 
 static int write_file(const char *path, const char *data) {
@@ -151,44 +154,35 @@ static int write_file(const char *path, const char *data) {
 }
 
 int vv_userns_fd(const char *uid_map, const char *gid_map) {
-    int pipefd[2];
-    if (pipe2(pipefd, O_CLOEXEC) < 0) return -errno;
     size_t stack_size = 16 * 1024;
     void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED) {
+    if (stack == MAP_FAILED) return -errno;
+    int pfd = -1;
+    pid_t pid = clone(userns_child, (char *)stack + stack_size, CLONE_NEWUSER | CLONE_VM | CLONE_PIDFD | SIGCHLD, NULL,
+                      &pfd, NULL, NULL);
+    if (pid < 0) {
         int e = errno;
-        close(pipefd[0]);
-        close(pipefd[1]);
+        munmap(stack, stack_size);
         return -e;
     }
-    int pfd = -1;
-    pid_t pid = clone(userns_child, (char *)stack + stack_size, CLONE_NEWUSER | CLONE_VM | CLONE_PIDFD | SIGCHLD, pipefd,
-                      &pfd, NULL, NULL);
-    int e = errno;
-    int result;
-    if (pid < 0) {
-        result = -e;
-    } else {
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%d/uid_map", pid);
-        result = write_file(path, uid_map);
-        if (result == 0) {
-            snprintf(path, sizeof path, "/proc/%d/gid_map", pid);
-            result = write_file(path, gid_map);
-        }
-        if (result == 0) {
-            snprintf(path, sizeof path, "/proc/%d/ns/user", pid);
-            result = open(path, O_RDONLY | O_CLOEXEC);
-            if (result < 0) result = -errno;
-        }
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/uid_map", pid);
+    int result = write_file(path, uid_map);
+    if (result == 0) {
+        snprintf(path, sizeof path, "/proc/%d/gid_map", pid);
+        result = write_file(path, gid_map);
     }
-    close(pipefd[1]);
-    if (pid > 0) {
-        siginfo_t info;
-        while (syscall(SYS_waitid, P_PIDFD, pfd, &info, WEXITED, NULL) < 0 && errno == EINTR) {}
-        close(pfd);
+    if (result == 0) {
+        snprintf(path, sizeof path, "/proc/%d/ns/user", pid);
+        result = open(path, O_RDONLY | O_CLOEXEC);
+        if (result < 0) result = -errno;
     }
-    close(pipefd[0]);
+    /* The namespace lives on through the fd; the helper goes at once, and the wait is for an exit
+       already under way, never for another thread. */
+    syscall(SYS_pidfd_send_signal, pfd, SIGKILL, NULL, 0);
+    siginfo_t info;
+    while (syscall(SYS_waitid, P_PIDFD, pfd, &info, WEXITED, NULL) < 0 && errno == EINTR) {}
+    close(pfd);
     munmap(stack, stack_size);
     return result;
 }
