@@ -127,6 +127,15 @@ public struct HardenedSpec: Sendable {
         return min(65536, UInt64(rl.rlim_max))
     }()
 
+    /// Socket families a sandbox may use: AF_UNIX 1, AF_INET 2, AF_INET6 10, AF_NETLINK 16.
+    public static let allowedSocketFamilies: Set<UInt64> = [1, 2, 10, 16]
+    static let maxAllowedSocketFamily: UInt64 = 16
+    /// The families below the highest allowed one that are refused (AF_VSOCK, 40, and the others above
+    /// 16 are refused by one rule).
+    static let refusedSocketFamilies: [UInt64] = (0...maxAllowedSocketFamily).filter {
+        !allowedSocketFamilies.contains($0)
+    }
+
     /// Default-allow with a deny list of the calls a sandbox never needs and that widen the kernel's
     /// attack surface. clone3 answers ENOSYS so that libc falls back to clone, whose namespace flags
     /// can be filtered (clone3 passes them in memory, out of seccomp's reach).
@@ -158,6 +167,22 @@ public struct HardenedSpec: Sendable {
                     names: ["clone"], action: "SCMP_ACT_ERRNO", errnoRet: eperm,
                     args: [.init(index: 0, value: flag, valueTwo: flag, op: "SCMP_CMP_MASKED_EQ")]))
         }
+        // Sockets only of the families a sandbox has a use for: unix, inet, inet6 and netlink (for its
+        // own network namespace). Everything else (vsock, which would reach the host and the
+        // hypervisor past the network namespace; packet, alg, key, bluetooth, ...) answers
+        // EAFNOSUPPORT. socketcall, the 32-bit multiplexer whose arguments seccomp cannot see, is off.
+        let eafnosupport: UInt32 = 97
+        for family in Self.refusedSocketFamilies {
+            rules.append(
+                .init(
+                    names: ["socket", "socketpair"], action: "SCMP_ACT_ERRNO", errnoRet: eafnosupport,
+                    args: [.init(index: 0, value: family, valueTwo: 0, op: "SCMP_CMP_EQ")]))
+        }
+        rules.append(
+            .init(
+                names: ["socket", "socketpair"], action: "SCMP_ACT_ERRNO", errnoRet: eafnosupport,
+                args: [.init(index: 0, value: Self.maxAllowedSocketFamily + 1, valueTwo: 0, op: "SCMP_CMP_GE")]))
+        rules.append(.init(names: ["socketcall"], action: "SCMP_ACT_ERRNO", errnoRet: 38, args: nil))
         #if arch(arm64)
             let arches = ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
         #else

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Testing
 import VivariumClient
 import VivariumCore
@@ -104,6 +105,57 @@ import VivariumTestSupport
             // The image files seen through the idmapped lower are owned by the sandbox's root.
             let (_, owner, _) = try d.sh("writer", "stat -c %u /bin/busybox")
             #expect(owner.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+        }
+    }
+
+    /// A static binary inside a box opens sockets of every family it can name: only unix, inet, inet6
+    /// and netlink work; vsock (which would reach the host and the hypervisor past the network
+    /// namespace), packet and alg answer EAFNOSUPPORT.
+    @Test func socketsOfFamiliesABoxHasNoUseForAreRefused() async throws {
+        let dir = "/tmp/vivarium-probe-\(randomHex(bytes: 4))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let source = #"""
+            #include <errno.h>
+            #include <stdio.h>
+            #include <stdlib.h>
+            #include <sys/socket.h>
+            int main(int argc, char **argv) {
+                for (int i = 1; i < argc; i++) {
+                    int family = atoi(argv[i]);
+                    int type = family == 16 ? SOCK_RAW : (family == 17 ? SOCK_DGRAM : SOCK_STREAM);
+                    if (family == 38) type = SOCK_SEQPACKET;
+                    int fd = socket(family, type, 0);
+                    printf("%d=%d\n", family, fd >= 0 ? 0 : errno);
+                }
+                int sv[2];
+                printf("pair40=%d\n", socketpair(40, SOCK_STREAM, 0, sv) == 0 ? 0 : errno);
+                return 0;
+            }
+            """#
+        try source.write(toFile: dir + "/probe.c", atomically: true, encoding: .utf8)
+        let cc = try runCommand("/usr/bin/gcc", ["-static", "-O2", "-o", dir + "/probe", dir + "/probe.c"])
+        try #require(cc.status == 0, "gcc -static: \(cc.stderr)")
+        try await TestDaemon.with { d in
+            let box = try d.create(CreateSandboxRequest(name: "sockets"))
+            // Placed in the box's writable layer from the host, owned by the box's root.
+            let target = "\(d.stateDir)/sandboxes/\(box.id)/upper/probe"
+            try FileManager.default.copyItem(atPath: dir + "/probe", toPath: target)
+            #expect(chown(target, uid_t(box.hostUidBase), gid_t(box.hostUidBase)) == 0 && chmod(target, 0o755) == 0)
+            let r = try d.exec("sockets", ["/probe", "40", "17", "38", "1", "2", "10", "16", "3", "45"])
+            let out = String(decoding: r.stdout, as: UTF8.self)
+            try #require(r.exitCode == 0, "probe: \(out) \(String(decoding: r.stderr, as: UTF8.self))")
+            let results = Dictionary(
+                uniqueKeysWithValues: out.split(separator: "\n").compactMap { line -> (String, Int32)? in
+                    let kv = line.split(separator: "=")
+                    return kv.count == 2 ? (String(kv[0]), Int32(kv[1]) ?? -1) : nil
+                })
+            for refused in ["40", "17", "38", "3", "45", "pair40"] {
+                #expect(results[refused] == EAFNOSUPPORT, "family \(refused): \(out)")
+            }
+            for allowed in ["1", "2", "10", "16"] {
+                #expect(results[allowed] == 0, "family \(allowed): \(out)")
+            }
         }
     }
 
