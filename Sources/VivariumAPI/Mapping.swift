@@ -43,7 +43,8 @@ enum Mapping {
             id: s.id.rawValue, name: s.name.rawValue, tenant: s.tenant, image: s.spec.image.description,
             imageDigest: s.imageDigest.rawValue, state: s.state.name, pid: s.state.pid,
             memoryBytes: s.spec.limits.memoryBytes, milliCpus: s.spec.limits.milliCPUs, pids: s.spec.limits.pids,
-            env: s.spec.env, labels: s.spec.labels, readOnly: s.spec.readOnly, restart: s.spec.restart.rawValue,
+            envNames: s.spec.env.keys.sorted(), labels: s.spec.labels, readOnly: s.spec.readOnly,
+            restart: s.spec.restart.rawValue,
             createdAt: s.createdAt, expiresAt: s.expiresAt, hostUidBase: s.hostUIDBase,
             diskUsageBytes: s.diskUsageBytes)
     }

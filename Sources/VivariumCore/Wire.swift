@@ -59,7 +59,8 @@ public struct SandboxInfo: Codable, Sendable {
     public var memoryBytes: Int64
     public var milliCpus: Int64
     public var pids: Int64
-    public var env: [String: String]
+    /// The names of the sandbox's environment variables: values never leave through the API.
+    public var envNames: [String]
     public var labels: [String: String]
     public var readOnly: Bool
     public var restart: String
@@ -71,7 +72,7 @@ public struct SandboxInfo: Codable, Sendable {
 
     public init(
         id: String, name: String, tenant: String, image: String, imageDigest: String, state: String, pid: Int32?,
-        memoryBytes: Int64, milliCpus: Int64, pids: Int64, env: [String: String], labels: [String: String],
+        memoryBytes: Int64, milliCpus: Int64, pids: Int64, envNames: [String], labels: [String: String],
         readOnly: Bool, restart: String, createdAt: Date, expiresAt: Date?, hostUidBase: Int64,
         diskUsageBytes: Int64?
     ) {
@@ -85,7 +86,7 @@ public struct SandboxInfo: Codable, Sendable {
         self.memoryBytes = memoryBytes
         self.milliCpus = milliCpus
         self.pids = pids
-        self.env = env
+        self.envNames = envNames
         self.labels = labels
         self.readOnly = readOnly
         self.restart = restart

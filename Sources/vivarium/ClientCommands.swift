@@ -148,7 +148,7 @@ struct Inspect: ClientCommand {
             ("host_uid_base", String(i.hostUidBase)),
             ("disk_usage", i.diskUsageBytes.map { Quantity.formatBytes($0) } ?? "-"),
             ("labels", i.labels.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: ",")),
-            ("env", i.env.keys.sorted().joined(separator: ",")),
+            ("env", i.envNames.joined(separator: ",")),
         ]
         for (k, v) in rows { print("\(k.padding(toLength: 14, withPad: " ", startingAt: 0)) \(v)") }
     }

@@ -67,6 +67,22 @@ import VivariumTestSupport
         }
     }
 
+    /// Environment values go into the box and never come back out through the API, for any caller.
+    @Test func environmentValuesNeverLeaveThroughTheAPI() async throws {
+        try await TestDaemon.with { d in
+            _ = try d.create(CreateSandboxRequest(name: "envy", env: ["PASSWORD": "hunter2-value", "MODE": "x"]))
+            let (_, inside, _) = try d.sh("envy", "echo $PASSWORD")
+            #expect(inside == "hunter2-value\n", "the box gets the value")
+            for path in ["/v1/sandboxes/envy", "/v1/sandboxes"] {
+                let body = String(decoding: try d.client.http.send("GET", path).body, as: UTF8.self)
+                #expect(!body.contains("hunter2"), "\(path) hands the value back: \(body)")
+                #expect(body.contains(#""env_names":["MODE","PASSWORD"]"#), "\(path): \(body)")
+            }
+            let cli = try d.cli("inspect", "envy", "--json")
+            #expect(!cli.stdout.contains("hunter2") && cli.stdout.contains("PASSWORD"))
+        }
+    }
+
     @Test func listPaginatesWithACursor() async throws {
         try await TestDaemon.with { d in
             for n in ["p1", "p2", "p3"] { _ = try d.create(CreateSandboxRequest(name: n)) }
