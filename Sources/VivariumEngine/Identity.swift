@@ -184,7 +184,10 @@ public final class Identity: Sendable {
             var bound: SandboxID?
             if let sandbox { bound = try await sandboxes.record(caller, sandbox).id }
             let life = ttl.map { TimeInterval($0.components.seconds) } ?? tokens.config.accessLifetime
-            guard life >= 1 else { throw VivariumError(.invalidArgument, "ttl must be positive") }
+            let most = tokens.config.maxAccessLifetime
+            guard life >= 1, life <= most else {
+                throw VivariumError(.invalidArgument, "ttl must be between 1 and \(Int(most)) seconds")
+            }
             // The whole session ends with the requested lifetime: refreshing cannot extend it.
             return try await tokens.issuePair(
                 p, scopes: scopes, boundSandbox: bound, family: nil, ttl: life,
