@@ -49,15 +49,25 @@ public final class Gate: Sendable {
     // MARK: Authentication
 
     /// The caller behind a bearer token (nil: none was presented). Failed attempts count against the
-    /// source address; a source that failed too often is refused before its token is even looked at,
-    /// and every principal is held to its request rate. Local callers are never limited.
+    /// source address, and a source that failed too often gets 429 for its next failures; a valid token
+    /// is never refused because of its address (one rule for every door). Every principal is held to
+    /// its request rate. Local callers are never limited.
     public func authenticate(
         bearer: String?, source: String, requestID: String, requestedTenant: ResourceName?, door: Caller.Door
     ) async -> Result<Caller, VivariumError> {
         do {
-            try throttle(source: source)
-            guard let bearer else { throw VivariumError(.unauthenticated, "authentication required") }
-            let principal = try await tokens.verify(bearer)
+            guard let bearer else {
+                try throttle(source: source)
+                throw VivariumError(.unauthenticated, "authentication required")
+            }
+            let principal: Principal
+            do {
+                principal = try await tokens.verify(bearer)
+            } catch {
+                // Failures are throttled per address; a valid token never is, whatever its address did.
+                try throttle(source: source)
+                throw error
+            }
             if let wait = limits.perPrincipal.take(principal.id) {
                 throw VivariumError(.rateLimited, "request rate limit reached", retryAfterSeconds: wait)
             }
@@ -131,8 +141,13 @@ public final class Gate: Sendable {
         do {
             let value = try await AuditContext.$current.withValue(context) {
                 try authorize(caller, action)
-                if action == .tokenExchange && !caller.isLocal { try throttle(source: caller.source) }
-                return try await body()
+                guard action == .tokenExchange, !caller.isLocal else { return try await body() }
+                // A registered key is never refused for its address's failures; a wrong one from a
+                // throttled address is told to wait.
+                do { return try await body() } catch let e as VivariumError where e.code == .unauthenticated {
+                    try throttle(source: caller.source)
+                    throw e
+                }
             }
             if policy.mutating, context.tally?.count == 0 {
                 try await audit.append([

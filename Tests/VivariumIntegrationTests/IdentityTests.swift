@@ -239,11 +239,18 @@ import VivariumTestSupport
             let r = try forged.http.send("GET", "/v1/sandboxes")
             #expect(r.status == 429)
             #expect(Int(r.headers["retry-after"] ?? "") ?? 0 >= 1)
-            // Guessing API keys counts too, and the address stays throttled even with a valid token.
+            // Guessing API keys is throttled too.
             let (s, code) = try status(
                 d.remote(), "POST", "/v1/tokens", body: #"{"grant_type":"api_key","api_key":"viv_x_y"}"#)
             #expect(s == 429 && code == "rate_limited")
-            #expect(try status(d.remote(good.accessToken), "GET", "/v1/sandboxes").0 == 429)
+            // A valid token or a registered key is never refused because of its address's failures.
+            #expect(try status(d.remote(good.accessToken), "GET", "/v1/sandboxes").0 == 200)
+            let key: APIKeyInfo = try d.client.call(
+                "POST", "/v1/principals/ann/keys?tenant=acme", body: CreateAPIKeyRequest())
+            let exchanged = try status(
+                d.remote(), "POST", "/v1/tokens", body: #"{"grant_type":"api_key","api_key":"\#(key.apiKey)"}"#)
+            #expect(exchanged.0 == 200, "a registered key from the throttled address")
+            #expect(try status(forged, "GET", "/v1/sandboxes").0 == 429, "the forger is still throttled")
             // The unix socket (local root) is never throttled.
             let _: Page<SandboxInfo> = try d.client.call("GET", "/v1/sandboxes")
         }
