@@ -10,9 +10,9 @@ struct SystemRoutes {
     func register(_ r: inout RouteRegistry) {
         let engine = self.engine
         r.add(Endpoints.health) { _ in
-            await HealthInfo(
-                status: "ok", version: VivariumVersion.string, cgroupMode: engine.config.cgroupMode.rawValue,
-                sandboxes: try engine.sandboxes.count())
+            // Up means the store answers (a failure is a 503); what it holds is nobody's business here.
+            _ = try await engine.sandboxes.count()
+            return HealthInfo(status: "ok")
         }
         r.document(Endpoints.openAPI, contentType: "application/json", openAPI)
     }

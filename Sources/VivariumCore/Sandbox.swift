@@ -173,11 +173,18 @@ public enum FieldRules {
                         || $0 == 95 || $0 == 47
                 })
             else { throw VivariumError(.invalidArgument, "invalid label key '\(k.prefix(64))'") }
-            guard v.utf8.count <= 1024, !v.utf8.contains(0) else {
+            guard v.utf8.count <= 1024 else {
                 throw VivariumError(.invalidArgument, "label value of \(k) is too long")
+            }
+            // ESC, BEL, CR and the like would reach an operator's terminal through `inspect`.
+            guard !v.unicodeScalars.contains(where: isControl) else {
+                throw VivariumError(.invalidArgument, "label value of \(k) holds a control character")
             }
         }
     }
+
+    /// C0 and C1 control characters and DEL.
+    public static func isControl(_ s: Unicode.Scalar) -> Bool { s.value < 0x20 || (0x7F...0x9F).contains(s.value) }
 
     /// Parses repeated `K=V` command-line values.
     public static func parsePairs(_ items: [String], what: String) throws -> [String: String] {

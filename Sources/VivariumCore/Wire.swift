@@ -220,17 +220,10 @@ public struct ErrorBody: Codable, Sendable {
     public init(error: Detail) { self.error = error }
 }
 
+/// Up or down, and nothing else: the route is unauthenticated.
 public struct HealthInfo: Codable, Sendable {
     public var status: String
-    public var version: String
-    public var cgroupMode: String
-    public var sandboxes: Int
-    public init(status: String, version: String, cgroupMode: String, sandboxes: Int) {
-        self.status = status
-        self.version = version
-        self.cgroupMode = cgroupMode
-        self.sandboxes = sandboxes
-    }
+    public init(status: String) { self.status = status }
 }
 
 public enum VivariumVersion {

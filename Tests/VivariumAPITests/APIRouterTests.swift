@@ -72,6 +72,7 @@ import VivariumEngineTestSupport
             }
             try await client.execute(uri: "/healthz", method: .get, headers: bearer("garbage")) { r in
                 #expect(r.status == .ok, "a public route never looks at credentials")
+                #expect(String(buffer: r.body) == #"{"status":"ok"}"#, "up or down, nothing about the host")
             }
             try await client.execute(uri: "/v1/openapi.json", method: .get) { r in
                 #expect(r.status == .ok && String(buffer: r.body) == #"{"openapi":"3.1.0"}"#)
