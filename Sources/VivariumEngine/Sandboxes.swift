@@ -96,6 +96,9 @@ public final class Sandboxes: Sendable {
                 var r = try await record(caller, name)
                 if case .stopped = r.state { return view(r) }
                 _ = try r.state.requireRunning()
+                // The intent first, as for create, delete and exec: a stop cut off by a crash still
+                // says who asked.
+                try await audit.append([event("sandbox.stop", r, .started)])
                 try await runtime.halt(plan(r), pid: r.state.pid, grace: nil)
                 try await store.updateState(r.id, .stopped, audit: event("sandbox.stop", r))
                 r.state = .stopped

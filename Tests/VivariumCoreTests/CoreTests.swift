@@ -93,7 +93,9 @@ import VivariumTestSupport
         expectCode(.invalidArgument) { try FieldRules.validateEnv(["A": String(repeating: "x", count: 5000)]) }
         expectCode(.invalidArgument) { try FieldRules.validateLabels(["bad key": "x"]) }
         for control in ["\u{1B}[2J", "bell\u{07}", "a\rb", "nul\u{0}", "c1\u{9B}", "del\u{7F}"] {
-            expectCode(.invalidArgument, "\(control.debugDescription)") { try FieldRules.validateLabels(["k": control]) }
+            expectCode(.invalidArgument, "\(control.debugDescription)") {
+                try FieldRules.validateLabels(["k": control])
+            }
         }
         try FieldRules.validateLabels(["k": "plain text, ünïcode and emoji 🐢"])
         #expect(try FieldRules.parsePairs(["A=1", "B=x=y"], what: "env") == ["A": "1", "B": "x=y"])

@@ -113,6 +113,19 @@ import VivariumTestSupport
         }
     }
 
+    @Test func aStopRecordsItsIntentBeforeItActs() async throws {
+        let f = try await EngineFixture()
+        let ann = try await member(f)
+        let box = try await f.engine.sandboxes.create(
+            ann, name: name("a"), spec: SandboxSpec(image: ImageReference(name("base"))))
+        let stopped = try await f.engine.sandboxes.stop(ann, name: box.name)
+        #expect(stopped.state == .stopped)
+        let records = try await f.records("sandbox.stop")
+        #expect(records.map(\.outcome) == ["started", "ok"])
+        #expect(records.allSatisfy { $0.actorName == "ann" && $0.target == "a" })
+        #expect(f.runtime.calls(box.id).suffix(2) == ["halt", "release"])
+    }
+
     @Test func anExitOfAnOldInitIsIgnored() async throws {
         let f = try await EngineFixture()
         let ann = try await member(f)
