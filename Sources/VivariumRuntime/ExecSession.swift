@@ -89,10 +89,24 @@ public final class ExecSession: Sendable {
         return kill(pid, sig) == 0
     }
 
-    /// SIGKILLs every process of the command; crun, which waits for it, follows (or is killed after 5 s).
+    /// SIGKILLs every process of the command; crun, which waits for it, follows. A command that was not
+    /// in its cgroup yet (a timeout shorter than its start) joins it before crun can exit, so the cgroup
+    /// is killed again until crun has gone (5 s at most, then crun is killed too, and the cgroup once
+    /// more): nothing of the command outlives the session, however short the timeout.
     public func terminate() async {
+        let deadline = ContinuousClock.now + .seconds(5)
+        repeat {
+            await cgroup.killAll()
+            if await crun.wait(timeout: .milliseconds(20)) != nil { break }
+            // A cancelled caller (a dropped stream) still needs the command gone: its waits return at
+            // once, so pace the loop here.
+            if Task.isCancelled { usleep(20_000) }
+        } while ContinuousClock.now < deadline
+        if !crun.hasExited {
+            crun.signal(SIGKILL)
+            if await crun.wait(timeout: .seconds(1)) == nil, Task.isCancelled { usleep(50_000) }
+        }
         await cgroup.killAll()
-        if await crun.wait(timeout: .seconds(5)) == nil { crun.signal(SIGKILL) }
     }
 
     func finish() {

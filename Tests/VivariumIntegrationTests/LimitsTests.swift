@@ -79,6 +79,24 @@ import VivariumTestSupport
         }
     }
 
+    /// A timeout shorter than the command's own start (1 ms) still kills it: the command's cgroup
+    /// exists before the command does, and is frozen and killed whatever the timing. No survivor, no
+    /// zombie counted against the box's pids.
+    @Test func aTimeoutShorterThanStartStillKillsTheCommand() async throws {
+        try await TestDaemon.with { d in
+            _ = try d.create(CreateSandboxRequest(name: "quick"))
+            for i in 0..<8 {
+                let r = try d.exec("quick", ["/bin/sh", "-c", "sleep \(1000 + i)"], timeout: 0.001)
+                #expect(r.timedOut, "round \(i)")
+            }
+            // Give a survivor (there must be none) time to show up in the box's process table.
+            try await Task.sleep(for: .milliseconds(200))
+            let (_, ps, _) = try d.sh("quick", "ps -o stat,args")
+            for i in 0..<8 { #expect(!ps.contains("sleep \(1000 + i)"), "sleep \(1000 + i) survived: \(ps)") }
+            #expect(!ps.split(separator: "\n").contains { $0.hasPrefix("Z") }, "zombies in the box: \(ps)")
+        }
+    }
+
     @Test func outputIsCappedAndFlagged() async throws {
         try await TestDaemon.with { d in
             _ = try d.create(CreateSandboxRequest(name: "loud"))
