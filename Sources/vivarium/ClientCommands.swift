@@ -196,7 +196,7 @@ struct Remove: ClientCommand {
                 failed = true
             }
         }
-        if failed { throw ExitCode(1) }
+        if failed { throw ExitCode(failureExitCode) }
     }
 }
 

@@ -21,7 +21,7 @@ struct Vivarium: AsyncParsableCommand {
         ])
 }
 
-/// A verb: every error it throws is reported the same way (a message with its stable code, exit 1); an
+/// A verb: every error it throws is reported the same way (a message with its stable code, exit 125); an
 /// exit status it throws on purpose passes through.
 protocol Verb: AsyncParsableCommand {
     func perform() async throws
@@ -57,14 +57,18 @@ func client(_ g: GlobalOptions) throws -> APIClient {
     return APIClient(socketPath: try Settings.resolve(g).socket)
 }
 
-/// Prints an error the way every verb does and exits non-zero.
+/// Vivarium's own failures (the daemon unreachable or refusing) exit with this, as podman's do, so that
+/// `exec` and `run`, which exit with the command's status, can be told apart from them.
+let failureExitCode: Int32 = 125
+
+/// Prints an error the way every verb does and exits with `failureExitCode`.
 func fail(_ error: any Error) -> Never {
     if let e = error as? VivariumError {
         FileHandle.standardError.write(Data("vivarium: \(e.message) [\(e.code)]\n".utf8))
     } else {
         FileHandle.standardError.write(Data("vivarium: \(error)\n".utf8))
     }
-    exit(1)
+    exit(failureExitCode)
 }
 
 func printJSON(_ value: some Encodable) throws {

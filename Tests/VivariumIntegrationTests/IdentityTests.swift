@@ -166,7 +166,7 @@ import VivariumTestSupport
                 "no exec scope")
 
             r = try d.cli("tenant", "rm", "initech")
-            #expect(r.status == 1 && r.stderr.contains("invalid_state"), "a tenant holding sandboxes needs --force")
+            #expect(r.status == 125 && r.stderr.contains("invalid_state"), "a tenant holding sandboxes needs --force")
             r = try d.cli("principal", "disable", "peter", "--tenant", "initech")
             #expect(r.status == 0)
             #expect(try status(peter, "GET", "/v1/sandboxes").0 == 401, "a disabled principal's token stops at once")

@@ -43,7 +43,11 @@ import VivariumTestSupport
             #expect(try d.crunContainers().isEmpty)
             #expect(d.mounts().isEmpty)
             r = try d.cli("exec", "life", "--", "true")
-            #expect(r.status == 1 && r.stderr.contains("invalid_state"))
+            #expect(r.status == 125 && r.stderr.contains("invalid_state"), "vivarium's own failure")
+            // With the daemon out of reach: a clear message and the same code, never a silent death.
+            let away = try runCommand(
+                Paths.vivarium, ["ls"], env: ["VIVARIUM_SOCKET": d.root + "/nowhere.sock", "HOME": d.root])
+            #expect(away.status == 125 && away.stderr.hasPrefix("vivarium: "), "\(away.stderr)")
 
             r = try d.cli("start", "life")
             #expect(r.status == 0)
