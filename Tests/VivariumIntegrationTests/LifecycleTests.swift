@@ -59,7 +59,7 @@ import VivariumTestSupport
             #expect((inspected.diskUsageBytes ?? 0) > 0)
 
             r = try d.cli("rm", "life")
-            #expect(r.status == 1, "rm of a running sandbox needs -f")
+            #expect(r.status == 125, "rm of a running sandbox needs -f")
             r = try d.cli("rm", "-f", "life")
             #expect(r.status == 0)
             r = try d.cli("ls", "--json")
@@ -133,7 +133,7 @@ import VivariumTestSupport
             r = try d.cli("image", "import", d.root + "/img.tar.gz", "--name", "fromtar")
             #expect(r.status == 0, "\(r.stderr)")
             r = try d.cli("image", "import", dir, "--name", "fromdir")
-            #expect(r.status == 1 && r.stderr.contains("already_exists"))
+            #expect(r.status == 125 && r.stderr.contains("already_exists"))
             r = try d.cli("image", "ls", "--json")
             let names = try WireCoding.decoder().decode([ImageInfo].self, from: Data(r.stdout.utf8)).map(\.name)
             #expect(Set(names) == ["base", "fromdir", "fromtar"])
@@ -142,12 +142,12 @@ import VivariumTestSupport
             let (_, out, _) = try d.sh("custom", "cat /hello")
             #expect(out == "imported\n")
             r = try d.cli("image", "rm", "fromtar")
-            #expect(r.status == 1 && r.stderr.contains("image_in_use"))
+            #expect(r.status == 125 && r.stderr.contains("image_in_use"))
             _ = try d.cli("rm", "-f", "custom")
             r = try d.cli("image", "rm", "fromtar")
             #expect(r.status == 0)
             r = try d.cli("image", "rm", "fromtar")
-            #expect(r.status == 1 && r.stderr.contains("image_not_found"))
+            #expect(r.status == 125 && r.stderr.contains("image_not_found"))
         }
     }
 
