@@ -40,7 +40,10 @@ import VivariumTestSupport
             var next = 0
             while true {
                 let c = accept(fd, nil, nil)
-                guard c >= 0 else { return }
+                guard c >= 0 else {
+                    close(fd)
+                    return
+                }
                 accepted.add(1, ordering: .relaxed)
                 var buf = [UInt8]()
                 var chunk = [UInt8](repeating: 0, count: 4096)
@@ -60,9 +63,10 @@ import VivariumTestSupport
             }
         }
 
-        deinit {
+        /// Stops accepting and removes the socket (the serving thread holds the server, so deinit
+        /// alone would never run).
+        func stop() {
             shutdown(fd, Int32(SHUT_RDWR))
-            close(fd)
             unlink(path)
         }
     }
@@ -76,6 +80,7 @@ import VivariumTestSupport
             "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: \(notFound.utf8.count)\r\n\r\n"
                 + notFound,
         ])
+        defer { server.stop() }
         var http = SocketHTTPClient(socketPath: server.path)
         http.receiveTimeout = .seconds(5)
         let client = APIClient(http: http)
