@@ -35,6 +35,12 @@ import VivariumTestSupport
             try expectAPIError(d, "POST", "/v1/sandboxes", body: huge, status: 413, code: "payload_too_large")
             try expectAPIError(d, "GET", "/v1/sandboxes/absent", body: nil, status: 404, code: "not_found")
             try expectAPIError(d, "GET", "/v1/sandboxes?limit=0", body: nil, status: 422, code: "invalid_argument")
+            // A request head beyond the server's bound, as a connection's first request, still gets the
+            // JSON error body.
+            let long = try SocketHTTPClient(socketPath: d.socket).send(
+                "GET", "/v1/sandboxes?cursor=" + String(repeating: "A", count: 100_000))
+            let longError = try? WireCoding.decoder().decode(ErrorBody.self, from: long.body)
+            #expect(long.status == 400 && longError?.error.code == "bad_request", "a 100 KB cursor: \(long.status)")
             try expectAPIError(d, "GET", "/v1/sandboxes?cursor=%%%", body: nil, status: 422, code: "invalid_argument")
             try expectAPIError(d, "GET", "/v1/nothing-here", body: nil, status: 404, code: "not_found")
 
