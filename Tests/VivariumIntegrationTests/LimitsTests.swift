@@ -89,9 +89,15 @@ import VivariumTestSupport
                 let r = try d.exec("quick", ["/bin/sh", "-c", "sleep \(1000 + i)"], timeout: 0.001)
                 #expect(r.timedOut, "round \(i)")
             }
-            // Give a survivor (there must be none) time to show up in the box's process table.
+            // Give a survivor (there must be none) time to show up, and a killed process up to 1 s to be
+            // reaped (by the box's init, or by the daemon for what crun left behind).
             try await Task.sleep(for: .milliseconds(200))
-            let (_, ps, _) = try d.sh("quick", "ps -o stat,args")
+            var ps = ""
+            for _ in 0..<10 {
+                ps = try d.sh("quick", "ps -o stat,args").1
+                if !ps.split(separator: "\n").contains(where: { $0.hasPrefix("Z") }) { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
             for i in 0..<8 { #expect(!ps.contains("sleep \(1000 + i)"), "sleep \(1000 + i) survived: \(ps)") }
             #expect(!ps.split(separator: "\n").contains { $0.hasPrefix("Z") }, "zombies in the box: \(ps)")
         }
