@@ -56,8 +56,12 @@ public enum Mounts {
     /// Unmounts whatever is stacked on `path` (a mount point with nothing below it that Vivarium did
     /// not mount itself), without reading the mount table.
     public static func unmountStack(_ path: String) throws {
-        for _ in 0..<16 where isMountRoot(path) { try unmount(path) }
-        guard !isMountRoot(path) else { throw VivariumError(.internalError, "\(path) stays mounted") }
+        var layers = 0
+        while isMountRoot(path) {
+            guard layers < 16 else { throw VivariumError(.internalError, "\(path) stays mounted") }
+            try unmount(path)
+            layers += 1
+        }
     }
 
     /// Mount points at or below `dir`, deepest first.
