@@ -119,6 +119,19 @@ int vv_pidfd_reap(int pidfd, int *code, int *signaled) {
     return 1;
 }
 
+int vv_peek_exited_child(void) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (syscall(SYS_waitid, P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT, NULL) < 0) return -errno;
+    return info.si_pid;
+}
+
+int vv_reap_pid(pid_t pid) {
+    siginfo_t info;
+    if (syscall(SYS_waitid, P_PID, pid, &info, WEXITED | WNOHANG, NULL) < 0) return -errno;
+    return 0;
+}
+
 int vv_pidfd_open(pid_t pid) {
     int fd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (fd < 0) return -errno;
@@ -223,7 +236,7 @@ int vv_is_mount_root(const char *path) {
     return (st.stx_attributes & STATX_ATTR_MOUNT_ROOT) ? 1 : 0;
 }
 
-int vv_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0 ? -errno : 0; }
+int vv_set_child_subreaper(int on) { return prctl(PR_SET_CHILD_SUBREAPER, on, 0, 0, 0) < 0 ? -errno : 0; }
 
 int vv_epoll_create(void) {
     int fd = epoll_create1(EPOLL_CLOEXEC);

@@ -112,7 +112,6 @@ extension Sandboxes {
     /// Catches drift the init watches could miss: a running record whose init is gone is handled as an
     /// unexpected exit (restart under `always`, else stopped).
     public func checkDrift() async {
-        Reaper.shared.reapStrays()
         for r in await (try? store.allSandboxes()) ?? [] {
             switch r.state {
             case .running(let pid) where !runtime.isAlive(pid: pid) && !runtime.isStopping(r.id):

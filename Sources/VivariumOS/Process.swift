@@ -258,6 +258,8 @@ public final class Reaper: Sendable {
     static let readBudget = 16
     /// Output buffered per stream before the pipe is left unread.
     public static let streamLimit = 256 << 10
+    /// The longest an unregistered child stays a zombie.
+    static let straySweepMilliseconds: Int32 = 250
 
     private enum Role {
         case child(ChildProcess)
@@ -278,6 +280,8 @@ public final class Reaper: Sendable {
         var registrations: [UInt64: Registration] = [:]
         /// Pids with a registration: the stray sweep leaves them alone.
         var pids: Set<Int32> = []
+        /// Spawns whose child exists but is not registered yet: the stray sweep waits for them.
+        var spawning = 0
         var next: UInt64 = 1
 
         mutating func token() -> UInt64 {
@@ -288,6 +292,7 @@ public final class Reaper: Sendable {
 
     private let epfd: Int32
     private let state = Mutex(State())
+    fileprivate let sweepsStrays = Atomic<Bool>(false)
 
     private init() {
         epfd = vv_epoll_create()
@@ -332,9 +337,11 @@ public final class Reaper: Sendable {
         let err = captureOutput ? try pipe(nonblockingRead: true) : nil
         let input = stdin ? try pipe(nonblockingRead: false) : nil
         let spawned: (Int32, Int32)
+        state.withLock { $0.spawning += 1 }
         do {
             spawned = try Self.spawn(command, stdin: input?.0 ?? -1, stdout: out?.1 ?? -1, stderr: err?.1 ?? -1)
         } catch {
+            state.withLock { $0.spawning -= 1 }
             for fd in fds { close(fd) }
             throw error
         }
@@ -346,6 +353,7 @@ public final class Reaper: Sendable {
             stdin: input.map { ByteSink(fd: $0.1) })
         let toAdd = state.withLock { s -> [(Int32, UInt64)] in
             s.pids.insert(child.pid)
+            s.spawning -= 1
             var regs: [(Int32, UInt64)] = []
             let t = s.token()
             s.registrations[t] = Registration(fd: child.pidfd, role: .child(child))
@@ -470,26 +478,18 @@ public final class Reaper: Sendable {
         }
     }
 
-    /// Reaps zombie children nobody registered (a sandbox init whose create failed half-way, a process
-    /// orphaned by a killed crun): as a subreaper the daemon inherits them.
-    public func reapStrays() {
-        let me = getpid()
-        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(me)/task")) ?? []
-        var children: Set<Int32> = []
-        for t in tasks {
-            let text = FileSystem.readAll("/proc/\(me)/task/\(t)/children") ?? ""
-            for p in text.split(separator: " ") {
-                if let pid = Int32(p.trimmingCharacters(in: .whitespacesAndNewlines)) { children.insert(pid) }
-            }
-        }
-        let registered = state.withLock { $0.pids }
-        for pid in children.subtracting(registered) where processState(pid) == "Z" {
-            let fd = vv_pidfd_open(pid)
-            guard fd >= 0 else { continue }
-            var code: Int32 = 0
-            var sig: Int32 = 0
-            _ = vv_pidfd_reap(fd, &code, &sig)
-            close(fd)
+    /// Reaps exited children no registration owns (a sandbox init whose create failed half-way, a
+    /// process left behind by a killed crun): as a subreaper the daemon inherits them. It peeks with
+    /// waitid(P_ALL, WNOWAIT), so a registered child is left to its registration, and nothing is reaped
+    /// while a spawn has not registered its child yet. Runs on the reaper thread after every wakeup, in a
+    /// subreaper only (`becomeSubreaper`): elsewhere children may belong to other code (Foundation's
+    /// `Process` in tests), which waits for them itself.
+    private func reapStrays() {
+        guard sweepsStrays.load(ordering: .relaxed) else { return }
+        while true {
+            let pid = vv_peek_exited_child()
+            guard pid > 0, state.withLock({ !$0.pids.contains(pid) && $0.spawning == 0 }) else { return }
+            _ = vv_reap_pid(pid)
         }
     }
 
@@ -499,9 +499,11 @@ public final class Reaper: Sendable {
         var ready = [UInt64](repeating: 0, count: 64)
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = ready.withUnsafeMutableBufferPointer { vv_epoll_wait(epfd, $0.baseAddress, 64, -1) }
-            if n < 0 { continue }
-            for i in 0..<Int(n) { handle(token: ready[i], buffer: &buf) }
+            let n = ready.withUnsafeMutableBufferPointer {
+                vv_epoll_wait(epfd, $0.baseAddress, 64, Self.straySweepMilliseconds)
+            }
+            for i in 0..<Int(max(n, 0)) { handle(token: ready[i], buffer: &buf) }
+            reapStrays()
         }
     }
 
@@ -630,10 +632,12 @@ public func processState(_ pid: Int32) -> Character? {
 }
 
 /// Makes this process a child subreaper, so that sandbox inits are reparented to the daemon (and
-/// reaped by the Reaper through their pidfds) when crun exits after `create`.
-public func becomeSubreaper() throws {
-    let rc = vv_set_child_subreaper()
+/// reaped by the Reaper through their pidfds) when crun exits after `create`; the Reaper then also
+/// reaps every orphan it inherits that no registration owns. `false` undoes both (for tests).
+public func becomeSubreaper(_ on: Bool = true) throws {
+    let rc = vv_set_child_subreaper(on ? 1 : 0)
     guard rc == 0 else { throw VivariumError(.internalError, "PR_SET_CHILD_SUBREAPER failed") }
+    Reaper.shared.sweepsStrays.store(on, ordering: .relaxed)
 }
 
 func posixError(_ what: String, _ code: Int32 = Glibc.errno) -> VivariumError {

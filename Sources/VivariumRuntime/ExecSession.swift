@@ -102,19 +102,11 @@ public final class ExecSession: Sendable {
             // once, so pace the loop here.
             if Task.isCancelled { usleep(20_000) }
         } while ContinuousClock.now < deadline
-        let killedCrun = !crun.hasExited
-        if killedCrun {
+        if !crun.hasExited {
             crun.signal(SIGKILL)
             if await crun.wait(timeout: .seconds(1)) == nil, Task.isCancelled { usleep(50_000) }
         }
         await cgroup.killAll()
-        // A process crun had started in the box and that outlived crun (crun killed, or gone before
-        // its child died) is the daemon's child now, as the subreaper: reap it at once rather than at
-        // the next drift check, so that no zombie counts against the box's pids.
-        for _ in 0..<(killedCrun ? 10 : 3) {
-            Reaper.shared.reapStrays()
-            usleep(5_000)
-        }
     }
 
     func finish() {

@@ -198,7 +198,7 @@ public final class HostRuntime: SandboxRuntime {
         let box = RunningBox(pid: pid, network: network)
         running.withLock { $0[p.id] = box }
         guard watch(p.id, box, onExit) else {
-            throw VivariumError(.runtimeFailure, "cannot watch the sandbox's init (out of file descriptors?)")
+            throw VivariumError(.runtimeFailure, "the sandbox's init is gone or cannot be watched")
         }
         try await network?.attach(initPid: pid)
         try await oci.start(id: p.id.rawValue)

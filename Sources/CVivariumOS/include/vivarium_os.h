@@ -26,6 +26,10 @@ int vv_spawn(const vv_spawn_attr *attr, pid_t *pid, int *pidfd);
 /// Non-blocking reap of an exited child through its pidfd. Returns 1 and fills code/killed when it
 /// was reaped, 0 when it has not exited, -errno on error (-ECHILD: not our child).
 int vv_pidfd_reap(int pidfd, int *code, int *signaled);
+/// The pid of an exited child still waiting to be reaped, left unreaped (waitid P_ALL, WNOWAIT); 0 for none.
+int vv_peek_exited_child(void);
+/// Reaps the exited child `pid` (waitid P_PID, WNOHANG).
+int vv_reap_pid(pid_t pid);
 
 int vv_pidfd_open(pid_t pid);
 int vv_pidfd_send_signal(int pidfd, int sig);
@@ -44,7 +48,7 @@ int vv_umount(const char *target, int detach);
 /// 1 when `path` is the root of a mount (statx STATX_ATTR_MOUNT_ROOT), 0 when not, -errno on failure.
 int vv_is_mount_root(const char *path);
 
-int vv_set_child_subreaper(void);
+int vv_set_child_subreaper(int on);
 
 int vv_epoll_create(void);
 int vv_epoll_add(int epfd, int fd, uint64_t data);
