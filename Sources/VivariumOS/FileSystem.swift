@@ -146,7 +146,7 @@ public struct Trash: Sendable {
     /// Moves `path` into the trash. Refused while `path` or one of `mountPoints` (the places something
     /// may be mounted below it) is a mount point: one statx each, not a read of the mount table. A mount
     /// anywhere else below it is found when the trash is emptied, which then refuses to remove that tree.
-    public func discard(_ path: String, unless mountPoints: [String]) throws {
+    public func discard(_ path: String, checking mountPoints: [String]) throws {
         guard FileSystem.exists(path) else { return }
         if let mounted = ([path] + mountPoints).first(where: Mounts.isMountRoot) {
             throw VivariumError(.internalError, "refusing to discard \(path): \(mounted) is mounted")

@@ -269,7 +269,7 @@ public final class HostRuntime: SandboxRuntime {
 
     public func destroy(_ p: BoxPlan, released: Bool) async throws {
         if !released { try await release(p) }
-        try trash.discard(p.bundle, unless: [p.rootfsMount, p.lowerMount])
+        try trash.discard(p.bundle, checking: [p.rootfsMount, p.lowerMount])
         trashed.signal()
     }
 
@@ -314,7 +314,7 @@ public final class HostRuntime: SandboxRuntime {
             let dir = layout.sandboxesDir + "/" + e
             do {
                 try Mounts.unmountAll(under: dir)
-                try trash.discard(dir, unless: [dir + "/rootfs", dir + "/lower"])
+                try trash.discard(dir, checking: [dir + "/rootfs", dir + "/lower"])
                 removed += 1
             } catch {
                 logger.error("cannot remove orphan", metadata: ["path": "\(dir)", "error": "\(error)"])

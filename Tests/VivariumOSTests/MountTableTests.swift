@@ -43,11 +43,11 @@ import VivariumTestSupport
             let trash = try Trash(dir: dir + "/trash")
             // A known mount point: refused at once.
             try tmpfs(dir + "/a/rootfs")
-            expectCode(.internalError) { try trash.discard(dir + "/a", unless: [dir + "/a/rootfs"]) }
+            expectCode(.internalError) { try trash.discard(dir + "/a", checking: [dir + "/a/rootfs"]) }
             // An unexpected mount deeper down: moved, but the trash will not remove that tree.
             try tmpfs(dir + "/b/deep/mnt")
             try Data("keep".utf8).write(to: URL(fileURLWithPath: dir + "/b/deep/mnt/file"))
-            try trash.discard(dir + "/b", unless: [])
+            try trash.discard(dir + "/b", checking: [])
             #expect(await trash.empty() == 0)
             let moved = try #require(Mounts.mounts(under: dir + "/trash").first)
             #expect(FileManager.default.contents(atPath: moved + "/file") == Data("keep".utf8))
