@@ -106,11 +106,14 @@ public enum Redactor {
     ///   after `Authorization:` the scheme and the credential go;
     /// - `--password value`: a secret-named flag takes the next word with it;
     /// - `-u user:password`, `-uuser:password`, `--user=user:password`: the password goes.
+    /// - programs with their own password arguments: `mysql -pPASS`, `sshpass -p PASS`, `htpasswd -b FILE
+    ///   USER PASS` (`-nb USER PASS`), `openssl ... -k PASS` and `-pass pass:PASS` (any `pass:` value).
     static func assignments(_ s: String) -> String {
         var out: [String] = []
         var hide = 0
         var openQuote: Character?
         var userNext = false
+        var program = ProgramContext()
         for word in s.split(whereSeparator: \.isWhitespace) {
             if let q = openQuote {
                 if word.last == q { openQuote = nil }
@@ -120,6 +123,19 @@ public enum Redactor {
                 out.append(mark)
                 hide -= 1
                 openQuote = unclosedQuote(word)
+                continue
+            }
+            switch program.next(word) {
+            case .keep: break
+            case .hideWord:
+                out.append(mark)
+                continue
+            case .hideNext:
+                out.append(String(word))
+                hide = 1
+                continue
+            case .hideAfter(let prefix):
+                out.append(word.prefix(prefix) + mark)
                 continue
             }
             if userNext {
@@ -152,7 +168,9 @@ public enum Redactor {
             var pendingHide = 0
             func flush() {
                 guard !segment.isEmpty else { return }
-                if let sep = segment.firstIndex(where: { $0 == "=" || $0 == ":" }), isSecretName(segment[..<sep]) {
+                if let sep = segment.firstIndex(where: { $0 == "=" || $0 == ":" }),
+                    isSecretName(segment[..<sep]) || isKeyOrPasswordName(segment[..<sep])
+                {
                     let value = segment[segment.index(after: sep)...]
                     if value.isEmpty {
                         pendingHide = segment[..<sep].lowercased().contains("authorization") ? 2 : 1
@@ -181,6 +199,71 @@ public enum Redactor {
             out.append(rewritten)
         }
         return out.joined(separator: " ")
+    }
+
+    /// In assignments (`SSH_KEY=value`, `DB_PWD=value`) "key" and "pwd" also name a secret; in detail
+    /// keys they do not (`key_id` and `public_key` are recorded on purpose).
+    static func isKeyOrPasswordName(_ name: Substring) -> Bool {
+        guard !name.isEmpty, name.utf8.count <= 128, !name.hasPrefix("/") else { return false }
+        let lower = name.lowercased()
+        return lower.contains("key") || lower.contains("pwd")
+    }
+
+    /// Follows which program a word belongs to (from a word naming one of `programs`, with or without a
+    /// path, to the end of its shell command) and what that program takes as a password.
+    struct ProgramContext {
+        enum Verdict {
+            case keep, hideWord, hideNext
+            /// Keep this many leading characters, hide the rest.
+            case hideAfter(Int)
+        }
+        var name: Substring?
+        /// Words after the program that are not options, counted for htpasswd's positional password.
+        var operands = 0
+        var htpasswdBatch = false
+        var htpasswdNoFile = false
+        static let programs: Set<Substring> = [
+            "mysql", "mysqldump", "mysqladmin", "mariadb", "mariadb-dump", "sshpass", "openssl", "htpasswd",
+        ]
+
+        mutating func next(_ word: Substring) -> Verdict {
+            let lower = word.lowercased()
+            if lower.hasPrefix("pass:") && lower.count > 5 { return .hideAfter(5) }
+            // A known program named anywhere starts its context (`sudo mysql`, `docker exec db mysql`); its
+            // own arguments (`htpasswd -b /etc/htpasswd`) do not.
+            if name == nil, let base = word.split(separator: "/").last, Self.programs.contains(base) {
+                self = ProgramContext(name: base)
+                return .keep
+            }
+            if let last = word.last, ";|&".contains(last) {
+                self = ProgramContext()
+                return .keep
+            }
+            if let first = word.first, first == "'" || first == "\"" {
+                // A quoted script (`sh -c 'mysql -pX'`) starts a command of its own.
+                self = ProgramContext()
+                return next(word.dropFirst())
+            }
+            switch name ?? "" {
+            case "mysql", "mysqldump", "mysqladmin", "mariadb", "mariadb-dump":
+                return word.hasPrefix("-p") && word.count > 2 && !word.hasPrefix("--") ? .hideAfter(2) : .keep
+            case "sshpass":
+                if word == "-p" { return .hideNext }
+                return word.hasPrefix("-p") && word.count > 2 ? .hideAfter(2) : .keep
+            case "openssl":
+                return word == "-k" || word == "-K" ? .hideNext : .keep
+            case "htpasswd":
+                if word.hasPrefix("-"), word.count > 1 {
+                    if word.contains("b") { htpasswdBatch = true }
+                    if word.contains("n") { htpasswdNoFile = true }
+                    return .keep
+                }
+                operands += 1
+                return htpasswdBatch && operands == (htpasswdNoFile ? 2 : 3) ? .hideWord : .keep
+            default:
+                return .keep
+            }
+        }
     }
 
     /// `-uuser:password`, `--user=user:password`: the password redacted; nil for any other word.

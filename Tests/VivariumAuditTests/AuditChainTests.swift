@@ -138,6 +138,19 @@ import VivariumCore
         ("k:" + String(repeating: "ab", count: 32), "abab"),
         ("redis://:emptyuserpw@host:6379", "emptyuserpw"),
         ("postgres://bob:p@ss@db/x", "p@ss"),
+        ("mysql -uroot -pMyPass4 db", "MyPass4"),
+        ("/usr/bin/mysqldump -pDumpPass5 db", "DumpPass5"),
+        ("sshpass -p SshPass6 ssh host", "SshPass6"),
+        ("sudo sshpass -pSshPass7 ssh host", "SshPass7"),
+        ("htpasswd -b /etc/htpasswd alice HtPass8", "HtPass8"),
+        ("htpasswd -nbB alice HtPass9", "HtPass9"),
+        ("openssl enc -aes-256-cbc -k OsslPass10 -in f", "OsslPass10"),
+        ("openssl pkcs12 -passin pass:OsslPass11 -in f", "OsslPass11"),
+        ("sh -c 'mysql -pQuoted12 db'", "Quoted12"),
+        ("ls; mysql -pChained13", "Chained13"),
+        ("SSH_KEY=keyvalue14 ./deploy", "keyvalue14"),
+        ("DB_PWD=pwdvalue15 ./deploy", "pwdvalue15"),
+        ("export MY_TOKEN=tokvalue16", "tokvalue16"),
         (
             "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nMIIEvQIB\nshortline\n-----END PRIVATE KEY-----",
             "shortline"
@@ -152,7 +165,8 @@ import VivariumCore
     @Test func ordinaryTextAndDigestsAreKept() {
         for s in [
             "/usr/local/libexec/vivarium/vivarium-init --verbose", "sha256:" + String(repeating: "0f", count: 32),
-            "make -j2 test", "sandbox-name-42",
+            "make -j2 test", "sandbox-name-42", "mkdir -p /work/a", "ssh -p 2222 host", "htpasswd -c /etc/h alice",
+            "openssl x509 -in cert.pem -noout",
         ] {
             #expect(Redactor.redact(s) == s)
         }
