@@ -196,7 +196,8 @@ public final class TokenService: Sendable {
         if let at = set.tenants[tenant], c.iat.value <= at { throw Self.unauthorized() }
     }
 
-    /// Records a revocation and applies it at once. `value` is a jti, family, principal id or tenant.
+    /// Records a revocation and applies it at once. `value` is a jti, family, principal id or tenant; a
+    /// jti issued with a refresh token ends its family too.
     /// Principal- and tenant-wide revocations also end every refresh family in the store and are kept as
     /// long as the longest-lived API key, so that nothing issued before them comes back.
     public func revoke(_ kind: RevocationKind, _ value: String, tenant: String?, now: Date = Date()) async throws {
@@ -213,11 +214,21 @@ public final class TokenService: Sendable {
         case .family: keep = config.refreshLifetime
         case .principal, .tenant: keep = Self.maxAPIKeyLifetime
         }
-        let r = RevocationRecord(kind: kind, value: value, at: now, expiresAt: now.addingTimeInterval(keep + 60))
+        var records = [
+            RevocationRecord(kind: kind, value: value, at: now, expiresAt: now.addingTimeInterval(keep + 60))
+        ]
+        // An access token issued with a refresh token takes its family with it: the refresh token, and
+        // every access token rotated from it, end too.
+        if kind == .jti, let family = try await store.refreshFamily(accessJTI: value) {
+            records.append(
+                RevocationRecord(
+                    kind: .family, value: family, at: now,
+                    expiresAt: now.addingTimeInterval(config.refreshLifetime + 60)))
+        }
         // In force before it is stored: nothing (a stream woken by the revocation's own record included)
         // may still pass with the token once the store has it. A failed write errs on the side of refusing.
-        revoked.update { Self.apply(r, to: &$0) }
-        try await store.revoke(r, audit: audit)
+        revoked.update { set in for r in records { Self.apply(r, to: &set) } }
+        try await store.revoke(records, audit: audit)
     }
 
     /// The longest lifetime an API key may have.
@@ -250,7 +261,7 @@ public final class TokenService: Sendable {
         try await store.insertRefresh(
             RefreshRecord(
                 hash: Self.hash(refresh), family: fam, principalID: p.id, scopes: scopes,
-                boundSandbox: boundSandbox?.rawValue, expiresAt: end, usedAt: nil),
+                boundSandbox: boundSandbox?.rawValue, expiresAt: end, usedAt: nil, accessJTI: claims.jti.value),
             audit: AuditEvent(
                 action, target: p.name.rawValue, tenant: p.tenant,
                 details: details.merging(

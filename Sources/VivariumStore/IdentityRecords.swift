@@ -31,10 +31,13 @@ public struct RefreshRecord: Sendable, Equatable {
     public var boundSandbox: String?
     public var expiresAt: Date
     public var usedAt: Date?
+    /// The jti of the access token issued with this refresh token, so that revoking it ends the family.
+    public var accessJTI: String?
     public init(
         hash: String, family: String, principalID: String, scopes: Set<Scope>, boundSandbox: String?,
-        expiresAt: Date, usedAt: Date?
+        expiresAt: Date, usedAt: Date?, accessJTI: String? = nil
     ) {
+        self.accessJTI = accessJTI
         self.hash = hash
         self.family = family
         self.principalID = principalID
@@ -104,7 +107,9 @@ public protocol IdentityStore: Transactional {
     ) async throws -> RefreshOutcome
 
     /// Records a revocation and, for a family, principal or tenant, ends the refresh families it covers.
-    func revoke(_ r: RevocationRecord, audit: AuditEvent) async throws
+    /// The refresh family of the access token with this jti, if it was issued with a refresh token.
+    func refreshFamily(accessJTI: String) async throws -> String?
+    func revoke(_ rs: [RevocationRecord], audit: AuditEvent) async throws
     /// Revocations not yet expired.
     func revocations(now: Date) async throws -> [RevocationRecord]
 }

@@ -50,6 +50,13 @@ extension SQLiteStore {
                     CREATE INDEX revocations_expiry ON revocations(expires_at);
                     """)
         }
+        m.registerMigration("0004-refresh-access-jti") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE refresh_tokens ADD COLUMN access_jti TEXT;
+                    CREATE INDEX refresh_tokens_access_jti ON refresh_tokens(access_jti) WHERE access_jti IS NOT NULL;
+                    """)
+        }
     }
 
     public func insertTenant(_ t: TenantRecord, audit: AuditEvent) async throws {
@@ -201,12 +208,13 @@ extension SQLiteStore {
             try db.execute(sql: "INSERT OR IGNORE INTO refresh_families (id) VALUES (?)", arguments: [r.family])
             try db.execute(
                 sql: """
-                    INSERT INTO refresh_tokens (hash, family, principal_id, scopes, bound_sandbox, expires_at, used_at)
-                    VALUES (?, ?, ?, ?, ?, ?, NULL)
+                    INSERT INTO refresh_tokens
+                        (hash, family, principal_id, scopes, bound_sandbox, expires_at, used_at, access_jti)
+                    VALUES (?, ?, ?, ?, ?, ?, NULL, ?)
                     """,
                 arguments: [
                     r.hash, r.family, r.principalID, r.scopes.commaSeparated, r.boundSandbox,
-                    r.expiresAt.timeIntervalSince1970,
+                    r.expiresAt.timeIntervalSince1970, r.accessJTI,
                 ])
         }
     }
@@ -270,23 +278,39 @@ extension SQLiteStore {
                 usedAt: now))
     }
 
-    public func revoke(_ r: RevocationRecord, audit: AuditEvent) async throws {
-        let families: String? =
-            switch r.kind {
-            case .jti: nil
-            case .family: "?"
-            case .principal: "SELECT family FROM refresh_tokens WHERE principal_id = ?"
-            case .tenant:
-                "SELECT t.family FROM refresh_tokens t JOIN principals p ON p.id = t.principal_id WHERE p.tenant = ?"
-            }
+    public func refreshFamily(accessJTI: String) async throws -> String? {
+        try await read("refresh family") { db in
+            try String.fetchOne(
+                db, sql: "SELECT family FROM refresh_tokens WHERE access_jti = ? LIMIT 1", arguments: [accessJTI])
+        }
+    }
+
+    public func revoke(_ rs: [RevocationRecord], audit: AuditEvent) async throws {
         try await write("revocation", audit: [audit]) { db in
-            try db.execute(
-                sql: "INSERT INTO revocations (kind, value, at, expires_at) VALUES (?, ?, ?, ?)",
-                arguments: [r.kind.rawValue, r.value, r.at.timeIntervalSince1970, r.expiresAt.timeIntervalSince1970])
-            if let families {
+            for r in rs {
+                let families: String? =
+                    switch r.kind {
+                    case .jti: nil
+                    case .family: "?"
+                    case .principal: "SELECT family FROM refresh_tokens WHERE principal_id = ?"
+                    case .tenant:
+                        """
+                        SELECT t.family FROM refresh_tokens t JOIN principals p ON p.id = t.principal_id
+                        WHERE p.tenant = ?
+                        """
+                    }
                 try db.execute(
-                    sql: "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id IN (\(families))",
-                    arguments: [r.at.timeIntervalSince1970, r.value])
+                    sql: "INSERT INTO revocations (kind, value, at, expires_at) VALUES (?, ?, ?, ?)",
+                    arguments: [
+                        r.kind.rawValue, r.value, r.at.timeIntervalSince1970, r.expiresAt.timeIntervalSince1970,
+                    ])
+                if let families {
+                    try db.execute(
+                        sql: """
+                            UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) WHERE id IN (\(families))
+                            """,
+                        arguments: [r.at.timeIntervalSince1970, r.value])
+                }
             }
         }
     }

@@ -312,7 +312,8 @@ struct BrokenStore: IdentityStore {
     func useRefresh(
         hash: String, now: Date, audit: @escaping @Sendable (RefreshOutcome, PrincipalRecord?) -> AuditEvent?
     ) throws -> RefreshOutcome { throw Down() }
-    func revoke(_ r: RevocationRecord, audit: AuditEvent) throws { throw Down() }
+    func refreshFamily(accessJTI: String) throws -> String? { throw Down() }
+    func revoke(_ rs: [RevocationRecord], audit: AuditEvent) throws { throw Down() }
     func revocations(now: Date) throws -> [RevocationRecord] { throw Down() }
     func transaction<T: Sendable>(_ what: String, _ body: @Sendable (any StoreTransaction) async throws -> T)
         async throws -> T

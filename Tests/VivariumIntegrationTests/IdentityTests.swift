@@ -123,6 +123,11 @@ import VivariumTestSupport
             let jti = claims["jti"] as! String
             try d.client.callNoContent("POST", "/v1/tokens/revoke", body: RevokeRequest(jti: jti))
             #expect(try status(c, "GET", "/v1/sandboxes").0 == 401)
+            // The revocation ends the token's family: its refresh token no longer mints a new pair.
+            let (r, _) = try status(
+                d.remote(), "POST", "/v1/tokens",
+                body: #"{"grant_type":"refresh_token","refresh_token":"\#(pair.refreshToken)"}"#)
+            #expect(r == 401, "a refresh token outlived the revocation of its access token's jti")
         }
     }
 
