@@ -145,10 +145,27 @@ public struct RuntimeSpec: Codable, Sendable {
         public var memory: Memory
         public var cpu: CPU
         public var pids: Pids
-        public init(memory: Memory, cpu: CPU, pids: Pids) {
+        public var devices: [DeviceRule]?
+        public init(memory: Memory, cpu: CPU, pids: Pids, devices: [DeviceRule]? = nil) {
             self.memory = memory
             self.cpu = cpu
             self.pids = pids
+            self.devices = devices
+        }
+    }
+    /// One devices cgroup rule; a nil major or minor is the wildcard.
+    public struct DeviceRule: Codable, Sendable, Equatable {
+        public var allow: Bool
+        public var type: String?
+        public var major: Int64?
+        public var minor: Int64?
+        public var access: String
+        public init(allow: Bool, type: String? = nil, major: Int64? = nil, minor: Int64? = nil, access: String) {
+            self.allow = allow
+            self.type = type
+            self.major = major
+            self.minor = minor
+            self.access = access
         }
     }
     public struct Memory: Codable, Sendable {

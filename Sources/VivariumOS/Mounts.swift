@@ -96,8 +96,18 @@ public enum Mounts {
         guard rc == 0 else { throw posixError("idmapped mount of \(source) on \(target)", -rc) }
     }
 
+    /// Mounts an overlay whose layers are named by descriptor (`/proc/self/fd/N`): the kernel keeps the
+    /// option strings as given, so the mount's options in `/proc/*/mountinfo`, which a box can read, name
+    /// no host path.
     public static func overlay(lower: String, upper: String, work: String, target: String) throws {
-        let data = "lowerdir=\(lower),upperdir=\(upper),workdir=\(work)"
+        var fds: [Int32] = []
+        defer { for fd in fds { close(fd) } }
+        for dir in [lower, upper, work] {
+            let fd = open(dir, 0o10000000 | O_DIRECTORY | O_CLOEXEC)  // O_PATH
+            guard fd >= 0 else { throw posixError("overlay layer \(dir)", errno) }
+            fds.append(fd)
+        }
+        let data = "lowerdir=/proc/self/fd/\(fds[0]),upperdir=/proc/self/fd/\(fds[1]),workdir=/proc/self/fd/\(fds[2])"
         let rc = vv_mount("overlay", target, "overlay", UInt(MS_NODEV) | UInt(MS_NOSUID), data)
         guard rc == 0 else { throw posixError("overlay mount on \(target)", -rc) }
     }

@@ -19,7 +19,20 @@ public struct HardenedSpec: Sendable {
     public static let maskedPaths = [
         "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
         "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+        // The host's kernel command line (it names the host's vsock ports) and its crash-dump layout.
+        "/proc/cmdline", "/sys/kernel/vmcoreinfo",
     ]
+    /// The devices cgroup (v1; crun turns it into an eBPF program on v2): everything denied, then the OCI
+    /// default set (null, zero, full, random, urandom, tty, console, ptmx, ptys) and mknod of any node,
+    /// which the user namespace refuses anyway.
+    public static let devices: [RuntimeSpec.DeviceRule] =
+        [
+            .init(allow: false, access: "rwm"), .init(allow: true, type: "c", access: "m"),
+            .init(allow: true, type: "b", access: "m"),
+        ]
+        + [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2)].map {
+            .init(allow: true, type: "c", major: $0.0, minor: $0.1, access: "rwm")
+        } + [.init(allow: true, type: "c", major: 136, access: "rwm")]
     public static let readonlyPaths = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
     public static let defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -93,7 +106,7 @@ public struct HardenedSpec: Sendable {
                         limit: limits.memoryBytes, swap: swapAccounting ? limits.memoryBytes : nil,
                         swappiness: swapAccounting ? nil : 0),
                     cpu: .init(quota: quota, period: 100_000),
-                    pids: .init(limit: limits.pids)),
+                    pids: .init(limit: limits.pids), devices: Self.devices),
                 seccomp: Self.seccomp,
                 maskedPaths: Self.maskedPaths,
                 readonlyPaths: Self.readonlyPaths))

@@ -3,6 +3,7 @@ import Glibc
 import Testing
 import VivariumClient
 import VivariumCore
+import VivariumOS
 import VivariumTestSupport
 
 /// Attacks a real sandbox from an exec'd process (DESIGN.md "The hardened sandbox", THREATS.md T4).
@@ -58,9 +59,25 @@ import VivariumTestSupport
             }
             // Masked kernel information.
             // Masked paths read as empty files (bound to /dev/null): readable, and empty.
-            for path in ["/proc/keys", "/proc/timer_list"] {
+            for path in ["/proc/keys", "/proc/timer_list", "/proc/cmdline", "/sys/kernel/vmcoreinfo"] {
+                guard FileManager.default.fileExists(atPath: path) else { continue }
                 let (code, out, err) = try d.sh("hard", "cat \(path)")
                 #expect(code == 0 && out.isEmpty, "\(path): exit \(code), \(out.count) bytes, \(err)")
+            }
+            // The root overlay's options, which the box reads in mountinfo, name no host state path.
+            let (_, mountinfo, _) = try d.sh("hard", "cat /proc/self/mountinfo")
+            let overlay = mountinfo.split(separator: "\n").filter { $0.contains(" - overlay ") }
+            #expect(overlay.count == 1, "\(mountinfo)")
+            for line in overlay {
+                #expect(line.contains("lowerdir=") && !line.contains(d.stateDir), "\(line)")
+            }
+            // The devices cgroup allows the OCI default set only.
+            if CgroupMode.detect() != .unified {
+                let list = try String(
+                    contentsOfFile: d.cgroupFile("devices", box.id, "devices.list"), encoding: .utf8)
+                #expect(!list.contains("a *:* rwm"), "\(list)")
+                #expect(list.contains("c 1:3 rwm") && list.contains("c 136:* rwm"), "\(list)")
+                #expect(!list.contains("b 8:"), "\(list)")
             }
             let (_, hostname, _) = try d.sh("hard", "hostname")
             #expect(hostname.trimmingCharacters(in: .whitespacesAndNewlines) == "hard")
