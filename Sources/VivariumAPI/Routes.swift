@@ -79,7 +79,7 @@ struct Call: Sendable {
     }
 
     /// The JSON body, decoded strictly from at most `API.maxBodyBytes`.
-    func body<T: Decodable>(_ type: T.Type = T.self) async throws -> T {
+    func body<T: Codable>(_ type: T.Type = T.self) async throws -> T {
         if let type = request.headers[.contentType], !type.lowercased().hasPrefix("application/json") {
             throw VivariumError(.unsupportedMediaType, "send application/json")
         }
@@ -100,8 +100,18 @@ struct Call: Sendable {
             throw VivariumError(
                 .badRequest, "invalid JSON body: null at \(at.isEmpty ? "top level" : String(at.prefix(100)))")
         }
+        if let key = StrictJSON.duplicateKey(data) {
+            throw VivariumError(.badRequest, "invalid JSON body: duplicate key \(key.prefix(100))")
+        }
         do {
-            return try WireCoding.decoder().decode(T.self, from: data)
+            let value = try WireCoding.decoder().decode(T.self, from: data)
+            if let sent = try? JSONSerialization.jsonObject(with: data),
+                let known = try? JSONSerialization.jsonObject(with: WireCoding.encoder().encode(value)),
+                let field = StrictJSON.unknownField(sent: sent, known: known)
+            {
+                throw VivariumError(.badRequest, "invalid JSON body: unknown field \(field.prefix(100))")
+            }
+            return value
         } catch let e as VivariumError {
             throw e
         } catch let e as DecodingError {

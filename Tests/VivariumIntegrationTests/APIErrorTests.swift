@@ -25,6 +25,16 @@ import VivariumTestSupport
                 code: "invalid_argument")
             try expectAPIError(d, "POST", "/v1/sandboxes", body: "{not json", status: 400, code: "bad_request")
             try expectAPIError(d, "POST", "/v1/sandboxes", body: #"{"name": 5}"#, status: 400, code: "bad_request")
+            // Strict decoding: no key twice (however it is spelt), no field the request does not have.
+            for body in [
+                #"{"name":"a","name":"b"}"#, #"{"name":"a","n\u0061me":"b"}"#, #"{"labels":{"k":"1","k":"2"}}"#,
+                #"{"name":"a","memory_byte":1}"#, #"{"nmae":"a"}"#,
+            ] {
+                try expectAPIError(d, "POST", "/v1/sandboxes", body: body, status: 400, code: "bad_request")
+            }
+            let (_, unknown) = try d.raw("POST", "/v1/sandboxes", body: Data(#"{"memory_byte":1}"#.utf8))
+            #expect(
+                unknown?.error.message.contains("unknown field memory_byte") == true, "\(String(describing: unknown))")
             try expectAPIError(
                 d, "POST", "/v1/sandboxes", body: #"{"memory_bytes": 1}"#, status: 422, code: "invalid_argument")
             try expectAPIError(
