@@ -68,4 +68,40 @@ import VivariumTestSupport
             #expect(try d.crunContainers().isEmpty && d.mounts().isEmpty, "nothing is left on the host")
         }
     }
+
+    /// Create, exec, stop, start and delete of one name at once: each answer is a success, 404 or 409,
+    /// never a 500, and no error names a host path.
+    @Test func racingLifecycleCallsOnOneNameAnswer404Or409() async throws {
+        try await TestDaemon.with(extraEnv: ["VIVARIUM_LOG_LEVEL": "warning"]) { d in
+            let socket = d.socket
+            let stateDir = d.stateDir
+            let calls: [(String, String, String?)] = [
+                ("POST", "/v1/sandboxes", #"{"name":"race","memory_bytes":33554432}"#),
+                ("POST", "/v1/sandboxes/race/exec", #"{"argv":["true"]}"#),
+                ("POST", "/v1/sandboxes/race/stop", nil),
+                ("POST", "/v1/sandboxes/race/start", nil),
+                ("DELETE", "/v1/sandboxes/race?force=true", nil),
+            ]
+            let answers = Mutex<[String]>([])
+            for _ in 0..<12 {
+                let errors = await parallel(calls.count * 2) { i in
+                    let (method, path, body) = calls[i % calls.count]
+                    let r = try SocketHTTPClient(socketPath: socket).send(
+                        method, path, body: body.map { Data($0.utf8) })
+                    let text = String(decoding: r.body, as: UTF8.self)
+                    answers.withLock { $0.append("\(r.status) \(method) \(path) \(text.prefix(300))") }
+                }
+                #expect(errors == [])
+            }
+            try? d.client.callNoContent("DELETE", "/v1/sandboxes/race?force=true")
+            let bad = answers.withLock { $0 }.filter { answer in
+                let status = Int(answer.prefix(3)) ?? 0
+                return !((200..<300).contains(status) || status == 404 || status == 409)
+                    || answer.contains(stateDir) || answer.contains("/sys/fs/cgroup") || answer.contains("/run/")
+            }
+            #expect(bad == [], "\(bad.joined(separator: "\n"))")
+            let left = try d.crunContainers().count + d.mounts().count
+            #expect(left == 0, "nothing is left on the host")
+        }
+    }
 }
