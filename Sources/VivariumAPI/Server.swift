@@ -47,6 +47,9 @@ public struct GuardedChannel: ServerChildChannel {
             let encoder = try channel.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self)
             try channel.pipeline.syncOperations.addHandler(
                 FirstRequestGuard(timeout: API.firstRequestTimeout), position: .before(encoder.handler))
+            let decoder = try channel.pipeline.syncOperations.context(
+                handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            try channel.pipeline.syncOperations.addHandler(ParserErrorAnswer(), position: .after(decoder.handler))
             return value
         }
     }
@@ -116,13 +119,16 @@ final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
         return parts[1].allSatisfy { $0 > 0x20 && $0 < 0x7F }
     }
 
+    static func errorBody(_ why: String) -> Data {
+        (try? WireCoding.encoder().encode(
+            ErrorBody(error: .init(code: VivariumError.Code.badRequest.rawValue, message: why, requestId: ""))))
+            ?? Data()
+    }
+
     func refuse(_ context: ChannelHandlerContext, _ why: String) {
         timer?.cancel()
         buffer = nil
-        let body =
-            (try? WireCoding.encoder().encode(
-                ErrorBody(error: .init(code: VivariumError.Code.badRequest.rawValue, message: why, requestId: ""))))
-            ?? Data()
+        let body = Self.errorBody(why)
         var out = context.channel.allocator.buffer(capacity: 160 + body.count)
         out.writeString(
             "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n"
@@ -130,5 +136,50 @@ final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
         out.writeBytes(body)
         let channel = context.channel
         context.writeAndFlush(NIOAny(out)).whenComplete { _ in channel.close(promise: nil) }
+    }
+}
+
+/// Answers a request the HTTP parser refuses after a connection's first (a head over the decoder's
+/// bounds on a kept-alive connection, say) with the JSON error body and closes the connection, where
+/// Hummingbird would answer a bodiless 400. While a response is still being written it only closes.
+final class ParserErrorAnswer: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    var responding = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // An upgrade request (only a connection's first can be one) leaves HTTP behind: step aside.
+        context.fireChannelRead(data)
+        if case .head(let head) = unwrapInboundIn(data), head.headers.contains(name: "upgrade") {
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head: responding = true
+        case .end: responding = false
+        case .body: break
+        }
+        context.write(data, promise: promise)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard error is HTTPParserError else { return context.fireErrorCaught(error) }
+        let channel = context.channel
+        guard !responding else { return channel.close(promise: nil) }
+        let body = FirstRequestGuard.errorBody("malformed or oversized request head")
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.count))
+        headers.add(name: "Connection", value: "close")
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))),
+            promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(data: body)))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 }

@@ -172,11 +172,13 @@ struct Serve: Verb {
                         router: API.router(engine: engine, trust: trust, openAPI: Assets.openAPI), tls: tls,
                         trust: trust, logger: logger)))
         }
-        let group = ServiceGroup(
-            configuration: .init(
-                services: services,
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+        var groupConfig = ServiceGroupConfiguration(
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // Open connections (a followed audit feed, a long exec) get 10 s to finish, then are cancelled:
+        // a stop never hangs on a client.
+        groupConfig.maximumGracefulShutdownDuration = .seconds(10)
+        groupConfig.maximumCancellationDuration = .seconds(5)
+        let group = ServiceGroup(configuration: groupConfig)
         try await group.run()
         await engine.audit.recordStop()
         logger.info("stopped; sandboxes keep running and are adopted at the next start")

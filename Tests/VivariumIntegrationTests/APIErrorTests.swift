@@ -51,6 +51,12 @@ import VivariumTestSupport
                 "GET", "/v1/sandboxes?cursor=" + String(repeating: "A", count: 100_000))
             let longError = try? WireCoding.decoder().decode(ErrorBody.self, from: long.body)
             #expect(long.status == 400 && longError?.error.code == "bad_request", "a 100 KB cursor: \(long.status)")
+            // And as a later request on a kept-alive connection.
+            let kept = SocketHTTPClient(socketPath: d.socket)
+            #expect(try kept.send("GET", "/healthz").status == 200)
+            let later = try kept.send("GET", "/v1/sandboxes?cursor=" + String(repeating: "A", count: 100_000))
+            let laterError = try? WireCoding.decoder().decode(ErrorBody.self, from: later.body)
+            #expect(later.status == 400 && laterError?.error.code == "bad_request", "kept-alive: \(later.status)")
             try expectAPIError(d, "GET", "/v1/sandboxes?cursor=%%%", body: nil, status: 422, code: "invalid_argument")
             try expectAPIError(d, "GET", "/v1/nothing-here", body: nil, status: 404, code: "not_found")
 
