@@ -68,6 +68,17 @@ static int spawn_child(void *arg) {
         if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
             goto fail;
     }
+    if (a->flags & VV_SPAWN_OOM_SCORE) {
+        char text[16];
+        int n = snprintf(text, sizeof text, "%d", a->oom_score_adj);
+        int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        if (fd < 0) goto fail;
+        if (write(fd, text, (size_t)n) != n) {
+            close(fd);
+            goto fail;
+        }
+        close(fd);
+    }
     execve(a->path, a->argv, a->envp);
 fail:
     ctx->err = errno ? errno : EIO;

@@ -45,6 +45,95 @@ public struct TenantQuota: Sendable, Equatable, Codable {
     public static let `default` = TenantQuota(sandboxes: 100, memoryBytes: 64 << 30, milliCPUs: 32_000)
 }
 
+/// What the host gives sandboxes, derived from its `pid_max`, memory and CPUs with a reserve kept for
+/// the host and the daemon. Counted over running sandboxes (a stopped one holds no processes or memory).
+/// - one sandbox: pids ≤ pid_max/8, memory ≤ RAM − reserve, CPUs ≤ the host's;
+/// - one tenant's running sandboxes: pids ≤ pid_max/2;
+/// - all running sandboxes: memory limits ≤ 4 × RAM (limits are ceilings, rarely all used at once, so
+///   they are overcommitted), CPU ≤ 8 × the host's (CPU time is shared, not lost), pids ≤ pid_max − reserve.
+public struct HostBudget: Sendable, Equatable {
+    public var sandboxPids: Int64
+    public var sandboxMemoryBytes: Int64
+    public var sandboxMilliCPUs: Int64
+    public var tenantPids: Int64
+    public var totalPids: Int64
+    public var totalMemoryBytes: Int64
+    public var totalMilliCPUs: Int64
+
+    public init(pidMax: Int64, memoryBytes: Int64, cpus: Int64, reserveMemoryBytes: Int64, reservePids: Int64) {
+        sandboxPids = max(8, pidMax / 8)
+        sandboxMemoryBytes = max(16 << 20, memoryBytes - reserveMemoryBytes)
+        sandboxMilliCPUs = max(10, cpus * 1000)
+        tenantPids = max(8, pidMax / 2)
+        totalPids = max(8, pidMax - reservePids)
+        totalMemoryBytes = 4 * memoryBytes
+        totalMilliCPUs = 8 * cpus * 1000
+    }
+
+    /// The default reserves: an eighth of memory (at least 1 GiB) and a quarter of the pids.
+    public static func defaultReserveMemory(_ memoryBytes: Int64) -> Int64 { max(1 << 30, memoryBytes / 8) }
+    public static func defaultReservePids(_ pidMax: Int64) -> Int64 { pidMax / 4 }
+
+    /// Refuses limits that no sandbox of this host may have (`invalid_argument`).
+    public func check(_ l: ResourceLimits) throws {
+        if l.pids > sandboxPids {
+            throw VivariumError(.invalidArgument, "pids must be at most \(sandboxPids) on this host")
+        }
+        if l.memoryBytes > sandboxMemoryBytes {
+            throw VivariumError(
+                .invalidArgument, "memory must be at most \(Quantity.formatBytes(sandboxMemoryBytes)) on this host")
+        }
+        if l.milliCPUs > sandboxMilliCPUs {
+            throw VivariumError(
+                .invalidArgument, "cpus must be at most \(Double(sandboxMilliCPUs) / 1000) on this host")
+        }
+    }
+
+    /// Refuses running one more sandbox with `l` next to what runs already: the tenant's pids budget is
+    /// `quota_exceeded`, a full host `resource_exhausted`.
+    public func admit(_ l: ResourceLimits, tenant: String, tenantUsage: RunningUsage, hostUsage: RunningUsage) throws {
+        if tenantUsage.pids + l.pids > tenantPids {
+            throw VivariumError(
+                .quotaExceeded,
+                "tenant \(tenant)'s running sandboxes would exceed the host's \(tenantPids) pids per tenant")
+        }
+        if hostUsage.pids + l.pids > totalPids {
+            throw VivariumError(
+                .resourceExhausted, "the host's pid budget (\(totalPids)) is taken by running sandboxes")
+        }
+        if hostUsage.memoryBytes + l.memoryBytes > totalMemoryBytes {
+            throw VivariumError(
+                .resourceExhausted,
+                "the host's memory budget (\(Quantity.formatBytes(totalMemoryBytes))) is taken by running sandboxes")
+        }
+        if hostUsage.milliCPUs + l.milliCPUs > totalMilliCPUs {
+            throw VivariumError(
+                .resourceExhausted,
+                "the host's CPU budget (\(Double(totalMilliCPUs) / 1000) CPUs) is taken by running sandboxes")
+        }
+    }
+}
+
+/// The limits of running sandboxes, summed.
+public struct RunningUsage: Sendable, Equatable {
+    public var pids: Int64
+    public var memoryBytes: Int64
+    public var milliCPUs: Int64
+    public init(pids: Int64 = 0, memoryBytes: Int64 = 0, milliCPUs: Int64 = 0) {
+        self.pids = pids
+        self.memoryBytes = memoryBytes
+        self.milliCPUs = milliCPUs
+    }
+    public static func + (a: RunningUsage, b: RunningUsage) -> RunningUsage {
+        RunningUsage(
+            pids: a.pids + b.pids, memoryBytes: a.memoryBytes + b.memoryBytes, milliCPUs: a.milliCPUs + b.milliCPUs)
+    }
+    public static func + (a: RunningUsage, b: ResourceLimits) -> RunningUsage {
+        RunningUsage(
+            pids: a.pids + b.pids, memoryBytes: a.memoryBytes + b.memoryBytes, milliCPUs: a.milliCPUs + b.milliCPUs)
+    }
+}
+
 public enum RestartPolicy: String, Codable, Sendable, CaseIterable {
     /// Brought back after a host reboot or when its init dies.
     case always

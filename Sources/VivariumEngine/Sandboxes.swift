@@ -20,6 +20,8 @@ public final class Sandboxes: Sendable {
     let runtime: any SandboxRuntime
     let logger: Logger
     let locks = KeyedLock()
+    /// Sandboxes being started, admitted to the host budget before their state says running.
+    let starting = HostReservations()
     /// Init exits nobody asked for, handled by `InitWatch` (a service of the daemon).
     let exits: AsyncStream<InitExit>
     let onExit: InitExitHandler
@@ -74,6 +76,11 @@ public final class Sandboxes: Sendable {
                 var r = try await record(caller, name)
                 if case .running = r.state { return view(r) }
                 try r.state.requireStopped()
+                if let budget = config.budget {
+                    try budget.check(r.spec.limits)
+                    try await store.reserveStart(r, budget: budget, pending: starting)
+                }
+                defer { starting.remove(r.id) }
                 let pid: Int32
                 do {
                     pid = try await runtime.boot(plan(r), network: nil, onExit: onExit)
@@ -172,6 +179,7 @@ public final class Sandboxes: Sendable {
 
     func create(tenant: String, name: ResourceName?, spec: SandboxSpec) async throws -> Sandbox {
         let spec = try spec.validated()
+        try config.budget?.check(spec.limits)
         let name = name ?? Self.generatedName()
         guard let local = spec.image.localName else {
             throw VivariumError(
@@ -198,7 +206,8 @@ public final class Sandboxes: Sendable {
                     "env_keys": spec.env.keys.sorted().joined(separator: ","),
                 ])
             let record = try await store.insertSandbox(
-                maxSlots: config.maxSandboxes, quota: config.quota, audit: intent
+                maxSlots: config.maxSandboxes, quota: config.quota, budget: config.budget, pending: starting,
+                audit: intent
             ) {
                 slot in
                 SandboxRecord(

@@ -170,3 +170,25 @@ public struct Trash: Sendable {
 
     public var isEmpty: Bool { ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).isEmpty }
 }
+
+/// Facts of this host the daemon sizes itself by.
+public enum HostFacts {
+    /// `/proc/sys/kernel/pid_max` (the kernel's default, 32768, when unreadable).
+    public static func pidMax() -> Int64 {
+        let text = (try? String(contentsOfFile: "/proc/sys/kernel/pid_max", encoding: .utf8)) ?? ""
+        return Int64(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 32768
+    }
+}
+
+extension HostFacts {
+    /// Sets this process's OOM score adjustment (-1000...1000).
+    public static func setOOMScoreAdjust(_ value: Int) throws {
+        let fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw VivariumError(.unavailable, "cannot open /proc/self/oom_score_adj: errno \(errno)") }
+        defer { close(fd) }
+        let text = Array(String(value).utf8)
+        guard write(fd, text, text.count) == text.count else {
+            throw VivariumError(.unavailable, "cannot set the OOM score adjustment: errno \(errno)")
+        }
+    }
+}

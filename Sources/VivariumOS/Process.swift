@@ -31,13 +31,16 @@ public struct Command: Sendable {
     public var environment: [String]
     /// Run in a private mount namespace without the cgroup2 mount of a hybrid host (see DESIGN.md).
     public var hideCgroup2: Bool
+    /// The OOM score adjustment the program starts with (nil: the daemon's own).
+    public var oomScoreAdjust: Int?
     /// Bytes kept of each of stdout and stderr; the rest is read and dropped.
     public var outputLimit: Int
 
     public init(
         _ executable: String, _ arguments: [String], environment: [String] = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-        hideCgroup2: Bool = false, outputLimit: Int = 1 << 20
+        hideCgroup2: Bool = false, oomScoreAdjust: Int? = nil, outputLimit: Int = 1 << 20
     ) {
+        self.oomScoreAdjust = oomScoreAdjust
         self.executable = executable
         self.arguments = arguments
         self.environment = environment
@@ -610,7 +613,10 @@ public final class Reaper: Sendable {
                 cEnv.withUnsafeBufferPointer { ev in
                     var attr = vv_spawn_attr(
                         path: path, argv: av.baseAddress, envp: ev.baseAddress, stdin_fd: stdin, stdout_fd: stdout,
-                        stderr_fd: stderr, flags: command.hideCgroup2 ? VV_SPAWN_HIDE_CGROUP2 : 0)
+                        stderr_fd: stderr,
+                        flags: (command.hideCgroup2 ? VV_SPAWN_HIDE_CGROUP2 : 0)
+                            | (command.oomScoreAdjust != nil ? VV_SPAWN_OOM_SCORE : 0),
+                        oom_score_adj: Int32(command.oomScoreAdjust ?? 0))
                     return vv_spawn(&attr, &pid, &pidfd)
                 }
             }

@@ -48,13 +48,16 @@ public struct HardenedSpec: Sendable {
     public var swapAccounting: Bool
     /// Mounts added after the hardened ones (a secrets tmpfs, for one).
     public var extraMounts: [RuntimeSpec.Mount]
+    /// The OOM score adjustment every process of the box starts with (see `RuntimeLayout`).
+    public var oomScoreAdjust: Int
 
     public init(
         hostname: String, rootfs: String, readOnly: Bool, hostUIDBase: Int64, limits: ResourceLimits,
         env: [String: String], cgroupsPath: String, initBinary: String, swapAccounting: Bool,
-        extraMounts: [RuntimeSpec.Mount] = []
+        extraMounts: [RuntimeSpec.Mount] = [], oomScoreAdjust: Int = 0
     ) {
         self.extraMounts = extraMounts
+        self.oomScoreAdjust = oomScoreAdjust
         self.hostname = hostname
         self.rootfs = rootfs
         self.readOnly = readOnly
@@ -72,7 +75,8 @@ public struct HardenedSpec: Sendable {
         ]
         let quota = limits.milliCPUs * 100
         return RuntimeSpec(
-            process: Self.process(args: [Self.initPath], env: env, cwd: "/", uid: 0, gid: 0),
+            process: Self.process(
+                args: [Self.initPath], env: env, cwd: "/", uid: 0, gid: 0, oomScoreAdjust: oomScoreAdjust),
             root: .init(path: rootfs, readonly: readOnly),
             hostname: hostname,
             mounts: [
@@ -116,7 +120,7 @@ public struct HardenedSpec: Sendable {
     /// user), no_new_privs and limits either way.
     public static func process(
         args: [String], env: [String: String], cwd: String, uid: UInt32, gid: UInt32,
-        terminal: RuntimeSpec.ConsoleSize? = nil
+        terminal: RuntimeSpec.ConsoleSize? = nil, oomScoreAdjust: Int = 0
     ) -> RuntimeSpec.Process {
         var envList = [defaultPath, "HOME=/root"]
         for (k, v) in env.sorted(by: { $0.key < $1.key }) {
@@ -129,7 +133,8 @@ public struct HardenedSpec: Sendable {
             terminal: terminal != nil, consoleSize: terminal, user: .init(uid: uid, gid: gid), args: args,
             env: envList, cwd: cwd,
             capabilities: .init(bounding: capabilities, effective: effective, permitted: effective),
-            rlimits: [.init(type: "RLIMIT_NOFILE", hard: nofile, soft: nofile)])
+            rlimits: [.init(type: "RLIMIT_NOFILE", hard: nofile, soft: nofile)],
+            oomScoreAdj: oomScoreAdjust)
     }
 
     /// Open files per process: 65536, or the daemon's own hard limit when that is lower (raising it

@@ -29,9 +29,11 @@ public protocol OCIRuntime: Sendable {
     /// Starts a process (OCI process JSON at `processFile`) in the container, inside the existing
     /// sub-cgroup `cgroup` of the container's cgroup, writing its host pid to `pidFile`. With a
     /// `consoleSocket` the process gets a terminal whose master the runtime sends there; otherwise the
-    /// returned child's stdout and stderr are the process's, and its stdin when `stdin`.
+    /// returned child's stdout and stderr are the process's, and its stdin when `stdin`. The process
+    /// starts with `oomScoreAdjust` (runtimes apply the process JSON's own only to a container's init).
     func exec(
-        id: String, processFile: String, cgroup: String, pidFile: String, consoleSocket: String?, stdin: Bool
+        id: String, processFile: String, cgroup: String, pidFile: String, consoleSocket: String?, stdin: Bool,
+        oomScoreAdjust: Int
     ) throws -> ChildProcess
 }
 
@@ -98,10 +100,13 @@ public struct Crun: OCIRuntime {
     }
 
     public func exec(
-        id: String, processFile: String, cgroup: String, pidFile: String, consoleSocket: String?, stdin: Bool
+        id: String, processFile: String, cgroup: String, pidFile: String, consoleSocket: String?, stdin: Bool,
+        oomScoreAdjust: Int
     ) throws -> ChildProcess {
         var args = ["exec", "--cgroup", cgroup, "--process", processFile, "--pid-file", pidFile]
         if let consoleSocket { args += ["--tty", "--console-socket", consoleSocket] }
-        return try Reaper.shared.spawn(command(args + [id]), stdin: stdin)
+        var c = command(args + [id])
+        c.oomScoreAdjust = oomScoreAdjust
+        return try Reaper.shared.spawn(c, stdin: stdin)
     }
 }

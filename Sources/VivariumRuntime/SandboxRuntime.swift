@@ -109,9 +109,15 @@ public struct RuntimeLayout: Sendable {
     /// The installed sandbox init, bind-mounted at /dev/init.
     public var initBinary: String
     public var stopTimeout: Duration
+    /// The OOM score adjustment of every sandbox process: 0 when the daemon runs at -1000, higher when
+    /// the host refused the daemon that (no CAP_SYS_RESOURCE), so that a box is still taken first.
+    public var oomScoreAdjust: Int
 
-    public init(sandboxesDir: String, trashDir: String, cgroupParent: String, initBinary: String, stopTimeout: Duration)
-    {
+    public init(
+        sandboxesDir: String, trashDir: String, cgroupParent: String, initBinary: String, stopTimeout: Duration,
+        oomScoreAdjust: Int = 0
+    ) {
+        self.oomScoreAdjust = oomScoreAdjust
         self.sandboxesDir = sandboxesDir
         self.trashDir = trashDir
         self.cgroupParent = cgroupParent
@@ -191,7 +197,8 @@ public final class HostRuntime: SandboxRuntime {
         let spec = HardenedSpec(
             hostname: p.hostname, rootfs: p.rootfsMount, readOnly: p.readOnly, hostUIDBase: p.uidBase,
             limits: p.limits, env: p.env, cgroupsPath: p.cgroupPath, initBinary: layout.initBinary,
-            swapAccounting: cgroups.swapAccounting, extraMounts: p.extraMounts
+            swapAccounting: cgroups.swapAccounting, extraMounts: p.extraMounts,
+            oomScoreAdjust: layout.oomScoreAdjust
         ).build()
         try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: p.bundle + "/config.json", durable: false)
         let pid = try await oci.create(id: p.id.rawValue, bundle: p.bundle)
@@ -343,7 +350,7 @@ public final class HostRuntime: SandboxRuntime {
         if command.user != 0 && env["HOME"] == nil { env["HOME"] = "/" }
         let process = HardenedSpec.process(
             args: command.argv, env: env, cwd: command.workdir, uid: command.user, gid: command.user,
-            terminal: terminal)
+            terminal: terminal, oomScoreAdjust: layout.oomScoreAdjust)
         let token = randomHex(bytes: 8)
         let files = p.bundle + "/exec/" + token
         try FileSystem.writeAtomically(try JSONEncoder().encode(process), to: files + ".json", durable: false)
@@ -365,7 +372,7 @@ public final class HostRuntime: SandboxRuntime {
             let console = try consolePath.map { try ConsoleSocket(path: $0) }
             let crun = try oci.exec(
                 id: p.id.rawValue, processFile: files + ".json", cgroup: group.name, pidFile: files + ".pid",
-                consoleSocket: consolePath, stdin: stdin && terminal == nil)
+                consoleSocket: consolePath, stdin: stdin && terminal == nil, oomScoreAdjust: layout.oomScoreAdjust)
             let io: ExecSession.IO
             if let console {
                 guard let master = await console.receiveMaster(from: crun) else {

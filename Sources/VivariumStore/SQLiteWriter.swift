@@ -116,6 +116,19 @@ final class SQLiteTransaction: StoreTransaction {
         }
     }
 
+    func runningUsage(tenant: String?) async throws -> RunningUsage {
+        try await sql { db in
+            let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT coalesce(sum(json_extract(spec, '$.limits.pids')), 0) AS pids,
+                           coalesce(sum(memory_bytes), 0) AS mem, coalesce(sum(milli_cpus), 0) AS cpu
+                    FROM sandboxes WHERE state != 'stopped' AND (? IS NULL OR tenant = ?)
+                    """, arguments: [tenant, tenant])!
+            return RunningUsage(pids: row["pids"], memoryBytes: row["mem"], milliCPUs: row["cpu"])
+        }
+    }
+
     func sandboxNameTaken(tenant: String, name: ResourceName) async throws -> Bool {
         try await sql { db in
             try Bool.fetchOne(

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import VivariumAudit
 import VivariumCore
 
@@ -38,6 +39,9 @@ public protocol StoreTransaction: Sendable {
     /// The uid slots sandboxes hold, ascending.
     func sandboxSlotsInUse() async throws -> [Int]
     func tenantUsage(_ tenant: String) async throws -> TenantUsage
+    /// The limits of sandboxes that are not stopped (creating, running, being deleted), of one tenant
+    /// or (nil) of all.
+    func runningUsage(tenant: String?) async throws -> RunningUsage
     func sandboxNameTaken(tenant: String, name: ResourceName) async throws -> Bool
     func insertSandboxRow(_ r: SandboxRecord) async throws
     /// False when there is no such sandbox.
@@ -99,7 +103,32 @@ public enum StoreRules {
     }
 }
 
+/// Sandboxes being started: admitted to the host budget before their state says running.
+public final class HostReservations: Sendable {
+    let reserved = Mutex<[SandboxID: (tenant: String, limits: ResourceLimits)]>([:])
+    public init() {}
+
+    func usage(tenant: String?) -> RunningUsage {
+        reserved.withLock { r in
+            r.values.filter { tenant == nil || $0.tenant == tenant }.reduce(RunningUsage()) { $0 + $1.limits }
+        }
+    }
+    func add(_ r: SandboxRecord) { reserved.withLock { $0[r.id] = (r.tenant, r.spec.limits) } }
+    public func remove(_ id: SandboxID) { _ = reserved.withLock { $0.removeValue(forKey: id) } }
+}
+
 extension StoreTransaction {
+    /// Refuses running `r` beyond the host budget, counting what runs and what is being started.
+    func admit(_ r: SandboxRecord, budget: HostBudget, pending: HostReservations?) async throws {
+        var tenant = try await runningUsage(tenant: r.tenant)
+        var host = try await runningUsage(tenant: nil)
+        if let pending {
+            tenant = tenant + pending.usage(tenant: r.tenant)
+            host = host + pending.usage(tenant: nil)
+        }
+        try budget.admit(r.spec.limits, tenant: r.tenant, tenantUsage: tenant, hostUsage: host)
+    }
+
     /// Appends records describing this transaction's change at the end of the audit chain, its head
     /// locked. A failure refuses the change, unless the operator chose `fail-open` (the change goes ahead,
     /// the loss is logged). Returns the records appended.
@@ -136,7 +165,8 @@ extension Store {
     /// it, in one transaction with its audit record. Throws `already_exists` for a duplicate name,
     /// `resource_exhausted` when no slot is free, `quota_exceeded` when the tenant's quota would be exceeded.
     public func insertSandbox(
-        maxSlots: Int, quota: TenantQuota?, audit: AuditEvent, _ make: @escaping @Sendable (Int) -> SandboxRecord
+        maxSlots: Int, quota: TenantQuota?, budget: HostBudget? = nil, pending: HostReservations? = nil,
+        audit: AuditEvent, _ make: @escaping @Sendable (Int) -> SandboxRecord
     ) async throws -> SandboxRecord {
         try await transaction("sandbox") { tx in
             let r = make(try StoreRules.lowestFreeSlot(try await tx.sandboxSlotsInUse(), below: maxSlots))
@@ -144,12 +174,22 @@ extension Store {
                 try StoreRules.checkQuota(
                     try await tx.tenantUsage(r.tenant), adding: r.spec.limits, quota: quota, tenant: r.tenant)
             }
+            if let budget { try await tx.admit(r, budget: budget, pending: pending) }
             guard try await !tx.sandboxNameTaken(tenant: r.tenant, name: r.name) else {
                 throw VivariumError(.alreadyExists, "a sandbox named \(r.name) already exists")
             }
             try await tx.insertSandboxRow(r)
             try await tx.appendAudit([audit])
             return r
+        }
+    }
+
+    /// Admits a stopped sandbox to the host budget and holds its place in `pending` until the caller
+    /// removes it (once its state says running, or the start failed).
+    public func reserveStart(_ r: SandboxRecord, budget: HostBudget, pending: HostReservations) async throws {
+        try await transaction("sandbox start") { tx in
+            try await tx.admit(r, budget: budget, pending: pending)
+            pending.add(r)
         }
     }
 

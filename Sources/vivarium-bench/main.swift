@@ -181,6 +181,7 @@ func scaling(raw: Raw, initBinary: String) async throws {
     let sizes = [10, 300]
     let tenants = 6
     let rounds = Int(env["VIVARIUM_BENCH_SCALE_ITERATIONS"] ?? "") ?? 30
+    // 0.05 CPU each keeps 316 boxes inside a 2-CPU host's CPU budget (8× its CPUs).
     let d = try TestDaemon(extraEnv: [
         "VIVARIUM_MAX_SANDBOXES": "\(sizes.last! + 16)", "VIVARIUM_QUOTA_SANDBOXES": "\(sizes.last! / tenants + 8)",
         "VIVARIUM_REQUESTS_PER_SECOND": "10000000", "VIVARIUM_REQUEST_BURST": "10000000",
@@ -193,7 +194,7 @@ func scaling(raw: Raw, initBinary: String) async throws {
     func create(_ name: String, tenant: Int) throws {
         let _: SandboxInfo = try d.client.call(
             "POST", "/v1/sandboxes?tenant=t\(tenant)",
-            body: CreateSandboxRequest(name: name, memoryBytes: 32 << 20, milliCpus: 100, pids: 32))
+            body: CreateSandboxRequest(name: name, memoryBytes: 32 << 20, milliCpus: 50, pids: 32))
     }
     var existing = 0
     var results: [(size: Int, ours: Stats, raw: Stats)] = []
@@ -221,7 +222,7 @@ func scaling(raw: Raw, initBinary: String) async throws {
         results.append((size, ours, rawStats))
     }
     report(
-        "create→ready as sandboxes accumulate (\(tenants) tenants, 32 MiB, 0.1 CPU, 32 pids each)",
+        "create→ready as sandboxes accumulate (\(tenants) tenants, 32 MiB, 0.05 CPU, 32 pids each)",
         results.map { ("create→ready at \($0.size)", $0.ours, $0.raw) })
     let ratio = results.map { $0.ours.p50 / $0.raw.p50 }
     let growth = ratio[1] / ratio[0]

@@ -67,12 +67,23 @@ struct Serve: Verb {
         s.stateDir = try FileSystem.canonical(s.stateDir)
         let stateLock = try StateDirLock(directory: s.stateDir)
         raiseOpenFileLimit()
+        // The OOM killer takes a sandbox before the daemon: the daemon runs at -1000 and its boxes at 0.
+        // Without CAP_SYS_RESOURCE the daemon cannot go below 0, so its boxes start at +500 instead.
+        // cgroup v1 has no memory.min: the budget's memory reserve is the rest of the protection.
+        var boxOOMScore = 0
+        do {
+            try HostFacts.setOOMScoreAdjust(-1000)
+        } catch {
+            boxOOMScore = 500
+            logger.warning("\(error); sandbox processes start at oom_score_adj \(boxOOMScore) instead")
+        }
         let socketLock = try prepareSocketDirectory(s.socket)
 
         var configuration = EngineConfiguration(
             stateDir: s.stateDir, crunBinary: s.crun, busybox: s.busybox, uidBase: s.uidBase,
             maxSandboxes: s.maxSandboxes, ttlSweepInterval: .seconds(s.ttlSweepSeconds),
             stopTimeout: .seconds(s.stopTimeoutSeconds), quota: s.quota)
+        configuration.budget = s.budget
         configuration.auditCheckpointInterval = .seconds(s.auditCheckpointSeconds)
         configuration.auditCheckpointRecords = Int64(s.auditCheckpointRecords)
         configuration.auditExport = s.auditExport
@@ -97,7 +108,8 @@ struct Serve: Verb {
         let runtime = try HostRuntime(
             layout: RuntimeLayout(
                 sandboxesDir: config.sandboxesDir, trashDir: config.stateDir + "/trash",
-                cgroupParent: config.cgroupParent, initBinary: config.initBinary, stopTimeout: config.stopTimeout),
+                cgroupParent: config.cgroupParent, initBinary: config.initBinary, stopTimeout: config.stopTimeout,
+                oomScoreAdjust: boxOOMScore),
             oci: Crun(binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger),
             cgroups: CgroupHost(mode: config.cgroupMode), logger: logger)
         let tokenConfig = TokenService.Configuration(
@@ -185,6 +197,17 @@ struct Serve: Verb {
         withExtendedLifetime((stateLock, socketLock)) {}
     }
 
+    static func budgetRows(_ b: HostBudget) -> [(String, String)] {
+        [
+            ("budget_sandbox_pids", String(b.sandboxPids)),
+            ("budget_sandbox_memory", Quantity.formatBytes(b.sandboxMemoryBytes)),
+            ("budget_sandbox_cpus", String(Double(b.sandboxMilliCPUs) / 1000)),
+            ("budget_tenant_pids", String(b.tenantPids)), ("budget_total_pids", String(b.totalPids)),
+            ("budget_total_memory", Quantity.formatBytes(b.totalMemoryBytes)),
+            ("budget_total_cpus", String(Double(b.totalMilliCPUs) / 1000)),
+        ]
+    }
+
     /// One pidfd per sandbox init and three fds per running child: lift the soft limit to the hard one.
     static func raiseOpenFileLimit() {
         var rl = rlimit()
@@ -229,7 +252,7 @@ struct ConfigCommand: AsyncParsableCommand {
         func perform() async throws {
             let s = try Settings.resolve(global)
             let engine = EngineConfiguration(stateDir: s.stateDir, uidBase: s.uidBase, maxSandboxes: s.maxSandboxes)
-            let rows: [(String, String)] = [
+            var rows: [(String, String)] = [
                 ("config_file", s.configFile ?? "(none)"), ("state_dir", s.stateDir), ("socket", s.socket),
                 ("crun", s.crun), ("init", s.initBinary ?? "(built in)"), ("busybox", s.busybox),
                 ("uid_base", String(engine.uidBase)), ("max_sandboxes", String(s.maxSandboxes)),
@@ -242,6 +265,7 @@ struct ConfigCommand: AsyncParsableCommand {
                 ("audit_checkpoint_records", String(s.auditCheckpointRecords)),
                 ("audit_export", s.auditExport ?? engine.auditExportPath), ("audit_syslog", String(s.auditSyslog)),
             ]
+            rows += Serve.budgetRows(s.budget)
             if json {
                 try printJSON(Dictionary(uniqueKeysWithValues: rows))
             } else {

@@ -4,6 +4,7 @@ import TOMLKit
 import VivariumAudit
 import VivariumCore
 import VivariumEngine
+import VivariumOS
 
 /// Options every verb shares: where the daemon's socket and state are, and which config file to read.
 struct GlobalOptions: ParsableArguments {
@@ -41,6 +42,13 @@ struct Settings {
     var tlsKey: String?
     var accessTokenSeconds = 900
     var quota = TenantQuota.default
+    /// The host facts the budget derives from (default: pid_max, physical memory, online CPUs) and the
+    /// reserves kept for the host and the daemon (default: see `HostBudget`).
+    var hostPids: Int64?
+    var hostMemory: Int64?
+    var hostCPUs: Int64?
+    var reserveMemory: Int64?
+    var reservePids: Int64?
     var authFailuresPerMinute = 10
     var requestsPerSecond = 100
     var requestBurst = 200
@@ -62,7 +70,18 @@ struct Settings {
         "access_token_seconds", "max_access_token_seconds", "quota_sandboxes", "quota_memory", "quota_cpus",
         "auth_failures_per_minute", "requests_per_second", "request_burst", "trusted_proxies", "admin_allowlist",
         "audit_mode", "audit_checkpoint_seconds", "audit_checkpoint_records", "audit_export", "audit_syslog",
+        "host_pids", "host_memory", "host_cpus", "reserve_memory", "reserve_pids",
     ]
+
+    /// The host budget: the configured host facts, or this host's.
+    var budget: HostBudget {
+        let pids = hostPids ?? HostFacts.pidMax()
+        let memory = hostMemory ?? Int64(ProcessInfo.processInfo.physicalMemory)
+        return HostBudget(
+            pidMax: pids, memoryBytes: memory, cpus: hostCPUs ?? Int64(ProcessInfo.processInfo.activeProcessorCount),
+            reserveMemoryBytes: reserveMemory ?? HostBudget.defaultReserveMemory(memory),
+            reservePids: reservePids ?? HostBudget.defaultReservePids(pids))
+    }
 
     static func resolve(_ g: GlobalOptions, overrides: [String: String] = [:]) throws -> Settings {
         var s = Settings()
@@ -155,6 +174,11 @@ struct Settings {
         case "audit_checkpoint_records": auditCheckpointRecords = Int(try int(1...1_000_000))
         case "audit_export": auditExport = try path()
         case "audit_syslog": auditSyslog = try bool()
+        case "host_pids": hostPids = try int(64...4_194_304)
+        case "host_memory": hostMemory = try Quantity.parseBytes(value)
+        case "host_cpus": hostCPUs = try int(1...4096)
+        case "reserve_memory": reserveMemory = try Quantity.parseBytes(value)
+        case "reserve_pids": reservePids = try int(0...4_194_304)
         case "quota_sandboxes": quota.sandboxes = Int(try int(0...1_000_000))
         case "quota_memory": quota.memoryBytes = try Quantity.parseBytes(value)
         case "quota_cpus":

@@ -29,6 +29,7 @@ import VivariumTestSupport
     }
 
     @Test func burstsOfConcurrentCreatesNeverFreezeTheDaemon() async throws {
+        // 0.1 CPU each: 32 boxes at the default 1 CPU would be over a 2-CPU host's budget (8× its CPUs).
         let width = 32
         try await TestDaemon.with(extraEnv: ["VIVARIUM_MAX_SANDBOXES": "40", "VIVARIUM_LOG_LEVEL": "warning"]) { d in
             let socket = d.socket
@@ -53,7 +54,7 @@ import VivariumTestSupport
                     let c = APIClient(socketPath: socket)
                     let _: SandboxInfo = try c.call(
                         "POST", "/v1/sandboxes",
-                        body: CreateSandboxRequest(name: "r\(round)-\(i)", memoryBytes: 32 << 20))
+                        body: CreateSandboxRequest(name: "r\(round)-\(i)", memoryBytes: 32 << 20, milliCpus: 100))
                 }
                 #expect(created == [], "round \(round)")
                 let deleted = await parallel(width) { i in

@@ -49,6 +49,60 @@ import VivariumTestSupport
         }
     }
 
+    /// Host budgets (set low in this daemon's config instead of exhausting the host): 4096 pids make
+    /// 512 per sandbox, 2048 per tenant and, with 1500 reserved, 2596 in all.
+    @Test func sandboxLimitsAreBoundedByTheHostBudget() async throws {
+        let env = ["VIVARIUM_HOST_PIDS": "4096", "VIVARIUM_RESERVE_PIDS": "1500"]
+        try await TestDaemon.with(extraEnv: env, tcp: true) { d in
+            let small = #","memory_bytes":33554432"#
+            try expectAPIError(
+                d, "POST", "/v1/sandboxes", body: #"{"name":"huge","pids":1000000}"#, status: 422,
+                code: "invalid_argument")
+            try expectAPIError(
+                d, "POST", "/v1/sandboxes", body: #"{"name":"fat","memory_bytes":\#(Int64(1) << 40)}"#, status: 422,
+                code: "invalid_argument")
+            for i in 0..<4 { _ = try d.create(CreateSandboxRequest(name: "p\(i)", memoryBytes: 32 << 20, pids: 512)) }
+            // The tenant's running sandboxes hold 2048 pids: one more is over its budget.
+            try expectAPIError(
+                d, "POST", "/v1/sandboxes", body: #"{"name":"p4","pids":8\#(small)}"#, status: 403,
+                code: "quota_exceeded")
+            // A stopped sandbox holds nothing; starting it again counts.
+            _ = try d.cli("stop", "p0")
+            _ = try d.create(CreateSandboxRequest(name: "p4", memoryBytes: 32 << 20, pids: 512))
+            try expectAPIError(d, "POST", "/v1/sandboxes/p0/start", body: nil, status: 403, code: "quota_exceeded")
+            // Another tenant fits in its own budget, but not in what is left of the host's.
+            let other = d.remote(try d.principalTokens(tenant: "beta", name: "bea").accessToken)
+            let _: SandboxInfo = try other.call(
+                "POST", "/v1/sandboxes", body: CreateSandboxRequest(name: "b0", memoryBytes: 32 << 20, pids: 512))
+            let r = try other.http.send(
+                "POST", "/v1/sandboxes", body: Data(#"{"name":"b1","pids":512\#(small)}"#.utf8))
+            let e = try? WireCoding.decoder().decode(ErrorBody.self, from: r.body)
+            #expect(r.status == 503 && e?.error.code == "resource_exhausted", "\(r.status) \(String(describing: e))")
+            // What the daemon itself runs with: the OOM killer takes a box first. Going below 0 needs
+            // CAP_SYS_RESOURCE; where the host withholds it, the boxes start above the daemon instead.
+            let mayLower = Self.hasCapSysResource()
+            let score = { (path: String) in
+                try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            let daemonScore = try score("/proc/\(d.process!.processIdentifier)/oom_score_adj")
+            let (_, boxScore, _) = try d.sh("p1", "cat /proc/self/oom_score_adj")
+            let inBox = boxScore.trimmingCharacters(in: .whitespacesAndNewlines)
+            if mayLower {
+                #expect(daemonScore == "-1000" && inBox == "0", "daemon \(daemonScore), box \(inBox)")
+            } else {
+                #expect(daemonScore == "0" && inBox == "500", "daemon \(daemonScore), box \(inBox)")
+            }
+        }
+    }
+
+    static func hasCapSysResource() -> Bool {
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+            let mask = UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16)
+        else { return false }
+        return mask & (1 << 24) != 0
+    }
+
     @Test func memoryHogIsOOMKilledInsideItsSandbox() async throws {
         try await TestDaemon.with { d in
             _ = try d.create(CreateSandboxRequest(name: "hog", memoryBytes: 32 << 20))

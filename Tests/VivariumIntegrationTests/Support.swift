@@ -12,6 +12,18 @@ extension TestDaemon {
         return "/sys/fs/cgroup/\(controller)/\(cgroupParent)/\(id)/\(file)"
     }
 
+    /// A principal of `tenant` (created with the tenant when missing) and its first token pair.
+    func principalTokens(tenant: String, name: String, role: String = "member") throws -> TokenPair {
+        if !(try client.call("GET", "/v1/tenants") as Page<TenantInfo>).items.contains(where: { $0.name == tenant }) {
+            let _: TenantInfo = try client.call("POST", "/v1/tenants", body: CreateTenantRequest(name: tenant))
+        }
+        let _: PrincipalInfo = try client.call(
+            "POST", "/v1/principals?tenant=\(tenant)", body: CreatePrincipalRequest(name: name, role: role))
+        let key: APIKeyInfo = try client.call(
+            "POST", "/v1/principals/\(name)/keys?tenant=\(tenant)", body: CreateAPIKeyRequest())
+        return try client.call("POST", "/v1/tokens", body: TokenRequest(grantType: "api_key", apiKey: key.apiKey))
+    }
+
     /// Waits until `condition` holds or the deadline passes (tests may poll; the daemon never does).
     func eventually(_ seconds: Double = 10, _ condition: () throws -> Bool) rethrows -> Bool {
         let deadline = Date().addingTimeInterval(seconds)

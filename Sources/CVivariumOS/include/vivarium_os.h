@@ -8,6 +8,9 @@
 /// Run the child in a private mount namespace with /sys/fs/cgroup/unified detached, so that
 /// crun on a hybrid cgroup host sees a pure v1 layout.
 #define VV_SPAWN_HIDE_CGROUP2 1
+/// Write `oom_score_adj` to the child's /proc/self/oom_score_adj before exec (a vfork child's write
+/// stays its own: the kernel does not carry it to the parent sharing the memory).
+#define VV_SPAWN_OOM_SCORE 2
 
 typedef struct {
     const char *path;
@@ -17,6 +20,7 @@ typedef struct {
     int stdout_fd;  ///< -1: /dev/null
     int stderr_fd;  ///< -1: /dev/null
     int flags;
+    int oom_score_adj;
 } vv_spawn_attr;
 
 /// Spawns a process (clone with CLONE_VFORK|CLONE_VM|CLONE_PIDFD). On success returns 0 and sets
