@@ -22,6 +22,8 @@ public final class Sandboxes: Sendable {
     let locks = KeyedLock()
     /// Sandboxes being started, admitted to the host budget before their state says running.
     let starting = HostReservations()
+    /// Execs in flight, within `EngineConfiguration.execLimits`.
+    let execs: ExecAdmission
     /// Init exits nobody asked for, handled by `InitWatch` (a service of the daemon).
     let exits: AsyncStream<InitExit>
     let onExit: InitExitHandler
@@ -36,6 +38,7 @@ public final class Sandboxes: Sendable {
         self.gate = gate
         self.runtime = runtime
         self.logger = logger
+        execs = ExecAdmission(config.execLimits)
         let (exits, sink) = AsyncStream.makeStream(of: InitExit.self)
         self.exits = exits
         onExit = { id, pid, status in sink.yield(InitExit(id: id, pid: pid, status: status)) }
@@ -129,6 +132,8 @@ public final class Sandboxes: Sendable {
     {
         try await gate.perform(caller, .sandboxRun, target: name?.rawValue) {
             let t = try tenant(caller)
+            let ticket = try execs.admit(tenant: t, sandbox: nil, command)
+            defer { execs.release(ticket) }
             let box = try await create(tenant: t, name: name, spec: spec)
             let outcome: ExecOutcome
             do {
@@ -145,7 +150,10 @@ public final class Sandboxes: Sendable {
     /// Runs a command in a running sandbox and returns its output (see `exec(_:_:)` in Exec.swift).
     public func exec(_ caller: Caller, name: ResourceName, _ command: ExecCommand) async throws -> ExecOutcome {
         try await gate.perform(caller, .sandboxExec, target: name.rawValue) {
-            try await exec(try record(caller, name), command)
+            let r = try await record(caller, name)
+            let ticket = try execs.admit(tenant: r.tenant, sandbox: r.id, command)
+            defer { execs.release(ticket) }
+            return try await exec(r, command)
         }
     }
 

@@ -84,6 +84,7 @@ struct Serve: Verb {
             maxSandboxes: s.maxSandboxes, ttlSweepInterval: .seconds(s.ttlSweepSeconds),
             stopTimeout: .seconds(s.stopTimeoutSeconds), quota: s.quota)
         configuration.budget = s.budget
+        configuration.execLimits = s.execLimits
         configuration.auditCheckpointInterval = .seconds(s.auditCheckpointSeconds)
         configuration.auditCheckpointRecords = Int64(s.auditCheckpointRecords)
         configuration.auditExport = s.auditExport
@@ -265,7 +266,12 @@ struct ConfigCommand: AsyncParsableCommand {
                 ("audit_checkpoint_records", String(s.auditCheckpointRecords)),
                 ("audit_export", s.auditExport ?? engine.auditExportPath), ("audit_syslog", String(s.auditSyslog)),
             ]
-            rows += Serve.budgetRows(s.budget)
+            rows +=
+                Serve.budgetRows(s.budget) + [
+                    ("max_execs_per_sandbox", String(s.execLimits.perSandbox)),
+                    ("max_execs_per_tenant", String(s.execLimits.perTenant)), ("max_execs", String(s.execLimits.total)),
+                    ("exec_output_budget", Quantity.formatBytes(s.execLimits.outputBytes)),
+                ]
             if json {
                 try printJSON(Dictionary(uniqueKeysWithValues: rows))
             } else {

@@ -49,6 +49,7 @@ struct Settings {
     var hostCPUs: Int64?
     var reserveMemory: Int64?
     var reservePids: Int64?
+    var execLimits = ExecLimits.default
     var authFailuresPerMinute = 10
     var requestsPerSecond = 100
     var requestBurst = 200
@@ -70,7 +71,8 @@ struct Settings {
         "access_token_seconds", "max_access_token_seconds", "quota_sandboxes", "quota_memory", "quota_cpus",
         "auth_failures_per_minute", "requests_per_second", "request_burst", "trusted_proxies", "admin_allowlist",
         "audit_mode", "audit_checkpoint_seconds", "audit_checkpoint_records", "audit_export", "audit_syslog",
-        "host_pids", "host_memory", "host_cpus", "reserve_memory", "reserve_pids",
+        "host_pids", "host_memory", "host_cpus", "reserve_memory", "reserve_pids", "max_execs_per_sandbox",
+        "max_execs_per_tenant", "max_execs", "exec_output_budget",
     ]
 
     /// The host budget: the configured host facts, or this host's.
@@ -179,6 +181,14 @@ struct Settings {
         case "host_cpus": hostCPUs = try int(1...4096)
         case "reserve_memory": reserveMemory = try Quantity.parseBytes(value)
         case "reserve_pids": reservePids = try int(0...4_194_304)
+        case "max_execs_per_sandbox": execLimits.perSandbox = Int(try int(1...10_000))
+        case "max_execs_per_tenant": execLimits.perTenant = Int(try int(1...100_000))
+        case "max_execs": execLimits.total = Int(try int(1...100_000))
+        case "exec_output_budget":
+            execLimits.outputBytes = try Quantity.parseBytes(value)
+            guard execLimits.outputBytes >= 2 * Int64(ExecCommand.maxOutputCap) else {
+                throw VivariumError(.invalidArgument, "exec_output_budget must hold one exec at the cap: at least 32M")
+            }
         case "quota_sandboxes": quota.sandboxes = Int(try int(0...1_000_000))
         case "quota_memory": quota.memoryBytes = try Quantity.parseBytes(value)
         case "quota_cpus":

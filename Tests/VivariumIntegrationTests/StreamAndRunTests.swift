@@ -134,7 +134,7 @@ import VivariumTestSupport
             // Without --rm the sandbox keeps running, with the create options it was given.
             r = try d.cli(
                 "run", "--name", "kept", "--memory", "64M", "--env", "GREETING=hi", "--", "sh", "-c", "echo $GREETING")
-            #expect(r.status == 0 && r.stdout == "hi\n")
+            #expect(r.status == 0 && r.stdout == "hi\n", "\(r.stderr)")
             let kept = try d.get("kept")
             #expect(kept.state == "running" && kept.memoryBytes == 64 << 20)
 
