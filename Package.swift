@@ -32,7 +32,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
     ],
     targets: [
-        .target(name: "CVivariumOS"),
+        .target(name: "CVivariumOS", linkerSettings: [.linkedLibrary("z")]),
         .target(name: "VivariumCore", dependencies: [crypto], swiftSettings: strict),
         .target(name: "VivariumOS", dependencies: ["CVivariumOS", "VivariumCore"], swiftSettings: strict),
         .target(name: "VivariumOCI", dependencies: ["VivariumCore"], swiftSettings: strict),

@@ -18,6 +18,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/mount.h>
+#include <linux/openat2.h>
+#include <zlib.h>
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -364,4 +366,48 @@ int vv_set_winsize(int fd, unsigned short rows, unsigned short cols) {
     ws.ws_row = rows;
     ws.ws_col = cols;
     return ioctl(fd, TIOCSWINSZ, &ws) < 0 ? -errno : 0;
+}
+
+int vv_open_in_root(int dirfd, const char *path, int flags, unsigned int mode) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (unsigned long long)flags | O_CLOEXEC;
+    how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+struct vv_inflate {
+    z_stream s;
+};
+
+vv_inflate *vv_inflate_new(void) {
+    vv_inflate *z = calloc(1, sizeof *z);
+    if (!z) return NULL;
+    if (inflateInit2(&z->s, 15 + 32) != Z_OK) {
+        free(z);
+        return NULL;
+    }
+    return z;
+}
+
+int vv_inflate_step(vv_inflate *z, const unsigned char *in, size_t in_len, unsigned char *out, size_t out_cap,
+                    size_t *consumed, size_t *produced) {
+    z->s.next_in = (unsigned char *)in;
+    z->s.avail_in = (uInt)in_len;
+    z->s.next_out = out;
+    z->s.avail_out = (uInt)out_cap;
+    int rc = inflate(&z->s, Z_NO_FLUSH);
+    *consumed = in_len - z->s.avail_in;
+    *produced = out_cap - z->s.avail_out;
+    if (rc == Z_STREAM_END) return 1;
+    if (rc == Z_OK || rc == Z_BUF_ERROR) return 0;
+    return -1;
+}
+
+void vv_inflate_free(vv_inflate *z) {
+    if (!z) return;
+    inflateEnd(&z->s);
+    free(z);
 }

@@ -1,7 +1,7 @@
 import VivariumCore
 import VivariumEngine
 
-/// `/v1/images`: local images.
+/// `/v1/images`: local images, imported from a host path (local root) or uploaded as an archive.
 struct ImageRoutes {
     let images: Images
 
@@ -14,6 +14,18 @@ struct ImageRoutes {
             let body: ImportImageRequest = try await call.body()
             let name = try ResourceName.parse(body.name, what: "image name")
             return Mapping.info(try await images.importRootfs(call.caller, path: body.path, name: name))
+        }
+        r.add(Endpoints.imageUpload) { call in
+            let name = try ResourceName.parse(call.query("name") ?? "", what: "image name")
+            let shared = try call.flag("shared")
+            let body = call.request.body
+            // The archive streams from the connection into the unpacker: nothing is held in memory.
+            return Mapping.info(
+                try await images.upload(call.caller, name: name, shared: shared) { feed in
+                    for try await chunk in body {
+                        try chunk.withUnsafeReadableBytes { try feed($0) }
+                    }
+                })
         }
         r.add(Endpoints.imageDelete) { call in
             try await images.remove(call.caller, name: try call.name("image name"))

@@ -57,7 +57,10 @@ public enum PolicyTable {
         case .sandboxExec: .init([.exec], role: .member, .tenant, mutating: true)
 
         case .imageList: .init([.imagesRead], role: .auditor, .tenantUnbound, mutating: false)
-        case .imageImport, .imageDelete: .init([.imagesWrite], role: .admin, .admin, mutating: true)
+        // Host paths are for local root (the engine refuses remote callers); uploads and deletes are a
+        // member's within its tenant, and only an admin's for the shared images of the default tenant.
+        case .imageImport: .init([.imagesWrite], role: .admin, .admin, mutating: true)
+        case .imageUpload, .imageDelete: .init([.imagesWrite], role: .member, .tenantUnbound, mutating: true)
 
         // Tenant auditors read their tenant's records; verifying the chain needs all of them (admin).
         case .auditList, .auditFollow: .init([.auditRead], role: .auditor, .tenantUnbound, mutating: false)

@@ -41,6 +41,16 @@ public struct APIClient: Sendable {
         }
     }
 
+    /// Calls a route whose body is raw bytes (an archive), not JSON.
+    public func upload<Response>(_ endpoint: Endpoint<Empty, Response>, _ data: Data, query: [(String, String?)])
+        throws -> Response
+    {
+        let route = endpoint.route
+        let r = try send(route.method.rawValue, route.path([:], query: query), body: data)
+        try Self.check(r)
+        return try WireCoding.decoder().decode(Response.self, from: r.body)
+    }
+
     /// A request by method and path, decoding the answer (tests and tools that build paths themselves).
     public func call<T: Decodable>(_ method: String, _ path: String, body: (some Encodable)? = Optional<Int>.none)
         throws -> T

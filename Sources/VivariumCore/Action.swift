@@ -32,6 +32,8 @@ public enum Action: String, CaseIterable, Sendable, Codable {
 
     case imageList = "image.list"
     case imageImport = "image.import"
+    /// A tar stream sent with the request: a tenant's own image, or (admins) a shared one.
+    case imageUpload = "image.upload"
     case imageDelete = "image.delete"
 
     case auditList = "audit.list"

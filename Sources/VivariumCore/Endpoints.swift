@@ -121,6 +121,9 @@ public enum Endpoints {
     public static let imageList = Endpoint<Empty, Page<ImageInfo>>(.get, "/v1/images", .imageList)
     public static let imageImport = Endpoint<ImportImageRequest, ImageInfo>(
         .post, "/v1/images", .imageImport, status: 201)
+    /// The body is the archive itself (`application/x-tar`, gzip or plain): `?name=` and `?shared=true`.
+    public static let imageUpload = Endpoint<Empty, ImageInfo>(
+        .post, "/v1/images/upload", .imageUpload, status: 201)
     public static let imageDelete = Endpoint<Empty, Empty>(.delete, "/v1/images/{name}", .imageDelete, status: 204)
 
     public static let auditList = Endpoint<Empty, Page<AuditRecord>>(.get, "/v1/audit", .auditList)
@@ -135,7 +138,8 @@ public enum Endpoints {
         keysRotate.route, tenantList.route, tenantCreate.route, tenantDelete.route, principalList.route,
         principalCreate.route, principalDelete.route, principalDisable.route, apiKeyCreate.route, sandboxList.route,
         sandboxCreate.route, sandboxRun.route, sandboxGet.route, sandboxDelete.route, sandboxStart.route,
-        sandboxStop.route, sandboxExec.route, imageList.route, imageImport.route, imageDelete.route,
+        sandboxStop.route, sandboxExec.route, imageList.route, imageImport.route, imageUpload.route,
+        imageDelete.route,
         auditList.route, auditFollow, auditCheckpoints.route,
     ]
 }

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import VivariumCore
+import VivariumImages
 import VivariumOS
 
 /// Everything the engine needs to know about its host and instance. Every host-wide name (crun root,
@@ -22,6 +23,8 @@ public struct EngineConfiguration: Sendable {
     public var budget: HostBudget?
     /// Execs in flight and the output they may buffer.
     public var execLimits = ExecLimits.default
+    /// What every unpacked archive may hold and grow to.
+    public var unpackRules = UnpackRules.default
     /// Audit checkpoints: at least this often, and after this many records.
     public var auditCheckpointInterval: Duration = .seconds(60)
     public var auditCheckpointRecords: Int64 = 1000

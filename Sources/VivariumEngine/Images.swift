@@ -32,30 +32,99 @@ public final class Images: Sendable {
         }
     }
 
-    /// Imports a root file system from a directory or tar archive on the daemon's host.
+    /// Imports a root file system from a directory or tar archive on the daemon's host: local root on
+    /// the unix socket only. A remote caller, admin or not, uploads an archive instead (`upload`).
     public func importRootfs(_ caller: Caller, path: String, name: ResourceName) async throws -> ImageRecord {
         try await gate.perform(caller, .imageImport, target: name.rawValue) {
+            guard caller.isLocal else {
+                throw VivariumError(
+                    .forbidden,
+                    "importing from a host path is for local root on the unix socket; upload an archive instead")
+            }
             guard let tenant = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
             return try await importRootfs(tenant: tenant, path: path, name: name)
         }
     }
 
+    /// Imports an archive sent by the caller (`body` hands over its bytes as they arrive) into the
+    /// caller's tenant, or with `shared` (admins only) into the shared images every tenant sees.
+    public func upload(
+        _ caller: Caller, name: ResourceName, shared: Bool,
+        _ body: @escaping @Sendable (_ feed: (UnsafeRawBufferPointer) throws -> Void) async throws -> Void
+    ) async throws -> ImageRecord {
+        try await gate.perform(caller, .imageUpload, target: name.rawValue) {
+            let tenant = try writableTenant(caller, shared: shared)
+            return try await add(tenant: tenant, name: name, source: ["source": "upload"]) { [self] in
+                try await LayerIngest.run(into: content, rules: config.unpackRules, body)
+            }
+        }
+    }
+
     public func remove(_ caller: Caller, name: ResourceName) async throws {
         try await gate.perform(caller, .imageDelete, target: name.rawValue) {
-            guard let tenant = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
-            try await remove(tenant: tenant, name: name)
+            try await remove(tenant: try writableTenant(caller, shared: false), name: name)
         }
+    }
+
+    /// The tenant whose images the caller changes: its own; the default tenant's (the shared images)
+    /// only for an admin.
+    func writableTenant(_ caller: Caller, shared: Bool) throws -> String {
+        guard let own = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
+        let tenant = shared ? Identity.defaultTenant : own
+        if tenant == Identity.defaultTenant && caller.role != .admin {
+            throw VivariumError(.forbidden, "only an admin changes the shared images")
+        }
+        return tenant
     }
 
     func importRootfs(tenant: String, path: String, name: ResourceName) async throws -> ImageRecord {
         guard path.hasPrefix("/"), path.utf8.count <= 4096 else {
             throw VivariumError(.invalidArgument, "path must be an absolute path on the daemon's host")
         }
-        return try await locks.withLock("image:\(tenant)/\(name)") { [self] in
+        let real = try Self.checkedSource(path, stateDir: config.stateDir)
+        var st = stat()
+        guard lstat(real, &st) == 0 else { throw VivariumError(.invalidArgument, "no such file or directory: \(path)") }
+        var sd = stat()
+        guard stat(config.stateDir, &sd) == 0 else {
+            throw VivariumError(.internalError, "cannot stat the state directory")
+        }
+        let isDirectory = st.st_mode & S_IFMT == S_IFDIR
+        let skip = (sd.st_dev, sd.st_ino)
+        return try await add(tenant: tenant, name: name, source: ["path": real]) { [self] in
+            if isDirectory {
+                return try await content.importDirectory(real, skip: [skip], rules: config.unpackRules)
+            }
+            return try await content.importArchive(file: real, rules: config.unpackRules)
+        }
+    }
+
+    /// The real path of an import source, refused when it is inside the state directory or contains it
+    /// (the keys, the database and every sandbox's disk live there).
+    static func checkedSource(_ path: String, stateDir: String) throws -> String {
+        guard let resolved = realpath(path, nil) else {
+            throw VivariumError(.invalidArgument, "no such file or directory: \(path)")
+        }
+        defer { free(resolved) }
+        let real = String(cString: resolved)
+        let state = (try? FileSystem.canonical(stateDir)) ?? stateDir
+        func within(_ a: String, _ b: String) -> Bool { a == b || b == "/" || a.hasPrefix(b + "/") }
+        if within(real, state) || within(state, real) {
+            throw VivariumError(
+                .forbidden, "\(real) is or holds the daemon's state directory: it cannot be imported")
+        }
+        return real
+    }
+
+    /// Adds an image under `name` from what `ingest` places in the content store.
+    func add(
+        tenant: String, name: ResourceName, source: [String: String],
+        _ ingest: @escaping @Sendable () async throws -> ImageStore.Imported
+    ) async throws -> ImageRecord {
+        try await locks.withLock("image:\(tenant)/\(name)") { [self] in
             if try await store.image(tenant: tenant, name: name) != nil {
                 throw VivariumError(.alreadyExists, "an image named \(name) already exists")
             }
-            let imported = try await content.importRootfs(from: path)
+            let imported = try await ingest()
             let rec = try await store.insertImage(
                 ImageRecord(
                     tenant: tenant, name: name, digest: imported.digest, rootfs: imported.rootfs,
@@ -63,8 +132,8 @@ public final class Images: Sendable {
                 audit: AuditEvent(
                     "image.import", target: name.rawValue, tenant: tenant,
                     details: [
-                        "digest": imported.digest.rawValue, "size_bytes": String(imported.sizeBytes), "path": path,
-                    ]))
+                        "digest": imported.digest.rawValue, "size_bytes": String(imported.sizeBytes),
+                    ].merging(source) { a, _ in a }))
             logger.info("image imported", metadata: ["image": "\(name)", "digest": "\(imported.digest)"])
             return rec
         }
@@ -89,7 +158,10 @@ public final class Images: Sendable {
         try FileSystem.makeDirectory(dir, mode: 0o755)
         do {
             try await ImageStore.buildBusyboxRootfs(at: dir, busybox: config.busybox)
-            _ = try await importRootfs(tenant: Identity.defaultTenant, path: dir, name: base)
+            // Built by the daemon inside its own state directory: the one source that skips the checks.
+            _ = try await add(tenant: Identity.defaultTenant, name: base, source: ["source": "busybox"]) { [self] in
+                try await content.importDirectory(dir, skip: [], rules: config.unpackRules)
+            }
         } catch {
             try? await FileSystem.removeTree(dir)
             throw error

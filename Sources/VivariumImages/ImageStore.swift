@@ -33,44 +33,43 @@ public struct ImageStore: Sendable {
     public func blobPath(_ d: Digest) -> String { "\(root)/blobs/sha256/\(d.hex)" }
     public func rootfsPath(_ manifest: Digest) -> String { "\(root)/rootfs/\(manifest.hex)" }
 
-    /// Imports a root file system from a directory or a tar archive (optionally compressed) on this host.
-    public func importRootfs(from path: String) async throws -> Imported {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-            throw VivariumError(.invalidArgument, "no such file or directory: \(path)")
+    /// Imports a root file system from a tar archive (gzip or plain) on this host, streamed.
+    public func importArchive(file path: String, rules: UnpackRules) async throws -> Imported {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else {
+            throw VivariumError(.invalidArgument, "cannot read \(path): \(String(cString: strerror(errno)))")
         }
-        let work = "\(root)/tmp/import-\(randomHex(bytes: 8))"
-        try FileSystem.makeDirectory(work, mode: 0o700)
-        do {
-            let imported = try await importRootfs(from: path, isDirectory: isDir.boolValue, work: work)
-            try await FileSystem.removeTree(work)
-            return imported
-        } catch {
-            try? await FileSystem.removeTree(work)
-            throw error
+        defer { close(fd) }
+        return try await LayerIngest.run(into: self, rules: rules) { feed in
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                guard n >= 0 else { throw VivariumError(.invalidArgument, "cannot read \(path): errno \(errno)") }
+                if n == 0 { return }
+                try buffer.withUnsafeBytes { try feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            }
         }
     }
 
-    func importRootfs(from path: String, isDirectory: Bool, work: String) async throws -> Imported {
-
-        let layerTmp = work + "/layer.tar"
-        if isDirectory {
-            try await tar([
-                "--create", "--file", layerTmp, "--numeric-owner", "--xattrs", "--sort=name", "-C", path, ".",
-            ])
-        } else {
-            try FileManager.default.copyItem(atPath: path, toPath: layerTmp)
+    /// Imports a directory of this host: walked without following symlinks or entering `skip` (a
+    /// directory's device and inode: the state directory, however it is reached), archived as a tar
+    /// layer and unpacked under the same rules as any archive.
+    public func importDirectory(_ path: String, skip: [(dev_t, ino_t)], rules: UnpackRules) async throws -> Imported {
+        try await LayerIngest.run(into: self, rules: rules) { feed in
+            try withoutActuallyEscaping(feed) { feed in
+                var writer = TarWriter(feed)
+                try DirectoryWalk(root: path, skip: skip).walk { try writer.add($0) }
+                try writer.finish()
+            }
         }
-        let (layerDigest, layerSize) = try Self.digestFile(layerTmp)
-        let unpacked = work + "/rootfs"
-        try FileSystem.makeDirectory(unpacked, mode: 0o755)
-        // GNU tar as root keeps numeric owners and modes, strips leading '/', and skips members with '..'.
-        try await tar([
-            "--extract", "--file", layerTmp, "--numeric-owner", "--same-permissions", "--xattrs",
-            "--no-overwrite-dir", "-C", unpacked,
-        ])
-        let diffID = isDirectory ? layerDigest : try await uncompressedDigest(layerTmp)
+    }
 
+    /// Places an unpacked root and its layer blob in the store under a new manifest.
+    func place(
+        rootfs unpacked: String, layerBlob: String, layer layerDigest: Digest, layerSize: Int64, diffID: Digest,
+        compressed: Bool
+    ) async throws -> Imported {
         let config: [String: Any] = [
             "architecture": Self.architecture, "os": "linux",
             "rootfs": ["type": "layers", "diff_ids": [diffID.rawValue]],
@@ -87,15 +86,16 @@ public struct ImageStore: Sendable {
             ],
             "layers": [
                 [
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layerDigest.rawValue,
-                    "size": layerSize,
+                    "mediaType": compressed
+                        ? "application/vnd.oci.image.layer.v1.tar+gzip" : "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layerDigest.rawValue, "size": layerSize,
                 ]
             ],
         ]
         let manifestData = try JSONSerialization.data(withJSONObject: manifest, options: [.sortedKeys])
         let manifestDigest = Digest.of(manifestData)
 
-        try storeBlob(file: layerTmp, digest: layerDigest)
+        try storeBlob(file: layerBlob, digest: layerDigest)
         try storeBlob(data: configData, digest: configDigest)
         try storeBlob(data: manifestData, digest: manifestDigest)
         let final = rootfsPath(manifestDigest)
@@ -134,40 +134,6 @@ public struct ImageStore: Sendable {
         let dest = blobPath(digest)
         if FileSystem.exists(dest) { return }
         try FileSystem.writeAtomically(data, to: dest, mode: 0o444)
-    }
-
-    static func digestFile(_ path: String) throws -> (Digest, Int64) {
-        guard let fh = FileHandle(forReadingAtPath: path) else {
-            throw VivariumError(.invalidArgument, "cannot read \(path)")
-        }
-        defer { try? fh.close() }
-        var h = SHA256()
-        var size: Int64 = 0
-        while let chunk = try fh.read(upToCount: 1 << 20), !chunk.isEmpty {
-            h.update(data: chunk)
-            size += Int64(chunk.count)
-        }
-        return (Digest(sha256: h.finalize()), size)
-    }
-
-    func uncompressedDigest(_ path: String) async throws -> Digest {
-        // The diff id is the digest of the uncompressed layer: gunzip (or copy) it, then hash it.
-        let plain = path + ".plain"
-        let cat = try await Reaper.shared.run(
-            Command("/bin/sh", ["-c", "exec zcat -f -- \"$1\" > \"$2\"", "sh", path, plain]))
-        guard cat.status == .exited(0) else {
-            unlink(plain)
-            return try Self.digestFile(path).0
-        }
-        defer { unlink(plain) }
-        return try Self.digestFile(plain).0
-    }
-
-    func tar(_ args: [String]) async throws {
-        let out = try await Reaper.shared.run(Command("/usr/bin/tar", args, outputLimit: 16 << 10))
-        guard out.status == .exited(0) else {
-            throw VivariumError(.invalidArgument, "tar failed: \(out.stderrString.prefix(400))")
-        }
     }
 
     static var architecture: String {

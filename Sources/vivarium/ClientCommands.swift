@@ -225,12 +225,16 @@ struct Exec: ClientCommand {
 struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image", abstract: "Manage local images.",
-        subcommands: [Import.self, ImageList.self, ImageRemove.self])
+        subcommands: [Import.self, Upload.self, ImageList.self, ImageRemove.self])
 
     struct Import: ClientCommand {
         static let configuration = CommandConfiguration(
             commandName: "import",
-            abstract: "Import a root file system from a directory or a tar archive on the daemon's host.")
+            abstract: "Import a root file system from a directory or a tar archive on the daemon's host.",
+            discussion: """
+                For local root on the unix socket only; the path must not be or hold the state directory.
+                Remote clients send an archive with `vivarium image upload`.
+                """)
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Directory or tar archive (gzip allowed).") var path: String
         @Option(help: "Image name (a DNS label).") var name: String
@@ -239,6 +243,39 @@ struct ImageCommand: AsyncParsableCommand {
             let abs = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
             FileHandle.standardError.write(Data("importing \(abs)…\n".utf8))
             let i = try client.call(Endpoints.imageImport, ImportImageRequest(path: abs, name: name))
+            if json {
+                try printJSON(i)
+            } else {
+                print("\(i.name) \(i.digest) \(Quantity.formatBytes(i.sizeBytes))")
+            }
+        }
+    }
+
+    struct Upload: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "upload",
+            abstract: "Send a tar archive (gzip allowed) from this machine as an image of your tenant.",
+            discussion: """
+                The daemon unpacks it under its unpack rules: no device nodes, no setuid or setgid bits, ids
+                above 65535 become 65534, bounded size, member count and expansion. Admins make an image
+                every tenant sees with --shared.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "A tar archive, plain or gzip-compressed.") var file: String
+        @Option(help: "Image name (a DNS label).") var name: String
+        @Flag(help: "A shared image of the default tenant (admins only).") var shared = false
+        @Flag(help: "Print JSON.") var json = false
+        func run(_ client: APIClient) async throws {
+            let data: Data
+            do {
+                data = try Data(contentsOf: URL(fileURLWithPath: file), options: .alwaysMapped)
+            } catch {
+                throw VivariumError(.invalidArgument, "cannot read \(file): \(error.localizedDescription)")
+            }
+            FileHandle.standardError.write(
+                Data("uploading \(file) (\(Quantity.formatBytes(Int64(data.count))))…\n".utf8))
+            let i = try client.upload(
+                Endpoints.imageUpload, data, query: [("name", name), ("shared", shared ? "true" : nil)])
             if json {
                 try printJSON(i)
             } else {

@@ -85,6 +85,7 @@ struct Serve: Verb {
             stopTimeout: .seconds(s.stopTimeoutSeconds), quota: s.quota)
         configuration.budget = s.budget
         configuration.execLimits = s.execLimits
+        configuration.unpackRules = s.unpackRules
         configuration.auditCheckpointInterval = .seconds(s.auditCheckpointSeconds)
         configuration.auditCheckpointRecords = Int64(s.auditCheckpointRecords)
         configuration.auditExport = s.auditExport
@@ -271,6 +272,10 @@ struct ConfigCommand: AsyncParsableCommand {
                     ("max_execs_per_sandbox", String(s.execLimits.perSandbox)),
                     ("max_execs_per_tenant", String(s.execLimits.perTenant)), ("max_execs", String(s.execLimits.total)),
                     ("exec_output_budget", Quantity.formatBytes(s.execLimits.outputBytes)),
+                    ("image_max_bytes", Quantity.formatBytes(s.unpackRules.maxBytes)),
+                    ("image_max_entries", String(s.unpackRules.maxEntries)),
+                    ("image_max_ratio", String(s.unpackRules.maxRatio)),
+                    ("image_keep_setid", String(s.unpackRules.keepSetID)),
                 ]
             if json {
                 try printJSON(Dictionary(uniqueKeysWithValues: rows))

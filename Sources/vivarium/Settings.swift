@@ -4,6 +4,7 @@ import TOMLKit
 import VivariumAudit
 import VivariumCore
 import VivariumEngine
+import VivariumImages
 import VivariumOS
 
 /// Options every verb shares: where the daemon's socket and state are, and which config file to read.
@@ -50,6 +51,7 @@ struct Settings {
     var reserveMemory: Int64?
     var reservePids: Int64?
     var execLimits = ExecLimits.default
+    var unpackRules = UnpackRules.default
     var authFailuresPerMinute = 10
     var requestsPerSecond = 100
     var requestBurst = 200
@@ -72,7 +74,8 @@ struct Settings {
         "auth_failures_per_minute", "requests_per_second", "request_burst", "trusted_proxies", "admin_allowlist",
         "audit_mode", "audit_checkpoint_seconds", "audit_checkpoint_records", "audit_export", "audit_syslog",
         "host_pids", "host_memory", "host_cpus", "reserve_memory", "reserve_pids", "max_execs_per_sandbox",
-        "max_execs_per_tenant", "max_execs", "exec_output_budget",
+        "max_execs_per_tenant", "max_execs", "exec_output_budget", "image_max_bytes", "image_max_entries",
+        "image_max_ratio", "image_keep_setid",
     ]
 
     /// The host budget: the configured host facts, or this host's.
@@ -181,6 +184,10 @@ struct Settings {
         case "host_cpus": hostCPUs = try int(1...4096)
         case "reserve_memory": reserveMemory = try Quantity.parseBytes(value)
         case "reserve_pids": reservePids = try int(0...4_194_304)
+        case "image_max_bytes": unpackRules.maxBytes = try Quantity.parseBytes(value)
+        case "image_max_entries": unpackRules.maxEntries = Int(try int(1...100_000_000))
+        case "image_max_ratio": unpackRules.maxRatio = try int(2...100_000)
+        case "image_keep_setid": unpackRules.keepSetID = try bool()
         case "max_execs_per_sandbox": execLimits.perSandbox = Int(try int(1...10_000))
         case "max_execs_per_tenant": execLimits.perTenant = Int(try int(1...100_000))
         case "max_execs": execLimits.total = Int(try int(1...100_000))

@@ -59,11 +59,14 @@ import VivariumTestSupport
                 ("POST", "/v1/tokens/issue", #"{"principal":"boss","scopes":["exec"]}"#),
                 ("POST", "/v1/tokens/revoke", #"{"tenant":"acme"}"#),
                 ("POST", "/v1/images", #"{"path":"/","name":"z"}"#),
-                ("DELETE", "/v1/images/base", nil), ("GET", "/v1/sandboxes?tenant=acme", nil),
+                ("GET", "/v1/sandboxes?tenant=acme", nil),
             ] {
                 let (s, code) = try status(m, method, path, body: body)
                 #expect(s == 403 && code == "forbidden", "\(method) \(path) by a member answered \(s)")
             }
+            // A member removes only its own tenant's images: the shared base is not one of them.
+            let (gone, why) = try status(m, "DELETE", "/v1/images/base")
+            #expect(gone == 404 && why == "image_not_found", "a member's delete of the shared base answered \(gone)")
             // acme's sandbox is untouched and acme still reaches it.
             let r: ExecResult = try a.call("POST", "/v1/sandboxes/vault/exec", body: ExecRequest(argv: ["hostname"]))
             #expect(String(decoding: r.stdout, as: UTF8.self) == "vault\n")

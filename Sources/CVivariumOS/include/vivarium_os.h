@@ -82,4 +82,18 @@ int vv_set_winsize(int fd, unsigned short rows, unsigned short cols);
 /// statfs f_type of path, or -errno.
 long vv_fs_type(const char *path);
 
+/// Opens `path` below the directory `dirfd` as if `dirfd` were the root (openat2 with
+/// RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): no "..", absolute path or symlink gets out. Returns the
+/// fd or -errno.
+int vv_open_in_root(int dirfd, const char *path, int flags, unsigned int mode);
+
+/// A streaming gzip/zlib decompressor (zlib's inflate with automatic header detection).
+typedef struct vv_inflate vv_inflate;
+vv_inflate *vv_inflate_new(void);
+/// Decompresses from `in` into `out`: returns 0 while more input is wanted, 1 at the end of the
+/// stream, -1 on corrupt input; `consumed` and `produced` say how many bytes moved.
+int vv_inflate_step(vv_inflate *z, const unsigned char *in, size_t in_len, unsigned char *out, size_t out_cap,
+                    size_t *consumed, size_t *produced);
+void vv_inflate_free(vv_inflate *z);
+
 #endif
