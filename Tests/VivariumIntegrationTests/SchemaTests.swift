@@ -42,7 +42,9 @@ import VivariumTestSupport
             try Data(
                 """
                 [checks.negative_data_rejection]
-                expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
+                expected-statuses = [
+                    "400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429",
+                ]
 
                 """.utf8
             ).write(to: URL(fileURLWithPath: config))
