@@ -51,7 +51,8 @@ import VivariumTestSupport
             let r = try runCommand(
                 st,
                 [
-                    "--config-file", config, "run", base + "/v1/openapi.json", "--url", base, "-H", "Authorization: Bearer \(pair.accessToken)",
+                    "--config-file", config, "run", base + "/v1/openapi.json", "--url", base,
+                    "-H", "Authorization: Bearer \(pair.accessToken)",
                     "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "12",
                     "--max-time", "100", "--request-timeout", "60", "--max-response-time", "60", "--workers", "1",
                     "--seed", "1", "--generation-deterministic", "--no-shrink", "--output-truncate", "true",
