@@ -20,6 +20,8 @@ public struct EngineConfiguration: Sendable {
     public var quota: TenantQuota
     /// What running sandboxes may hold of the host together; nil: no bound beyond the tenant quotas.
     public var budget: HostBudget?
+    /// The disk quota of a sandbox whose create names none (`disk_default`).
+    public var defaultDiskBytes: Int64 = ResourceLimits.defaultDiskBytes
     /// Audit checkpoints: at least this often, and after this many records.
     public var auditCheckpointInterval: Duration = .seconds(60)
     public var auditCheckpointRecords: Int64 = 1000
