@@ -20,6 +20,10 @@
 #include <linux/mount.h>
 #include <linux/openat2.h>
 #include <zlib.h>
+#include <endian.h>
+#include <linux/btrfs.h>
+#include <linux/btrfs_tree.h>
+#include <linux/loop.h>
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -410,4 +414,154 @@ void vv_inflate_free(vv_inflate *z) {
     if (!z) return;
     inflateEnd(&z->s);
     free(z);
+}
+
+// MARK: Loop devices and btrfs
+
+int vv_loop_attach(int image_fd, int *number) {
+    int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+    if (ctl < 0) return -errno;
+    int err = EBUSY;
+    // Another process may take the free device between GET_FREE and CONFIGURE: try again.
+    for (int attempt = 0; attempt < 16; attempt++) {
+        int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+        if (n < 0) {
+            err = errno;
+            break;
+        }
+        char path[32];
+        snprintf(path, sizeof path, "/dev/loop%d", n);
+        int fd = open(path, O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+            err = errno;
+            break;
+        }
+        struct loop_config c;
+        memset(&c, 0, sizeof c);
+        c.fd = (unsigned int)image_fd;
+        c.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+        if (ioctl(fd, LOOP_CONFIGURE, &c) == 0) {
+            close(ctl);
+            *number = n;
+            return fd;
+        }
+        err = errno;
+        close(fd);
+        if (err != EBUSY) break;
+    }
+    close(ctl);
+    return -err;
+}
+
+int vv_fallocate(int fd, int64_t len) { return fallocate(fd, 0, 0, (off_t)len) < 0 ? -errno : 0; }
+
+int vv_btrfs_quota_enable(int fd) {
+    struct btrfs_ioctl_quota_ctl_args a;
+    memset(&a, 0, sizeof a);
+    a.cmd = BTRFS_QUOTA_CTL_ENABLE;
+    return ioctl(fd, BTRFS_IOC_QUOTA_CTL, &a) < 0 ? -errno : 0;
+}
+
+int vv_btrfs_subvol_create(int dirfd, const char *name) {
+    struct btrfs_ioctl_vol_args a;
+    memset(&a, 0, sizeof a);
+    if (strlen(name) >= sizeof a.name) return -ENAMETOOLONG;
+    strcpy(a.name, name);
+    return ioctl(dirfd, BTRFS_IOC_SUBVOL_CREATE, &a) < 0 ? -errno : 0;
+}
+
+int vv_btrfs_subvol_id(int fd, uint64_t *id) {
+    struct btrfs_ioctl_ino_lookup_args a;
+    memset(&a, 0, sizeof a);
+    a.treeid = 0;
+    a.objectid = BTRFS_FIRST_FREE_OBJECTID;
+    if (ioctl(fd, BTRFS_IOC_INO_LOOKUP, &a) < 0) return -errno;
+    *id = a.treeid;
+    return 0;
+}
+
+int vv_btrfs_qgroup_limit(int subvol_fd, uint64_t max_referenced) {
+    struct btrfs_ioctl_qgroup_limit_args a;
+    memset(&a, 0, sizeof a);
+    a.qgroupid = 0;  // the qgroup of the subvolume the fd is in
+    a.lim.flags = BTRFS_QGROUP_LIMIT_MAX_RFER;
+    a.lim.max_rfer = max_referenced == 0 ? (uint64_t)-1 : max_referenced;
+    return ioctl(subvol_fd, BTRFS_IOC_QGROUP_LIMIT, &a) < 0 ? -errno : 0;
+}
+
+int vv_btrfs_subvol_destroy(int dirfd, const char *name) {
+    struct btrfs_ioctl_vol_args a;
+    memset(&a, 0, sizeof a);
+    if (strlen(name) >= sizeof a.name) return -ENAMETOOLONG;
+    strcpy(a.name, name);
+    return ioctl(dirfd, BTRFS_IOC_SNAP_DESTROY, &a) < 0 ? -errno : 0;
+}
+
+int vv_btrfs_qgroup_remove(int fd, uint64_t id) {
+    struct btrfs_ioctl_qgroup_create_args a;
+    memset(&a, 0, sizeof a);
+    a.create = 0;
+    a.qgroupid = id;
+    return ioctl(fd, BTRFS_IOC_QGROUP_CREATE, &a) < 0 ? -errno : 0;
+}
+
+int vv_btrfs_sync(int fd) { return ioctl(fd, BTRFS_IOC_SYNC, NULL) < 0 ? -errno : 0; }
+
+static uint64_t le64_at(const char *p) {
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return le64toh(v);
+}
+
+int vv_btrfs_qgroups(int fd, uint64_t *ids, uint64_t *referenced, uint64_t *exclusive, int max) {
+    struct btrfs_ioctl_search_args a;
+    int count = 0;
+    uint64_t next = 0;
+    for (;;) {
+        memset(&a, 0, sizeof a);
+        a.key.tree_id = BTRFS_QUOTA_TREE_OBJECTID;
+        a.key.min_objectid = 0;
+        a.key.max_objectid = 0;
+        a.key.min_type = BTRFS_QGROUP_INFO_KEY;
+        a.key.max_type = BTRFS_QGROUP_INFO_KEY;
+        a.key.min_offset = next;
+        a.key.max_offset = (1ULL << 48) - 1;  // level 0: the subvolumes' own qgroups
+        a.key.max_transid = (uint64_t)-1;
+        a.key.nr_items = 4096;
+        if (ioctl(fd, BTRFS_IOC_TREE_SEARCH, &a) < 0) return -errno;
+        if (a.key.nr_items == 0) return count;
+        size_t off = 0;
+        for (uint32_t i = 0; i < a.key.nr_items; i++) {
+            struct btrfs_ioctl_search_header h;
+            memcpy(&h, a.buf + off, sizeof h);
+            off += sizeof h;
+            if (h.type == BTRFS_QGROUP_INFO_KEY && h.len >= 40) {
+                if (count == max) return count;
+                ids[count] = h.offset;
+                // struct btrfs_qgroup_info_item: generation, rfer, rfer_cmpr, excl, excl_cmpr (le64)
+                referenced[count] = le64_at(a.buf + off + 8);
+                exclusive[count] = le64_at(a.buf + off + 24);
+                count++;
+            }
+            off += h.len;
+            next = h.offset + 1;
+        }
+        if (next == 0 || next >= (1ULL << 48)) return count;
+    }
+}
+
+int vv_btrfs_subvol_exists(int fd, uint64_t id) {
+    struct btrfs_ioctl_search_args a;
+    memset(&a, 0, sizeof a);
+    a.key.tree_id = BTRFS_ROOT_TREE_OBJECTID;
+    a.key.min_objectid = id;
+    a.key.max_objectid = id;
+    a.key.min_type = BTRFS_ROOT_ITEM_KEY;
+    a.key.max_type = BTRFS_ROOT_ITEM_KEY;
+    a.key.min_offset = 0;
+    a.key.max_offset = (uint64_t)-1;
+    a.key.max_transid = (uint64_t)-1;
+    a.key.nr_items = 1;
+    if (ioctl(fd, BTRFS_IOC_TREE_SEARCH, &a) < 0) return -errno;
+    return a.key.nr_items > 0 ? 1 : 0;
 }

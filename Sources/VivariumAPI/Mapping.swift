@@ -10,6 +10,7 @@ enum Mapping {
         if let m = req.memoryBytes { limits.memoryBytes = m }
         if let c = req.milliCpus { limits.milliCPUs = c }
         if let p = req.pids { limits.pids = p }
+        limits.diskBytes = req.diskBytes ?? ResourceLimits.unsetDiskBytes
         let restart =
             try req.restart.map {
                 guard let r = RestartPolicy(rawValue: $0) else {
@@ -46,7 +47,7 @@ enum Mapping {
             envNames: s.spec.env.keys.sorted(), labels: s.spec.labels, readOnly: s.spec.readOnly,
             restart: s.spec.restart.rawValue,
             createdAt: s.createdAt, expiresAt: s.expiresAt, hostUidBase: s.hostUIDBase,
-            diskUsageBytes: s.diskUsageBytes)
+            diskUsageBytes: s.diskUsageBytes, diskBytes: s.spec.limits.diskBytes)
     }
 
     static func result(_ o: ExecOutcome) -> ExecResult {

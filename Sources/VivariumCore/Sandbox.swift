@@ -1,21 +1,40 @@
 import Foundation
 
-/// Memory, CPU and process limits of one sandbox.
+/// Memory, CPU, process and disk limits of one sandbox.
 public struct ResourceLimits: Codable, Sendable, Equatable {
     public var memoryBytes: Int64
     /// CPU quota in thousandths of a CPU (1500 = 1.5 CPUs).
     public var milliCPUs: Int64
     public var pids: Int64
+    /// The quota of the sandbox's writable layer, data and metadata together (so it also bounds the
+    /// number of files it can hold).
+    public var diskBytes: Int64
 
+    public static let defaultDiskBytes: Int64 = 1 << 30
+    /// A create that names no disk quota: the engine gives it the daemon's default (`disk_default`).
+    public static let unsetDiskBytes: Int64 = 0
     public static let `default` = ResourceLimits(memoryBytes: 512 << 20, milliCPUs: 1000, pids: 512)
     public static let memoryRange: ClosedRange<Int64> = (16 << 20)...(1 << 40)
     public static let milliCPURange: ClosedRange<Int64> = 10...256_000
     public static let pidsRange: ClosedRange<Int64> = 8...1_000_000
+    public static let diskRange: ClosedRange<Int64> = (16 << 20)...(1 << 44)
 
-    public init(memoryBytes: Int64, milliCPUs: Int64, pids: Int64) {
+    public init(memoryBytes: Int64, milliCPUs: Int64, pids: Int64, diskBytes: Int64 = Self.defaultDiskBytes) {
         self.memoryBytes = memoryBytes
         self.milliCPUs = milliCPUs
         self.pids = pids
+        self.diskBytes = diskBytes
+    }
+
+    enum CodingKeys: String, CodingKey { case memoryBytes, milliCPUs, pids, diskBytes }
+
+    /// Specs stored before disk quotas existed have no `diskBytes`: they get the default.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        memoryBytes = try c.decode(Int64.self, forKey: .memoryBytes)
+        milliCPUs = try c.decode(Int64.self, forKey: .milliCPUs)
+        pids = try c.decode(Int64.self, forKey: .pids)
+        diskBytes = try c.decodeIfPresent(Int64.self, forKey: .diskBytes) ?? Self.defaultDiskBytes
     }
 
     public func validated() throws -> ResourceLimits {
@@ -27,6 +46,9 @@ public struct ResourceLimits: Codable, Sendable, Equatable {
         }
         guard Self.pidsRange.contains(pids) else {
             throw VivariumError(.invalidArgument, "pids must be between 8 and 1000000")
+        }
+        guard diskBytes == Self.unsetDiskBytes || Self.diskRange.contains(diskBytes) else {
+            throw VivariumError(.invalidArgument, "disk must be between 16M and 16T")
         }
         return self
     }
@@ -51,6 +73,8 @@ public struct TenantQuota: Sendable, Equatable, Codable {
 /// - one tenant's running sandboxes: pids ≤ pid_max/2;
 /// - all running sandboxes: memory limits ≤ 4 × RAM (limits are ceilings, rarely all used at once, so
 ///   they are overcommitted), CPU ≤ 8 × the host's (CPU time is shared, not lost), pids ≤ pid_max − reserve.
+/// - disk, when a quota pool exists: one sandbox ≤ the pool's size; the quotas of all *existing* sandboxes
+///   (a stopped one keeps its files) ≤ 2 × the pool (`diskOvercommit`; see `admitDisk`).
 public struct HostBudget: Sendable, Equatable {
     public var sandboxPids: Int64
     public var sandboxMemoryBytes: Int64
@@ -59,6 +83,12 @@ public struct HostBudget: Sendable, Equatable {
     public var totalPids: Int64
     public var totalMemoryBytes: Int64
     public var totalMilliCPUs: Int64
+    /// The disk quota pool's size; nil when there is none (disk is then not budgeted, nor limited).
+    public var poolBytes: Int64?
+    /// Disk quotas are ceilings too, but what a box writes stays until it is deleted: overcommitted 2×,
+    /// less than memory. Beyond the pool's real size writes fail with ENOSPC in every box.
+    public static let diskOvercommit: Int64 = 2
+    public var totalDiskBytes: Int64? { poolBytes.map { $0 * Self.diskOvercommit } }
 
     public init(pidMax: Int64, memoryBytes: Int64, cpus: Int64, reserveMemoryBytes: Int64, reservePids: Int64) {
         sandboxPids = max(8, pidMax / 8)
@@ -86,6 +116,23 @@ public struct HostBudget: Sendable, Equatable {
         if l.milliCPUs > sandboxMilliCPUs {
             throw VivariumError(
                 .invalidArgument, "cpus must be at most \(Double(sandboxMilliCPUs) / 1000) on this host")
+        }
+        if let pool = poolBytes, l.diskBytes > pool {
+            throw VivariumError(
+                .invalidArgument, "disk must be at most \(Quantity.formatBytes(pool)) (the disk pool) on this host")
+        }
+    }
+
+    /// Refuses creating one more sandbox with `l` when the disk quotas of the existing sandboxes
+    /// (`existingDiskBytes`) would exceed the overcommitted pool: `resource_exhausted`. Counted at create
+    /// only, over every sandbox whatever its state, because a stopped sandbox's files stay in the pool.
+    public func admitDisk(_ l: ResourceLimits, existingDiskBytes: Int64) throws {
+        guard let total = totalDiskBytes else { return }
+        if existingDiskBytes + l.diskBytes > total {
+            throw VivariumError(
+                .resourceExhausted,
+                "the host's disk budget (\(Quantity.formatBytes(total)), \(Self.diskOvercommit)× the disk pool) is taken by existing sandboxes"
+            )
         }
     }
 

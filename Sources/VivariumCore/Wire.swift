@@ -24,6 +24,8 @@ public struct CreateSandboxRequest: Codable, Sendable {
     public var memoryBytes: Int64?
     public var milliCpus: Int64?
     public var pids: Int64?
+    /// The quota of the writable layer, data and metadata (default 1 GiB).
+    public var diskBytes: Int64?
     public var env: [String: String]?
     public var labels: [String: String]?
     public var ttlSeconds: Int64?
@@ -33,8 +35,9 @@ public struct CreateSandboxRequest: Codable, Sendable {
     public init(
         name: String? = nil, image: String? = nil, memoryBytes: Int64? = nil, milliCpus: Int64? = nil,
         pids: Int64? = nil, env: [String: String]? = nil, labels: [String: String]? = nil,
-        ttlSeconds: Int64? = nil, readOnly: Bool? = nil, restart: String? = nil
+        ttlSeconds: Int64? = nil, readOnly: Bool? = nil, restart: String? = nil, diskBytes: Int64? = nil
     ) {
+        self.diskBytes = diskBytes
         self.name = name
         self.image = image
         self.memoryBytes = memoryBytes
@@ -59,6 +62,8 @@ public struct SandboxInfo: Codable, Sendable {
     public var memoryBytes: Int64
     public var milliCpus: Int64
     public var pids: Int64
+    /// The disk quota of the writable layer (data and metadata).
+    public var diskBytes: Int64
     /// The names of the sandbox's environment variables: values never leave through the API.
     public var envNames: [String]
     public var labels: [String: String]
@@ -67,15 +72,17 @@ public struct SandboxInfo: Codable, Sendable {
     public var createdAt: Date
     public var expiresAt: Date?
     public var hostUidBase: Int64
-    /// Bytes written to the sandbox's upper (writable) layer; only filled by a single-sandbox get.
+    /// Bytes the sandbox's writable layer holds, counted as its quota counts them (data and metadata) where
+    /// the disk pool enforces `disk_bytes`; only filled by a single-sandbox get.
     public var diskUsageBytes: Int64?
 
     public init(
         id: String, name: String, tenant: String, image: String, imageDigest: String, state: String, pid: Int32?,
         memoryBytes: Int64, milliCpus: Int64, pids: Int64, envNames: [String], labels: [String: String],
         readOnly: Bool, restart: String, createdAt: Date, expiresAt: Date?, hostUidBase: Int64,
-        diskUsageBytes: Int64?
+        diskUsageBytes: Int64?, diskBytes: Int64 = ResourceLimits.defaultDiskBytes
     ) {
+        self.diskBytes = diskBytes
         self.id = id
         self.name = name
         self.tenant = tenant

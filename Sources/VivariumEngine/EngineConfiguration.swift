@@ -25,6 +25,8 @@ public struct EngineConfiguration: Sendable {
     public var execLimits = ExecLimits.default
     /// What every unpacked archive may hold and grow to.
     public var unpackRules = UnpackRules.default
+    /// The disk quota of a sandbox whose create names none (`disk_default`).
+    public var defaultDiskBytes: Int64 = ResourceLimits.defaultDiskBytes
     /// Audit checkpoints: at least this often, and after this many records.
     public var auditCheckpointInterval: Duration = .seconds(60)
     public var auditCheckpointRecords: Int64 = 1000

@@ -186,7 +186,9 @@ public final class Sandboxes: Sendable {
     }
 
     func create(tenant: String, name: ResourceName?, spec: SandboxSpec) async throws -> Sandbox {
-        let spec = try spec.validated()
+        var asked = spec
+        if asked.limits.diskBytes == ResourceLimits.unsetDiskBytes { asked.limits.diskBytes = config.defaultDiskBytes }
+        let spec = try asked.validated()
         try config.budget?.check(spec.limits)
         let name = name ?? Self.generatedName()
         guard let local = spec.image.localName else {
@@ -209,6 +211,7 @@ public final class Sandboxes: Sendable {
                     "id": id.rawValue, "image": image.name.rawValue, "image_digest": image.digest.rawValue,
                     "memory_bytes": String(spec.limits.memoryBytes),
                     "milli_cpus": String(spec.limits.milliCPUs), "pids": String(spec.limits.pids),
+                    "disk_bytes": String(spec.limits.diskBytes),
                     "restart": spec.restart.rawValue, "read_only": String(spec.readOnly),
                     "ttl_seconds": spec.ttlSeconds.map(String.init) ?? "none",
                     "env_keys": spec.env.keys.sorted().joined(separator: ","),

@@ -1,3 +1,4 @@
+import CVivariumOS
 import Foundation
 import Glibc
 import VivariumCore
@@ -11,6 +12,19 @@ public enum FileSystem {
         }
         _ = chmod(path, mode)
         if let (u, g) = owner, chown(path, u, g) != 0 { throw posixError("chown \(path)") }
+    }
+
+    /// Creates `path` (0600, it must not exist) with `size` bytes allocated on disk, not sparse: writes
+    /// into it can never run out of space on the file system below.
+    public static func createPreallocated(_ path: String, size: Int64) throws {
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw posixError("create \(path)") }
+        let rc = vv_fallocate(fd, size)
+        close(fd)
+        guard rc == 0 else {
+            unlink(path)
+            throw posixError("preallocate \(size) bytes for \(path)", -rc)
+        }
     }
 
     /// Writes a file that holds a secret (a private key, credentials): see `writeAtomically`; mode 0600.

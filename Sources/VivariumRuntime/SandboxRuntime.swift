@@ -148,6 +148,8 @@ public final class HostRuntime: SandboxRuntime {
     let layout: RuntimeLayout
     let oci: any OCIRuntime
     public let cgroups: CgroupHost
+    /// Where writable layers get their disk quota; nil when the operator turned the pool off.
+    public let pool: (any DiskQuotas)?
     let logger: Logger
     let trash: Trash
     public let trashed = WakeSignal()
@@ -156,7 +158,10 @@ public final class HostRuntime: SandboxRuntime {
     /// Disk usage is walked at most this often per sandbox (a walk is O(files)).
     static let diskUsageTTL = Duration.seconds(5)
 
-    public init(layout: RuntimeLayout, oci: any OCIRuntime, cgroups: CgroupHost, logger: Logger) throws {
+    public init(
+        layout: RuntimeLayout, oci: any OCIRuntime, cgroups: CgroupHost, pool: (any DiskQuotas)? = nil, logger: Logger
+    ) throws {
+        self.pool = pool
         self.layout = layout
         self.oci = oci
         self.cgroups = cgroups
@@ -178,9 +183,20 @@ public final class HostRuntime: SandboxRuntime {
         try FileSystem.makeDirectory(p.bundle, mode: 0o710, owner: (0, gid_t(base)))
         try FileSystem.makeDirectory(p.lowerMount, mode: 0o755)
         try FileSystem.makeDirectory(p.rootfsMount, mode: 0o755)
-        try FileSystem.makeDirectory(p.upperDir, mode: 0o755, owner: (uid_t(base), gid_t(base)))
-        try FileSystem.makeDirectory(p.workDir, mode: 0o700, owner: (uid_t(base), gid_t(base)))
+        // With a pool, the upper and work dirs are in the sandbox's own subvolume, under its disk quota.
+        let disk = try pool.map { try $0.create(p.id, limitBytes: p.limits.diskBytes) }
+        let (upper, work) = disk.map { ($0 + "/upper", $0 + "/work") } ?? (p.upperDir, p.workDir)
+        if let disk { try FileSystem.makeDirectory(disk, mode: 0o700) }
+        try FileSystem.makeDirectory(upper, mode: 0o755, owner: (uid_t(base), gid_t(base)))
+        try FileSystem.makeDirectory(work, mode: 0o700, owner: (uid_t(base), gid_t(base)))
         try FileSystem.makeDirectory(p.bundle + "/exec", mode: 0o700)
+    }
+
+    /// The sandbox's upper and work dirs: in its pool volume, or in its bundle (no pool, or a sandbox made
+    /// before there was one).
+    func layers(_ p: BoxPlan) -> (upper: String, work: String) {
+        if let d = pool?.directory(p.id) { return (d + "/upper", d + "/work") }
+        return (p.upperDir, p.workDir)
     }
 
     public func boot(_ p: BoxPlan, network: (any NetworkAttachment)?, onExit: @escaping InitExitHandler)
@@ -192,7 +208,8 @@ public final class HostRuntime: SandboxRuntime {
                 let userns = try UserNamespace(base: p.uidBase, size: HardenedSpec.idRangeSize)
                 try Mounts.idmappedBind(source: p.imageRootfs, target: p.lowerMount, userns: userns, readOnly: true)
             }
-            try Mounts.overlay(lower: p.lowerMount, upper: p.upperDir, work: p.workDir, target: p.rootfsMount)
+            let (upper, work) = layers(p)
+            try Mounts.overlay(lower: p.lowerMount, upper: upper, work: work, target: p.rootfsMount)
         }
         let spec = HardenedSpec(
             hostname: p.hostname, rootfs: p.rootfsMount, readOnly: p.readOnly, hostUIDBase: p.uidBase,
@@ -276,6 +293,8 @@ public final class HostRuntime: SandboxRuntime {
 
     public func destroy(_ p: BoxPlan, released: Bool) async throws {
         if !released { try await release(p) }
+        // The root is unmounted: the subvolume (and its qgroup) can go at once; the kernel frees its blocks.
+        try pool?.destroy(p.id)
         try trash.discard(p.bundle, checking: [p.rootfsMount, p.lowerMount])
         trashed.signal()
     }
@@ -298,7 +317,12 @@ public final class HostRuntime: SandboxRuntime {
         let now = ContinuousClock.now
         let box = box(p.id)
         if let c = box?.diskUsage.withLock({ $0 }), now - c.at < Self.diskUsageTTL { return c.bytes }
-        let bytes = await FileSystem.diskUsage(p.upperDir)
+        let bytes: Int64
+        if let pool, let used = pool.usage(p.id) {
+            bytes = used
+        } else {
+            bytes = await FileSystem.diskUsage(layers(p).upper)
+        }
         box?.diskUsage.withLock { $0 = (bytes, now) }
         return bytes
     }
@@ -328,6 +352,7 @@ public final class HostRuntime: SandboxRuntime {
             }
         }
         if removed > 0 { trashed.signal() }
+        if let pool { removed += pool.removeOrphans(live: live) }
         for dir in cgroups.directories("/" + layout.cgroupParent) where FileSystem.exists(dir) {
             for e in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where !live.contains(e) {
                 var st = stat()

@@ -129,6 +129,16 @@ final class SQLiteTransaction: StoreTransaction {
         }
     }
 
+    func existingDiskBytes() async throws -> Int64 {
+        // Specs written before disk quotas have no diskBytes: they count at the default, as they decode.
+        try await sql { db in
+            try Int64.fetchOne(
+                db,
+                sql: "SELECT coalesce(sum(coalesce(json_extract(spec, '$.limits.diskBytes'), ?)), 0) FROM sandboxes",
+                arguments: [ResourceLimits.defaultDiskBytes]) ?? 0
+        }
+    }
+
     func sandboxNameTaken(tenant: String, name: ResourceName) async throws -> Bool {
         try await sql { db in
             try Bool.fetchOne(

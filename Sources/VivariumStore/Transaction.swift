@@ -42,6 +42,8 @@ public protocol StoreTransaction: Sendable {
     /// The limits of sandboxes that are not stopped (creating, running, being deleted), of one tenant
     /// or (nil) of all.
     func runningUsage(tenant: String?) async throws -> RunningUsage
+    /// The disk quotas of every sandbox, whatever its state (a stopped sandbox keeps its files).
+    func existingDiskBytes() async throws -> Int64
     func sandboxNameTaken(tenant: String, name: ResourceName) async throws -> Bool
     func insertSandboxRow(_ r: SandboxRecord) async throws
     /// False when there is no such sandbox.
@@ -174,7 +176,10 @@ extension Store {
                 try StoreRules.checkQuota(
                     try await tx.tenantUsage(r.tenant), adding: r.spec.limits, quota: quota, tenant: r.tenant)
             }
-            if let budget { try await tx.admit(r, budget: budget, pending: pending) }
+            if let budget {
+                try await tx.admit(r, budget: budget, pending: pending)
+                try budget.admitDisk(r.spec.limits, existingDiskBytes: try await tx.existingDiskBytes())
+            }
             guard try await !tx.sandboxNameTaken(tenant: r.tenant, name: r.name) else {
                 throw VivariumError(.alreadyExists, "a sandbox named \(r.name) already exists")
             }

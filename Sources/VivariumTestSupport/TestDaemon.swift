@@ -134,6 +134,9 @@ public final class TestDaemon: @unchecked Sendable {
             "VIVARIUM_STATE_DIR": stateDir, "VIVARIUM_SOCKET": socket, "VIVARIUM_UID_BASE": String(uidBase),
             "VIVARIUM_MAX_SANDBOXES": "16", "VIVARIUM_TTL_SWEEP_SECONDS": "1", "VIVARIUM_STOP_TIMEOUT_SECONDS": "5",
             "VIVARIUM_LOG_LEVEL": "info",
+            // A small disk pool: the shared machine's disk is not strained (each daemon preallocates it).
+            // 64 sandboxes at this default quota fill the disk budget (2 × the pool) exactly.
+            "VIVARIUM_DISK_POOL_SIZE": "512M", "VIVARIUM_DISK_DEFAULT": "16M",
             "VIVARIUM_UID_REGISTRY": root + "/uid-ranges.json",
         ]
         for (k, v) in extraEnv { e[k] = v }
@@ -211,8 +214,12 @@ public final class TestDaemon: @unchecked Sendable {
         return r.stdout.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
     }
 
-    /// Mounts under this daemon's state directory.
-    public func mounts() -> [String] { Mounts.mounts(under: stateDir) }
+    /// Mounts under this daemon's state directory, but for the disk pool (which stays while the daemon runs).
+    public func mounts() -> [String] { Mounts.mounts(under: stateDir).filter { $0 != poolMount } }
+
+    /// Where the daemon mounts its disk pool (a loop-mounted btrfs image, `poolImage`).
+    public var poolMount: String { stateDir + "/pool" }
+    public var poolImage: String { stateDir + "/pool.img" }
 
     /// Sandbox bundle directories on disk.
     public func bundles() -> [String] {

@@ -9,6 +9,9 @@ struct SandboxOptions: ParsableArguments {
     @Option(help: "Memory limit, e.g. 512M.") var memory: String?
     @Option(help: "CPU limit in CPUs, e.g. 1.5.") var cpus: Double?
     @Option(help: "Maximum number of processes.") var pids: Int64?
+    @Option(
+        help: "Disk quota of the writable layer, data and metadata (so also its file count), e.g. 2G. Default 1G.")
+    var disk: String?
     @Option(name: .customLong("env"), help: "Environment variable K=V (repeatable).") var env: [String] = []
     @Option(name: .customLong("label"), help: "Label K=V (repeatable).") var labels: [String] = []
     @Option(help: "Delete the sandbox after this long, e.g. 30m.") var ttl: String?
@@ -18,6 +21,7 @@ struct SandboxOptions: ParsableArguments {
     func request(name: String?) throws -> CreateSandboxRequest {
         var req = CreateSandboxRequest(name: name, image: image, pids: pids, restart: restart)
         if let memory { req.memoryBytes = try Quantity.parseBytes(memory) }
+        if let disk { req.diskBytes = try Quantity.parseBytes(disk) }
         if let cpus {
             guard cpus.isFinite, cpus > 0, cpus <= 256 else {
                 throw VivariumError(.invalidArgument, "--cpus must be in (0, 256]")
@@ -146,7 +150,10 @@ struct Inspect: ClientCommand {
             ("created", ISO8601DateFormatter().string(from: i.createdAt)),
             ("expires", i.expiresAt.map { ISO8601DateFormatter().string(from: $0) } ?? "-"),
             ("host_uid_base", String(i.hostUidBase)),
-            ("disk_usage", i.diskUsageBytes.map { Quantity.formatBytes($0) } ?? "-"),
+            (
+                "disk",
+                "\(i.diskUsageBytes.map { Quantity.formatBytes($0) } ?? "-") of \(Quantity.formatBytes(i.diskBytes))"
+            ),
             ("labels", i.labels.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: ",")),
             ("env", i.envNames.joined(separator: ",")),
         ]

@@ -86,6 +86,20 @@ struct Serve: Verb {
         configuration.budget = s.budget
         configuration.execLimits = s.execLimits
         configuration.unpackRules = s.unpackRules
+        configuration.defaultDiskBytes = s.diskDefault
+        // The disk pool: every sandbox's writable layer in a btrfs subvolume under a qgroup limit. Where it
+        // cannot be made the daemon refuses to start (saying why) unless the operator set disk_pool = off.
+        let pool: BtrfsPool?
+        if let source = s.diskPoolSource {
+            pool = try await BtrfsPool.open(source, mountPoint: s.stateDir + "/pool", logger: logger)
+            configuration.budget?.poolBytes = pool?.sizeBytes
+        } else {
+            pool = nil
+            configuration.budget?.poolBytes = nil
+            logger.warning(
+                "disk_pool = off: sandbox disk use is NOT limited; a sandbox can fill the host's disk, the database and the audit trail with it"
+            )
+        }
         configuration.auditCheckpointInterval = .seconds(s.auditCheckpointSeconds)
         configuration.auditCheckpointRecords = Int64(s.auditCheckpointRecords)
         configuration.auditExport = s.auditExport
@@ -113,7 +127,7 @@ struct Serve: Verb {
                 cgroupParent: config.cgroupParent, initBinary: config.initBinary, stopTimeout: config.stopTimeout,
                 oomScoreAdjust: boxOOMScore),
             oci: Crun(binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger),
-            cgroups: CgroupHost(mode: config.cgroupMode), logger: logger)
+            cgroups: CgroupHost(mode: config.cgroupMode), pool: pool, logger: logger)
         let tokenConfig = TokenService.Configuration(
             accessLifetime: TimeInterval(min(s.accessTokenSeconds, s.maxAccessTokenSeconds)),
             maxAccessLifetime: TimeInterval(s.maxAccessTokenSeconds))
@@ -207,6 +221,8 @@ struct Serve: Verb {
             ("budget_tenant_pids", String(b.tenantPids)), ("budget_total_pids", String(b.totalPids)),
             ("budget_total_memory", Quantity.formatBytes(b.totalMemoryBytes)),
             ("budget_total_cpus", String(Double(b.totalMilliCPUs) / 1000)),
+            ("budget_sandbox_disk", b.poolBytes.map { Quantity.formatBytes($0) } ?? "unlimited"),
+            ("budget_total_disk", b.totalDiskBytes.map { Quantity.formatBytes($0) } ?? "unlimited"),
         ]
     }
 
@@ -266,6 +282,9 @@ struct ConfigCommand: AsyncParsableCommand {
                 ("audit_checkpoint_seconds", String(s.auditCheckpointSeconds)),
                 ("audit_checkpoint_records", String(s.auditCheckpointRecords)),
                 ("audit_export", s.auditExport ?? engine.auditExportPath), ("audit_syslog", String(s.auditSyslog)),
+                ("disk_pool", s.diskPool.isEmpty ? s.stateDir + "/pool.img" : s.diskPool),
+                ("disk_default", Quantity.formatBytes(s.diskDefault)),
+                ("disk_pool_size", s.diskPool.isEmpty ? Quantity.formatBytes(s.diskPoolSize) : "(the pool's)"),
             ]
             rows +=
                 Serve.budgetRows(s.budget) + [

@@ -6,6 +6,7 @@ import VivariumCore
 import VivariumEngine
 import VivariumImages
 import VivariumOS
+import VivariumRuntime
 
 /// Options every verb shares: where the daemon's socket and state are, and which config file to read.
 struct GlobalOptions: ParsableArguments {
@@ -65,6 +66,12 @@ struct Settings {
     var auditExport: String?
     var auditSyslog = false
     var configFile: String?
+    /// Where sandboxes' writable layers get their disk quotas: empty for a preallocated btrfs image at
+    /// <state_dir>/pool.img, a block device or a directory on btrfs the operator provides, or "off".
+    var diskPool = ""
+    var diskPoolSize: Int64 = 16 << 30
+    /// The disk quota of a sandbox whose create names none.
+    var diskDefault = ResourceLimits.defaultDiskBytes
 
     /// Keys accepted in the config file and as VIVARIUM_<KEY> environment variables.
     static let keys = [
@@ -75,17 +82,29 @@ struct Settings {
         "audit_mode", "audit_checkpoint_seconds", "audit_checkpoint_records", "audit_export", "audit_syslog",
         "host_pids", "host_memory", "host_cpus", "reserve_memory", "reserve_pids", "max_execs_per_sandbox",
         "max_execs_per_tenant", "max_execs", "exec_output_budget", "image_max_bytes", "image_max_entries",
-        "image_max_ratio", "image_keep_setid",
+        "image_max_ratio", "image_keep_setid", "disk_pool", "disk_pool_size", "disk_default",
     ]
 
     /// The host budget: the configured host facts, or this host's.
     var budget: HostBudget {
         let pids = hostPids ?? HostFacts.pidMax()
         let memory = hostMemory ?? Int64(ProcessInfo.processInfo.physicalMemory)
-        return HostBudget(
+        var b = HostBudget(
             pidMax: pids, memoryBytes: memory, cpus: hostCPUs ?? Int64(ProcessInfo.processInfo.activeProcessorCount),
             reserveMemoryBytes: reserveMemory ?? HostBudget.defaultReserveMemory(memory),
             reservePids: reservePids ?? HostBudget.defaultReservePids(pids))
+        // The pool's real size is known once it is open (`serve` sets it); the image's is configured.
+        b.poolBytes = diskPool.isEmpty ? diskPoolSize : nil
+        return b
+    }
+
+    /// The disk pool as configured: nil when off.
+    var diskPoolSource: BtrfsPool.Source? {
+        if diskPool == "off" { return nil }
+        if diskPool.isEmpty { return .image(path: stateDir + "/pool.img", sizeBytes: diskPoolSize) }
+        var st = stat()
+        if stat(diskPool, &st) == 0, (st.st_mode & S_IFMT) == S_IFBLK { return .device(diskPool) }
+        return .directory(diskPool)
     }
 
     static func resolve(_ g: GlobalOptions, overrides: [String: String] = [:]) throws -> Settings {
@@ -210,6 +229,23 @@ struct Settings {
         case "admin_allowlist": adminAllowlist = try CIDR.parseList(value)
         case "tls_cert": tlsCert = try path()
         case "tls_key": tlsKey = try path()
+        case "disk_pool":
+            guard value == "off" || value.isEmpty || (value.hasPrefix("/") && value.utf8.count < 4096) else {
+                throw VivariumError(
+                    .invalidArgument, "disk_pool must be off, empty (the default image) or an absolute path")
+            }
+            diskPool = value
+        case "disk_pool_size":
+            diskPoolSize = try Quantity.parseBytes(value)
+            // btrfs needs about 110 MiB; a pool below 256 MiB holds hardly a sandbox.
+            guard diskPoolSize >= 256 << 20 else {
+                throw VivariumError(.invalidArgument, "disk_pool_size must be at least 256M")
+            }
+        case "disk_default":
+            diskDefault = try Quantity.parseBytes(value)
+            guard ResourceLimits.diskRange.contains(diskDefault) else {
+                throw VivariumError(.invalidArgument, "disk_default must be between 16M and 16T")
+            }
         case "access_token_seconds": accessTokenSeconds = Int(try int(5...86400))
         case "max_access_token_seconds": maxAccessTokenSeconds = Int(try int(60...86400))
         default: throw VivariumError(.invalidArgument, "unknown setting \(key)")
@@ -225,6 +261,7 @@ struct Settings {
         }
         if insecureHTTP && listen != nil { add("insecure_http", "true", "false") }
         if auditMode != d.auditMode { add("audit_mode", auditMode.rawValue, d.auditMode.rawValue) }
+        if diskPool == "off" { add("disk_pool", "off", "a btrfs pool with a quota per sandbox") }
         if !trustedProxies.isEmpty {
             add("trusted_proxies", trustedProxies.map(\.description).joined(separator: ","), "none")
         }

@@ -96,4 +96,32 @@ int vv_inflate_step(vv_inflate *z, const unsigned char *in, size_t in_len, unsig
                     size_t *consumed, size_t *produced);
 void vv_inflate_free(vv_inflate *z);
 
+/// Attaches the file open at image_fd to a free loop device (LOOP_CTL_GET_FREE + LOOP_CONFIGURE) with
+/// LO_FLAGS_AUTOCLEAR: the device detaches when its last user (the mount) goes. Returns an O_CLOEXEC fd
+/// of the device and sets *number, or -errno. Keep the fd open until the device is mounted.
+int vv_loop_attach(int image_fd, int *number);
+
+/// Allocates len bytes of fd's file for real (fallocate mode 0: no holes). Returns 0 or -errno.
+int vv_fallocate(int fd, int64_t len);
+
+/// Btrfs, through ioctls on an fd of a directory of the file system. Each returns 0 (or a count) or -errno.
+/// Enables quotas (qgroups) on the file system.
+int vv_btrfs_quota_enable(int fd);
+/// Creates the subvolume `name` in the directory dirfd.
+int vv_btrfs_subvol_create(int dirfd, const char *name);
+/// The id (tree id) of the subvolume holding fd.
+int vv_btrfs_subvol_id(int fd, uint64_t *id);
+/// Sets the referenced-bytes limit of the qgroup of the subvolume open at subvol_fd (0: none).
+int vv_btrfs_qgroup_limit(int subvol_fd, uint64_t max_referenced);
+/// Deletes the subvolume `name` in the directory dirfd (its data is freed by the kernel later).
+int vv_btrfs_subvol_destroy(int dirfd, const char *name);
+/// Removes the qgroup 0/id.
+int vv_btrfs_qgroup_remove(int fd, uint64_t id);
+/// Commits the current transaction (BTRFS_IOC_SYNC).
+int vv_btrfs_sync(int fd);
+/// Level-0 qgroups with their referenced and exclusive bytes, up to max. Returns the count or -errno.
+int vv_btrfs_qgroups(int fd, uint64_t *ids, uint64_t *referenced, uint64_t *exclusive, int max);
+/// 1 when a subvolume with this id exists (its root item is in the root tree), 0 when not, or -errno.
+int vv_btrfs_subvol_exists(int fd, uint64_t id);
+
 #endif
