@@ -59,10 +59,13 @@ public struct TenantQuota: Sendable, Equatable, Codable {
     public var sandboxes: Int
     public var memoryBytes: Int64
     public var milliCPUs: Int64
-    public init(sandboxes: Int, memoryBytes: Int64, milliCPUs: Int64) {
+    /// The disk quotas of all the tenant's sandboxes together, stopped ones included (their files stay).
+    public var diskBytes: Int64
+    public init(sandboxes: Int, memoryBytes: Int64, milliCPUs: Int64, diskBytes: Int64 = 256 << 30) {
         self.sandboxes = sandboxes
         self.memoryBytes = memoryBytes
         self.milliCPUs = milliCPUs
+        self.diskBytes = diskBytes
     }
     public static let `default` = TenantQuota(sandboxes: 100, memoryBytes: 64 << 30, milliCPUs: 32_000)
 }

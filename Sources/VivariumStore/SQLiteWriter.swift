@@ -109,10 +109,12 @@ final class SQLiteTransaction: StoreTransaction {
             let row = try Row.fetchOne(
                 db,
                 sql: """
-                    SELECT count(*) AS n, coalesce(sum(memory_bytes), 0) AS mem, coalesce(sum(milli_cpus), 0) AS cpu
+                    SELECT count(*) AS n, coalesce(sum(memory_bytes), 0) AS mem, coalesce(sum(milli_cpus), 0) AS cpu,
+                           coalesce(sum(coalesce(json_extract(spec, '$.limits.diskBytes'), ?)), 0) AS disk
                     FROM sandboxes WHERE tenant = ?
-                    """, arguments: [tenant])!
-            return TenantUsage(sandboxes: row["n"], memoryBytes: row["mem"], milliCPUs: row["cpu"])
+                    """, arguments: [ResourceLimits.defaultDiskBytes, tenant])!
+            return TenantUsage(
+                sandboxes: row["n"], memoryBytes: row["mem"], milliCPUs: row["cpu"], diskBytes: row["disk"])
         }
     }
 

@@ -20,11 +20,13 @@ public struct TenantUsage: Sendable, Equatable {
     public var sandboxes: Int
     public var memoryBytes: Int64
     public var milliCPUs: Int64
+    public var diskBytes: Int64
 
-    public init(sandboxes: Int, memoryBytes: Int64, milliCPUs: Int64) {
+    public init(sandboxes: Int, memoryBytes: Int64, milliCPUs: Int64, diskBytes: Int64 = 0) {
         self.sandboxes = sandboxes
         self.memoryBytes = memoryBytes
         self.milliCPUs = milliCPUs
+        self.diskBytes = diskBytes
     }
 }
 
@@ -88,6 +90,11 @@ public enum StoreRules {
         if usage.milliCPUs + limits.milliCPUs > quota.milliCPUs {
             throw VivariumError(
                 .quotaExceeded, "tenant \(tenant) would exceed its CPU quota of \(Double(quota.milliCPUs) / 1000) CPUs")
+        }
+        if usage.diskBytes + limits.diskBytes > quota.diskBytes {
+            throw VivariumError(
+                .quotaExceeded,
+                "tenant \(tenant) would exceed its disk quota of \(Quantity.formatBytes(quota.diskBytes))")
         }
     }
 

@@ -220,6 +220,8 @@ public final class TestDaemon: @unchecked Sendable {
     /// Where the daemon mounts its disk pool (a loop-mounted btrfs image, `poolImage`).
     public var poolMount: String { stateDir + "/pool" }
     public var poolImage: String { stateDir + "/pool.img" }
+    /// The writable layer of the sandbox `id`: its upper dir, in its pool subvolume.
+    public func upperDir(_ id: String) -> String { poolMount + "/" + id + "/upper" }
 
     /// Sandbox bundle directories on disk.
     public func bundles() -> [String] {

@@ -62,6 +62,8 @@ let daemon = try TestDaemon(extraEnv: [
 ])
 /// The same daemon with the audit trail forced off, for the audit overhead.
 let unaudited = try TestDaemon(extraEnv: ["VIVARIUM_AUDIT_MODE": "off", "VIVARIUM_LOG_LEVEL": "warning"])
+/// The same daemon without the disk quota pool (writable layers in the bundle), for what quotas cost.
+let unquoted = try TestDaemon(extraEnv: ["VIVARIUM_DISK_POOL": "off", "VIVARIUM_LOG_LEVEL": "warning"])
 /// An older build, for before/after rows measured in this same run.
 let baseline = try env["VIVARIUM_BASELINE_BIN"].flatMap { $0.isEmpty ? nil : $0 }.map {
     try TestDaemon(extraEnv: ["VIVARIUM_LOG_LEVEL": "warning"], binary: $0)
@@ -69,6 +71,7 @@ let baseline = try env["VIVARIUM_BASELINE_BIN"].flatMap { $0.isEmpty ? nil : $0 
 defer {
     daemon.shutdown()
     unaudited.shutdown()
+    unquoted.shutdown()
     baseline?.shutdown()
 }
 
@@ -237,7 +240,7 @@ do {
     let raw = try Raw(daemon: daemon)
     defer { raw.removeCgroups() }
     let daemons = [daemon] + (baseline.map { [$0] } ?? [])
-    for d in daemons + [unaudited] {
+    for d in daemons + [unaudited, unquoted] {
         _ = try d.create(CreateSandboxRequest(name: "warm"))
         _ = try d.exec("warm", ["/bin/true"])
     }
@@ -382,6 +385,23 @@ do {
             format:
                 "\ncreate+delete, audit on vs off (interleaved): on p50 %.2f / p99 %.2f ms, %.1f/s; off p50 %.2f / p99 %.2f ms, %.1f/s; overhead p50 %+.1f%%",
             auditOn.p50, auditOn.p99, auditOn.perSecond, auditOff.p50, auditOff.p99, auditOff.perSecond, overhead))
+    // create→ready and delete with the disk quota (a btrfs subvolume and qgroup per box) and without.
+    // Index 0: with the quota, 1: without.
+    var quotaCreate = [Stats(), Stats()]
+    var quotaDelete = quotaCreate
+    for i in 0..<iterations {
+        for (k, d) in i % 2 == 0 ? [(0, daemon), (1, unquoted)] : [(1, unquoted), (0, daemon)] {
+            try await time(&quotaCreate[k]) { _ = try d.create(CreateSandboxRequest(name: "q\(i)")) }
+            try await time(&quotaDelete[k]) { try d.client.callNoContent("DELETE", "/v1/sandboxes/q\(i)?force=true") }
+        }
+    }
+    let quotaCost = quotaCreate[0].p50 - quotaCreate[1].p50
+    print(
+        String(
+            format:
+                "\ndisk quota on vs off (interleaved): create→ready on p50 %.2f / p99 %.2f ms, off p50 %.2f / p99 %.2f ms (%+.2f ms); delete on p50 %.2f, off p50 %.2f ms",
+            quotaCreate[0].p50, quotaCreate[0].p99, quotaCreate[1].p50, quotaCreate[1].p99, quotaCost,
+            quotaDelete[0].p50, quotaDelete[1].p50))
     try await raw.delete("warm")
     try httpsThroughput()
     if env["VIVARIUM_BENCH_SCALE"] != "0" { try await scaling(raw: raw, initBinary: daemon.initBinary) }
@@ -399,10 +419,12 @@ do {
         target("vivarium run --rm p50 vs raw sequence", cliRun, rawSequence, 1.5),
     ] { print("  " + t) }
     print(String(format: "  audit overhead < 10%%: %@ (%+.1f%%)", overhead < 10 ? "met" : "MISSED", overhead))
+    print(String(format: "  disk quota adds < 2 ms at p50: %@ (%+.2f ms)", quotaCost < 2 ? "met" : "MISSED", quotaCost))
 } catch {
     FileHandle.standardError.write(Data("vivarium-bench: \(error)\n".utf8))
     daemon.shutdown()
     unaudited.shutdown()
+    unquoted.shutdown()
     baseline?.shutdown()
     exit(1)
 }

@@ -10,7 +10,9 @@ struct SandboxOptions: ParsableArguments {
     @Option(help: "CPU limit in CPUs, e.g. 1.5.") var cpus: Double?
     @Option(help: "Maximum number of processes.") var pids: Int64?
     @Option(
-        help: "Disk quota of the writable layer, data and metadata (so also its file count), e.g. 2G. Default 1G.")
+        help:
+            "Disk quota of the writable layer, data and metadata (so also its file count), e.g. 2G. Default: the daemon's disk_default."
+    )
     var disk: String?
     @Option(name: .customLong("env"), help: "Environment variable K=V (repeatable).") var env: [String] = []
     @Option(name: .customLong("label"), help: "Label K=V (repeatable).") var labels: [String] = []

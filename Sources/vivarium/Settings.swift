@@ -78,6 +78,7 @@ struct Settings {
         "state_dir", "socket", "crun", "init", "busybox", "uid_base", "max_sandboxes", "log_level",
         "stop_timeout_seconds", "ttl_sweep_seconds", "uid_registry", "listen", "insecure_http", "tls_cert", "tls_key",
         "access_token_seconds", "max_access_token_seconds", "quota_sandboxes", "quota_memory", "quota_cpus",
+        "quota_disk",
         "auth_failures_per_minute", "requests_per_second", "request_burst", "trusted_proxies", "admin_allowlist",
         "audit_mode", "audit_checkpoint_seconds", "audit_checkpoint_records", "audit_export", "audit_syslog",
         "host_pids", "host_memory", "host_cpus", "reserve_memory", "reserve_pids", "max_execs_per_sandbox",
@@ -217,6 +218,7 @@ struct Settings {
             }
         case "quota_sandboxes": quota.sandboxes = Int(try int(0...1_000_000))
         case "quota_memory": quota.memoryBytes = try Quantity.parseBytes(value)
+        case "quota_disk": quota.diskBytes = try Quantity.parseBytes(value)
         case "quota_cpus":
             guard let c = Double(value), c >= 0, c <= 100_000 else {
                 throw VivariumError(.invalidArgument, "quota_cpus must be a number of CPUs")

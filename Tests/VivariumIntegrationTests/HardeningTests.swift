@@ -107,7 +107,7 @@ import VivariumTestSupport
             var db = stat()
             #expect(stat(d.stateDir + "/db", &db) == 0)
             #expect(db.st_mode & 0o077 == 0)
-            let upperFile = "\(d.stateDir)/sandboxes/\(a.id)/upper/etc/planted"
+            let upperFile = d.upperDir(a.id) + "/etc/planted"
             var st = stat()
             #expect(stat(upperFile, &st) == 0)
             #expect(Int64(st.st_uid) == a.hostUidBase)
@@ -156,7 +156,7 @@ import VivariumTestSupport
         try await TestDaemon.with { d in
             let box = try d.create(CreateSandboxRequest(name: "sockets"))
             // Placed in the box's writable layer from the host, owned by the box's root.
-            let target = "\(d.stateDir)/sandboxes/\(box.id)/upper/probe"
+            let target = d.upperDir(box.id) + "/probe"
             try FileManager.default.copyItem(atPath: dir + "/probe", toPath: target)
             #expect(chown(target, uid_t(box.hostUidBase), gid_t(box.hostUidBase)) == 0 && chmod(target, 0o755) == 0)
             let r = try d.exec("sockets", ["/probe", "40", "17", "38", "1", "2", "10", "16", "3", "45"])

@@ -134,12 +134,13 @@ struct StoreKind: Sendable, CustomTestStringConvertible {
     {
         try await with(kind) { s, _ in
             let img = try await image(s)
-            let quota = TenantQuota(sandboxes: 2, memoryBytes: 1 << 30, milliCPUs: 1500)
-            _ = try await insert(s, img, "a", quota: quota)  // 512M and 1 CPU: the defaults
+            let quota = TenantQuota(sandboxes: 2, memoryBytes: 1 << 30, milliCPUs: 1500, diskBytes: 2 << 30)
+            _ = try await insert(s, img, "a", quota: quota)  // 512M, 1 CPU and 1G of disk: the defaults
             let head = try await s.auditHead()
             for (name, limits) in [
-                ("cpu", ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 1000, pids: 64)),
-                ("mem", ResourceLimits(memoryBytes: 768 << 20, milliCPUs: 100, pids: 64)),
+                ("cpu", ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 1000, pids: 64, diskBytes: 16 << 20)),
+                ("mem", ResourceLimits(memoryBytes: 768 << 20, milliCPUs: 100, pids: 64, diskBytes: 16 << 20)),
+                ("disk", ResourceLimits(memoryBytes: 64 << 20, milliCPUs: 100, pids: 64, diskBytes: (1 << 30) + 1)),
             ] {
                 await expectCode(.quotaExceeded, "\(name)") {
                     try await insert(s, img, name, quota: quota, limits: limits)
@@ -147,7 +148,8 @@ struct StoreKind: Sendable, CustomTestStringConvertible {
             }
             #expect(try await s.auditHead() == head, "a refused create appends nothing in its transaction")
             _ = try await insert(
-                s, img, "b", quota: quota, limits: ResourceLimits(memoryBytes: 256 << 20, milliCPUs: 500, pids: 64))
+                s, img, "b", quota: quota,
+                limits: ResourceLimits(memoryBytes: 256 << 20, milliCPUs: 500, pids: 64, diskBytes: 1 << 30))
             await expectCode(.quotaExceeded, "sandbox count") { try await insert(s, img, "c", quota: quota) }
             #expect(try await s.sandboxCount() == 2)
             // Another tenant's quota is its own.
