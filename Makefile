@@ -1,7 +1,7 @@
 # Vivarium — see README.md.
 SWIFT       ?= swift
 STATE_DIR   ?= /var/lib/vivarium
-APT_PACKAGES = crun btrfs-progs busybox-static tar gzip gcc libc6-dev libsqlite3-dev zlib1g-dev iproute2 procps util-linux curl sqlite3 python3
+APT_PACKAGES = crun btrfs-progs nftables busybox-static tar gzip gcc libc6-dev libsqlite3-dev zlib1g-dev iproute2 procps util-linux curl sqlite3 python3
 
 .PHONY: run test build debug bench deps format lint clean
 

@@ -54,11 +54,12 @@ let package = Package(
                 .product(name: "JWTKit", package: "jwt-kit"), crypto, logging,
             ],
             swiftSettings: strict),
+        .target(name: "VivariumNetwork", dependencies: ["VivariumCore", "VivariumOS", logging], swiftSettings: strict),
         .target(
             name: "VivariumEngine",
             dependencies: [
-                "VivariumCore", "VivariumOCI", "VivariumOS", "VivariumImages", "VivariumRuntime", "VivariumStore",
-                "VivariumAuth", "VivariumAudit", logging, lifecycle,
+                "VivariumCore", "VivariumOCI", "VivariumOS", "VivariumImages", "VivariumRuntime", "VivariumNetwork",
+                "VivariumStore", "VivariumAuth", "VivariumAudit", logging, lifecycle,
             ],
             swiftSettings: strict),
         .target(
@@ -86,7 +87,8 @@ let package = Package(
             dependencies: [
                 "VivariumCore", "VivariumOS", "VivariumAuth", "VivariumAudit", "VivariumEngine", "VivariumAPI",
                 "VivariumClient", "VivariumAssets", "VivariumRuntime", "VivariumStore", "VivariumImages",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"), logging, lifecycle,
+                "VivariumNetwork", .product(name: "ArgumentParser", package: "swift-argument-parser"), logging,
+                lifecycle,
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -118,6 +120,10 @@ let package = Package(
             name: "VivariumCoreTests", dependencies: ["VivariumCore", "VivariumTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VivariumOSTests", dependencies: ["VivariumCore", "VivariumOS", "VivariumTestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "VivariumNetworkTests",
+            dependencies: ["VivariumCore", "VivariumOS", "VivariumNetwork", "VivariumTestSupport", logging],
             swiftSettings: strict),
         .testTarget(
             name: "VivariumAuditTests", dependencies: ["VivariumCore", "VivariumAudit", crypto], swiftSettings: strict),

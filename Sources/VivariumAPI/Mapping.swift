@@ -21,7 +21,7 @@ enum Mapping {
         let spec = SandboxSpec(
             image: image, limits: limits, env: req.env ?? [:], labels: req.labels ?? [:],
             readOnly: req.readOnly ?? false,
-            restart: restart, ttlSeconds: req.ttlSeconds)
+            restart: restart, ttlSeconds: req.ttlSeconds, network: try req.network.map(EgressPolicy.parse))
         return (name, try spec.validated())
     }
 
@@ -47,7 +47,8 @@ enum Mapping {
             envNames: s.spec.env.keys.sorted(), labels: s.spec.labels, readOnly: s.spec.readOnly,
             restart: s.spec.restart.rawValue,
             createdAt: s.createdAt, expiresAt: s.expiresAt, hostUidBase: s.hostUIDBase,
-            diskUsageBytes: s.diskUsageBytes, diskBytes: s.spec.limits.diskBytes)
+            diskUsageBytes: s.diskUsageBytes, diskBytes: s.spec.limits.diskBytes,
+            network: (s.spec.network ?? .none).rawValue, address: s.address)
     }
 
     static func result(_ o: ExecOutcome) -> ExecResult {

@@ -199,12 +199,16 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
     public var readOnly: Bool
     public var restart: RestartPolicy
     public var ttlSeconds: Int64?
+    /// What the sandbox's network may reach; nil: the daemon's default at create (a spec stored before
+    /// sandboxes had networks has none, and keeps loopback only).
+    public var network: EgressPolicy?
 
     public init(
         image: ImageReference, limits: ResourceLimits = .default, env: [String: String] = [:],
         labels: [String: String] = [:], readOnly: Bool = false, restart: RestartPolicy = .never,
-        ttlSeconds: Int64? = nil
+        ttlSeconds: Int64? = nil, network: EgressPolicy? = nil
     ) {
+        self.network = network
         self.image = image
         self.limits = limits
         self.env = env
@@ -352,11 +356,15 @@ public struct Sandbox: Sendable, Equatable {
     public var hostUIDBase: Int64
     /// Bytes in the sandbox's writable layer (filled for a single-sandbox read).
     public var diskUsageBytes: Int64?
+    /// The sandbox's IPv4 address on the bridge; nil with loopback only.
+    public var address: String?
 
     public init(
         id: SandboxID, tenant: String, name: ResourceName, imageDigest: Digest, spec: SandboxSpec,
-        state: SandboxState, createdAt: Date, expiresAt: Date?, hostUIDBase: Int64, diskUsageBytes: Int64? = nil
+        state: SandboxState, createdAt: Date, expiresAt: Date?, hostUIDBase: Int64, diskUsageBytes: Int64? = nil,
+        address: String? = nil
     ) {
+        self.address = address
         self.id = id
         self.tenant = tenant
         self.name = name

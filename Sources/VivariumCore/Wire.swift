@@ -31,12 +31,16 @@ public struct CreateSandboxRequest: Codable, Sendable {
     public var ttlSeconds: Int64?
     public var readOnly: Bool?
     public var restart: String?
+    /// `none` (loopback only) or `public`; default: the daemon's (`public` when it runs a sandbox network).
+    public var network: String?
 
     public init(
         name: String? = nil, image: String? = nil, memoryBytes: Int64? = nil, milliCpus: Int64? = nil,
         pids: Int64? = nil, env: [String: String]? = nil, labels: [String: String]? = nil,
-        ttlSeconds: Int64? = nil, readOnly: Bool? = nil, restart: String? = nil, diskBytes: Int64? = nil
+        ttlSeconds: Int64? = nil, readOnly: Bool? = nil, restart: String? = nil, diskBytes: Int64? = nil,
+        network: String? = nil
     ) {
+        self.network = network
         self.diskBytes = diskBytes
         self.name = name
         self.image = image
@@ -75,13 +79,19 @@ public struct SandboxInfo: Codable, Sendable {
     /// Bytes the sandbox's writable layer holds, counted as its quota counts them (data and metadata) where
     /// the disk pool enforces `disk_bytes`; only filled by a single-sandbox get.
     public var diskUsageBytes: Int64?
+    /// The egress policy (`none`, `public`) and the IPv4 address on the sandbox network (nil: loopback only).
+    public var network: String
+    public var address: String?
 
     public init(
         id: String, name: String, tenant: String, image: String, imageDigest: String, state: String, pid: Int32?,
         memoryBytes: Int64, milliCpus: Int64, pids: Int64, envNames: [String], labels: [String: String],
         readOnly: Bool, restart: String, createdAt: Date, expiresAt: Date?, hostUidBase: Int64,
-        diskUsageBytes: Int64?, diskBytes: Int64 = ResourceLimits.defaultDiskBytes
+        diskUsageBytes: Int64?, diskBytes: Int64 = ResourceLimits.defaultDiskBytes, network: String = "none",
+        address: String? = nil
     ) {
+        self.network = network
+        self.address = address
         self.diskBytes = diskBytes
         self.id = id
         self.name = name

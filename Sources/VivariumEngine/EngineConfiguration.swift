@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import VivariumCore
 import VivariumImages
+import VivariumNetwork
 import VivariumOS
 
 /// Everything the engine needs to know about its host and instance. Every host-wide name (crun root,
@@ -25,6 +26,8 @@ public struct EngineConfiguration: Sendable {
     public var execLimits = ExecLimits.default
     /// What every unpacked archive may hold and grow to.
     public var unpackRules = UnpackRules.default
+    /// The sandbox network; nil: every sandbox has loopback only.
+    public var network: BridgeNetwork?
     /// The disk quota of a sandbox whose create names none (`disk_default`).
     public var defaultDiskBytes: Int64 = ResourceLimits.defaultDiskBytes
     /// Audit checkpoints: at least this often, and after this many records.

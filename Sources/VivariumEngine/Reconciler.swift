@@ -41,7 +41,9 @@ extension Sandboxes {
                     logger.notice("rolled back an unfinished \(r.state.name)", metadata: ["sandbox": "\(r.name)"])
                 case .running(let pid):
                     let c = containers[r.id.rawValue]
-                    if let c, c.status == "running", await runtime.adopt(box, pid: c.pid, onExit: onExit) {
+                    if let c, c.status == "running",
+                        await runtime.adopt(box, pid: c.pid, network: try attachment(r), onExit: onExit)
+                    {
                         if c.pid != pid {
                             try await store.updateState(
                                 r.id, .running(pid: c.pid),
@@ -53,7 +55,7 @@ extension Sandboxes {
                     }
                     try await runtime.release(box)
                     if r.spec.restart == .always {
-                        let newPid = try await runtime.boot(box, network: nil, onExit: onExit)
+                        let newPid = try await runtime.boot(box, network: try attachment(r), onExit: onExit)
                         try await store.updateState(
                             r.id, .running(pid: newPid),
                             audit: event("reconcile.restart", r, details: ["pid": "\(newPid)"]))

@@ -3,6 +3,7 @@ import Logging
 import Synchronization
 import VivariumAudit
 import VivariumCore
+import VivariumNetwork
 import VivariumOS
 import VivariumRuntime
 import VivariumStore
@@ -86,7 +87,7 @@ public final class Sandboxes: Sendable {
                 defer { starting.remove(r.id) }
                 let pid: Int32
                 do {
-                    pid = try await runtime.boot(plan(r), network: nil, onExit: onExit)
+                    pid = try await runtime.boot(plan(r), network: try attachment(r), onExit: onExit)
                 } catch {
                     try? await runtime.release(plan(r))
                     throw error
@@ -188,6 +189,11 @@ public final class Sandboxes: Sendable {
     func create(tenant: String, name: ResourceName?, spec: SandboxSpec) async throws -> Sandbox {
         var asked = spec
         if asked.limits.diskBytes == ResourceLimits.unsetDiskBytes { asked.limits.diskBytes = config.defaultDiskBytes }
+        if asked.network == nil { asked.network = config.network == nil ? EgressPolicy.none : .public }
+        if asked.network != EgressPolicy.none, config.network == nil {
+            throw VivariumError(
+                .invalidArgument, "this daemon runs no sandbox network (network = off): only network none is possible")
+        }
         let spec = try asked.validated()
         try config.budget?.check(spec.limits)
         let name = name ?? Self.generatedName()
@@ -211,7 +217,7 @@ public final class Sandboxes: Sendable {
                     "id": id.rawValue, "image": image.name.rawValue, "image_digest": image.digest.rawValue,
                     "memory_bytes": String(spec.limits.memoryBytes),
                     "milli_cpus": String(spec.limits.milliCPUs), "pids": String(spec.limits.pids),
-                    "disk_bytes": String(spec.limits.diskBytes),
+                    "disk_bytes": String(spec.limits.diskBytes), "network": (spec.network ?? .none).rawValue,
                     "restart": spec.restart.rawValue, "read_only": String(spec.readOnly),
                     "ttl_seconds": spec.ttlSeconds.map(String.init) ?? "none",
                     "env_keys": spec.env.keys.sorted().joined(separator: ","),
@@ -231,7 +237,7 @@ public final class Sandboxes: Sendable {
             let box = plan(record)
             do {
                 try runtime.prepare(box)
-                let pid = try await runtime.boot(box, network: nil, onExit: onExit)
+                let pid = try await runtime.boot(box, network: try attachment(record), onExit: onExit)
                 try await store.updateState(
                     id, .running(pid: pid), audit: event("sandbox.create", record, details: ["pid": String(pid)]))
                 var r = record
@@ -303,7 +309,14 @@ public final class Sandboxes: Sendable {
     func view(_ r: SandboxRecord) -> Sandbox {
         Sandbox(
             id: r.id, tenant: r.tenant, name: r.name, imageDigest: r.imageDigest, spec: r.spec, state: r.state,
-            createdAt: r.createdAt, expiresAt: r.expiresAt, hostUIDBase: uidBase(r))
+            createdAt: r.createdAt, expiresAt: r.expiresAt, hostUIDBase: uidBase(r),
+            address: r.spec.network == .public ? try? config.network?.address(slot: r.uidSlot) : nil)
+    }
+
+    /// The sandbox's place on the network, plugged in at every boot; nil for loopback only.
+    func attachment(_ r: SandboxRecord) throws -> (any NetworkAttachment)? {
+        guard let network = config.network else { return nil }
+        return try network.attachment(id: r.id, slot: r.uidSlot, policy: r.spec.network ?? .none)
     }
 
     func uidBase(_ r: SandboxRecord) -> Int64 { config.uidBase + Int64(r.uidSlot) * HardenedSpec.idRangeSize }
@@ -331,7 +344,7 @@ public final class Sandboxes: Sendable {
                 return try await store.updateState(id, .stopped, audit: event("sandbox.stopped", cur, details: why))
             }
             do {
-                let newPid = try await runtime.boot(box, network: nil, onExit: onExit)
+                let newPid = try await runtime.boot(box, network: try attachment(cur), onExit: onExit)
                 try await store.updateState(
                     id, .running(pid: newPid),
                     audit: event("sandbox.restart", cur, details: why.merging(["pid": "\(newPid)"]) { a, _ in a }))

@@ -127,10 +127,14 @@ public struct RuntimeSpec: Codable, Sendable {
         public var seccomp: Seccomp
         public var maskedPaths: [String]
         public var readonlyPaths: [String]
+        /// Namespaced sysctls the runtime sets inside the container.
+        public var sysctl: [String: String]?
         public init(
             uidMappings: [IDMapping], gidMappings: [IDMapping], namespaces: [Namespace], cgroupsPath: String,
-            resources: Resources, seccomp: Seccomp, maskedPaths: [String], readonlyPaths: [String]
+            resources: Resources, seccomp: Seccomp, maskedPaths: [String], readonlyPaths: [String],
+            sysctl: [String: String]? = nil
         ) {
+            self.sysctl = sysctl
             self.uidMappings = uidMappings
             self.gidMappings = gidMappings
             self.namespaces = namespaces

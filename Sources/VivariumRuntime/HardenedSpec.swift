@@ -113,8 +113,16 @@ public struct HardenedSpec: Sendable {
                     pids: .init(limit: limits.pids), devices: Self.devices),
                 seccomp: Self.seccomp,
                 maskedPaths: Self.maskedPaths,
-                readonlyPaths: Self.readonlyPaths))
+                readonlyPaths: Self.readonlyPaths, sysctl: Self.sysctl))
     }
+
+    /// Set in the box's own network namespace: ping works through ICMP datagram sockets without
+    /// CAP_NET_RAW for every group of the box (as Docker does; only mapped gids are accepted), and interfaces made after the box's creation (its `eth0`) have no
+    /// IPv6, so no IPv6 path can go around the egress policy (the bridge ruleset drops IPv6 frames too);
+    /// loopback keeps ::1.
+    static let sysctl = [
+        "net.ipv4.ping_group_range": "0 \(idRangeSize - 1)", "net.ipv6.conf.default.disable_ipv6": "1",
+    ]
 
     /// The process of the init or of an exec: the same capabilities (none effective for a non-root
     /// user), no_new_privs and limits either way.

@@ -46,14 +46,6 @@ public struct BoxPlan: Sendable {
     public var workDir: String { bundle + "/work" }
 }
 
-/// A sandbox's network, plugged in between `crun create` and `crun start`: the init exists, in its own
-/// network namespace (`/proc/<pid>/ns/net`), and has not run yet.
-public protocol NetworkAttachment: Sendable {
-    func attach(initPid: Int32) async throws
-    /// Undoes the attachment; called when the sandbox's host resources are released.
-    func detach() async
-}
-
 /// What the engine hears of a sandbox's init exiting without being asked to.
 public typealias InitExitHandler = @Sendable (_ id: SandboxID, _ pid: Int32, _ status: ExitStatus?) -> Void
 
@@ -68,7 +60,8 @@ public protocol SandboxRuntime: Sendable {
         -> Int32
     /// Takes a container found running at start back into the runtime's care. False when its init is not
     /// alive or its root is not mounted (it cannot be used).
-    func adopt(_ plan: BoxPlan, pid: Int32, onExit: @escaping InitExitHandler) async -> Bool
+    func adopt(_ plan: BoxPlan, pid: Int32, network: (any NetworkAttachment)?, onExit: @escaping InitExitHandler)
+        async -> Bool
     /// TERM, then KILL after `grace`, then `release`.
     func halt(_ plan: BoxPlan, pid: Int32?, grace: Duration?) async throws
     /// Deletes the container, its cgroups and mounts; keeps the directories (the upper dir is its disk).
@@ -229,10 +222,18 @@ public final class HostRuntime: SandboxRuntime {
         return pid
     }
 
-    public func adopt(_ p: BoxPlan, pid: Int32, onExit: @escaping InitExitHandler) async -> Bool {
+    public func adopt(
+        _ p: BoxPlan, pid: Int32, network: (any NetworkAttachment)?, onExit: @escaping InitExitHandler
+    ) async -> Bool {
         guard processAlive(pid), Mounts.isMountRoot(p.rootfsMount) else { return false }
-        let box = RunningBox(pid: pid, network: nil)
+        let box = RunningBox(pid: pid, network: network)
         running.withLock { $0[p.id] = box }
+        // Attached again: what the host lost while the daemon was away (its ruleset, a veth) comes back. A
+        // failure leaves the sandbox without a verdict in the ruleset, where all it sends is dropped.
+        do { try await network?.attach(initPid: pid) } catch {
+            logger.error(
+                "cannot attach an adopted sandbox's network", metadata: ["id": "\(p.id)", "error": "\(error)"])
+        }
         // Exec cgroups an earlier daemon left empty are pruned; ones still holding processes stay.
         for dir in cgroups.directories(p.cgroupPath) where FileSystem.exists(dir) {
             for e in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where e.hasPrefix("exec-") {

@@ -16,6 +16,10 @@ public enum Integration {
         if access("/usr/bin/crun", X_OK) != 0 { m.append("crun (/usr/bin/crun)") }
         if access("/bin/busybox", X_OK) != 0 { m.append("busybox-static (/bin/busybox)") }
         if access("/usr/bin/curl", X_OK) != 0 { m.append("curl (/usr/bin/curl)") }
+        if access("/usr/sbin/nft", X_OK) != 0 { m.append("nftables (/usr/sbin/nft)") }
+        if access("/usr/sbin/mkfs.btrfs", X_OK) != 0 { m.append("btrfs-progs (/usr/sbin/mkfs.btrfs)") }
+        if access("/usr/bin/python3", X_OK) != 0 { m.append("python3, for test listeners") }
+        if access("/usr/bin/gcc", X_OK) != 0 { m.append("gcc, for static probes") }
         if access("/usr/bin/sqlite3", X_OK) != 0 {
             m.append("sqlite3 (/usr/bin/sqlite3), to tamper with the audit trail")
         }

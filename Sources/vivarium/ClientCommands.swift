@@ -14,6 +14,11 @@ struct SandboxOptions: ParsableArguments {
             "Disk quota of the writable layer, data and metadata (so also its file count), e.g. 2G. Default: the daemon's disk_default."
     )
     var disk: String?
+    @Option(
+        help:
+            "Network: public (the internet, never private ranges, the host or other sandboxes) or none (loopback only). Default: public where the daemon runs a sandbox network."
+    )
+    var network: String?
     @Option(name: .customLong("env"), help: "Environment variable K=V (repeatable).") var env: [String] = []
     @Option(name: .customLong("label"), help: "Label K=V (repeatable).") var labels: [String] = []
     @Option(help: "Delete the sandbox after this long, e.g. 30m.") var ttl: String?
@@ -24,6 +29,7 @@ struct SandboxOptions: ParsableArguments {
         var req = CreateSandboxRequest(name: name, image: image, pids: pids, restart: restart)
         if let memory { req.memoryBytes = try Quantity.parseBytes(memory) }
         if let disk { req.diskBytes = try Quantity.parseBytes(disk) }
+        req.network = network
         if let cpus {
             guard cpus.isFinite, cpus > 0, cpus <= 256 else {
                 throw VivariumError(.invalidArgument, "--cpus must be in (0, 256]")
@@ -151,7 +157,7 @@ struct Inspect: ClientCommand {
             ("read_only", String(i.readOnly)), ("restart", i.restart),
             ("created", ISO8601DateFormatter().string(from: i.createdAt)),
             ("expires", i.expiresAt.map { ISO8601DateFormatter().string(from: $0) } ?? "-"),
-            ("host_uid_base", String(i.hostUidBase)),
+            ("host_uid_base", String(i.hostUidBase)), ("network", i.network), ("address", i.address ?? "-"),
             (
                 "disk",
                 "\(i.diskUsageBytes.map { Quantity.formatBytes($0) } ?? "-") of \(Quantity.formatBytes(i.diskBytes))"

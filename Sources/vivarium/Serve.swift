@@ -12,6 +12,7 @@ import VivariumAuth
 import VivariumCore
 import VivariumEngine
 import VivariumImages
+import VivariumNetwork
 import VivariumOS
 import VivariumRuntime
 import VivariumStore
@@ -99,6 +100,18 @@ struct Serve: Verb {
             logger.warning(
                 "disk_pool = off: sandbox disk use is NOT limited; a sandbox can fill the host's disk, the database and the audit trail with it"
             )
+        }
+        if s.network == "bridge" {
+            let network = try await BridgeNetwork.open(
+                .init(
+                    range: s.networkRange, instance: configuration.instance, namespace: s.networkNetns,
+                    runDir: s.stateDir), logger: logger)
+            guard configuration.maxSandboxes <= network.capacity else {
+                throw VivariumError(
+                    .invalidArgument,
+                    "network_range \(s.networkRange) holds \(network.capacity) sandboxes, fewer than max_sandboxes")
+            }
+            configuration.network = network
         }
         configuration.auditCheckpointInterval = .seconds(s.auditCheckpointSeconds)
         configuration.auditCheckpointRecords = Int64(s.auditCheckpointRecords)
@@ -285,6 +298,8 @@ struct ConfigCommand: AsyncParsableCommand {
                 ("disk_pool", s.diskPool.isEmpty ? s.stateDir + "/pool.img" : s.diskPool),
                 ("disk_default", Quantity.formatBytes(s.diskDefault)),
                 ("disk_pool_size", s.diskPool.isEmpty ? Quantity.formatBytes(s.diskPoolSize) : "(the pool's)"),
+                ("network", s.network), ("network_range", s.networkRange.description),
+                ("network_netns", s.networkNetns ?? "(the daemon's)"),
             ]
             rows +=
                 Serve.budgetRows(s.budget) + [

@@ -72,6 +72,13 @@ struct Settings {
     var diskPoolSize: Int64 = 16 << 30
     /// The disk quota of a sandbox whose create names none.
     var diskDefault = ResourceLimits.defaultDiskBytes
+    /// `bridge`: sandboxes get a veth on this instance's bridge, under the nftables egress policy; `off`:
+    /// loopback only (the default until the DNS forwarder and allowlists land).
+    var network = "off"
+    var networkRange = try! CIDR("10.213.0.0/16")
+    /// A network namespace (/run/netns/NAME) that stands in for the host: the bridge, the ruleset and
+    /// forwarding live there (tests); empty: the daemon's own.
+    var networkNetns: String?
 
     /// Keys accepted in the config file and as VIVARIUM_<KEY> environment variables.
     static let keys = [
@@ -84,6 +91,7 @@ struct Settings {
         "host_pids", "host_memory", "host_cpus", "reserve_memory", "reserve_pids", "max_execs_per_sandbox",
         "max_execs_per_tenant", "max_execs", "exec_output_budget", "image_max_bytes", "image_max_entries",
         "image_max_ratio", "image_keep_setid", "disk_pool", "disk_pool_size", "disk_default",
+        "network", "network_range", "network_netns",
     ]
 
     /// The host budget: the configured host facts, or this host's.
@@ -243,6 +251,17 @@ struct Settings {
             guard diskPoolSize >= 256 << 20 else {
                 throw VivariumError(.invalidArgument, "disk_pool_size must be at least 256M")
             }
+        case "network":
+            guard ["off", "bridge"].contains(value) else {
+                throw VivariumError(.invalidArgument, "network must be off or bridge")
+            }
+            network = value
+        case "network_range":
+            networkRange = try CIDR(value)
+            guard networkRange.bytes.count == 4, (8...24).contains(networkRange.prefix) else {
+                throw VivariumError(.invalidArgument, "network_range must be an IPv4 range from /8 to /24")
+            }
+        case "network_netns": networkNetns = value.isEmpty ? nil : try path()
         case "disk_default":
             diskDefault = try Quantity.parseBytes(value)
             guard ResourceLimits.diskRange.contains(diskDefault) else {

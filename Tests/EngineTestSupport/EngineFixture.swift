@@ -78,7 +78,9 @@ public final class FakeRuntime: SandboxRuntime {
         }
     }
 
-    public func adopt(_ plan: BoxPlan, pid: Int32, onExit: @escaping InitExitHandler) async -> Bool {
+    public func adopt(
+        _ plan: BoxPlan, pid: Int32, network: (any NetworkAttachment)?, onExit: @escaping InitExitHandler
+    ) async -> Bool {
         record("adopt", plan.id)
         return state.withLock { s in
             guard s.alive.contains(pid), s.mounted.contains(plan.id) else { return false }

@@ -4,6 +4,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "vivarium_rtnetlink.h"
+
 /// Flags for vv_spawn.
 /// Run the child in a private mount namespace with /sys/fs/cgroup/unified detached, so that
 /// crun on a hybrid cgroup host sees a pure v1 layout.

@@ -1,0 +1,225 @@
+import Foundation
+import Glibc
+import Logging
+import Synchronization
+import VivariumCore
+import VivariumOS
+
+/// The sandbox network of one daemon instance: a bridge with the range's first address as every
+/// sandbox's gateway, one veth per sandbox whose peer is the sandbox's `eth0`, addresses derived from the
+/// sandbox's id slot (so the store's slot allocation is the IPAM: unique, persisted, released on delete),
+/// and the nftables ruleset of `Ruleset`.
+///
+/// All of it lives in the network namespace `namespace` names, standing in for the host (tests put the
+/// whole network in a namespace of their own so no packet can leave the machine), or in the daemon's own.
+public final class BridgeNetwork: Sendable {
+    public struct Configuration: Sendable {
+        /// The IPv4 range sandboxes get addresses from (a /8 to a /24).
+        public var range: CIDR
+        public var bridge: String
+        public var table: String
+        /// A path such as /run/netns/NAME; nil: the daemon's own namespace.
+        public var namespace: String?
+        public var nft = "/usr/sbin/nft"
+        public var nsenter = "/usr/bin/nsenter"
+        /// Where nft batches are written before they run.
+        public var runDir: String
+
+        public init(range: CIDR, instance: String, namespace: String?, runDir: String) {
+            self.range = range
+            let tag = String(instance.prefix(8))
+            bridge = "vvbr" + tag
+            table = "vivarium_" + tag
+            self.namespace = namespace
+            self.runDir = runDir
+        }
+    }
+
+    public let config: Configuration
+    public let ruleset: Ruleset
+    let logger: Logger
+    /// What the tables hold per veth: its address and policy (the tables are made anew at each start).
+    let attached = Mutex<[String: (address: String, policy: EgressPolicy)]>([:])
+
+    /// The gateway: the range's first host address, on the bridge.
+    public var gateway: String { Self.format(Self.base(config.range) + 1) }
+    public var prefix: Int { config.range.prefix }
+    /// How many sandboxes the range holds (network, gateway and broadcast addresses excluded).
+    public var capacity: Int { (1 << (32 - config.range.prefix)) - 3 }
+
+    init(config: Configuration, logger: Logger) {
+        self.config = config
+        self.logger = logger
+        ruleset = Ruleset(table: config.table, bridge: config.bridge, range: config.range)
+    }
+
+    /// Sets the network up: checks that nft is there and that the range is free on the host, makes the bridge
+    /// (kept when it exists), turns forwarding on in the namespace and installs the ruleset anew, empty of
+    /// sandboxes: what was attached before a restart is attached again as sandboxes are adopted or booted.
+    public static func open(_ config: Configuration, logger: Logger) async throws -> BridgeNetwork {
+        guard config.range.bytes.count == 4, (8...24).contains(config.range.prefix) else {
+            throw VivariumError(.invalidArgument, "network_range must be an IPv4 range from /8 to /24")
+        }
+        guard access(config.nft, X_OK) == 0 else {
+            throw VivariumError(
+                .unavailable,
+                "nft (nftables) is not installed, so sandbox networks cannot be isolated: apt-get install nftables, "
+                    + "or set network = none")
+        }
+        let n = BridgeNetwork(config: config, logger: logger)
+        let host = try n.hostNetlink()
+        if try !host.exists(config.bridge) {
+            try await n.checkRangeIsFree()
+        }
+        try host.createBridge(config.bridge)
+        try host.addAddress(config.bridge, n.gateway, prefix: config.range.prefix)
+        try host.setUp(config.bridge)
+        try await n.run("/usr/sbin/sysctl", ["-q", "-w", "net.ipv4.ip_forward=1"])
+        try await n.apply(n.ruleset.install)
+        logger.info(
+            "sandbox network ready",
+            metadata: ["bridge": "\(config.bridge)", "range": "\(config.range)", "table": "\(config.table)"])
+        return n
+    }
+
+    /// The address of the sandbox with id slot `slot`.
+    public func address(slot: Int) throws -> String {
+        guard slot >= 0, slot < capacity else {
+            throw VivariumError(.resourceExhausted, "network_range \(config.range) has no address for slot \(slot)")
+        }
+        return Self.format(Self.base(config.range) + 2 + UInt32(slot))
+    }
+
+    /// The host end of a sandbox's veth (≤ 15 bytes, unique across instances in practice).
+    public static func veth(_ id: SandboxID) -> String { Ruleset.vethPrefix + String(id.rawValue.prefix(13)) }
+
+    /// The attachment of one sandbox, or nil for `none` (loopback only: crun's namespace as it is).
+    public func attachment(id: SandboxID, slot: Int, policy: EgressPolicy) throws -> (any NetworkAttachment)? {
+        if policy == .none { return nil }
+        return BridgeAttachment(network: self, veth: Self.veth(id), address: try address(slot: slot), policy: policy)
+    }
+
+    func attach(veth: String, address: String, policy: EgressPolicy, initPid: Int32) async throws {
+        let host = try hostNetlink()
+        if try !host.exists(veth) {
+            let ns = "/proc/\(initPid)/ns/net"
+            try host.createVeth(veth, master: config.bridge, peer: "eth0", inNamespaceAt: ns)
+            let box = try Netlink(namespacePath: ns)
+            try box.addAddress("eth0", address, prefix: config.range.prefix)
+            try box.setUp("lo")
+            try box.setUp("eth0")
+            try box.addDefaultRoute(via: gateway)
+        }
+        let batch: String? = attached.withLock { a in
+            switch a[veth] {
+            case nil: return ruleset.attach(veth: veth, address: address, policy: policy)
+            case let cur? where cur.policy != policy: return ruleset.change(veth: veth, to: policy)
+            default: return nil
+            }
+        }
+        if let batch {
+            try await apply(batch)
+            attached.withLock { $0[veth] = (address, policy) }
+        }
+    }
+
+    func detach(veth: String) async {
+        if let cur = attached.withLock({ $0.removeValue(forKey: veth) }) {
+            do { try await apply(ruleset.detach(veth: veth, address: cur.address)) } catch {
+                logger.error(
+                    "cannot take a veth out of the ruleset", metadata: ["veth": "\(veth)", "error": "\(error)"])
+            }
+        }
+        // Normally gone with the sandbox's namespace already.
+        try? hostNetlink().delete(veth)
+    }
+
+    /// Removes the ruleset and the bridge (tests, and an operator turning networking off).
+    public func remove() async throws {
+        try await apply(ruleset.uninstall)
+        try hostNetlink().delete(config.bridge)
+    }
+
+    func hostNetlink() throws -> Netlink {
+        if let ns = config.namespace { return try Netlink(namespacePath: ns) }
+        return try Netlink(namespace: nil)
+    }
+
+    /// Runs one nft batch: one transaction, all of it or nothing.
+    func apply(_ batch: String) async throws {
+        let path = config.runDir + "/nft-\(UUID().uuidString).nft"
+        try FileSystem.writeAtomically(Data(batch.utf8), to: path, mode: 0o600, durable: false)
+        defer { unlink(path) }
+        try await run(config.nft, ["-f", path])
+    }
+
+    /// Runs a program in the network's namespace; returns its output.
+    @discardableResult
+    func run(_ program: String, _ args: [String]) async throws -> [UInt8] {
+        let cmd =
+            config.namespace.map { Command(config.nsenter, ["--net=\($0)", program] + args) } ?? Command(program, args)
+        let out = try await Reaper.shared.run(cmd)
+        guard out.status == .exited(0) else {
+            throw VivariumError(
+                .runtimeFailure,
+                "\(program) \(args.joined(separator: " ")) failed: "
+                    + String(decoding: out.stderr, as: UTF8.self).prefix(800))
+        }
+        return out.stdout
+    }
+
+    /// Refuses a range that overlaps a route the namespace has already (a collision would cut the host off
+    /// from that network).
+    func checkRangeIsFree() async throws {
+        let routes = try await routesOfNamespace()
+        let mine = (Self.base(config.range), config.range.prefix)
+        for (net, prefix) in routes where prefix > 0 {
+            let p = min(prefix, mine.1)
+            let mask: UInt32 = p == 0 ? 0 : ~UInt32(0) << (32 - p)
+            if net & mask == mine.0 & mask {
+                throw VivariumError(
+                    .invalidArgument,
+                    "network_range \(config.range) collides with the route \(Self.format(net))/\(prefix) of this "
+                        + "host: set network_range to a free private range")
+            }
+        }
+    }
+
+    /// IPv4 routes of the namespace, from /proc/net/route as a process in it sees it.
+    func routesOfNamespace() async throws -> [(UInt32, Int)] {
+        Self.parseRoutes(String(decoding: try await run("/bin/cat", ["/proc/net/route"]), as: UTF8.self))
+    }
+
+    static func parseRoutes(_ text: String) -> [(UInt32, Int)] {
+        text.split(separator: "\n").dropFirst().compactMap { line in
+            let f = line.split(whereSeparator: { $0 == "\t" || $0 == " " })
+            guard f.count >= 8, let dst = UInt32(f[1], radix: 16), let mask = UInt32(f[7], radix: 16) else {
+                return nil
+            }
+            // /proc/net/route is in host byte order of a little-endian reading of network order.
+            return (dst.byteSwapped, mask.byteSwapped.nonzeroBitCount)
+        }
+    }
+
+    static func base(_ c: CIDR) -> UInt32 {
+        let v = c.bytes.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        let mask: UInt32 = c.prefix == 0 ? 0 : ~UInt32(0) << (32 - c.prefix)
+        return v & mask
+    }
+
+    static func format(_ v: UInt32) -> String { "\(v >> 24).\(v >> 16 & 255).\(v >> 8 & 255).\(v & 255)" }
+}
+
+/// One sandbox's place on the bridge.
+struct BridgeAttachment: NetworkAttachment {
+    let network: BridgeNetwork
+    let veth: String
+    let address: String
+    let policy: EgressPolicy
+
+    func attach(initPid: Int32) async throws {
+        try await network.attach(veth: veth, address: address, policy: policy, initPid: initPid)
+    }
+
+    func detach() async { await network.detach(veth: veth) }
+}

@@ -1,0 +1,135 @@
+import VivariumCore
+
+/// The nftables ruleset of one daemon instance, as `nft -f` batches. One static ruleset; what differs per
+/// sandbox is map and set elements, so attaching, detaching or changing a sandbox is one small transaction.
+///
+/// - `bridge <table>` filters every frame a sandbox's veth sends, whatever `bridge-nf-call-iptables` says:
+///   ARP passes; anything but IPv4 (IPv6 included) is dropped; a source address other than the one the
+///   sandbox was given is dropped; to another sandbox only a pair in `peers` passes (none today: tenants
+///   are segmented, and so are sandboxes of one tenant); the rest goes through the sandbox's verdict in
+///   `egress` (a veth with no verdict is dropped).
+/// - `inet <table>` drops everything a sandbox sends to the host itself (any of its addresses, the
+///   daemon's ports among them) but replies, lets nothing from outside into the bridge but replies, and
+///   masquerades the range out of the host.
+public struct Ruleset: Sendable, Equatable {
+    public var table: String
+    public var bridge: String
+    public var range: CIDR
+    /// The prefix every sandbox veth name starts with.
+    public static let vethPrefix = "vx"
+
+    public init(table: String, bridge: String, range: CIDR) {
+        self.table = table
+        self.bridge = bridge
+        self.range = range
+    }
+
+    /// The whole ruleset, replacing whatever this instance had (its tables are deleted and made anew in
+    /// the same transaction), with no sandbox in it.
+    public var install: String {
+        let blocked = BlockedRanges.ipv4.joined(separator: ", ")
+        let veths = "\"\(Self.vethPrefix)*\""
+        return """
+            table bridge \(table)
+            delete table bridge \(table)
+            table inet \(table)
+            delete table inet \(table)
+            table bridge \(table) {
+                set addrs { type ifname . ipv4_addr; }
+                map egress { type ifname : verdict; }
+                set peers { type ifname . ifname; }
+                set blocked { type ipv4_addr; flags interval; elements = { \(blocked) }; }
+                counter denied { }
+                chain input {
+                    type filter hook input priority -200; policy accept;
+                    iifname != \(veths) accept
+                    ether type arp accept
+                    ether type != ip counter name denied drop
+                    iifname . ip saddr != @addrs counter name denied drop
+                    iifname vmap @egress
+                    counter name denied drop
+                }
+                chain forward {
+                    type filter hook forward priority -200; policy accept;
+                    iifname != \(veths) accept
+                    ether type arp accept
+                    ether type != ip counter name denied drop
+                    iifname . ip saddr != @addrs counter name denied drop
+                    iifname . oifname @peers accept
+                    counter name denied drop
+                }
+                chain public {
+                    ip daddr @blocked counter name denied drop
+                    accept
+                }
+                chain deny {
+                    counter name denied drop
+                }
+            }
+            table inet \(table) {
+                chain input {
+                    type filter hook input priority -200; policy accept;
+                    iifname "\(bridge)" ct state established,related accept
+                    iifname "\(bridge)" drop
+                }
+                chain forward {
+                    type filter hook forward priority -200; policy accept;
+                    oifname "\(bridge)" ct state established,related accept
+                    oifname "\(bridge)" drop
+                    iifname "\(bridge)" ip saddr != \(range) drop
+                }
+                chain postrouting {
+                    type nat hook postrouting priority 100; policy accept;
+                    ip saddr \(range) oifname != "\(bridge)" masquerade
+                }
+            }
+
+            """
+    }
+
+    /// Removes this instance's tables (at shutdown of networking for good, and in tests).
+    public var uninstall: String {
+        """
+        table bridge \(table)
+        delete table bridge \(table)
+        table inet \(table)
+        delete table inet \(table)
+
+        """
+    }
+
+    static func verdict(_ p: EgressPolicy) -> String {
+        switch p {
+        case .public: "jump public"
+        case .none: "jump deny"
+        }
+    }
+
+    /// Puts a new sandbox's veth, address and policy in (none of them may be there: `BridgeNetwork` keeps
+    /// track, since the table is made anew at every start).
+    public func attach(veth: String, address: String, policy: EgressPolicy) -> String {
+        """
+        add element bridge \(table) addrs { "\(veth)" . \(address) }
+        add element bridge \(table) egress { "\(veth)" : \(Self.verdict(policy)) }
+
+        """
+    }
+
+    /// Replaces an attached sandbox's policy, in one transaction.
+    public func change(veth: String, to policy: EgressPolicy) -> String {
+        """
+        delete element bridge \(table) egress { "\(veth)" }
+        add element bridge \(table) egress { "\(veth)" : \(Self.verdict(policy)) }
+
+        """
+    }
+
+    /// Takes an attached sandbox's veth out.
+    public func detach(veth: String, address: String) -> String {
+        """
+        delete element bridge \(table) addrs { "\(veth)" . \(address) }
+        delete element bridge \(table) egress { "\(veth)" }
+
+        """
+    }
+}

@@ -1,0 +1,157 @@
+import Foundation
+import Glibc
+import Testing
+import VivariumClient
+import VivariumCore
+import VivariumTestSupport
+
+/// Sandbox networking (issue 11, threat T7), with real packets between namespaces the test owns: the
+/// daemon's bridge and ruleset live in a namespace standing in for the host, behind which sit a
+/// public-range "internet", a metadata address and a private-range address.
+@Suite(.serialized, .enabled(if: Integration.enabled)) struct NetworkTests {
+    /// A daemon whose sandbox network lives in `lab.host`.
+    static func daemon(_ lab: NetworkLab, _ body: (TestDaemon) async throws -> Void) async throws {
+        try await TestDaemon.with(extraEnv: ["VIVARIUM_NETWORK": "bridge", "VIVARIUM_NETWORK_NETNS": lab.hostPath]) {
+            try await body($0)
+        }
+    }
+
+    /// Creates a sandbox in `tenant` with the probe at /netprobe.
+    static func box(
+        _ d: TestDaemon, _ name: String, tenant: String, network: String? = nil, probe: String
+    ) throws -> SandboxInfo {
+        let info: SandboxInfo = try d.client.call(
+            "POST", "/v1/sandboxes?tenant=\(tenant)", body: CreateSandboxRequest(name: name, network: network))
+        try NetProbe.install(probe, upperDir: d.upperDir(info.id), owner: info.hostUidBase)
+        return info
+    }
+
+    /// What `/netprobe KIND ADDRESS PORT` prints inside the box.
+    static func probe(
+        _ d: TestDaemon, _ box: String, tenant: String, _ kind: String, _ address: String, _ port: Int = 0
+    ) throws -> String {
+        let r: ExecResult = try d.client.call(
+            "POST", "/v1/sandboxes/\(box)/exec?tenant=\(tenant)",
+            body: ExecRequest(argv: ["/netprobe", kind, address, String(port)], timeoutSeconds: 10))
+        return String(decoding: r.stdout, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test func publicReachesTheInternetAndNothingElse() async throws {
+        let lab = try NetworkLab()
+        defer { lab.close() }
+        let probe = try NetProbe.build()
+        defer { NetProbe.remove(probe) }
+        try lab.listen(lab.internet, NetworkLab.internetAddress, port: 8080, name: "internet")
+        try lab.listen(lab.internet, NetworkLab.privateAddress, port: 8080, name: "private")
+        try lab.listen(lab.metadata, NetworkLab.metadataAddress, port: 80, name: "metadata")
+        // The stand-in host's own addresses: its address toward the internet and, below, the bridge's.
+        try lab.listen(lab.host, NetworkLab.hostAddress, port: 8080, name: "host")
+        try lab.listen(lab.host, "::", port: 8086, name: "host6")
+        try await Self.daemon(lab) { d in
+            _ = try d.cli("tenant", "create", "acme")
+            _ = try d.cli("tenant", "create", "globex")
+            try lab.listen(lab.host, "10.213.0.1", port: 8081, name: "bridge")
+
+            let a = try Self.box(d, "a", tenant: "acme", probe: probe)
+            let a2 = try Self.box(d, "a2", tenant: "acme", probe: probe)
+            let b = try Self.box(d, "b", tenant: "globex", probe: probe)
+            #expect(a.network == "public")
+            let addrA = try #require(a.address)
+            let addrB = try #require(b.address)
+            #expect(addrA.hasPrefix("10.213.") && addrA != addrB && a2.address != addrA)
+
+            // The internet answers, over TCP and UDP, and sees the host's address (masquerade).
+            #expect(
+                try Self.probe(d, "a", tenant: "acme", "tcp", NetworkLab.internetAddress, 8080)
+                    == "internet from \(NetworkLab.hostAddress)")
+            #expect(
+                try Self.probe(d, "a", tenant: "acme", "udp", NetworkLab.internetAddress, 8080)
+                    == "internet from \(NetworkLab.hostAddress)")
+            #expect(try Self.probe(d, "a", tenant: "acme", "icmp", NetworkLab.internetAddress) == "echo reply")
+
+            // Never the host (the bridge address, its other address, the daemon's own ports), the
+            // metadata address or a private range, over TCP or UDP.
+            for (address, port) in [
+                ("10.213.0.1", 8081), (NetworkLab.hostAddress, 8080), (NetworkLab.metadataAddress, 80),
+                (NetworkLab.privateAddress, 8080),
+            ] {
+                for kind in ["tcp", "udp", "icmp"] {
+                    let out = try Self.probe(d, "a", tenant: "acme", kind, address, port)
+                    #expect(out == "timeout", "\(kind) \(address):\(port) answered: \(out)")
+                }
+            }
+
+            // Never another sandbox: not of another tenant, and not of its own (intra-tenant is denied by
+            // default). A reachable box answers a connection to a closed port at once (refused): only a
+            // dropped one times out.
+            for (address, name) in [(addrB, "b"), (try #require(a2.address), "a2")] {
+                for kind in ["tcp", "udp", "icmp"] {
+                    let out = try Self.probe(d, "a", tenant: "acme", kind, address, 9000)
+                    #expect(out == "timeout", "a reached \(name) at \(address) over \(kind): \(out)")
+                }
+            }
+
+            // No IPv6 path around the policy: the host's link-local address on the bridge does not answer.
+            let bridgeLL = try #require(
+                lab.run(lab.host, ["/usr/sbin/ip", "-6", "-o", "addr", "show", "scope", "link"]).stdout
+                    .split(separator: "\n").first { $0.contains("vvbr") }?
+                    .split(separator: " ").first { $0.hasPrefix("fe80") }?.split(separator: "/").first)
+            let v6 = try Self.probe(d, "a", tenant: "acme", "tcp", "\(bridgeLL)%eth0", 8086)
+            #expect(v6 == "timeout" || v6.hasPrefix("error"), "IPv6 to the host answered: \(v6)")
+
+            // `none` is loopback only: no interface but lo, and nothing reachable.
+            _ = try Self.box(d, "sealed", tenant: "acme", network: "none", probe: probe)
+            let listed: ExecResult = try d.client.call(
+                "POST", "/v1/sandboxes/sealed/exec?tenant=acme", body: ExecRequest(argv: ["/bin/ls", "/sys/class/net"]))
+            let links = String(decoding: listed.stdout, as: UTF8.self)
+            #expect(links.split(separator: "\n").sorted() == ["lo"], "interfaces: \(links)")
+            let sealed = try Self.probe(d, "sealed", tenant: "acme", "tcp", NetworkLab.internetAddress, 8080)
+            #expect(sealed != "internet from \(NetworkLab.hostAddress)")
+
+            // A box that is deleted takes its veth with it.
+            let veths = { lab.links(lab.host).filter { $0.hasPrefix("vx") } }
+            #expect(veths().count == 3)
+            _ = try d.client.callNoContent("DELETE", "/v1/sandboxes/b?tenant=globex&force=true")
+            #expect(veths().count == 2)
+        }
+    }
+
+    /// kill -9 of the daemon; while it is down, its nftables tables and one sandbox's veth go. After the
+    /// restart the policy holds again, that sandbox is reattached, and nothing is left over.
+    @Test func aRestartRebuildsTheRulesetAndReattaches() async throws {
+        let lab = try NetworkLab()
+        defer { lab.close() }
+        let probe = try NetProbe.build()
+        defer { NetProbe.remove(probe) }
+        try lab.listen(lab.internet, NetworkLab.internetAddress, port: 8080, name: "internet")
+        try lab.listen(lab.metadata, NetworkLab.metadataAddress, port: 80, name: "metadata")
+        try await Self.daemon(lab) { d in
+            let one = try Self.box(d, "one", tenant: "default", probe: probe)
+            _ = try Self.box(d, "two", tenant: "default", probe: probe)
+            #expect(
+                try Self.probe(d, "one", tenant: "default", "tcp", NetworkLab.internetAddress, 8080).hasPrefix(
+                    "internet"))
+            d.crash()
+            let tables = try lab.run(lab.host, ["/usr/sbin/nft", "list", "tables"])
+            for line in tables.stdout.split(separator: "\n") where line.contains("vivarium_") {
+                try lab.run(lab.host, ["/usr/sbin/nft", "delete"] + line.split(separator: " ").map(String.init))
+            }
+            #expect(!(try lab.run(lab.host, ["/usr/sbin/nft", "list", "tables"])).stdout.contains("vivarium_"))
+            let veth = "vx" + one.id.prefix(13)
+            try lab.run(lab.host, ["/usr/sbin/ip", "link", "delete", veth])
+            // Without its table a running box would reach the metadata address: the ruleset is what stops it.
+            try d.start()
+            #expect(lab.links(lab.host).contains(veth), "the deleted veth is back")
+            for box in ["one", "two"] {
+                #expect(
+                    try Self.probe(d, box, tenant: "default", "tcp", NetworkLab.internetAddress, 8080).hasPrefix(
+                        "internet"))
+                let meta = try Self.probe(d, box, tenant: "default", "tcp", NetworkLab.metadataAddress, 80)
+                #expect(meta == "timeout", "\(box) reached the metadata address after the restart: \(meta)")
+            }
+            _ = try d.client.callNoContent("DELETE", "/v1/sandboxes/one?force=true")
+            _ = try d.client.callNoContent("DELETE", "/v1/sandboxes/two?force=true")
+            #expect(lab.links(lab.host).filter { $0.hasPrefix("vx") }.isEmpty, "veths left: \(lab.links(lab.host))")
+        }
+    }
+}
