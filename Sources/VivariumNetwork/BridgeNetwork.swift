@@ -20,23 +20,20 @@ public final class BridgeNetwork: Sendable {
         public var table: String
         /// A path such as /run/netns/NAME; nil: the daemon's own namespace.
         public var namespace: String?
-        public var nft = "/usr/sbin/nft"
         public var nsenter = "/usr/bin/nsenter"
-        /// Where nft batches are written before they run.
-        public var runDir: String
 
-        public init(range: CIDR, instance: String, namespace: String?, runDir: String) {
+        public init(range: CIDR, instance: String, namespace: String?) {
             self.range = range
             let tag = String(instance.prefix(8))
             bridge = "vvbr" + tag
             table = "vivarium_" + tag
             self.namespace = namespace
-            self.runDir = runDir
         }
     }
 
     public let config: Configuration
     public let ruleset: Ruleset
+    let nft: Nftables
     let logger: Logger
     /// What the tables hold per veth: its address and policy (the tables are made anew at each start).
     let attached = Mutex<[String: (address: String, policy: EgressPolicy)]>([:])
@@ -47,9 +44,10 @@ public final class BridgeNetwork: Sendable {
     /// How many sandboxes the range holds (network, gateway and broadcast addresses excluded).
     public var capacity: Int { (1 << (32 - config.range.prefix)) - 3 }
 
-    init(config: Configuration, logger: Logger) {
+    init(config: Configuration, logger: Logger) throws {
         self.config = config
         self.logger = logger
+        nft = try Nftables(namespacePath: config.namespace)
         ruleset = Ruleset(table: config.table, bridge: config.bridge, range: config.range)
     }
 
@@ -60,13 +58,7 @@ public final class BridgeNetwork: Sendable {
         guard config.range.bytes.count == 4, (8...24).contains(config.range.prefix) else {
             throw VivariumError(.invalidArgument, "network_range must be an IPv4 range from /8 to /24")
         }
-        guard access(config.nft, X_OK) == 0 else {
-            throw VivariumError(
-                .unavailable,
-                "nft (nftables) is not installed, so sandbox networks cannot be isolated: apt-get install nftables, "
-                    + "or set network = none")
-        }
-        let n = BridgeNetwork(config: config, logger: logger)
+        let n = try BridgeNetwork(config: config, logger: logger)
         let host = try n.hostNetlink()
         if try !host.exists(config.bridge) {
             try await n.checkRangeIsFree()
@@ -75,7 +67,7 @@ public final class BridgeNetwork: Sendable {
         try host.addAddress(config.bridge, n.gateway, prefix: config.range.prefix)
         try host.setUp(config.bridge)
         try await n.run("/usr/sbin/sysctl", ["-q", "-w", "net.ipv4.ip_forward=1"])
-        try await n.apply(n.ruleset.install)
+        try n.apply(n.ruleset.install)
         logger.info(
             "sandbox network ready",
             metadata: ["bridge": "\(config.bridge)", "range": "\(config.range)", "table": "\(config.table)"])
@@ -118,14 +110,14 @@ public final class BridgeNetwork: Sendable {
             }
         }
         if let batch {
-            try await apply(batch)
+            try apply(batch)
             attached.withLock { $0[veth] = (address, policy) }
         }
     }
 
     func detach(veth: String) async {
         if let cur = attached.withLock({ $0.removeValue(forKey: veth) }) {
-            do { try await apply(ruleset.detach(veth: veth, address: cur.address)) } catch {
+            do { try apply(ruleset.detach(veth: veth, address: cur.address)) } catch {
                 logger.error(
                     "cannot take a veth out of the ruleset", metadata: ["veth": "\(veth)", "error": "\(error)"])
             }
@@ -136,7 +128,7 @@ public final class BridgeNetwork: Sendable {
 
     /// Removes the ruleset and the bridge (tests, and an operator turning networking off).
     public func remove() async throws {
-        try await apply(ruleset.uninstall)
+        try apply(ruleset.uninstall)
         try hostNetlink().delete(config.bridge)
     }
 
@@ -146,12 +138,7 @@ public final class BridgeNetwork: Sendable {
     }
 
     /// Runs one nft batch: one transaction, all of it or nothing.
-    func apply(_ batch: String) async throws {
-        let path = config.runDir + "/nft-\(UUID().uuidString).nft"
-        try FileSystem.writeAtomically(Data(batch.utf8), to: path, mode: 0o600, durable: false)
-        defer { unlink(path) }
-        try await run(config.nft, ["-f", path])
-    }
+    func apply(_ batch: String) throws { try nft.run(batch) }
 
     /// Runs a program in the network's namespace; returns its output.
     @discardableResult

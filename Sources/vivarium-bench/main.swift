@@ -64,6 +64,11 @@ let daemon = try TestDaemon(extraEnv: [
 let unaudited = try TestDaemon(extraEnv: ["VIVARIUM_AUDIT_MODE": "off", "VIVARIUM_LOG_LEVEL": "warning"])
 /// The same daemon without the disk quota pool (writable layers in the bundle), for what quotas cost.
 let unquoted = try TestDaemon(extraEnv: ["VIVARIUM_DISK_POOL": "off", "VIVARIUM_LOG_LEVEL": "warning"])
+/// The same daemon with a sandbox network, in namespaces of the bench's own (no packet leaves the machine).
+let lab = try NetworkLab()
+let networked = try TestDaemon(extraEnv: [
+    "VIVARIUM_NETWORK": "bridge", "VIVARIUM_NETWORK_NETNS": lab.hostPath, "VIVARIUM_LOG_LEVEL": "warning",
+])
 /// An older build, for before/after rows measured in this same run.
 let baseline = try env["VIVARIUM_BASELINE_BIN"].flatMap { $0.isEmpty ? nil : $0 }.map {
     try TestDaemon(extraEnv: ["VIVARIUM_LOG_LEVEL": "warning"], binary: $0)
@@ -72,6 +77,8 @@ defer {
     daemon.shutdown()
     unaudited.shutdown()
     unquoted.shutdown()
+    networked.shutdown()
+    lab.close()
     baseline?.shutdown()
 }
 
@@ -240,7 +247,7 @@ do {
     let raw = try Raw(daemon: daemon)
     defer { raw.removeCgroups() }
     let daemons = [daemon] + (baseline.map { [$0] } ?? [])
-    for d in daemons + [unaudited, unquoted] {
+    for d in daemons + [unaudited, unquoted, networked] {
         _ = try d.create(CreateSandboxRequest(name: "warm"))
         _ = try d.exec("warm", ["/bin/true"])
     }
@@ -402,6 +409,22 @@ do {
                 "\ndisk quota on vs off (interleaved): create→ready on p50 %.2f / p99 %.2f ms, off p50 %.2f / p99 %.2f ms (%+.2f ms); delete on p50 %.2f, off p50 %.2f ms",
             quotaCreate[0].p50, quotaCreate[0].p99, quotaCreate[1].p50, quotaCreate[1].p99, quotaCost,
             quotaDelete[0].p50, quotaDelete[1].p50))
+    // create→ready with a veth, an address, a route and the ruleset's elements, against loopback only.
+    var netCreate = [Stats(), Stats()]
+    for i in 0..<iterations {
+        for (k, policy) in i % 2 == 0 ? [(0, "public"), (1, "none")] : [(1, "none"), (0, "public")] {
+            try await time(&netCreate[k]) {
+                _ = try networked.create(CreateSandboxRequest(name: "n\(i)-\(policy)", network: policy))
+            }
+            try networked.client.callNoContent("DELETE", "/v1/sandboxes/n\(i)-\(policy)?force=true")
+        }
+    }
+    let networkCost = netCreate[0].p50 - netCreate[1].p50
+    print(
+        String(
+            format:
+                "\nnetwork public vs none (interleaved): create→ready public p50 %.2f / p99 %.2f ms, none p50 %.2f / p99 %.2f ms (network setup %+.2f ms)",
+            netCreate[0].p50, netCreate[0].p99, netCreate[1].p50, netCreate[1].p99, networkCost))
     try await raw.delete("warm")
     try httpsThroughput()
     if env["VIVARIUM_BENCH_SCALE"] != "0" { try await scaling(raw: raw, initBinary: daemon.initBinary) }
@@ -420,11 +443,16 @@ do {
     ] { print("  " + t) }
     print(String(format: "  audit overhead < 10%%: %@ (%+.1f%%)", overhead < 10 ? "met" : "MISSED", overhead))
     print(String(format: "  disk quota adds < 2 ms at p50: %@ (%+.2f ms)", quotaCost < 2 ? "met" : "MISSED", quotaCost))
+    print(
+        String(
+            format: "  networking adds < 2 ms at p50: %@ (%+.2f ms)", networkCost < 2 ? "met" : "MISSED", networkCost))
 } catch {
     FileHandle.standardError.write(Data("vivarium-bench: \(error)\n".utf8))
     daemon.shutdown()
     unaudited.shutdown()
     unquoted.shutdown()
+    networked.shutdown()
+    lab.close()
     baseline?.shutdown()
     exit(1)
 }

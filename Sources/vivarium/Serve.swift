@@ -104,8 +104,8 @@ struct Serve: Verb {
         if s.network == "bridge" {
             let network = try await BridgeNetwork.open(
                 .init(
-                    range: s.networkRange, instance: configuration.instance, namespace: s.networkNetns,
-                    runDir: s.stateDir), logger: logger)
+                    range: s.networkRange, instance: configuration.instance, namespace: s.networkNetns),
+                logger: logger)
             guard configuration.maxSandboxes <= network.capacity else {
                 throw VivariumError(
                     .invalidArgument,

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "vivarium_nftables.h"
 #include "vivarium_rtnetlink.h"
 
 /// Flags for vv_spawn.
