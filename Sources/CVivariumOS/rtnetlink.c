@@ -60,21 +60,29 @@ static int name_ok(const char *name) { return name && strlen(name) > 0 && strlen
 /// Sends the message and reads until its ack: 0 or the kernel's -errno. A link in the replies (the answer
 /// to RTM_GETLINK) leaves its index in *index.
 static int transact_link(int sock, struct vv_msg *m, int *index) {
-    static __thread unsigned int seq;
-    m->h->nlmsg_seq = ++seq;
+    // Process-wide, so that no two requests share a number (a late ack never matches a later request).
+    static unsigned int seq;
+    m->h->nlmsg_seq = __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED);
     struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
     if (sendto(sock, m->buf, m->h->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) return -errno;
     char reply[8192];
     for (;;) {
-        ssize_t n = recv(sock, reply, sizeof reply, 0);
+        struct sockaddr_nl from;
+        socklen_t from_len = sizeof from;
+        ssize_t n = recvfrom(sock, reply, sizeof reply, MSG_TRUNC, (struct sockaddr *)&from, &from_len);
         if (n < 0) {
             if (errno == EINTR) continue;
-            return -errno;
+            return errno == EAGAIN ? -ETIMEDOUT : -errno;
         }
+        if ((size_t)n > sizeof reply) return -EMSGSIZE;
+        if (from.nl_pid != 0) continue;  // only the kernel answers
         for (struct nlmsghdr *h = (struct nlmsghdr *)reply; NLMSG_OK(h, (unsigned int)n); h = NLMSG_NEXT(h, n)) {
             if (h->nlmsg_seq != m->h->nlmsg_seq) continue;
             if (h->nlmsg_type == RTM_NEWLINK && index) *index = ((struct ifinfomsg *)NLMSG_DATA(h))->ifi_index;
-            if (h->nlmsg_type == NLMSG_ERROR) return ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                if (h->nlmsg_len < NLMSG_LENGTH(sizeof(struct nlmsgerr))) return -EBADMSG;
+                return ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+            }
         }
     }
 }
@@ -208,7 +216,8 @@ int vv_rtnl_addr4(int sock, int index, uint32_t address, int prefix) {
 
 int vv_rtnl_default_route4(int sock, uint32_t gateway) {
     struct vv_msg m;
-    msg_init(&m, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL);
+    // Replace: a default route via another gateway does not survive an attach.
+    msg_init(&m, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE);
     struct rtmsg rt = {
         .rtm_family = AF_INET, .rtm_table = RT_TABLE_MAIN, .rtm_protocol = RTPROT_BOOT,
         .rtm_scope = RT_SCOPE_UNIVERSE, .rtm_type = RTN_UNICAST};

@@ -21,8 +21,15 @@ enum Mapping {
         let spec = SandboxSpec(
             image: image, limits: limits, env: req.env ?? [:], labels: req.labels ?? [:],
             readOnly: req.readOnly ?? false,
-            restart: restart, ttlSeconds: req.ttlSeconds, network: try req.network.map(EgressPolicy.parse))
+            restart: restart, ttlSeconds: req.ttlSeconds, network: try policy(req.network, req.allow))
         return (name, try spec.validated())
+    }
+
+    /// An egress policy and its rules; nil when neither is given (the daemon's default).
+    static func policy(_ egress: String?, _ allow: [String]?) throws -> NetworkPolicy? {
+        guard egress != nil || allow != nil else { return nil }
+        let rules = try (allow ?? []).map(AllowRule.parse)
+        return try NetworkPolicy(egress: try egress.map(EgressPolicy.parse) ?? .allowlist, allow: rules).validated()
     }
 
     static func command(_ req: ExecRequest) throws -> ExecCommand {
@@ -48,7 +55,8 @@ enum Mapping {
             restart: s.spec.restart.rawValue,
             createdAt: s.createdAt, expiresAt: s.expiresAt, hostUidBase: s.hostUIDBase,
             diskUsageBytes: s.diskUsageBytes, diskBytes: s.spec.limits.diskBytes,
-            network: (s.spec.network ?? .none).rawValue, address: s.address)
+            network: (s.spec.network ?? .none).egress.rawValue, address: s.address,
+            allow: s.spec.network.flatMap { $0.allow.isEmpty ? nil : $0.allow.map(\.description) })
     }
 
     static func result(_ o: ExecOutcome) -> ExecResult {

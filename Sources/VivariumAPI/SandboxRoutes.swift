@@ -37,6 +37,12 @@ struct SandboxRoutes {
         r.add(Endpoints.sandboxStop) { call in
             Mapping.info(try await sandboxes.stop(call.caller, name: try call.name("sandbox name")))
         }
+        r.add(Endpoints.sandboxNetwork) { call in
+            let req: SetNetworkRequest = try await call.body()
+            let policy = try Mapping.policy(req.egress, req.allow) ?? .none
+            return Mapping.info(
+                try await sandboxes.setNetwork(call.caller, name: try call.name("sandbox name"), policy))
+        }
         r.add(Endpoints.sandboxExec) { call in
             let command = try Mapping.command(try await call.body())
             return Mapping.result(try await sandboxes.exec(call.caller, name: try call.name("sandbox name"), command))

@@ -52,7 +52,7 @@ public enum PolicyTable {
         case .sandboxCreate: .init([.sandboxesWrite], role: .member, .tenantUnbound, mutating: true)
         case .sandboxRun: .init([.sandboxesWrite, .exec], role: .member, .tenantUnbound, mutating: true)
         case .sandboxGet: .init([.sandboxesRead], role: .auditor, .tenant, mutating: false)
-        case .sandboxDelete, .sandboxStart, .sandboxStop:
+        case .sandboxDelete, .sandboxStart, .sandboxStop, .sandboxNetwork:
             .init([.sandboxesWrite], role: .member, .tenant, mutating: true)
         case .sandboxExec: .init([.exec], role: .member, .tenant, mutating: true)
 

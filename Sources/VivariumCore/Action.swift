@@ -27,6 +27,8 @@ public enum Action: String, CaseIterable, Sendable, Codable {
     case sandboxStart = "sandbox.start"
     case sandboxStop = "sandbox.stop"
     case sandboxExec = "sandbox.exec"
+    /// A sandbox's egress policy changed, running or not.
+    case sandboxNetwork = "sandbox.network"
     /// Create, exec and (optionally) delete in one call.
     case sandboxRun = "sandbox.run"
 

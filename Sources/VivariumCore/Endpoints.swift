@@ -117,6 +117,8 @@ public enum Endpoints {
     public static let sandboxStop = Endpoint<Empty, SandboxInfo>(.post, "/v1/sandboxes/{name}/stop", .sandboxStop)
     public static let sandboxExec = Endpoint<ExecRequest, ExecResult>(
         .post, "/v1/sandboxes/{name}/exec", .sandboxExec)
+    public static let sandboxNetwork = Endpoint<SetNetworkRequest, SandboxInfo>(
+        .post, "/v1/sandboxes/{name}/network", .sandboxNetwork)
 
     public static let imageList = Endpoint<Empty, Page<ImageInfo>>(.get, "/v1/images", .imageList)
     public static let imageImport = Endpoint<ImportImageRequest, ImageInfo>(
@@ -138,7 +140,8 @@ public enum Endpoints {
         keysRotate.route, tenantList.route, tenantCreate.route, tenantDelete.route, principalList.route,
         principalCreate.route, principalDelete.route, principalDisable.route, apiKeyCreate.route, sandboxList.route,
         sandboxCreate.route, sandboxRun.route, sandboxGet.route, sandboxDelete.route, sandboxStart.route,
-        sandboxStop.route, sandboxExec.route, imageList.route, imageImport.route, imageUpload.route,
+        sandboxStop.route, sandboxExec.route, sandboxNetwork.route, imageList.route, imageImport.route,
+        imageUpload.route,
         imageDelete.route,
         auditList.route, auditFollow, auditCheckpoints.route,
     ]

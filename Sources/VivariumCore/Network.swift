@@ -2,19 +2,84 @@ import Foundation
 
 /// What a sandbox's network may reach.
 public enum EgressPolicy: String, Codable, Sendable, CaseIterable {
-    /// Loopback only: the sandbox gets no interface but `lo`.
+    /// Loopback only: nothing leaves the box (a box created so has no interface but `lo`).
     case none
     /// The internet, masqueraded out of the host: never the private, shared, loopback, link-local (cloud
     /// metadata), documentation, benchmarking, multicast or reserved ranges, never the host itself, never
     /// another sandbox; no IPv6 at all.
     case `public`
+    /// Only the destinations of the policy's `allow` rules (never the host, other sandboxes, loopback,
+    /// link-local or multicast, whatever a rule says).
+    case allowlist
 
     public static func parse(_ s: String) throws -> EgressPolicy {
         guard let p = EgressPolicy(rawValue: s) else {
             throw VivariumError(
-                .invalidArgument, "network must be one of \(allCases.map(\.rawValue).joined(separator: ", "))")
+                .invalidArgument, "egress must be one of \(allCases.map(\.rawValue).joined(separator: ", "))")
         }
         return p
+    }
+}
+
+/// One destination an `allowlist` sandbox may reach: an IPv4 range and, optionally, one port (TCP and
+/// UDP). Written `10.1.2.0/24:5432`, `1.2.3.4:443` or `1.2.3.0/24`.
+public struct AllowRule: Codable, Sendable, Equatable, CustomStringConvertible {
+    public var range: String
+    public var port: Int?
+
+    public static let maxRules = 64
+
+    public init(range: String, port: Int?) {
+        self.range = range
+        self.port = port
+    }
+
+    public static func parse(_ s: String) throws -> AllowRule {
+        var text = Substring(s)
+        var port: Int?
+        if let colon = text.lastIndex(of: ":") {
+            guard let p = Int(text[text.index(after: colon)...]), (1...65535).contains(p) else {
+                throw VivariumError(.invalidArgument, "allow rule \(s): the port must be 1 to 65535")
+            }
+            port = p
+            text = text[..<colon]
+        }
+        let cidr: CIDR
+        do {
+            cidr = try CIDR(text.contains("/") ? String(text) : text + "/32")
+        } catch {
+            throw VivariumError(.invalidArgument, "allow rule \(s) is not ADDRESS[/PREFIX][:PORT] (IPv4)")
+        }
+        guard cidr.bytes.count == 4 else {
+            throw VivariumError(.invalidArgument, "allow rule \(s): only IPv4 (sandboxes have no IPv6)")
+        }
+        return AllowRule(range: cidr.description, port: port)
+    }
+
+    public var description: String { port.map { "\(range):\($0)" } ?? range }
+}
+
+/// A sandbox's egress policy with its rules.
+public struct NetworkPolicy: Codable, Sendable, Equatable {
+    public var egress: EgressPolicy
+    public var allow: [AllowRule]
+
+    public init(egress: EgressPolicy, allow: [AllowRule] = []) {
+        self.egress = egress
+        self.allow = allow
+    }
+
+    public static let none = NetworkPolicy(egress: .none)
+    public static let `public` = NetworkPolicy(egress: .public)
+
+    public func validated() throws -> NetworkPolicy {
+        if egress != .allowlist, !allow.isEmpty {
+            throw VivariumError(.invalidArgument, "allow rules need egress allowlist")
+        }
+        guard allow.count <= AllowRule.maxRules else {
+            throw VivariumError(.invalidArgument, "at most \(AllowRule.maxRules) allow rules")
+        }
+        return self
     }
 }
 

@@ -201,12 +201,12 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
     public var ttlSeconds: Int64?
     /// What the sandbox's network may reach; nil: the daemon's default at create (a spec stored before
     /// sandboxes had networks has none, and keeps loopback only).
-    public var network: EgressPolicy?
+    public var network: NetworkPolicy?
 
     public init(
         image: ImageReference, limits: ResourceLimits = .default, env: [String: String] = [:],
         labels: [String: String] = [:], readOnly: Bool = false, restart: RestartPolicy = .never,
-        ttlSeconds: Int64? = nil, network: EgressPolicy? = nil
+        ttlSeconds: Int64? = nil, network: NetworkPolicy? = nil
     ) {
         self.network = network
         self.image = image
@@ -224,6 +224,7 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
     public func validated() throws -> SandboxSpec {
         var s = self
         s.limits = try limits.validated()
+        s.network = try network?.validated()
         try FieldRules.validateEnv(env)
         try FieldRules.validateLabels(labels)
         if let ttl = ttlSeconds, !(1...Self.maxTTLSeconds).contains(ttl) {

@@ -31,16 +31,20 @@ public struct CreateSandboxRequest: Codable, Sendable {
     public var ttlSeconds: Int64?
     public var readOnly: Bool?
     public var restart: String?
-    /// `none` (loopback only) or `public`; default: the daemon's (`public` when it runs a sandbox network).
+    /// `none` (loopback only), `public` or `allowlist`; default: the daemon's (`public` when it runs a
+    /// sandbox network).
     public var network: String?
+    /// With `allowlist`: `ADDRESS[/PREFIX][:PORT]` rules.
+    public var allow: [String]?
 
     public init(
         name: String? = nil, image: String? = nil, memoryBytes: Int64? = nil, milliCpus: Int64? = nil,
         pids: Int64? = nil, env: [String: String]? = nil, labels: [String: String]? = nil,
         ttlSeconds: Int64? = nil, readOnly: Bool? = nil, restart: String? = nil, diskBytes: Int64? = nil,
-        network: String? = nil
+        network: String? = nil, allow: [String]? = nil
     ) {
         self.network = network
+        self.allow = allow
         self.diskBytes = diskBytes
         self.name = name
         self.image = image
@@ -79,8 +83,10 @@ public struct SandboxInfo: Codable, Sendable {
     /// Bytes the sandbox's writable layer holds, counted as its quota counts them (data and metadata) where
     /// the disk pool enforces `disk_bytes`; only filled by a single-sandbox get.
     public var diskUsageBytes: Int64?
-    /// The egress policy (`none`, `public`) and the IPv4 address on the sandbox network (nil: loopback only).
+    /// The egress policy (`none`, `public`, `allowlist` with its `allow` rules) and the IPv4 address on
+    /// the sandbox network (nil: loopback only).
     public var network: String
+    public var allow: [String]?
     public var address: String?
 
     public init(
@@ -88,10 +94,11 @@ public struct SandboxInfo: Codable, Sendable {
         memoryBytes: Int64, milliCpus: Int64, pids: Int64, envNames: [String], labels: [String: String],
         readOnly: Bool, restart: String, createdAt: Date, expiresAt: Date?, hostUidBase: Int64,
         diskUsageBytes: Int64?, diskBytes: Int64 = ResourceLimits.defaultDiskBytes, network: String = "none",
-        address: String? = nil
+        address: String? = nil, allow: [String]? = nil
     ) {
         self.network = network
         self.address = address
+        self.allow = allow
         self.diskBytes = diskBytes
         self.id = id
         self.name = name
@@ -111,6 +118,17 @@ public struct SandboxInfo: Codable, Sendable {
         self.expiresAt = expiresAt
         self.hostUidBase = hostUidBase
         self.diskUsageBytes = diskUsageBytes
+    }
+}
+
+/// A running or stopped sandbox's new egress policy.
+public struct SetNetworkRequest: Codable, Sendable {
+    public var egress: String
+    public var allow: [String]?
+
+    public init(egress: String, allow: [String]? = nil) {
+        self.egress = egress
+        self.allow = allow
     }
 }
 

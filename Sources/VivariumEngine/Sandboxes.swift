@@ -101,6 +101,38 @@ public final class Sandboxes: Sendable {
         }
     }
 
+    /// Changes a sandbox's egress policy; a running sandbox's takes effect at once, in one nftables
+    /// transaction, before the new policy is stored.
+    public func setNetwork(_ caller: Caller, name: ResourceName, _ policy: NetworkPolicy) async throws -> Sandbox {
+        try await gate.perform(caller, .sandboxNetwork, target: name.rawValue) {
+            try await locks.withLock(try lockKey(caller, name)) { [self] in
+                let policy = try policy.validated()
+                var r = try await record(caller, name)
+                guard config.network != nil || policy.egress == .none else {
+                    throw VivariumError(
+                        .invalidArgument, "this daemon runs no sandbox network (network = off): only none is possible")
+                }
+                let old = r.spec.network ?? .none
+                r.spec.network = policy
+                if case .running(let pid) = r.state { try await attachment(r)?.attach(initPid: pid) }
+                let details = [
+                    "from": old.egress.rawValue, "to": policy.egress.rawValue,
+                    "allow": policy.allow.map(\.description).joined(separator: ","),
+                ]
+                do {
+                    try await store.updateSpec(r.id, r.spec, audit: event("sandbox.network", r, details: details))
+                } catch {
+                    var back = r
+                    back.spec.network = old
+                    if case .running(let pid) = r.state { try? await attachment(back)?.attach(initPid: pid) }
+                    throw error
+                }
+                logger.info("sandbox network changed", metadata: ["sandbox": "\(name)", "egress": "\(policy.egress)"])
+                return view(r)
+            }
+        }
+    }
+
     public func stop(_ caller: Caller, name: ResourceName) async throws -> Sandbox {
         try await gate.perform(caller, .sandboxStop, target: name.rawValue) {
             try await locks.withLock(try lockKey(caller, name)) { [self] in
@@ -189,8 +221,8 @@ public final class Sandboxes: Sendable {
     func create(tenant: String, name: ResourceName?, spec: SandboxSpec) async throws -> Sandbox {
         var asked = spec
         if asked.limits.diskBytes == ResourceLimits.unsetDiskBytes { asked.limits.diskBytes = config.defaultDiskBytes }
-        if asked.network == nil { asked.network = config.network == nil ? EgressPolicy.none : .public }
-        if asked.network != EgressPolicy.none, config.network == nil {
+        if asked.network == nil { asked.network = config.network == nil ? NetworkPolicy.none : .public }
+        if asked.network?.egress != EgressPolicy.none, config.network == nil {
             throw VivariumError(
                 .invalidArgument, "this daemon runs no sandbox network (network = off): only network none is possible")
         }
@@ -217,7 +249,7 @@ public final class Sandboxes: Sendable {
                     "id": id.rawValue, "image": image.name.rawValue, "image_digest": image.digest.rawValue,
                     "memory_bytes": String(spec.limits.memoryBytes),
                     "milli_cpus": String(spec.limits.milliCPUs), "pids": String(spec.limits.pids),
-                    "disk_bytes": String(spec.limits.diskBytes), "network": (spec.network ?? .none).rawValue,
+                    "disk_bytes": String(spec.limits.diskBytes), "network": (spec.network ?? .none).egress.rawValue,
                     "restart": spec.restart.rawValue, "read_only": String(spec.readOnly),
                     "ttl_seconds": spec.ttlSeconds.map(String.init) ?? "none",
                     "env_keys": spec.env.keys.sorted().joined(separator: ","),
@@ -310,7 +342,7 @@ public final class Sandboxes: Sendable {
         Sandbox(
             id: r.id, tenant: r.tenant, name: r.name, imageDigest: r.imageDigest, spec: r.spec, state: r.state,
             createdAt: r.createdAt, expiresAt: r.expiresAt, hostUIDBase: uidBase(r),
-            address: r.spec.network == .public ? try? config.network?.address(slot: r.uidSlot) : nil)
+            address: (r.spec.network ?? .none).egress == .none ? nil : try? config.network?.address(slot: r.uidSlot))
     }
 
     /// The sandbox's place on the network, plugged in at every boot; nil for loopback only.

@@ -36,7 +36,7 @@ public final class BridgeNetwork: Sendable {
     let nft: Nftables
     let logger: Logger
     /// What the tables hold per veth: its address and policy (the tables are made anew at each start).
-    let attached = Mutex<[String: (address: String, policy: EgressPolicy)]>([:])
+    let attached = Mutex<[String: (address: String, policy: NetworkPolicy)]>([:])
 
     /// The gateway: the range's first host address, on the bridge.
     public var gateway: String { Self.format(Self.base(config.range) + 1) }
@@ -85,15 +85,18 @@ public final class BridgeNetwork: Sendable {
     /// The host end of a sandbox's veth (≤ 15 bytes, unique across instances in practice).
     public static func veth(_ id: SandboxID) -> String { Ruleset.vethPrefix + String(id.rawValue.prefix(13)) }
 
-    /// The attachment of one sandbox, or nil for `none` (loopback only: crun's namespace as it is).
-    public func attachment(id: SandboxID, slot: Int, policy: EgressPolicy) throws -> (any NetworkAttachment)? {
-        if policy == .none { return nil }
-        return BridgeAttachment(network: self, veth: Self.veth(id), address: try address(slot: slot), policy: policy)
+    /// The attachment of one sandbox under `policy`. Attaching a running sandbox again with another policy
+    /// changes it in one transaction.
+    public func attachment(id: SandboxID, slot: Int, policy: NetworkPolicy) throws -> any NetworkAttachment {
+        BridgeAttachment(network: self, veth: Self.veth(id), address: try address(slot: slot), policy: policy)
     }
 
-    func attach(veth: String, address: String, policy: EgressPolicy, initPid: Int32) async throws {
+    func attach(veth: String, address: String, policy: NetworkPolicy, initPid: Int32) async throws {
         let host = try hostNetlink()
         if try !host.exists(veth) {
+            // Loopback only: a box made so has no veth and gets none (one that had a veth keeps it, under
+            // a verdict that drops everything).
+            if policy.egress == .none { return }
             let ns = "/proc/\(initPid)/ns/net"
             try host.createVeth(veth, master: config.bridge, peer: "eth0", inNamespaceAt: ns)
             let box = try Netlink(namespacePath: ns)
@@ -105,7 +108,7 @@ public final class BridgeNetwork: Sendable {
         let batch: String? = attached.withLock { a in
             switch a[veth] {
             case nil: return ruleset.attach(veth: veth, address: address, policy: policy)
-            case let cur? where cur.policy != policy: return ruleset.change(veth: veth, to: policy)
+            case let cur? where cur.policy != policy: return ruleset.change(veth: veth, from: cur.policy, to: policy)
             default: return nil
             }
         }
@@ -117,7 +120,7 @@ public final class BridgeNetwork: Sendable {
 
     func detach(veth: String) async {
         if let cur = attached.withLock({ $0.removeValue(forKey: veth) }) {
-            do { try apply(ruleset.detach(veth: veth, address: cur.address)) } catch {
+            do { try apply(ruleset.detach(veth: veth, address: cur.address, policy: cur.policy)) } catch {
                 logger.error(
                     "cannot take a veth out of the ruleset", metadata: ["veth": "\(veth)", "error": "\(error)"])
             }
@@ -202,7 +205,7 @@ struct BridgeAttachment: NetworkAttachment {
     let network: BridgeNetwork
     let veth: String
     let address: String
-    let policy: EgressPolicy
+    let policy: NetworkPolicy
 
     func attach(initPid: Int32) async throws {
         try await network.attach(veth: veth, address: address, policy: policy, initPid: initPid)

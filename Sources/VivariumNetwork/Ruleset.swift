@@ -39,6 +39,7 @@ public struct Ruleset: Sendable, Equatable {
                 map egress { type ifname : verdict; }
                 set peers { type ifname . ifname; }
                 set blocked { type ipv4_addr; flags interval; elements = { \(blocked) }; }
+                set never { type ipv4_addr; flags interval; elements = { \(Self.never.joined(separator: ", ")), \(range) }; }
                 counter denied { }
                 chain input {
                     type filter hook input priority -200; policy accept;
@@ -98,38 +99,66 @@ public struct Ruleset: Sendable, Equatable {
         """
     }
 
-    static func verdict(_ p: EgressPolicy) -> String {
-        switch p {
+    /// What an allowlist never reaches, whatever its rules say (besides the host and other sandboxes,
+    /// which the inet table and the bridge's forward chain keep out).
+    static let never = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"]
+
+    static func chain(_ veth: String) -> String { "allow_" + veth }
+
+    static func verdict(_ p: NetworkPolicy, _ veth: String) -> String {
+        switch p.egress {
         case .public: "jump public"
         case .none: "jump deny"
+        case .allowlist: "jump \(chain(veth))"
         }
+    }
+
+    /// The allowlist chain of one veth, made (or emptied) and filled.
+    func allowChain(_ veth: String, _ rules: [AllowRule]) -> String {
+        let c = "bridge \(table) \(Self.chain(veth))"
+        var out = "add chain \(c)\nflush chain \(c)\nadd rule \(c) ip daddr @never counter name denied drop\n"
+        for r in rules {
+            if let port = r.port {
+                out += "add rule \(c) ip daddr \(r.range) tcp dport \(port) accept\n"
+                out += "add rule \(c) ip daddr \(r.range) udp dport \(port) accept\n"
+            } else {
+                out += "add rule \(c) ip daddr \(r.range) accept\n"
+            }
+        }
+        return out + "add rule \(c) counter name denied drop\n"
     }
 
     /// Puts a new sandbox's veth, address and policy in (none of them may be there: `BridgeNetwork` keeps
     /// track, since the table is made anew at every start).
-    public func attach(veth: String, address: String, policy: EgressPolicy) -> String {
-        """
-        add element bridge \(table) addrs { "\(veth)" . \(address) }
-        add element bridge \(table) egress { "\(veth)" : \(Self.verdict(policy)) }
+    public func attach(veth: String, address: String, policy: NetworkPolicy) -> String {
+        (policy.egress == .allowlist ? allowChain(veth, policy.allow) : "")
+            + """
+            add element bridge \(table) addrs { "\(veth)" . \(address) }
+            add element bridge \(table) egress { "\(veth)" : \(Self.verdict(policy, veth)) }
 
-        """
+            """
     }
 
     /// Replaces an attached sandbox's policy, in one transaction.
-    public func change(veth: String, to policy: EgressPolicy) -> String {
-        """
-        delete element bridge \(table) egress { "\(veth)" }
-        add element bridge \(table) egress { "\(veth)" : \(Self.verdict(policy)) }
+    public func change(veth: String, from old: NetworkPolicy, to policy: NetworkPolicy) -> String {
+        var out = policy.egress == .allowlist ? allowChain(veth, policy.allow) : ""
+        out += """
+            delete element bridge \(table) egress { "\(veth)" }
+            add element bridge \(table) egress { "\(veth)" : \(Self.verdict(policy, veth)) }
 
-        """
+            """
+        if old.egress == .allowlist, policy.egress != .allowlist {
+            out += "delete chain bridge \(table) \(Self.chain(veth))\n"
+        }
+        return out
     }
 
     /// Takes an attached sandbox's veth out.
-    public func detach(veth: String, address: String) -> String {
+    public func detach(veth: String, address: String, policy: NetworkPolicy) -> String {
         """
         delete element bridge \(table) addrs { "\(veth)" . \(address) }
         delete element bridge \(table) egress { "\(veth)" }
 
-        """
+        """ + (policy.egress == .allowlist ? "delete chain bridge \(table) \(Self.chain(veth))\n" : "")
     }
 }

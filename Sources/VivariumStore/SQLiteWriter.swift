@@ -169,6 +169,24 @@ final class SQLiteTransaction: StoreTransaction {
         onCommit { store.cache.withLock { $0.put(r) } }
     }
 
+    func setSandboxSpec(_ id: SandboxID, _ spec: SandboxSpec) async throws -> Bool {
+        let json = try SQLiteStore.encode(spec)
+        let changed = try await sql { db in
+            try db.execute(sql: "UPDATE sandboxes SET spec = ? WHERE id = ?", arguments: [json, id.rawValue])
+            return db.changesCount == 1
+        }
+        let store = store
+        onCommit {
+            store.cache.withLock { c in
+                if var r = c.byID[id] {
+                    r.spec = spec
+                    c.byID[id] = r
+                }
+            }
+        }
+        return changed
+    }
+
     func setSandboxState(_ id: SandboxID, _ state: SandboxState) async throws -> Bool {
         let changed = try await sql { db in
             try db.execute(

@@ -51,6 +51,8 @@ public protocol StoreTransaction: Sendable {
     /// False when there is no such sandbox.
     func setSandboxState(_ id: SandboxID, _ state: SandboxState) async throws -> Bool
     func deleteSandboxRow(_ id: SandboxID) async throws
+    /// False when there is no such sandbox.
+    func setSandboxSpec(_ id: SandboxID, _ spec: SandboxSpec) async throws -> Bool
 
     /// The newest audit record, locked until the transaction ends: no other transaction can append
     /// records until this one commits or rolls back. Throws when the head is unreadable (tampered with).
@@ -208,6 +210,15 @@ extension Store {
     public func updateState(_ id: SandboxID, _ state: SandboxState, audit: AuditEvent) async throws {
         try await transaction("sandbox state") { tx in
             guard try await tx.setSandboxState(id, state) else {
+                throw VivariumError(.notFound, "sandbox \(id) not found")
+            }
+            try await tx.appendAudit([audit])
+        }
+    }
+
+    public func updateSpec(_ id: SandboxID, _ spec: SandboxSpec, audit: AuditEvent) async throws {
+        try await transaction("sandbox spec") { tx in
+            guard try await tx.setSandboxSpec(id, spec) else {
                 throw VivariumError(.notFound, "sandbox \(id) not found")
             }
             try await tx.appendAudit([audit])

@@ -16,9 +16,11 @@ struct SandboxOptions: ParsableArguments {
     var disk: String?
     @Option(
         help:
-            "Network: public (the internet, never private ranges, the host or other sandboxes) or none (loopback only). Default: public where the daemon runs a sandbox network."
+            "Network: public (the internet, never private ranges, the host or other sandboxes), none (loopback only) or allowlist (only --allow). Default: public where the daemon runs a sandbox network."
     )
     var network: String?
+    @Option(name: .customLong("allow"), help: "With allowlist: a destination ADDRESS[/PREFIX][:PORT] (repeatable).")
+    var allow: [String] = []
     @Option(name: .customLong("env"), help: "Environment variable K=V (repeatable).") var env: [String] = []
     @Option(name: .customLong("label"), help: "Label K=V (repeatable).") var labels: [String] = []
     @Option(help: "Delete the sandbox after this long, e.g. 30m.") var ttl: String?
@@ -30,6 +32,7 @@ struct SandboxOptions: ParsableArguments {
         if let memory { req.memoryBytes = try Quantity.parseBytes(memory) }
         if let disk { req.diskBytes = try Quantity.parseBytes(disk) }
         req.network = network
+        req.allow = allow.isEmpty ? nil : allow
         if let cpus {
             guard cpus.isFinite, cpus > 0, cpus <= 256 else {
                 throw VivariumError(.invalidArgument, "--cpus must be in (0, 256]")
@@ -325,6 +328,46 @@ struct ImageCommand: AsyncParsableCommand {
         func run(_ client: APIClient) async throws {
             _ = try client.call(Endpoints.imageDelete, name: name)
             print(name)
+        }
+    }
+}
+
+struct NetworkCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "network", abstract: "A sandbox's network.", subcommands: [Set.self])
+
+    struct Set: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set",
+            abstract: "Change a sandbox's egress policy; a running sandbox's changes at once.",
+            discussion: """
+                public: the internet, never private, link-local (cloud metadata), reserved or multicast ranges, \
+                the host or other sandboxes. none: loopback only. allowlist: only the --allow destinations \
+                (ADDRESS[/PREFIX][:PORT], TCP and UDP), never the host, other sandboxes, loopback or \
+                link-local. The change is one nftables transaction and is audited.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Sandbox name.") var name: String
+        @Option(help: "public, none or allowlist (the default when --allow is given).") var egress: String?
+        @Option(name: .customLong("allow"), help: "An allowed destination, e.g. 1.2.3.0/24:443 (repeatable).")
+        var allow: [String] = []
+        @Option(name: .customLong("allow-domain"), help: "Not available yet (needs the DNS forwarder).")
+        var allowDomain: [String] = []
+        @Flag(help: "Print JSON.") var json = false
+
+        func run(_ client: APIClient) async throws {
+            guard allowDomain.isEmpty else {
+                throw VivariumError(
+                    .invalidArgument, "--allow-domain needs the DNS forwarder, which this version does not have yet")
+            }
+            guard egress != nil || !allow.isEmpty else {
+                throw VivariumError(.invalidArgument, "give --egress, --allow or both")
+            }
+            let i = try client.call(
+                Endpoints.sandboxNetwork,
+                SetNetworkRequest(egress: egress ?? "allowlist", allow: allow.isEmpty ? nil : allow), name: name)
+            if json { return try printJSON(i) }
+            print("\(i.name): \(i.network)\(i.allow.map { " " + $0.joined(separator: ",") } ?? "")")
         }
     }
 }

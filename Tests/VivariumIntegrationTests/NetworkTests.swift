@@ -116,6 +116,61 @@ import VivariumTestSupport
         }
     }
 
+    /// allowlist: an allowed address and port answer, another port of the same address does not, and no
+    /// rule opens the metadata address. `network set` changes a running box at once, both ways, and is
+    /// audited; a box made with `none` (no veth) gets one when it is set to public.
+    @Test func allowlistsAndRuntimeChanges() async throws {
+        let lab = try NetworkLab()
+        defer { lab.close() }
+        let probe = try NetProbe.build()
+        defer { NetProbe.remove(probe) }
+        try lab.listen(lab.internet, NetworkLab.internetAddress, port: 8080, name: "allowed")
+        try lab.listen(lab.internet, NetworkLab.internetAddress, port: 8081, name: "other")
+        try lab.listen(lab.metadata, NetworkLab.metadataAddress, port: 80, name: "metadata")
+        try await Self.daemon(lab) { d in
+            let info: SandboxInfo = try d.client.call(
+                "POST", "/v1/sandboxes",
+                body: CreateSandboxRequest(
+                    name: "al", network: "allowlist", allow: ["45.67.89.2/32:8080", "169.254.169.254:80"]))
+            try NetProbe.install(probe, upperDir: d.upperDir(info.id), owner: info.hostUidBase)
+            #expect(info.network == "allowlist" && info.allow == ["45.67.89.2/32:8080", "169.254.169.254/32:80"])
+            func reach(_ box: String, _ kind: String, _ address: String, _ port: Int) throws -> String {
+                try Self.probe(d, box, tenant: "default", kind, address, port)
+            }
+            let internet = NetworkLab.internetAddress
+            #expect(try reach("al", "tcp", internet, 8080).hasPrefix("allowed"))
+            #expect(try reach("al", "udp", internet, 8080).hasPrefix("allowed"))
+            #expect(try reach("al", "tcp", internet, 8081) == "timeout")
+            #expect(try reach("al", "tcp", NetworkLab.metadataAddress, 80) == "timeout")
+
+            // To none and back to public, on the running box: each takes effect at once.
+            var r = try d.cli("network", "set", "al", "--egress", "none")
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(try reach("al", "tcp", internet, 8080) == "timeout")
+            r = try d.cli("network", "set", "al", "--egress", "public")
+            #expect(r.status == 0 && r.stdout.contains("al: public"), "\(r.stdout) \(r.stderr)")
+            #expect(try reach("al", "tcp", internet, 8081).hasPrefix("other"))
+            #expect(try reach("al", "tcp", NetworkLab.metadataAddress, 80) == "timeout")
+            #expect(try d.get("al").network == "public")
+
+            // A box made with none has no veth; set to public, it gets one.
+            let late = try Self.box(d, "late", tenant: "default", network: "none", probe: probe)
+            #expect(late.address == nil)
+            r = try d.cli("network", "set", "late", "--egress", "public")
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(try reach("late", "tcp", internet, 8080).hasPrefix("allowed"))
+
+            // Bad rules are refused before anything changes.
+            for bad in [["--allow", "1.2.3.4:99999"], ["--allow", "::1"], ["--egress", "open"]] {
+                r = try d.cli(["network", "set", "al"] + bad)
+                #expect(r.status != 0 && r.stderr.contains("invalid_argument"), "\(bad): \(r.stderr)")
+            }
+            #expect(try d.get("al").network == "public")
+            let audit = try d.cli("audit", "ls", "--action", "sandbox.network", "--outcome", "ok")
+            #expect(audit.stdout.components(separatedBy: "sandbox.network").count - 1 == 3, "\(audit.stdout)")
+        }
+    }
+
     /// kill -9 of the daemon; while it is down, its nftables tables and one sandbox's veth go. After the
     /// restart the policy holds again, that sandbox is reattached, and nothing is left over.
     @Test func aRestartRebuildsTheRulesetAndReattaches() async throws {

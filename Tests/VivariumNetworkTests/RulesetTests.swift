@@ -34,12 +34,23 @@ import VivariumTestSupport
         var egress = try list(ns, ["map", "bridge", "vivarium_test", "egress"])
         #expect(egress.contains("\"vxaaaa\" : jump public") && egress.contains("\"vxbbbb\" : jump deny"), "\(egress)")
 
-        r = try nft(ns, ruleset.change(veth: "vxaaaa", to: .none))
+        r = try nft(ns, ruleset.change(veth: "vxaaaa", from: .public, to: .none))
         #expect(r.status == 0, "change: \(r.stderr)")
         egress = try list(ns, ["map", "bridge", "vivarium_test", "egress"])
         #expect(egress.contains("\"vxaaaa\" : jump deny"), "\(egress)")
 
-        r = try nft(ns, ruleset.detach(veth: "vxbbbb", address: "10.213.0.3"))
+        // An allowlist is a chain of the veth's own, made and removed with the verdict.
+        let allow = NetworkPolicy(egress: .allowlist, allow: [try AllowRule.parse("1.2.3.0/24:443")])
+        r = try nft(ns, ruleset.change(veth: "vxaaaa", from: .none, to: allow))
+        #expect(r.status == 0, "change to allowlist: \(r.stderr)")
+        let chain = try list(ns, ["chain", "bridge", "vivarium_test", "allow_vxaaaa"])
+        #expect(chain.contains("ip daddr 1.2.3.0/24 tcp dport 443 accept"), "\(chain)")
+        #expect(chain.contains("ip daddr @never"), "\(chain)")
+        r = try nft(ns, ruleset.change(veth: "vxaaaa", from: allow, to: .public))
+        #expect(r.status == 0, "change from allowlist: \(r.stderr)")
+        #expect(!(try list(ns, ["table", "bridge", "vivarium_test"])).contains("allow_vxaaaa"))
+
+        r = try nft(ns, ruleset.detach(veth: "vxbbbb", address: "10.213.0.3", policy: .none))
         #expect(r.status == 0, "detach: \(r.stderr)")
         let addrs = try list(ns, ["set", "bridge", "vivarium_test", "addrs"])
         #expect(addrs.contains("vxaaaa") && !addrs.contains("vxbbbb"), "\(addrs)")

@@ -26,5 +26,5 @@ int vv_rtnl_delete(int sock, int index);
 /// Adds an IPv4 address (network byte order) with its prefix length (EEXIST when it is there).
 int vv_rtnl_addr4(int sock, int index, uint32_t address, int prefix);
 
-/// Adds the IPv4 default route via gateway (network byte order) in the main table.
+/// Sets the IPv4 default route via gateway (network byte order) in the main table, replacing one there.
 int vv_rtnl_default_route4(int sock, uint32_t gateway);
