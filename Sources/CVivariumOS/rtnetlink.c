@@ -92,7 +92,7 @@ static int transact(int sock, struct vv_msg *m) { return transact_link(sock, m, 
 // MARK: Sockets in a namespace
 
 struct open_args {
-    int ns_fd;
+    int ns_fd, domain, type, protocol;
     int result;
 };
 
@@ -102,32 +102,37 @@ static void *open_in_ns(void *p) {
         a->result = -errno;
         return NULL;
     }
-    int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    int s = socket(a->domain, a->type | SOCK_CLOEXEC, a->protocol);
     a->result = s < 0 ? -errno : s;
     return NULL;
 }
 
-int vv_rtnl_open(int ns_fd) {
-    struct open_args a = {.ns_fd = ns_fd, .result = -EINVAL};
+int vv_socket_in_ns(int ns_fd, int domain, int type, int protocol) {
+    struct open_args a = {.ns_fd = ns_fd, .domain = domain, .type = type, .protocol = protocol, .result = -EINVAL};
     if (ns_fd < 0) {
         open_in_ns(&a);
-    } else {
-        // A thread of its own joins the namespace and ends: the caller's thread never moves.
-        pthread_t t;
-        int rc = pthread_create(&t, NULL, open_in_ns, &a);
-        if (rc != 0) return -rc;
-        pthread_join(t, NULL);
+        return a.result;
     }
-    if (a.result < 0) return a.result;
+    // A thread of its own joins the namespace and ends: the caller's thread never moves.
+    pthread_t t;
+    int rc = pthread_create(&t, NULL, open_in_ns, &a);
+    if (rc != 0) return -rc;
+    pthread_join(t, NULL);
+    return a.result;
+}
+
+int vv_rtnl_open(int ns_fd) {
+    int s = vv_socket_in_ns(ns_fd, AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    if (s < 0) return s;
     struct sockaddr_nl local = {.nl_family = AF_NETLINK};
-    if (bind(a.result, (struct sockaddr *)&local, sizeof local) < 0) {
+    if (bind(s, (struct sockaddr *)&local, sizeof local) < 0) {
         int e = errno;
-        close(a.result);
+        close(s);
         return -e;
     }
     struct timeval tv = {.tv_sec = 5};
-    setsockopt(a.result, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return a.result;
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return s;
 }
 
 // MARK: Links

@@ -4,6 +4,7 @@ import Synchronization
 import VivariumAudit
 import VivariumCore
 import VivariumNetwork
+import VivariumOCI
 import VivariumOS
 import VivariumRuntime
 import VivariumStore
@@ -357,7 +358,15 @@ public final class Sandboxes: Sendable {
     func plan(_ r: SandboxRecord) -> BoxPlan {
         BoxPlan(
             id: r.id, hostname: r.name.rawValue, bundle: r.bundle, cgroupPath: r.cgroupPath, imageRootfs: r.imageRootfs,
-            uidBase: uidBase(r), limits: r.spec.limits, env: r.spec.env, readOnly: r.spec.readOnly)
+            uidBase: uidBase(r), limits: r.spec.limits, env: r.spec.env, readOnly: r.spec.readOnly,
+            extraMounts: config.network.map { [Self.resolvConf($0.config.resolvConf)] } ?? [])
+    }
+
+    /// The resolv.conf naming the gateway's DNS forwarder, read-only in every box of a daemon with a network.
+    static func resolvConf(_ path: String) -> RuntimeSpec.Mount {
+        RuntimeSpec.Mount(
+            destination: "/etc/resolv.conf", type: "bind", source: path,
+            options: ["bind", "ro", "nosuid", "nodev", "noexec"])
     }
 
     /// An init exit nobody asked for: the sandbox stops, or restarts under `restart: always`. The pid is

@@ -21,9 +21,15 @@ public final class BridgeNetwork: Sendable {
         /// A path such as /run/netns/NAME; nil: the daemon's own namespace.
         public var namespace: String?
         public var nsenter = "/usr/bin/nsenter"
+        /// The resolver the DNS forwarder relays to (ADDRESS[:PORT]); nil: the host's first nameserver.
+        public var dnsUpstream: String?
+        /// The resolv.conf every box gets (naming the gateway), written at start.
+        public var resolvConf: String
 
-        public init(range: CIDR, instance: String, namespace: String?) {
+        public init(range: CIDR, instance: String, namespace: String?, resolvConf: String, dnsUpstream: String?) {
             self.range = range
+            self.resolvConf = resolvConf
+            self.dnsUpstream = dnsUpstream
             let tag = String(instance.prefix(8))
             bridge = "vvbr" + tag
             table = "vivarium_" + tag
@@ -37,9 +43,10 @@ public final class BridgeNetwork: Sendable {
     let logger: Logger
     /// What the tables hold per veth: its address and policy (the tables are made anew at each start).
     let attached = Mutex<[String: (address: String, policy: NetworkPolicy)]>([:])
+    let dns = Mutex<DNSForwarder?>(nil)
 
     /// The gateway: the range's first host address, on the bridge.
-    public var gateway: String { Self.format(Self.base(config.range) + 1) }
+    public var gateway: String { ruleset.gateway }
     public var prefix: Int { config.range.prefix }
     /// How many sandboxes the range holds (network, gateway and broadcast addresses excluded).
     public var capacity: Int { (1 << (32 - config.range.prefix)) - 3 }
@@ -68,6 +75,15 @@ public final class BridgeNetwork: Sendable {
         try host.setUp(config.bridge)
         try await n.run("/usr/sbin/sysctl", ["-q", "-w", "net.ipv4.ip_forward=1"])
         try n.apply(n.ruleset.install)
+        if let upstream = config.dnsUpstream ?? DNSForwarder.systemResolver() {
+            let forwarder = try DNSForwarder(
+                namespace: config.namespace, address: n.gateway, upstream: upstream, logger: logger)
+            n.dns.withLock { $0 = forwarder }
+        } else {
+            logger.warning("no IPv4 nameserver in /etc/resolv.conf and no network_dns: sandboxes get no DNS")
+        }
+        try FileSystem.writeAtomically(
+            Data("nameserver \(n.gateway)\noptions ndots:0\n".utf8), to: config.resolvConf, mode: 0o644, durable: true)
         logger.info(
             "sandbox network ready",
             metadata: ["bridge": "\(config.bridge)", "range": "\(config.range)", "table": "\(config.table)"])
@@ -79,7 +95,7 @@ public final class BridgeNetwork: Sendable {
         guard slot >= 0, slot < capacity else {
             throw VivariumError(.resourceExhausted, "network_range \(config.range) has no address for slot \(slot)")
         }
-        return Self.format(Self.base(config.range) + 2 + UInt32(slot))
+        return IPv4.format(IPv4.base(config.range) + 2 + UInt32(slot))
     }
 
     /// The host end of a sandbox's veth (≤ 15 bytes, unique across instances in practice).
@@ -131,6 +147,7 @@ public final class BridgeNetwork: Sendable {
 
     /// Removes the ruleset and the bridge (tests, and an operator turning networking off).
     public func remove() async throws {
+        dns.withLock { $0 }?.stop()
         try apply(ruleset.uninstall)
         try hostNetlink().delete(config.bridge)
     }
@@ -162,14 +179,14 @@ public final class BridgeNetwork: Sendable {
     /// from that network).
     func checkRangeIsFree() async throws {
         let routes = try await routesOfNamespace()
-        let mine = (Self.base(config.range), config.range.prefix)
+        let mine = (IPv4.base(config.range), config.range.prefix)
         for (net, prefix) in routes where prefix > 0 {
             let p = min(prefix, mine.1)
             let mask: UInt32 = p == 0 ? 0 : ~UInt32(0) << (32 - p)
             if net & mask == mine.0 & mask {
                 throw VivariumError(
                     .invalidArgument,
-                    "network_range \(config.range) collides with the route \(Self.format(net))/\(prefix) of this "
+                    "network_range \(config.range) collides with the route \(IPv4.format(net))/\(prefix) of this "
                         + "host: set network_range to a free private range")
             }
         }
@@ -190,14 +207,6 @@ public final class BridgeNetwork: Sendable {
             return (dst.byteSwapped, mask.byteSwapped.nonzeroBitCount)
         }
     }
-
-    static func base(_ c: CIDR) -> UInt32 {
-        let v = c.bytes.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-        let mask: UInt32 = c.prefix == 0 ? 0 : ~UInt32(0) << (32 - c.prefix)
-        return v & mask
-    }
-
-    static func format(_ v: UInt32) -> String { "\(v >> 24).\(v >> 16 & 255).\(v >> 8 & 255).\(v & 255)" }
 }
 
 /// One sandbox's place on the bridge.

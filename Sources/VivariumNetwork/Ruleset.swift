@@ -15,6 +15,8 @@ public struct Ruleset: Sendable, Equatable {
     public var table: String
     public var bridge: String
     public var range: CIDR
+    /// The bridge's address: every box's gateway, and its resolver (the DNS forwarder on port 53).
+    public var gateway: String
     /// The prefix every sandbox veth name starts with.
     public static let vethPrefix = "vx"
 
@@ -22,6 +24,7 @@ public struct Ruleset: Sendable, Equatable {
         self.table = table
         self.bridge = bridge
         self.range = range
+        gateway = IPv4.format(IPv4.base(range) + 1)
     }
 
     /// The whole ruleset, replacing whatever this instance had (its tables are deleted and made anew in
@@ -60,6 +63,7 @@ public struct Ruleset: Sendable, Equatable {
                     counter name denied drop
                 }
                 chain public {
+                    ip daddr \(gateway) udp dport 53 accept
                     ip daddr @blocked counter name denied drop
                     accept
                 }
@@ -71,6 +75,7 @@ public struct Ruleset: Sendable, Equatable {
                 chain input {
                     type filter hook input priority -200; policy accept;
                     iifname "\(bridge)" ct state established,related accept
+                    iifname "\(bridge)" ip daddr \(gateway) udp dport 53 accept
                     iifname "\(bridge)" drop
                 }
                 chain forward {
@@ -116,7 +121,8 @@ public struct Ruleset: Sendable, Equatable {
     /// The allowlist chain of one veth, made (or emptied) and filled.
     func allowChain(_ veth: String, _ rules: [AllowRule]) -> String {
         let c = "bridge \(table) \(Self.chain(veth))"
-        var out = "add chain \(c)\nflush chain \(c)\nadd rule \(c) ip daddr @never counter name denied drop\n"
+        var out = "add chain \(c)\nflush chain \(c)\nadd rule \(c) ip daddr \(gateway) udp dport 53 accept\n"
+        out += "add rule \(c) ip daddr @never counter name denied drop\n"
         for r in rules {
             if let port = r.port {
                 out += "add rule \(c) ip daddr \(r.range) tcp dport \(port) accept\n"
@@ -161,4 +167,16 @@ public struct Ruleset: Sendable, Equatable {
 
         """ + (policy.egress == .allowlist ? "delete chain bridge \(table) \(Self.chain(veth))\n" : "")
     }
+}
+
+/// IPv4 addresses as numbers.
+enum IPv4 {
+    /// The network address of `c`.
+    static func base(_ c: CIDR) -> UInt32 {
+        let v = c.bytes.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        let mask: UInt32 = c.prefix == 0 ? 0 : ~UInt32(0) << (32 - c.prefix)
+        return v & mask
+    }
+
+    static func format(_ v: UInt32) -> String { "\(v >> 24).\(v >> 16 & 255).\(v >> 8 & 255).\(v & 255)" }
 }

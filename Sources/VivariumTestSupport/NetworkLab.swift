@@ -83,6 +83,37 @@ public final class NetworkLab: @unchecked Sendable {
             print("ready", flush=True)
             tcp()
             """
+        try start(namespace, script, what: "listener \(name) on \(address):\(port)")
+    }
+
+    /// Starts a DNS server on `address:53` in `namespace` that answers A queries for `records` (name →
+    /// IPv4 address, TTL 60) and NXDOMAIN for every other name.
+    public func serveDNS(_ namespace: String, _ address: String, records: [String: String]) throws {
+        let table = records.map { "\"\($0.key.lowercased())\": \"\($0.value)\"" }.joined(separator: ", ")
+        let script = """
+            import socket, struct
+            records = {\(table)}
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("\(address)", 53))
+            print("ready", flush=True)
+            while True:
+                q, peer = s.recvfrom(2048)
+                i, labels = 12, []
+                while q[i]:
+                    labels.append(q[i + 1:i + 1 + q[i]].decode().lower())
+                    i += 1 + q[i]
+                question = q[12:i + 5]
+                name = ".".join(labels)
+                flags = 0x8180 if name in records else 0x8183
+                answer = b""
+                if name in records:
+                    answer = b"\\xc0\\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(records[name])
+                s.sendto(q[:2] + struct.pack(">HHHHH", flags, 1, 1 if answer else 0, 0, 0) + question + answer, peer)
+            """
+        try start(namespace, script, what: "DNS server on \(address)")
+    }
+
+    func start(_ namespace: String, _ script: String, what: String) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
         p.arguments = ["netns", "exec", namespace, "/usr/bin/python3", "-c", script]
@@ -93,9 +124,7 @@ public final class NetworkLab: @unchecked Sendable {
         listeners.append(p)
         // Wait for the bind.
         let line = out.fileHandleForReading.readData(ofLength: 6)
-        guard String(decoding: line, as: UTF8.self).hasPrefix("ready") else {
-            throw LabError("listener \(name) on \(address):\(port) did not start")
-        }
+        guard String(decoding: line, as: UTF8.self).hasPrefix("ready") else { throw LabError("\(what) did not start") }
     }
 
     /// Runs `args` in `namespace`; returns the result.

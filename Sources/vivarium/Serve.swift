@@ -104,7 +104,8 @@ struct Serve: Verb {
         if s.network == "bridge" {
             let network = try await BridgeNetwork.open(
                 .init(
-                    range: s.networkRange, instance: configuration.instance, namespace: s.networkNetns),
+                    range: s.networkRange, instance: configuration.instance, namespace: s.networkNetns,
+                    resolvConf: s.stateDir + "/resolv.conf", dnsUpstream: s.networkDNS),
                 logger: logger)
             guard configuration.maxSandboxes <= network.capacity else {
                 throw VivariumError(
@@ -300,6 +301,7 @@ struct ConfigCommand: AsyncParsableCommand {
                 ("disk_pool_size", s.diskPool.isEmpty ? Quantity.formatBytes(s.diskPoolSize) : "(the pool's)"),
                 ("network", s.network), ("network_range", s.networkRange.description),
                 ("network_netns", s.networkNetns ?? "(the daemon's)"),
+                ("network_dns", s.networkDNS ?? "(the host's first nameserver)"),
             ]
             rows +=
                 Serve.budgetRows(s.budget) + [

@@ -79,6 +79,9 @@ struct Settings {
     /// A network namespace (/run/netns/NAME) that stands in for the host: the bridge, the ruleset and
     /// forwarding live there (tests); empty: the daemon's own.
     var networkNetns: String?
+    /// The resolver the sandboxes' DNS forwarder relays to (ADDRESS[:PORT]); nil: the host's first
+    /// IPv4 nameserver.
+    var networkDNS: String?
 
     /// Keys accepted in the config file and as VIVARIUM_<KEY> environment variables.
     static let keys = [
@@ -91,7 +94,7 @@ struct Settings {
         "host_pids", "host_memory", "host_cpus", "reserve_memory", "reserve_pids", "max_execs_per_sandbox",
         "max_execs_per_tenant", "max_execs", "exec_output_budget", "image_max_bytes", "image_max_entries",
         "image_max_ratio", "image_keep_setid", "disk_pool", "disk_pool_size", "disk_default",
-        "network", "network_range", "network_netns",
+        "network", "network_range", "network_netns", "network_dns",
     ]
 
     /// The host budget: the configured host facts, or this host's.
@@ -262,6 +265,11 @@ struct Settings {
                 throw VivariumError(.invalidArgument, "network_range must be an IPv4 range from /8 to /24")
             }
         case "network_netns": networkNetns = value.isEmpty ? nil : try path()
+        case "network_dns":
+            guard value.split(separator: ":").count <= 2,
+                CIDR.parseAddress(String(value.split(separator: ":")[0]))?.count == 4
+            else { throw VivariumError(.invalidArgument, "network_dns must be ADDRESS[:PORT] (IPv4)") }
+            networkDNS = value
         case "disk_default":
             diskDefault = try Quantity.parseBytes(value)
             guard ResourceLimits.diskRange.contains(diskDefault) else {

@@ -9,9 +9,13 @@ import VivariumTestSupport
 /// daemon's bridge and ruleset live in a namespace standing in for the host, behind which sit a
 /// public-range "internet", a metadata address and a private-range address.
 @Suite(.serialized, .enabled(if: Integration.enabled)) struct NetworkTests {
-    /// A daemon whose sandbox network lives in `lab.host`.
+    /// A daemon whose sandbox network lives in `lab.host`, its DNS forwarder relaying to the lab's
+    /// internet (where a test may serve DNS).
     static func daemon(_ lab: NetworkLab, _ body: (TestDaemon) async throws -> Void) async throws {
-        try await TestDaemon.with(extraEnv: ["VIVARIUM_NETWORK": "bridge", "VIVARIUM_NETWORK_NETNS": lab.hostPath]) {
+        try await TestDaemon.with(extraEnv: [
+            "VIVARIUM_NETWORK": "bridge", "VIVARIUM_NETWORK_NETNS": lab.hostPath,
+            "VIVARIUM_NETWORK_DNS": NetworkLab.internetAddress,
+        ]) {
             try await body($0)
         }
     }
@@ -168,6 +172,27 @@ import VivariumTestSupport
             #expect(try d.get("al").network == "public")
             let audit = try d.cli("audit", "ls", "--action", "sandbox.network", "--outcome", "ok")
             #expect(audit.stdout.components(separatedBy: "sandbox.network").count - 1 == 3, "\(audit.stdout)")
+        }
+    }
+
+    /// Names resolve through the forwarder on the gateway, the only port of the host a box reaches, to the
+    /// upstream resolver; an unknown name is NXDOMAIN; a none box resolves nothing.
+    @Test func boxesResolveThroughTheForwarder() async throws {
+        let lab = try NetworkLab()
+        defer { lab.close() }
+        try lab.serveDNS(lab.internet, NetworkLab.internetAddress, records: ["pypi.test": "45.67.89.7"])
+        try await Self.daemon(lab) { d in
+            _ = try d.create(CreateSandboxRequest(name: "web"))
+            let (_, conf, _) = try d.sh("web", "cat /etc/resolv.conf")
+            #expect(conf.contains("nameserver 10.213.0.1"), "\(conf)")
+            let (code, out, err) = try d.sh("web", "nslookup pypi.test", timeout: 20)
+            #expect(code == 0 && out.contains("45.67.89.7"), "nslookup: \(out) \(err)")
+            let (missing, mout, _) = try d.sh("web", "nslookup nowhere.test", timeout: 20)
+            #expect(missing != 0 && !mout.contains("45.67.89"), "\(mout)")
+            // A box with loopback only resolves nothing.
+            _ = try d.create(CreateSandboxRequest(name: "sealed", network: "none"))
+            let (scode, sout, _) = try d.sh("sealed", "nslookup pypi.test", timeout: 20)
+            #expect(scode != 0 && !sout.contains("45.67.89.7"), "\(sout)")
         }
     }
 

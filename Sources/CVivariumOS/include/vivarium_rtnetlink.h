@@ -3,6 +3,10 @@
 
 /// rtnetlink, enough for sandbox networks. Every call returns 0 (or a value) or -errno.
 
+/// A socket (close-on-exec) made in the network namespace open at ns_fd (-1: the caller's) by a short-lived
+/// thread that joins it: the caller's thread never changes namespace.
+int vv_socket_in_ns(int ns_fd, int domain, int type, int protocol);
+
 /// A NETLINK_ROUTE socket in the network namespace open at ns_fd (-1: the caller's). The socket is made
 /// on a short-lived thread that joins the namespace, so the caller's thread never changes namespace.
 int vv_rtnl_open(int ns_fd);
