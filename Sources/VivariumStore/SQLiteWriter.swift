@@ -171,34 +171,29 @@ final class SQLiteTransaction: StoreTransaction {
 
     func setSandboxSpec(_ id: SandboxID, _ spec: SandboxSpec) async throws -> Bool {
         let json = try SQLiteStore.encode(spec)
-        let changed = try await sql { db in
-            try db.execute(sql: "UPDATE sandboxes SET spec = ? WHERE id = ?", arguments: [json, id.rawValue])
-            return db.changesCount == 1
-        }
-        let store = store
-        onCommit {
-            store.cache.withLock { c in
-                if var r = c.byID[id] {
-                    r.spec = spec
-                    c.byID[id] = r
-                }
-            }
-        }
-        return changed
+        return try await updateSandbox(id, "spec = ?", [json]) { $0.spec = spec }
     }
 
     func setSandboxState(_ id: SandboxID, _ state: SandboxState) async throws -> Bool {
+        try await updateSandbox(id, "state = ?, pid = ?", [state.name, state.pid]) { $0.state = state }
+    }
+
+    /// Updates one sandbox row (`assignments` with their `arguments`), and its cached record the same way
+    /// once the transaction commits. False when there is no such sandbox.
+    func updateSandbox(
+        _ id: SandboxID, _ assignments: String, _ arguments: [(any DatabaseValueConvertible)?],
+        cached change: @escaping @Sendable (inout SandboxRecord) -> Void
+    ) async throws -> Bool {
+        let args = StatementArguments(arguments + [id.rawValue])
         let changed = try await sql { db in
-            try db.execute(
-                sql: "UPDATE sandboxes SET state = ?, pid = ? WHERE id = ?",
-                arguments: [state.name, state.pid, id.rawValue])
+            try db.execute(sql: "UPDATE sandboxes SET \(assignments) WHERE id = ?", arguments: args)
             return db.changesCount == 1
         }
         let store = store
         onCommit {
             store.cache.withLock { c in
                 if var r = c.byID[id] {
-                    r.state = state
+                    change(&r)
                     c.byID[id] = r
                 }
             }
