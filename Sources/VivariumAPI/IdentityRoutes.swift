@@ -55,6 +55,15 @@ struct IdentityRoutes {
             let name = try ResourceName.parse(body.name, what: "tenant name")
             return Mapping.info(try await identity.createTenant(call.caller, name: name))
         }
+        r.add(Endpoints.tenantUpdate) { call in
+            let body: UpdateTenantRequest = try await call.body()
+            guard ["allow", "deny"].contains(body.intraTenant) else {
+                throw VivariumError(.invalidArgument, "intra_tenant must be allow or deny")
+            }
+            return Mapping.info(
+                try await identity.setIntraTenant(
+                    call.caller, name: try call.name("tenant name"), allow: body.intraTenant == "allow"))
+        }
         r.add(Endpoints.tenantDelete) { call in
             try await identity.deleteTenant(
                 call.caller, name: try call.name("tenant name"), force: try call.flag("force"))

@@ -71,7 +71,9 @@ enum Mapping {
             createdAt: i.createdAt)
     }
 
-    static func info(_ t: TenantRecord) -> TenantInfo { TenantInfo(name: t.name.rawValue, createdAt: t.createdAt) }
+    static func info(_ t: TenantRecord) -> TenantInfo {
+        TenantInfo(name: t.name.rawValue, createdAt: t.createdAt, intraTenant: t.intraTenant ? "allow" : "deny")
+    }
 
     static func info(_ p: PrincipalRecord) -> PrincipalInfo {
         PrincipalInfo(

@@ -42,7 +42,7 @@ public enum PolicyTable {
         case .keysRotate: .init([.tokensAdmin], role: .admin, .admin, mutating: true)
 
         case .tenantList: .init([.tenantsAdmin], role: .admin, .admin, mutating: false)
-        case .tenantCreate, .tenantDelete: .init([.tenantsAdmin], role: .admin, .admin, mutating: true)
+        case .tenantCreate, .tenantDelete, .tenantUpdate: .init([.tenantsAdmin], role: .admin, .admin, mutating: true)
 
         case .principalList: .init([.principalsAdmin], role: .tenantAdmin, .tenantUnbound, mutating: false)
         case .principalCreate, .principalDelete, .principalDisable, .apiKeyCreate:

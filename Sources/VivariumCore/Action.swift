@@ -20,6 +20,8 @@ public enum Action: String, CaseIterable, Sendable, Codable {
     case principalDisable = "principal.disable"
     case apiKeyCreate = "apikey.create"
 
+    case tenantUpdate = "tenant.update"
+
     case sandboxList = "sandbox.list"
     case sandboxCreate = "sandbox.create"
     case sandboxGet = "sandbox.get"

@@ -94,6 +94,8 @@ public enum Endpoints {
         .post, "/v1/tenants", .tenantCreate, status: 201)
     public static let tenantDelete = Endpoint<Empty, Empty>(
         .delete, "/v1/tenants/{name}", .tenantDelete, status: 204)
+    public static let tenantUpdate = Endpoint<UpdateTenantRequest, TenantInfo>(
+        .post, "/v1/tenants/{name}", .tenantUpdate)
 
     public static let principalList = Endpoint<Empty, Page<PrincipalInfo>>(.get, "/v1/principals", .principalList)
     public static let principalCreate = Endpoint<CreatePrincipalRequest, PrincipalInfo>(
@@ -137,7 +139,8 @@ public enum Endpoints {
     /// Every route, in the order of the OpenAPI document.
     public static let all: [Route] = [
         health.route, openAPI, jwks.route, tokenExchange.route, tokenIssue.route, tokenRevoke.route,
-        keysRotate.route, tenantList.route, tenantCreate.route, tenantDelete.route, principalList.route,
+        keysRotate.route, tenantList.route, tenantCreate.route, tenantDelete.route, tenantUpdate.route,
+        principalList.route,
         principalCreate.route, principalDelete.route, principalDisable.route, apiKeyCreate.route, sandboxList.route,
         sandboxCreate.route, sandboxRun.route, sandboxGet.route, sandboxDelete.route, sandboxStart.route,
         sandboxStop.route, sandboxExec.route, sandboxNetwork.route, imageList.route, imageImport.route,

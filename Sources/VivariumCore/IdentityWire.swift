@@ -4,10 +4,20 @@ import Foundation
 public struct TenantInfo: Codable, Sendable {
     public var name: String
     public var createdAt: Date
-    public init(name: String, createdAt: Date) {
+    /// `allow` or `deny`: whether the tenant's sandboxes reach each other.
+    public var intraTenant: String
+    public init(name: String, createdAt: Date, intraTenant: String = "deny") {
         self.name = name
         self.createdAt = createdAt
+        self.intraTenant = intraTenant
     }
+}
+
+/// A tenant's settings.
+public struct UpdateTenantRequest: Codable, Sendable {
+    /// `allow` or `deny`.
+    public var intraTenant: String
+    public init(intraTenant: String) { self.intraTenant = intraTenant }
 }
 
 public struct CreateTenantRequest: Codable, Sendable {

@@ -4,9 +4,12 @@ import Foundation
 public struct TenantRecord: Sendable, Equatable {
     public var name: ResourceName
     public var createdAt: Date
-    public init(name: ResourceName, createdAt: Date) {
+    /// Whether the tenant's sandboxes reach each other (never another tenant's); denied by default.
+    public var intraTenant: Bool
+    public init(name: ResourceName, createdAt: Date, intraTenant: Bool = false) {
         self.name = name
         self.createdAt = createdAt
+        self.intraTenant = intraTenant
     }
 }
 

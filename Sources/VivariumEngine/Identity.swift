@@ -45,6 +45,23 @@ public final class Identity: Sendable {
         }
     }
 
+    /// Whether the tenant's sandboxes reach each other; running sandboxes follow at once.
+    public func setIntraTenant(_ caller: Caller, name: ResourceName, allow: Bool) async throws -> TenantRecord {
+        try await gate.perform(caller, .tenantUpdate, target: name.rawValue) {
+            try await store.setIntraTenant(
+                name.rawValue, allow,
+                audit: AuditEvent(
+                    "tenant.update", target: name.rawValue, tenant: name.rawValue,
+                    details: ["intra_tenant": allow ? "allow" : "deny"]))
+            try sandboxes.config.network?.setIntraTenant(name.rawValue, allow)
+            logger.info("tenant updated", metadata: ["tenant": "\(name)", "intra_tenant": "\(allow)"])
+            guard let t = try await store.tenants().first(where: { $0.name == name }) else {
+                throw VivariumError(.notFound, "tenant \(name) not found")
+            }
+            return t
+        }
+    }
+
     public func listTenants(_ caller: Caller) async throws -> [TenantRecord] {
         try await gate.perform(caller, .tenantList, target: nil) { try await store.tenants() }
     }

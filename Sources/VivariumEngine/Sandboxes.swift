@@ -349,7 +349,7 @@ public final class Sandboxes: Sendable {
     /// The sandbox's place on the network, plugged in at every boot; nil for loopback only.
     func attachment(_ r: SandboxRecord) throws -> (any NetworkAttachment)? {
         guard let network = config.network else { return nil }
-        return try network.attachment(id: r.id, slot: r.uidSlot, policy: r.spec.network ?? .none)
+        return try network.attachment(id: r.id, tenant: r.tenant, slot: r.uidSlot, policy: r.spec.network ?? .none)
     }
 
     func uidBase(_ r: SandboxRecord) -> Int64 { config.uidBase + Int64(r.uidSlot) * HardenedSpec.idRangeSize }

@@ -41,8 +41,26 @@ public final class BridgeNetwork: Sendable {
     public let ruleset: Ruleset
     let nft: Nftables
     let logger: Logger
-    /// What the tables hold per veth: its address and policy (the tables are made anew at each start).
-    let attached = Mutex<[String: (address: String, policy: NetworkPolicy)]>([:])
+    /// What the tables hold: per veth its address, policy and tenant, and the tenants whose sandboxes reach
+    /// each other (made anew at each start). Batches are applied under the lock, so that two sandboxes
+    /// of one tenant attaching at once each see the other.
+    let state = Mutex(State())
+    struct State {
+        var attached: [String: Attached] = [:]
+        var intraTenant: Set<String> = []
+
+        /// `peers` elements between `veth` and every other reachable sandbox of its tenant, both ways.
+        func pairs(of veth: String) -> [String] {
+            guard let me = attached[veth], me.policy.egress != .none, intraTenant.contains(me.tenant) else { return [] }
+            return attached.filter { $0.key != veth && $0.value.tenant == me.tenant && $0.value.policy.egress != .none }
+                .keys.sorted().flatMap { ["\"\(veth)\" . \"\($0)\"", "\"\($0)\" . \"\(veth)\""] }
+        }
+    }
+    struct Attached {
+        var address: String
+        var policy: NetworkPolicy
+        var tenant: String
+    }
     let dns = Mutex<DNSForwarder?>(nil)
 
     /// The gateway: the range's first host address, on the bridge.
@@ -103,11 +121,27 @@ public final class BridgeNetwork: Sendable {
 
     /// The attachment of one sandbox under `policy`. Attaching a running sandbox again with another policy
     /// changes it in one transaction.
-    public func attachment(id: SandboxID, slot: Int, policy: NetworkPolicy) throws -> any NetworkAttachment {
-        BridgeAttachment(network: self, veth: Self.veth(id), address: try address(slot: slot), policy: policy)
+    public func attachment(id: SandboxID, tenant: String, slot: Int, policy: NetworkPolicy) throws
+        -> any NetworkAttachment
+    {
+        BridgeAttachment(
+            network: self, veth: Self.veth(id), address: try address(slot: slot), policy: policy, tenant: tenant)
     }
 
-    func attach(veth: String, address: String, policy: NetworkPolicy, initPid: Int32) async throws {
+    /// Whether `tenant`'s sandboxes reach each other; attached ones follow at once, in one transaction.
+    public func setIntraTenant(_ tenant: String, _ allow: Bool) throws {
+        try state.withLock { s in
+            guard s.intraTenant.contains(tenant) != allow else { return }
+            var after = s
+            if allow { after.intraTenant.insert(tenant) } else { after.intraTenant.remove(tenant) }
+            // Each pair once: from the sandbox that sorts first.
+            let pairs = Set((allow ? after : s).attached.keys.flatMap { (allow ? after : s).pairs(of: $0) })
+            if !pairs.isEmpty { try apply(ruleset.peers(pairs.sorted(), add: allow)) }
+            s = after
+        }
+    }
+
+    func attach(veth: String, address: String, policy: NetworkPolicy, tenant: String, initPid: Int32) async throws {
         let host = try hostNetlink()
         if try !host.exists(veth) {
             // Loopback only: a box made so has no veth and gets none (one that had a veth keeps it, under
@@ -121,25 +155,38 @@ public final class BridgeNetwork: Sendable {
             try box.setUp("eth0")
             try box.addDefaultRoute(via: gateway)
         }
-        let batch: String? = attached.withLock { a in
-            switch a[veth] {
-            case nil: return ruleset.attach(veth: veth, address: address, policy: policy)
-            case let cur? where cur.policy != policy: return ruleset.change(veth: veth, from: cur.policy, to: policy)
-            default: return nil
+        try state.withLock { s in
+            let before = s.pairs(of: veth)
+            var after = s
+            after.attached[veth] = Attached(address: address, policy: policy, tenant: tenant)
+            let pairs = after.pairs(of: veth)
+            var batch: String
+            switch s.attached[veth] {
+            case nil: batch = ruleset.attach(veth: veth, address: address, policy: policy)
+            case let cur? where cur.policy != policy: batch = ruleset.change(veth: veth, from: cur.policy, to: policy)
+            default: batch = ""
             }
-        }
-        if let batch {
-            try apply(batch)
-            attached.withLock { $0[veth] = (address, policy) }
+            let gone = Set(before).subtracting(pairs).sorted()
+            let new = Set(pairs).subtracting(before).sorted()
+            if !gone.isEmpty { batch += ruleset.peers(gone, add: false) }
+            if !new.isEmpty { batch += ruleset.peers(new, add: true) }
+            if !batch.isEmpty { try apply(batch) }
+            s = after
         }
     }
 
     func detach(veth: String) async {
-        if let cur = attached.withLock({ $0.removeValue(forKey: veth) }) {
-            do { try apply(ruleset.detach(veth: veth, address: cur.address, policy: cur.policy)) } catch {
-                logger.error(
-                    "cannot take a veth out of the ruleset", metadata: ["veth": "\(veth)", "error": "\(error)"])
+        do {
+            try state.withLock { s in
+                guard let cur = s.attached[veth] else { return }
+                let pairs = s.pairs(of: veth)
+                try apply(
+                    ruleset.detach(veth: veth, address: cur.address, policy: cur.policy)
+                        + (pairs.isEmpty ? "" : ruleset.peers(pairs, add: false)))
+                s.attached[veth] = nil
             }
+        } catch {
+            logger.error("cannot take a veth out of the ruleset", metadata: ["veth": "\(veth)", "error": "\(error)"])
         }
         // Normally gone with the sandbox's namespace already.
         try? hostNetlink().delete(veth)
@@ -215,9 +262,10 @@ struct BridgeAttachment: NetworkAttachment {
     let veth: String
     let address: String
     let policy: NetworkPolicy
+    let tenant: String
 
     func attach(initPid: Int32) async throws {
-        try await network.attach(veth: veth, address: address, policy: policy, initPid: initPid)
+        try await network.attach(veth: veth, address: address, policy: policy, tenant: tenant, initPid: initPid)
     }
 
     func detach() async { await network.detach(veth: veth) }

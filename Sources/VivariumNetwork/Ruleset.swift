@@ -159,6 +159,11 @@ public struct Ruleset: Sendable, Equatable {
         return out
     }
 
+    /// Adds or removes `peers` elements (`"a" . "b"`: a may send to b across the bridge).
+    public func peers(_ pairs: [String], add: Bool) -> String {
+        "\(add ? "add" : "delete") element bridge \(table) peers { \(pairs.joined(separator: ", ")) }\n"
+    }
+
     /// Takes an attached sandbox's veth out.
     public func detach(veth: String, address: String, policy: NetworkPolicy) -> String {
         """

@@ -85,6 +85,8 @@ public enum RefreshOutcome: Sendable, Equatable {
 public protocol IdentityStore: Transactional {
     func insertTenant(_ t: TenantRecord, audit: AuditEvent) async throws
     func tenants() async throws -> [TenantRecord]
+    /// Whether the tenant's sandboxes reach each other; `not_found` for an unknown tenant.
+    func setIntraTenant(_ name: String, _ allow: Bool, audit: AuditEvent) async throws
     /// Deletes a tenant; `invalid_state` while it holds sandboxes or principals (the caller removes
     /// them first when forced).
     func deleteTenant(_ name: String, audit: AuditEvent) async throws

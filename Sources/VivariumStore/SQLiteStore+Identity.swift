@@ -57,6 +57,9 @@ extension SQLiteStore {
                     CREATE INDEX refresh_tokens_access_jti ON refresh_tokens(access_jti) WHERE access_jti IS NOT NULL;
                     """)
         }
+        m.registerMigration("0005-tenant-intra") { db in
+            try db.execute(sql: "ALTER TABLE tenants ADD COLUMN intra_tenant INTEGER NOT NULL DEFAULT 0")
+        }
     }
 
     public func insertTenant(_ t: TenantRecord, audit: AuditEvent) async throws {
@@ -69,10 +72,21 @@ extension SQLiteStore {
 
     public func tenants() async throws -> [TenantRecord] {
         try await read("tenants") { db in
-            try Row.fetchAll(db, sql: "SELECT name, created_at FROM tenants ORDER BY name").compactMap { row in
+            try Row.fetchAll(db, sql: "SELECT name, created_at, intra_tenant FROM tenants ORDER BY name").compactMap {
+                row in
                 guard let n = ResourceName(rawValue: row["name"]) else { return nil }
-                return TenantRecord(name: n, createdAt: Date(timeIntervalSince1970: row["created_at"]))
+                return TenantRecord(
+                    name: n, createdAt: Date(timeIntervalSince1970: row["created_at"]), intraTenant: row["intra_tenant"]
+                )
             }
+        }
+    }
+
+    public func setIntraTenant(_ name: String, _ allow: Bool, audit: AuditEvent) async throws {
+        try await write("tenant", audit: [audit]) { db in
+            try db.execute(
+                sql: "UPDATE tenants SET intra_tenant = ? WHERE name = ?", arguments: [allow ? 1 : 0, name])
+            guard db.changesCount == 1 else { throw VivariumError(.notFound, "tenant \(name) not found") }
         }
     }
 

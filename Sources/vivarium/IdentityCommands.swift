@@ -5,7 +5,8 @@ import VivariumCore
 
 struct TenantCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "tenant", abstract: "Manage tenants (admin).", subcommands: [Create.self, Ls.self, Rm.self])
+        commandName: "tenant", abstract: "Manage tenants (admin).",
+        subcommands: [Create.self, Ls.self, Set.self, Rm.self])
 
     struct Create: ClientCommand {
         static let configuration = CommandConfiguration(
@@ -25,7 +26,25 @@ struct TenantCommand: AsyncParsableCommand {
             let page = try client.call(Endpoints.tenantList)
             if json { return try printJSON(page.items) }
             printTable(
-                ["NAME", "CREATED"], page.items.map { [$0.name, ISO8601DateFormatter().string(from: $0.createdAt)] })
+                ["NAME", "CREATED", "INTRA-TENANT"],
+                page.items.map { [$0.name, ISO8601DateFormatter().string(from: $0.createdAt), $0.intraTenant] })
+        }
+    }
+
+    struct Set: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set", abstract: "Change a tenant's settings.",
+            discussion: """
+                --intra-tenant allow lets the tenant's sandboxes reach each other on the sandbox network (those \
+                whose egress is not none); deny (the default) keeps each alone. Another tenant's sandboxes are \
+                never reachable. Running sandboxes follow at once.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Tenant name.") var name: String
+        @Option(help: "allow or deny.") var intraTenant: String
+        func run(_ client: APIClient) async throws {
+            let t = try client.call(Endpoints.tenantUpdate, UpdateTenantRequest(intraTenant: intraTenant), name: name)
+            print("\(t.name): intra-tenant \(t.intraTenant)")
         }
     }
 

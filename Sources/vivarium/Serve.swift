@@ -165,6 +165,10 @@ struct Serve: Verb {
             logger: logger)
 
         try await engine.images.ensureBase()
+        // Tenants whose sandboxes reach each other, before the sandboxes are attached again.
+        for t in try await store.tenants() where t.intraTenant {
+            try config.network?.setIntraTenant(t.name.rawValue, true)
+        }
         let report = try await engine.sandboxes.reconcile()
         logger.info("reconciled", metadata: ["result": "\(report)"])
         for w in s.weakened {

@@ -300,6 +300,7 @@ struct BrokenStore: IdentityStore {
     func insertTenant(_ t: TenantRecord, audit: AuditEvent) throws { throw Down() }
     func tenants() throws -> [TenantRecord] { throw Down() }
     func deleteTenant(_ name: String, audit: AuditEvent) throws { throw Down() }
+    func setIntraTenant(_ name: String, _ allow: Bool, audit: AuditEvent) throws { throw Down() }
     func insertPrincipal(_ p: PrincipalRecord, audit: AuditEvent) throws { throw Down() }
     func principal(id: String) throws -> PrincipalRecord? { throw Down() }
     func principal(tenant: String, name: ResourceName) throws -> PrincipalRecord? { throw Down() }

@@ -175,6 +175,52 @@ import VivariumTestSupport
         }
     }
 
+    /// Sandboxes of one tenant reach each other only while the tenant allows it (and neither is `none`);
+    /// another tenant's never. A reachable box answers a closed port at once (refused), a dropped one
+    /// times out. The setting holds for sandboxes made later and across a restart.
+    @Test func sameTenantReachabilityFollowsTheTenantSetting() async throws {
+        let lab = try NetworkLab()
+        defer { lab.close() }
+        let probe = try NetProbe.build()
+        defer { NetProbe.remove(probe) }
+        try await Self.daemon(lab) { d in
+            _ = try d.cli("tenant", "create", "acme")
+            _ = try d.cli("tenant", "create", "globex")
+            let a = try #require(try Self.box(d, "a", tenant: "acme", probe: probe).address)
+            let a2 = try #require(try Self.box(d, "a2", tenant: "acme", probe: probe).address)
+            let b = try #require(try Self.box(d, "b", tenant: "globex", probe: probe).address)
+            func from(_ box: String, _ kind: String, _ address: String) throws -> String {
+                try Self.probe(d, box, tenant: "acme", kind, address, 9000)
+            }
+            #expect(try from("a", "tcp", a2) == "timeout")
+
+            var r = try d.cli("tenant", "set", "acme", "--intra-tenant", "allow")
+            #expect(r.status == 0 && r.stdout.contains("intra-tenant allow"), "\(r.stdout) \(r.stderr)")
+            #expect(try from("a", "tcp", a2) == "error 111")
+            #expect(try from("a", "icmp", a2) == "echo reply")
+            #expect(try from("a2", "udp", a) == "error 111")
+            #expect(try from("a", "tcp", b) == "timeout")
+            let a3 = try #require(try Self.box(d, "a3", tenant: "acme", probe: probe).address)
+            #expect(try from("a", "tcp", a3) == "error 111")
+
+            // A box set to none leaves its tenant's peers.
+            _ =
+                try d.client.call(
+                    "POST", "/v1/sandboxes/a2/network?tenant=acme", body: SetNetworkRequest(egress: "none"))
+                as SandboxInfo
+            #expect(try from("a", "tcp", a2) == "timeout")
+
+            // Across a restart the setting holds; then deny cuts the tenant's boxes apart again.
+            d.stop()
+            try d.start()
+            #expect(try from("a", "tcp", a3) == "error 111")
+            r = try d.cli("tenant", "set", "acme", "--intra-tenant", "deny")
+            #expect(r.status == 0)
+            #expect(try from("a", "tcp", a3) == "timeout")
+            #expect(try d.cli("tenant", "ls").stdout.contains("deny"))
+        }
+    }
+
     /// Names resolve through the forwarder on the gateway, the only port of the host a box reaches, to the
     /// upstream resolver; an unknown name is NXDOMAIN; a none box resolves nothing.
     @Test func boxesResolveThroughTheForwarder() async throws {
