@@ -17,6 +17,7 @@ static void (*ctx_free)(struct nft_ctx *);
 static int (*buffer_error)(struct nft_ctx *);
 static int (*buffer_output)(struct nft_ctx *);
 static const char *(*get_error)(struct nft_ctx *);
+static const char *(*get_output)(struct nft_ctx *);
 static int (*run_buffer)(struct nft_ctx *, const char *);
 static pthread_once_t loaded = PTHREAD_ONCE_INIT;
 static int load_error;
@@ -32,8 +33,9 @@ static void load(void) {
     buffer_error = dlsym(lib, "nft_ctx_buffer_error");
     buffer_output = dlsym(lib, "nft_ctx_buffer_output");
     get_error = dlsym(lib, "nft_ctx_get_error_buffer");
+    get_output = dlsym(lib, "nft_ctx_get_output_buffer");
     run_buffer = dlsym(lib, "nft_run_cmd_from_buffer");
-    if (!ctx_new || !ctx_free || !buffer_error || !buffer_output || !get_error || !run_buffer) load_error = ENOSYS;
+    if (!ctx_new || !ctx_free || !buffer_error || !buffer_output || !get_error || !get_output || !run_buffer) load_error = ENOSYS;
 }
 
 struct vv_nft {
@@ -95,12 +97,15 @@ vv_nft *vv_nft_open(int ns_fd, int *error) {
     return n;
 }
 
-int vv_nft_run(vv_nft *n, const char *batch, char *error, size_t error_len) {
+int vv_nft_run(vv_nft *n, const char *batch, char *text, size_t text_len) {
     pthread_mutex_lock(&n->lock);
     int rc = run_buffer(n->ctx, batch);
-    if (rc != 0 && error_len > 0) {
-        const char *e = get_error(n->ctx);
-        snprintf(error, error_len, "%s", e ? e : "nft failed");
+    // Reading a buffer also empties it for the next run.
+    const char *out = get_output(n->ctx);
+    const char *err = get_error(n->ctx);
+    if (text_len > 0) {
+        if (rc == 0) snprintf(text, text_len, "%s", out ? out : "");
+        else snprintf(text, text_len, "%s", err && *err ? err : "nft failed");
     }
     pthread_mutex_unlock(&n->lock);
     return rc == 0 ? 0 : -1;

@@ -56,7 +56,8 @@ enum Mapping {
             createdAt: s.createdAt, expiresAt: s.expiresAt, hostUidBase: s.hostUIDBase,
             diskUsageBytes: s.diskUsageBytes, diskBytes: s.spec.limits.diskBytes,
             network: (s.spec.network ?? .none).egress.rawValue, address: s.address,
-            allow: s.spec.network.flatMap { $0.allow.isEmpty ? nil : $0.allow.map(\.description) })
+            allow: s.spec.network.flatMap { $0.allow.isEmpty ? nil : $0.allow.map(\.description) },
+            deniedPackets: s.deniedPackets)
     }
 
     static func result(_ o: ExecOutcome) -> ExecResult {

@@ -359,6 +359,9 @@ public struct Sandbox: Sendable, Equatable {
     public var diskUsageBytes: Int64?
     /// The sandbox's IPv4 address on the bridge; nil with loopback only.
     public var address: String?
+    /// Packets the egress policy dropped since the daemon started (filled for a single-sandbox read of
+    /// a running sandbox with a veth).
+    public var deniedPackets: Int64?
 
     public init(
         id: SandboxID, tenant: String, name: ResourceName, imageDigest: Digest, spec: SandboxSpec,

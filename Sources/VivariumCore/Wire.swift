@@ -88,14 +88,17 @@ public struct SandboxInfo: Codable, Sendable {
     public var network: String
     public var allow: [String]?
     public var address: String?
+    /// Packets the egress policy dropped since the daemon started; only filled by a single-sandbox get.
+    public var deniedPackets: Int64?
 
     public init(
         id: String, name: String, tenant: String, image: String, imageDigest: String, state: String, pid: Int32?,
         memoryBytes: Int64, milliCpus: Int64, pids: Int64, envNames: [String], labels: [String: String],
         readOnly: Bool, restart: String, createdAt: Date, expiresAt: Date?, hostUidBase: Int64,
         diskUsageBytes: Int64?, diskBytes: Int64 = ResourceLimits.defaultDiskBytes, network: String = "none",
-        address: String? = nil, allow: [String]? = nil
+        address: String? = nil, allow: [String]? = nil, deniedPackets: Int64? = nil
     ) {
+        self.deniedPackets = deniedPackets
         self.network = network
         self.address = address
         self.allow = allow

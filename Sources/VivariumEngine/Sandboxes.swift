@@ -71,6 +71,7 @@ public final class Sandboxes: Sendable {
             let r = try await record(caller, name)
             var s = view(r)
             s.diskUsageBytes = await runtime.diskUsage(plan(r))
+            s.deniedPackets = config.network?.deniedPackets(r.id)
             return s
         }
     }

@@ -192,6 +192,18 @@ public final class BridgeNetwork: Sendable {
         try? hostNetlink().delete(veth)
     }
 
+    /// Packets the sandbox's veth had dropped since it was attached (this daemon's life), or nil when it has
+    /// none attached.
+    public func deniedPackets(_ id: SandboxID) -> Int64? {
+        let veth = Self.veth(id)
+        guard state.withLock({ $0.attached[veth] }) != nil, let text = try? nft.run(ruleset.listCounter(veth: veth))
+        else { return nil }
+        // "packets N bytes M"
+        let words = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
+        guard let i = words.firstIndex(of: "packets"), i + 1 < words.count else { return nil }
+        return Int64(words[i + 1])
+    }
+
     /// Removes the ruleset and the bridge (tests, and an operator turning networking off).
     public func remove() async throws {
         dns.withLock { $0 }?.stop()

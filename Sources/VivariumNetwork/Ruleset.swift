@@ -44,31 +44,36 @@ public struct Ruleset: Sendable, Equatable {
                 set blocked { type ipv4_addr; flags interval; elements = { \(blocked) }; }
                 set never { type ipv4_addr; flags interval; elements = { \(Self.never.joined(separator: ", ")), \(range) }; }
                 counter denied { }
+                map denied_by { type ifname : counter; }
+                chain refuse {
+                    counter name iifname map @denied_by
+                    counter name denied drop
+                }
                 chain input {
                     type filter hook input priority -200; policy accept;
                     iifname != \(veths) accept
                     ether type arp accept
-                    ether type != ip counter name denied drop
-                    iifname . ip saddr != @addrs counter name denied drop
+                    ether type != ip goto refuse
+                    iifname . ip saddr != @addrs goto refuse
                     iifname vmap @egress
-                    counter name denied drop
+                    goto refuse
                 }
                 chain forward {
                     type filter hook forward priority -200; policy accept;
                     iifname != \(veths) accept
                     ether type arp accept
-                    ether type != ip counter name denied drop
-                    iifname . ip saddr != @addrs counter name denied drop
+                    ether type != ip goto refuse
+                    iifname . ip saddr != @addrs goto refuse
                     iifname . oifname @peers accept
-                    counter name denied drop
+                    goto refuse
                 }
                 chain public {
                     ip daddr \(gateway) udp dport 53 accept
-                    ip daddr @blocked counter name denied drop
+                    ip daddr @blocked goto refuse
                     accept
                 }
                 chain deny {
-                    counter name denied drop
+                    goto refuse
                 }
             }
             table inet \(table) {
@@ -122,7 +127,7 @@ public struct Ruleset: Sendable, Equatable {
     func allowChain(_ veth: String, _ rules: [AllowRule]) -> String {
         let c = "bridge \(table) \(Self.chain(veth))"
         var out = "add chain \(c)\nflush chain \(c)\nadd rule \(c) ip daddr \(gateway) udp dport 53 accept\n"
-        out += "add rule \(c) ip daddr @never counter name denied drop\n"
+        out += "add rule \(c) ip daddr @never goto refuse\n"
         for r in rules {
             if let port = r.port {
                 out += "add rule \(c) ip daddr \(r.range) tcp dport \(port) accept\n"
@@ -131,19 +136,27 @@ public struct Ruleset: Sendable, Equatable {
                 out += "add rule \(c) ip daddr \(r.range) accept\n"
             }
         }
-        return out + "add rule \(c) counter name denied drop\n"
+        return out + "add rule \(c) goto refuse\n"
     }
 
-    /// Puts a new sandbox's veth, address and policy in (none of them may be there: `BridgeNetwork` keeps
-    /// track, since the table is made anew at every start).
+    /// The counter of what one veth had dropped.
+    static func counter(_ veth: String) -> String { "d_" + veth }
+
+    /// Puts a new sandbox's veth, address, policy and drop counter in (none of them may be there:
+    /// `BridgeNetwork` keeps track, since the table is made anew at every start).
     public func attach(veth: String, address: String, policy: NetworkPolicy) -> String {
         (policy.egress == .allowlist ? allowChain(veth, policy.allow) : "")
             + """
+            add counter bridge \(table) \(Self.counter(veth))
+            add element bridge \(table) denied_by { "\(veth)" : "\(Self.counter(veth))" }
             add element bridge \(table) addrs { "\(veth)" . \(address) }
             add element bridge \(table) egress { "\(veth)" : \(Self.verdict(policy, veth)) }
 
             """
     }
+
+    /// Lists one veth's drop counter.
+    public func listCounter(veth: String) -> String { "list counter bridge \(table) \(Self.counter(veth))\n" }
 
     /// Replaces an attached sandbox's policy, in one transaction.
     public func change(veth: String, from old: NetworkPolicy, to policy: NetworkPolicy) -> String {
@@ -169,6 +182,8 @@ public struct Ruleset: Sendable, Equatable {
         """
         delete element bridge \(table) addrs { "\(veth)" . \(address) }
         delete element bridge \(table) egress { "\(veth)" }
+        delete element bridge \(table) denied_by { "\(veth)" }
+        delete counter bridge \(table) \(Self.counter(veth))
 
         """ + (policy.egress == .allowlist ? "delete chain bridge \(table) \(Self.chain(veth))\n" : "")
     }

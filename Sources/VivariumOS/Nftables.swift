@@ -31,12 +31,14 @@ public final class Nftables: @unchecked Sendable {
 
     deinit { vv_nft_close(handle) }
 
-    /// Runs `batch` (nft syntax) as one transaction: all of it, or nothing and an error.
-    public func run(_ batch: String) throws {
-        var message = [CChar](repeating: 0, count: 4096)
-        guard vv_nft_run(handle, batch, &message, message.count) == 0 else {
-            let text = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            throw VivariumError(.runtimeFailure, "nftables: \(text.prefix(1000))")
-        }
+    /// Runs `batch` (nft syntax) as one transaction: all of it, or nothing and an error. Returns what it
+    /// printed (the answer to a `list`, up to 16 KiB).
+    @discardableResult
+    public func run(_ batch: String) throws -> String {
+        var buffer = [CChar](repeating: 0, count: 16384)
+        let rc = vv_nft_run(handle, batch, &buffer, buffer.count)
+        let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard rc == 0 else { throw VivariumError(.runtimeFailure, "nftables: \(text.prefix(1000))") }
+        return text
     }
 }

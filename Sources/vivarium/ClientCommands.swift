@@ -160,7 +160,9 @@ struct Inspect: ClientCommand {
             ("read_only", String(i.readOnly)), ("restart", i.restart),
             ("created", ISO8601DateFormatter().string(from: i.createdAt)),
             ("expires", i.expiresAt.map { ISO8601DateFormatter().string(from: $0) } ?? "-"),
-            ("host_uid_base", String(i.hostUidBase)), ("network", i.network), ("address", i.address ?? "-"),
+            ("host_uid_base", String(i.hostUidBase)),
+            ("network", i.network + (i.allow.map { " " + $0.joined(separator: ",") } ?? "")),
+            ("address", i.address ?? "-"), ("denied", i.deniedPackets.map { "\($0) packets" } ?? "-"),
             (
                 "disk",
                 "\(i.diskUsageBytes.map { Quantity.formatBytes($0) } ?? "-") of \(Quantity.formatBytes(i.diskBytes))"

@@ -85,6 +85,12 @@ import VivariumTestSupport
                 }
             }
 
+            // Each drop is counted against the box that sent it.
+            let counted: SandboxInfo = try d.client.call("GET", "/v1/sandboxes/a?tenant=acme")
+            #expect((counted.deniedPackets ?? 0) >= 12, "denied: \(String(describing: counted.deniedPackets))")
+            let clean: SandboxInfo = try d.client.call("GET", "/v1/sandboxes/b?tenant=globex")
+            #expect(clean.deniedPackets == 0)
+
             // Never another sandbox: not of another tenant, and not of its own (intra-tenant is denied by
             // default). A reachable box answers a connection to a closed port at once (refused): only a
             // dropped one times out.

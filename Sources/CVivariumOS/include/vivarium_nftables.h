@@ -9,7 +9,7 @@ typedef struct vv_nft vv_nft;
 /// (ENOENT: libnftables.so.1 is not installed).
 vv_nft *vv_nft_open(int ns_fd, int *error);
 
-/// Runs a batch in one transaction: 0, or -1 with nft's message in error.
-int vv_nft_run(vv_nft *n, const char *batch, char *error, size_t error_len);
+/// Runs a batch in one transaction: 0 with what it printed (a listing) in text, or -1 with nft's message.
+int vv_nft_run(vv_nft *n, const char *batch, char *text, size_t text_len);
 
 void vv_nft_close(vv_nft *n);
