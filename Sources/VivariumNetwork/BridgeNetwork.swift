@@ -83,6 +83,20 @@ public final class BridgeNetwork: Sendable {
         guard config.range.bytes.count == 4, (8...24).contains(config.range.prefix) else {
             throw VivariumError(.invalidArgument, "network_range must be an IPv4 range from /8 to /24")
         }
+        do {
+            return try await setUp(config, logger: logger)
+        } catch let e as VivariumError where e.code == .invalidArgument {
+            throw e
+        } catch {
+            throw VivariumError(
+                .unavailable,
+                "the sandbox network cannot be set up (\(error)); it needs nftables (libnftables), bridge and "
+                    + "veth support in the kernel. Set network = off to run sandboxes with loopback only",
+                cause: error)
+        }
+    }
+
+    static func setUp(_ config: Configuration, logger: Logger) async throws -> BridgeNetwork {
         let n = try BridgeNetwork(config: config, logger: logger)
         let host = try n.hostNetlink()
         if try !host.exists(config.bridge) {

@@ -138,6 +138,9 @@ public final class TestDaemon: @unchecked Sendable {
             "VIVARIUM_STATE_DIR": stateDir, "VIVARIUM_SOCKET": socket, "VIVARIUM_UID_BASE": String(uidBase),
             "VIVARIUM_MAX_SANDBOXES": "16", "VIVARIUM_TTL_SWEEP_SECONDS": "1", "VIVARIUM_STOP_TIMEOUT_SECONDS": "5",
             "VIVARIUM_LOG_LEVEL": "info",
+            // Tests never touch the host's own network: a test that wants one puts it in a namespace of
+            // its own (NetworkLab, network_netns).
+            "VIVARIUM_NETWORK": "off",
             // A small disk pool: the shared machine's disk is not strained (each daemon preallocates it).
             // 64 sandboxes at this default quota fill the disk budget (2 × the pool) exactly.
             "VIVARIUM_DISK_POOL_SIZE": "512M", "VIVARIUM_DISK_DEFAULT": "16M",

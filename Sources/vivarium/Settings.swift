@@ -72,9 +72,9 @@ struct Settings {
     var diskPoolSize: Int64 = 16 << 30
     /// The disk quota of a sandbox whose create names none.
     var diskDefault = ResourceLimits.defaultDiskBytes
-    /// `bridge`: sandboxes get a veth on this instance's bridge, under the nftables egress policy; `off`:
-    /// loopback only (the default until the DNS forwarder and allowlists land).
-    var network = "off"
+    /// `bridge` (the default): sandboxes get a veth on this instance's bridge, under the nftables egress
+    /// policy, with DNS through the gateway; `off`: loopback only, for every sandbox.
+    var network = "bridge"
     var networkRange = try! CIDR("10.213.0.0/16")
     /// A network namespace (/run/netns/NAME) that stands in for the host: the bridge, the ruleset and
     /// forwarding live there (tests); empty: the daemon's own.
