@@ -65,7 +65,6 @@ public final class BridgeNetwork: Sendable {
 
     /// The gateway: the range's first host address, on the bridge.
     public var gateway: String { ruleset.gateway }
-    public var prefix: Int { config.range.prefix }
     /// How many sandboxes the range holds (network, gateway and broadcast addresses excluded).
     public var capacity: Int { (1 << (32 - config.range.prefix)) - 3 }
 
@@ -76,7 +75,7 @@ public final class BridgeNetwork: Sendable {
         ruleset = Ruleset(table: config.table, bridge: config.bridge, range: config.range)
     }
 
-    /// Sets the network up: checks that nft is there and that the range is free on the host, makes the bridge
+    /// Sets the network up: checks that the range is free in the namespace, makes the bridge
     /// (kept when it exists), turns forwarding on in the namespace and installs the ruleset anew, empty of
     /// sandboxes: what was attached before a restart is attached again as sandboxes are adopted or booted.
     public static func open(_ config: Configuration, logger: Logger) async throws -> BridgeNetwork {
