@@ -347,7 +347,7 @@ public final class Sandboxes: Sendable {
             address: (r.spec.network ?? .none).egress == .none ? nil : try? config.network?.address(slot: r.uidSlot))
     }
 
-    /// The sandbox's place on the network, plugged in at every boot; nil for loopback only.
+    /// The sandbox's place on the network, plugged in at every boot; nil when the daemon runs no network.
     func attachment(_ r: SandboxRecord) throws -> (any NetworkAttachment)? {
         guard let network = config.network else { return nil }
         return try network.attachment(id: r.id, tenant: r.tenant, slot: r.uidSlot, policy: r.spec.network ?? .none)
