@@ -184,18 +184,23 @@ struct Raw {
     }
 }
 
-/// create→ready with 10 and with 300 sandboxes already running (small limits, spread over tenants),
-/// each size against a raw create+start measured at that size, interleaved. The ratio should not grow
-/// with the number of sandboxes.
+/// create→ready with 10 and with 300 sandboxes already running (small limits, spread over tenants,
+/// each with its veth, address and ruleset elements, and its disk quota), each size against a raw
+/// create+start measured at that size, interleaved. The ratio should not grow with the number of
+/// sandboxes.
 func scaling(raw: Raw, initBinary: String) async throws {
     let sizes = [10, 300]
     let tenants = 6
     let rounds = Int(env["VIVARIUM_BENCH_SCALE_ITERATIONS"] ?? "") ?? 30
-    // 0.05 CPU each keeps 316 boxes inside a 2-CPU host's CPU budget (8× its CPUs).
+    let scaleLab = try NetworkLab()
+    defer { scaleLab.close() }
+    // 0.05 CPU each keeps 316 boxes inside a 2-CPU host's CPU budget (8× its CPUs); 316 quotas of 16 MiB
+    // fit a 3 GiB pool's disk budget (2× the pool).
     let d = try TestDaemon(extraEnv: [
         "VIVARIUM_MAX_SANDBOXES": "\(sizes.last! + 16)", "VIVARIUM_QUOTA_SANDBOXES": "\(sizes.last! / tenants + 8)",
         "VIVARIUM_REQUESTS_PER_SECOND": "10000000", "VIVARIUM_REQUEST_BURST": "10000000",
-        "VIVARIUM_LOG_LEVEL": "warning",
+        "VIVARIUM_LOG_LEVEL": "warning", "VIVARIUM_DISK_POOL_SIZE": "3G", "VIVARIUM_NETWORK": "bridge",
+        "VIVARIUM_NETWORK_NETNS": scaleLab.hostPath,
     ])
     defer { d.shutdown() }
     for t in 0..<tenants {
@@ -232,7 +237,7 @@ func scaling(raw: Raw, initBinary: String) async throws {
         results.append((size, ours, rawStats))
     }
     report(
-        "create→ready as sandboxes accumulate (\(tenants) tenants, 32 MiB, 0.05 CPU, 32 pids each)",
+        "create→ready as sandboxes accumulate (\(tenants) tenants, 32 MiB, 0.05 CPU, 32 pids, 16 MiB disk, public network each)",
         results.map { ("create→ready at \($0.size)", $0.ours, $0.raw) })
     let ratio = results.map { $0.ours.p50 / $0.raw.p50 }
     let growth = ratio[1] / ratio[0]
