@@ -107,9 +107,5 @@ public final class Netlink: Sendable {
     }
 
     /// An IPv4 address in network byte order.
-    static func ipv4(_ s: String) throws -> UInt32 {
-        var a = in_addr()
-        guard inet_pton(AF_INET, s, &a) == 1 else { throw VivariumError(.invalidArgument, "\(s) is not IPv4") }
-        return a.s_addr
-    }
+    static func ipv4(_ s: String) throws -> UInt32 { try NamespaceSocket.ipv4(s, port: 0).sin_addr.s_addr }
 }

@@ -101,6 +101,15 @@ public final class SQLiteStore: Store {
         }
         registerIdentityMigration(&m)
         registerAuditMigration(&m)
+        // Disk quotas are summed at every create (host and tenant budgets): a column, like memory's, not
+        // JSON parsed per row. Specs written before disk quotas count at the default, as they decode.
+        m.registerMigration("0006-sandbox-disk-bytes") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE sandboxes ADD COLUMN disk_bytes INTEGER NOT NULL DEFAULT 0;
+                    UPDATE sandboxes SET disk_bytes = coalesce(json_extract(spec, '$.limits.diskBytes'), ?);
+                    """, arguments: [ResourceLimits.defaultDiskBytes])
+        }
         return m
     }
 

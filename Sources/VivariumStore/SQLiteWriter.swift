@@ -110,9 +110,9 @@ final class SQLiteTransaction: StoreTransaction {
                 db,
                 sql: """
                     SELECT count(*) AS n, coalesce(sum(memory_bytes), 0) AS mem, coalesce(sum(milli_cpus), 0) AS cpu,
-                           coalesce(sum(coalesce(json_extract(spec, '$.limits.diskBytes'), ?)), 0) AS disk
+                           coalesce(sum(disk_bytes), 0) AS disk
                     FROM sandboxes WHERE tenant = ?
-                    """, arguments: [ResourceLimits.defaultDiskBytes, tenant])!
+                    """, arguments: [tenant])!
             return TenantUsage(
                 sandboxes: row["n"], memoryBytes: row["mem"], milliCPUs: row["cpu"], diskBytes: row["disk"])
         }
@@ -132,13 +132,7 @@ final class SQLiteTransaction: StoreTransaction {
     }
 
     func existingDiskBytes() async throws -> Int64 {
-        // Specs written before disk quotas have no diskBytes: they count at the default, as they decode.
-        try await sql { db in
-            try Int64.fetchOne(
-                db,
-                sql: "SELECT coalesce(sum(coalesce(json_extract(spec, '$.limits.diskBytes'), ?)), 0) FROM sandboxes",
-                arguments: [ResourceLimits.defaultDiskBytes]) ?? 0
-        }
+        try await sql { db in try Int64.fetchOne(db, sql: "SELECT coalesce(sum(disk_bytes), 0) FROM sandboxes") ?? 0 }
     }
 
     func sandboxNameTaken(tenant: String, name: ResourceName) async throws -> Bool {
@@ -155,12 +149,14 @@ final class SQLiteTransaction: StoreTransaction {
             try db.execute(
                 sql: """
                     INSERT INTO sandboxes (id, tenant, name, image_id, image_name, image_digest, image_rootfs, spec,
-                        memory_bytes, milli_cpus, state, pid, uid_slot, bundle, cgroup_path, created_at, expires_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        memory_bytes, milli_cpus, disk_bytes, state, pid, uid_slot, bundle, cgroup_path, created_at,
+                        expires_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     r.id.rawValue, r.tenant, r.name.rawValue, r.imageID, r.imageName.rawValue, r.imageDigest.rawValue,
-                    r.imageRootfs, spec, r.spec.limits.memoryBytes, r.spec.limits.milliCPUs, r.state.name, r.state.pid,
+                    r.imageRootfs, spec, r.spec.limits.memoryBytes, r.spec.limits.milliCPUs, r.spec.limits.diskBytes,
+                    r.state.name, r.state.pid,
                     r.uidSlot, r.bundle, r.cgroupPath, r.createdAt.timeIntervalSince1970,
                     r.expiresAt?.timeIntervalSince1970,
                 ])
