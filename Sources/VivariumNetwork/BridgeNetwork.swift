@@ -61,6 +61,7 @@ public final class BridgeNetwork: Sendable {
         var policy: NetworkPolicy
         var tenant: String
     }
+    /// Serves for the daemon's life.
     let dns = Mutex<DNSForwarder?>(nil)
 
     /// The gateway: the range's first host address, on the bridge.
@@ -215,13 +216,6 @@ public final class BridgeNetwork: Sendable {
         let words = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
         guard let i = words.firstIndex(of: "packets"), i + 1 < words.count else { return nil }
         return Int64(words[i + 1])
-    }
-
-    /// Removes the ruleset and the bridge (tests, and an operator turning networking off).
-    public func remove() async throws {
-        dns.withLock { $0 }?.stop()
-        try apply(ruleset.uninstall)
-        try hostNetlink().delete(config.bridge)
     }
 
     func hostNetlink() throws -> Netlink {

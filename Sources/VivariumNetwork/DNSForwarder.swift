@@ -20,8 +20,6 @@ public final class DNSForwarder: Sendable {
     let namespace: String?
     let logger: Logger
     let inFlight = Atomic<Int>(0)
-    let stopped = Atomic<Bool>(false)
-    let done = DispatchSemaphore(value: 0)
 
     /// Listens on `address:53` in `namespace` and relays to `upstream` (`ADDRESS[:PORT]`, IPv4).
     public init(namespace: String?, address: String, upstream: String, logger: Logger) throws {
@@ -47,18 +45,10 @@ public final class DNSForwarder: Sendable {
         return nil
     }
 
-    /// Stops listening; queries in flight finish on their own.
-    public func stop() {
-        guard !stopped.exchange(true, ordering: .relaxed) else { return }
-        shutdown(listener, Int32(SHUT_RDWR))
-        done.wait()
-        close(listener)
-    }
-
+    /// Receives queries for the daemon's life.
     func serve() {
-        defer { done.signal() }
         var buf = [UInt8](repeating: 0, count: Self.maxMessage)
-        while !stopped.load(ordering: .relaxed) {
+        while true {
             var from = sockaddr_in()
             var len = socklen_t(MemoryLayout<sockaddr_in>.size)
             let n = withUnsafeMutablePointer(to: &from) {
@@ -68,10 +58,11 @@ public final class DNSForwarder: Sendable {
             }
             if n < 0 {
                 if errno == EINTR { continue }
+                logger.error("the DNS forwarder stopped", metadata: ["error": "\(String(cString: strerror(errno)))"])
                 return
             }
             // A header is 12 bytes; less is not a query.
-            guard n >= 12, !stopped.load(ordering: .relaxed) else { continue }
+            guard n >= 12 else { continue }
             guard inFlight.add(1, ordering: .relaxed).newValue <= Self.maxInFlight else {
                 inFlight.subtract(1, ordering: .relaxed)
                 continue

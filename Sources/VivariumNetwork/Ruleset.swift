@@ -98,17 +98,6 @@ public struct Ruleset: Sendable, Equatable {
             """
     }
 
-    /// Removes this instance's tables (at shutdown of networking for good, and in tests).
-    public var uninstall: String {
-        """
-        table bridge \(table)
-        delete table bridge \(table)
-        table inet \(table)
-        delete table inet \(table)
-
-        """
-    }
-
     /// What an allowlist never reaches, whatever its rules say (besides the host and other sandboxes,
     /// which the inet table and the bridge's forward chain keep out).
     static let never = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"]
