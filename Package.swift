@@ -54,7 +54,13 @@ let package = Package(
                 .product(name: "JWTKit", package: "jwt-kit"), crypto, logging,
             ],
             swiftSettings: strict),
-        .target(name: "VivariumNetwork", dependencies: ["VivariumCore", "VivariumOS", logging], swiftSettings: strict),
+        .target(
+            name: "VivariumNetwork",
+            dependencies: [
+                "VivariumCore", "VivariumOS", logging, nio, .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: strict),
         .target(
             name: "VivariumEngine",
             dependencies: [

@@ -1,6 +1,7 @@
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOHTTP1
 import VivariumCore
 import VivariumEngine
 
@@ -117,22 +118,9 @@ struct ErrorMiddleware: RouterMiddleware {
 }
 
 extension VivariumError: HTTPResponseError {
-    /// The one mapping from `VivariumError` to HTTP.
+    /// `httpStatus`, for Hummingbird.
     public var status: HTTPResponse.Status {
-        switch code {
-        case .badRequest: .badRequest
-        case .invalidArgument, .invalidName: .unprocessableContent
-        case .notFound, .imageNotFound: .notFound
-        case .alreadyExists, .imageInUse, .invalidState: .conflict
-        case .payloadTooLarge: .contentTooLarge
-        case .unsupportedMediaType: .unsupportedMediaType
-        case .methodNotAllowed: .methodNotAllowed
-        case .resourceExhausted, .unavailable: .serviceUnavailable
-        case .unauthenticated: .unauthorized
-        case .forbidden, .quotaExceeded: .forbidden
-        case .rateLimited: .tooManyRequests
-        default: .internalServerError
-        }
+        HTTPResponse.Status(code: httpStatus, reasonPhrase: HTTPResponseStatus(statusCode: httpStatus).reasonPhrase)
     }
 
     /// The JSON error body. A 500 says only that it failed: internals never leave the daemon.

@@ -23,6 +23,7 @@ public enum API {
         SystemRoutes(engine: engine, openAPI: openAPI).register(&routes)
         IdentityRoutes(identity: engine.identity).register(&routes)
         SandboxRoutes(sandboxes: engine.sandboxes).register(&routes)
+        RouteRoutes(exposures: engine.exposures).register(&routes)
         ImageRoutes(images: engine.images).register(&routes)
         AuditRoutes(audit: engine.audit, gate: engine.gate).register(&routes)
         return router
@@ -34,6 +35,7 @@ public enum API {
         SystemRoutes(engine: engine, openAPI: Data()).register(&routes)
         IdentityRoutes(identity: engine.identity).register(&routes)
         SandboxRoutes(sandboxes: engine.sandboxes).register(&routes)
+        RouteRoutes(exposures: engine.exposures).register(&routes)
         ImageRoutes(images: engine.images).register(&routes)
         AuditRoutes(audit: engine.audit, gate: engine.gate).register(&routes)
         return routes.registered

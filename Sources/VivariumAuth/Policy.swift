@@ -55,6 +55,13 @@ public enum PolicyTable {
         case .sandboxDelete, .sandboxStart, .sandboxStop, .sandboxNetwork:
             .init([.sandboxesWrite], role: .member, .tenant, mutating: true)
         case .sandboxExec: .init([.exec], role: .member, .tenant, mutating: true)
+        // Talking to a sandbox's own server is a member's, like exec; only its refusals are recorded
+        // (every proxied request would flood the trail).
+        case .sandboxConnect: .init([.sandboxesRead], role: .member, .tenant, mutating: false)
+
+        case .routeCreate: .init([.sandboxesWrite], role: .member, .tenant, mutating: true)
+        case .routeList: .init([.sandboxesRead], role: .auditor, .tenantUnbound, mutating: false)
+        case .routeDelete: .init([.sandboxesWrite], role: .member, .tenantUnbound, mutating: true)
 
         case .imageList: .init([.imagesRead], role: .auditor, .tenantUnbound, mutating: false)
         // Host paths are for local root (the engine refuses remote callers); uploads and deletes are a

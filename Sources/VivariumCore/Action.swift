@@ -33,6 +33,14 @@ public enum Action: String, CaseIterable, Sendable, Codable {
     case sandboxNetwork = "sandbox.network"
     /// Create, exec and (optionally) delete in one call.
     case sandboxRun = "sandbox.run"
+    /// A request through the ingress to a sandbox port that needs a token (a token route, or the
+    /// `PORT-SANDBOXID` host name).
+    case sandboxConnect = "sandbox.connect"
+
+    /// A sandbox port published through the ingress (HTTP by host name, or a TCP forward).
+    case routeCreate = "route.create"
+    case routeList = "route.list"
+    case routeDelete = "route.delete"
 
     case imageList = "image.list"
     case imageImport = "image.import"

@@ -121,6 +121,11 @@ public enum Endpoints {
         .post, "/v1/sandboxes/{name}/exec", .sandboxExec)
     public static let sandboxNetwork = Endpoint<SetNetworkRequest, SandboxInfo>(
         .post, "/v1/sandboxes/{name}/network", .sandboxNetwork)
+    public static let routeCreate = Endpoint<ExposeRequest, RouteInfo>(
+        .post, "/v1/sandboxes/{name}/routes", .routeCreate, status: 201)
+    public static let routeList = Endpoint<Empty, Page<RouteInfo>>(.get, "/v1/routes", .routeList)
+    /// `{name}` is the route's key: its host name, or `tcp-HOSTPORT`.
+    public static let routeDelete = Endpoint<Empty, Empty>(.delete, "/v1/routes/{name}", .routeDelete, status: 204)
 
     public static let imageList = Endpoint<Empty, Page<ImageInfo>>(.get, "/v1/images", .imageList)
     public static let imageImport = Endpoint<ImportImageRequest, ImageInfo>(
@@ -143,7 +148,8 @@ public enum Endpoints {
         principalList.route,
         principalCreate.route, principalDelete.route, principalDisable.route, apiKeyCreate.route, sandboxList.route,
         sandboxCreate.route, sandboxRun.route, sandboxGet.route, sandboxDelete.route, sandboxStart.route,
-        sandboxStop.route, sandboxExec.route, sandboxNetwork.route, imageList.route, imageImport.route,
+        sandboxStop.route, sandboxExec.route, sandboxNetwork.route, routeCreate.route,
+        routeList.route, routeDelete.route, imageList.route, imageImport.route,
         imageUpload.route,
         imageDelete.route,
         auditList.route, auditFollow, auditCheckpoints.route,

@@ -110,6 +110,8 @@ public struct Caller: Sendable, Equatable {
     /// The front door a request came through (recorded with denials).
     public enum Door: String, Sendable, Equatable {
         case rest, websocket
+        /// The ingress: a request to a sandbox port.
+        case ingress
     }
 
     /// Who is calling; nil for an unauthenticated caller (public actions only).

@@ -100,3 +100,81 @@ public enum BlockedRanges {
         "224.0.0.0/4", "240.0.0.0/4",
     ]
 }
+
+/// Who may use an exposed port.
+public enum RouteAccess: String, Codable, Sendable, CaseIterable {
+    /// Anyone who reaches the ingress.
+    case `public`
+    /// A caller whose bearer token reaches the sandbox (the policy table's `sandbox.connect`).
+    case token
+}
+
+/// A sandbox port published through the daemon's ingress: an HTTP route by host name, or a plain TCP
+/// forward from a host port. Its key is the host name, or `tcp-HOSTPORT`.
+public struct PortRoute: Sendable, Equatable {
+    public var key: String
+    public var tenant: String
+    public var sandbox: SandboxID
+    public var sandboxName: ResourceName
+    public var port: Int
+    public var access: RouteAccess
+    public var tcpPort: Int?
+    public var createdAt: Date
+
+    public init(
+        key: String, tenant: String, sandbox: SandboxID, sandboxName: ResourceName, port: Int, access: RouteAccess,
+        tcpPort: Int?, createdAt: Date
+    ) {
+        self.key = key
+        self.tenant = tenant
+        self.sandbox = sandbox
+        self.sandboxName = sandboxName
+        self.port = port
+        self.access = access
+        self.tcpPort = tcpPort
+        self.createdAt = createdAt
+    }
+
+    /// The host name of an HTTP route; nil for a TCP forward.
+    public var hostname: String? { tcpPort == nil ? key : nil }
+
+    public static func tcpKey(_ hostPort: Int) -> String { "tcp-\(hostPort)" }
+
+    /// A port number of a sandbox or the host (1 to 65535).
+    public static func port(_ n: Int, what: String) throws -> Int {
+        guard (1...65535).contains(n) else { throw VivariumError(.invalidArgument, "\(what) must be 1 to 65535") }
+        return n
+    }
+
+    /// A host name as routes are keyed: lower case, DNS labels of a-z, 0-9 and '-', at most 253 bytes.
+    public static func hostname(_ s: String) throws -> String {
+        let h = s.lowercased()
+        let labels = h.split(separator: ".", omittingEmptySubsequences: false)
+        let valid =
+            h.utf8.count <= 253
+            && labels.allSatisfy { l in
+                (1...63).contains(l.count) && l.first != "-" && l.last != "-"
+                    && l.allSatisfy { ($0.isASCII && ($0.isLetter || $0.isNumber)) || $0 == "-" }
+            }
+        guard valid else {
+            throw VivariumError(
+                .invalidArgument, "\(s.prefix(64)) is not a host name (DNS labels of a-z, 0-9 and '-', dot-separated)")
+        }
+        return h
+    }
+
+    /// The host name e2b's SDKs build for a sandbox port: `PORT-SANDBOXID.DOMAIN`.
+    public static func portHostname(port: Int, sandbox: SandboxID, domain: String) -> String {
+        "\(port)-\(sandbox.rawValue).\(domain)"
+    }
+
+    /// The port and sandbox of a `PORT-SANDBOXID.DOMAIN` host name, or nil.
+    public static func parsePortHostname(_ host: String, domain: String) -> (port: Int, sandbox: SandboxID)? {
+        guard host.hasSuffix("." + domain) else { return nil }
+        let label = host.dropLast(domain.count + 1)
+        guard let dash = label.firstIndex(of: "-"), let port = Int(label[..<dash]), (1...65535).contains(port),
+            let id = SandboxID(rawValue: String(label[label.index(after: dash)...]))
+        else { return nil }
+        return (port, id)
+    }
+}

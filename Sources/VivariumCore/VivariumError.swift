@@ -39,6 +39,24 @@ public struct VivariumError: Error, CustomStringConvertible, Sendable, Equatable
         self.retryAfterSeconds = retryAfterSeconds
     }
 
+    /// The one mapping from error codes to HTTP statuses, for every door that speaks HTTP.
+    public var httpStatus: Int {
+        switch code {
+        case .badRequest: 400
+        case .invalidArgument, .invalidName: 422
+        case .notFound, .imageNotFound: 404
+        case .alreadyExists, .imageInUse, .invalidState: 409
+        case .payloadTooLarge: 413
+        case .unsupportedMediaType: 415
+        case .methodNotAllowed: 405
+        case .resourceExhausted, .unavailable: 503
+        case .unauthenticated: 401
+        case .forbidden, .quotaExceeded: 403
+        case .rateLimited: 429
+        default: 500
+        }
+    }
+
     public var description: String {
         if let cause { return "\(code): \(message) (\(cause))" }
         return "\(code): \(message)"

@@ -135,6 +135,51 @@ public struct SetNetworkRequest: Codable, Sendable {
     }
 }
 
+/// A sandbox port to publish through the ingress: by host name (`hostname`, or `PORT-SANDBOXID.DOMAIN`
+/// when left out) over HTTP, or from a host port (`tcpPort`) as a plain TCP forward, which is public.
+public struct ExposeRequest: Codable, Sendable {
+    public var port: Int
+    public var hostname: String?
+    /// public or token (the default for HTTP routes).
+    public var access: String?
+    public var tcpPort: Int?
+
+    public init(port: Int, hostname: String? = nil, access: String? = nil, tcpPort: Int? = nil) {
+        self.port = port
+        self.hostname = hostname
+        self.access = access
+        self.tcpPort = tcpPort
+    }
+}
+
+/// A published sandbox port.
+public struct RouteInfo: Codable, Sendable, Equatable {
+    /// The host name, or `tcp-HOSTPORT` for a TCP forward.
+    public var key: String
+    public var sandbox: String
+    public var port: Int
+    public var access: String
+    public var hostname: String?
+    public var tcpPort: Int?
+    /// Where to reach it (the ingress's address for a TCP forward).
+    public var url: String
+    public var createdAt: Date
+
+    public init(
+        key: String, sandbox: String, port: Int, access: String, hostname: String?, tcpPort: Int?, url: String,
+        createdAt: Date
+    ) {
+        self.key = key
+        self.sandbox = sandbox
+        self.port = port
+        self.access = access
+        self.hostname = hostname
+        self.tcpPort = tcpPort
+        self.url = url
+        self.createdAt = createdAt
+    }
+}
+
 /// One page of a list, and the cursor of the next page (nil at the end).
 public struct Page<Item: Sendable>: Sendable {
     public var items: [Item]

@@ -16,6 +16,7 @@ public final class Engine: Sendable {
     public let config: EngineConfiguration
     public let gate: Gate
     public let sandboxes: Sandboxes
+    public let exposures: Exposures
     public let images: Images
     public let identity: Identity
     public let audit: AuditTrail
@@ -30,8 +31,10 @@ public final class Engine: Sendable {
         self.config = config
         self.tokens = tokens
         gate = Gate(tokens: tokens, audit: auditStore, limits: limits, logger: logger)
+        exposures = Exposures(config: config, store: store, gate: gate, logger: logger)
         sandboxes = Sandboxes(
-            config: config, store: store, audit: auditStore, gate: gate, runtime: runtime, logger: logger)
+            config: config, store: store, audit: auditStore, gate: gate, runtime: runtime, exposures: exposures,
+            logger: logger)
         images = Images(config: config, store: store, content: content, gate: gate, logger: logger)
         identity = Identity(
             store: identityStore, tokens: tokens, gate: gate, sandboxes: sandboxes, images: images, logger: logger)

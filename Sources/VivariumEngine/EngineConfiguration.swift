@@ -28,6 +28,8 @@ public struct EngineConfiguration: Sendable {
     public var unpackRules = UnpackRules.default
     /// The sandbox network; nil: every sandbox has loopback only.
     public var network: BridgeNetwork?
+    /// The domain of the ingress's `PORT-SANDBOXID` host names.
+    public var ingressDomain = "localhost"
     /// The disk quota of a sandbox whose create names none (`disk_default`).
     public var defaultDiskBytes: Int64 = ResourceLimits.defaultDiskBytes
     /// Audit checkpoints: at least this often, and after this many records.

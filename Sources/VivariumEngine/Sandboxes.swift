@@ -20,6 +20,7 @@ public final class Sandboxes: Sendable {
     let audit: any AuditStore
     let gate: Gate
     let runtime: any SandboxRuntime
+    let exposures: Exposures
     let logger: Logger
     let locks = KeyedLock()
     /// Sandboxes being started, admitted to the host budget before their state says running.
@@ -32,8 +33,9 @@ public final class Sandboxes: Sendable {
 
     init(
         config: EngineConfiguration, store: any Store, audit: any AuditStore, gate: Gate,
-        runtime: any SandboxRuntime, logger: Logger
+        runtime: any SandboxRuntime, exposures: Exposures, logger: Logger
     ) {
+        self.exposures = exposures
         self.config = config
         self.store = store
         self.audit = audit
@@ -197,7 +199,9 @@ public final class Sandboxes: Sendable {
     // MARK: Inside the engine
 
     /// The tenant a call acts in (the policy table already refused anything else).
-    func tenant(_ caller: Caller) throws -> String {
+    func tenant(_ caller: Caller) throws -> String { try Self.tenant(caller) }
+
+    static func tenant(_ caller: Caller) throws -> String {
         guard let t = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
         return t
     }
@@ -206,7 +210,11 @@ public final class Sandboxes: Sendable {
 
     /// A sandbox of the caller's tenant by name; a token bound to another sandbox finds nothing.
     func record(_ caller: Caller, _ name: ResourceName) async throws -> SandboxRecord {
-        let r = try await sandboxRecord(tenant: try tenant(caller), name: name)
+        try await Self.record(store, caller, name)
+    }
+
+    static func record(_ store: any Store, _ caller: Caller, _ name: ResourceName) async throws -> SandboxRecord {
+        let r = try await sandboxRecord(store, tenant: try tenant(caller), name: name)
         if let bound = caller.boundSandbox, bound != r.id {
             throw VivariumError(.notFound, "sandbox \(r.name) not found")
         }
@@ -214,6 +222,10 @@ public final class Sandboxes: Sendable {
     }
 
     func sandboxRecord(tenant: String, name: ResourceName) async throws -> SandboxRecord {
+        try await Self.sandboxRecord(store, tenant: tenant, name: name)
+    }
+
+    static func sandboxRecord(_ store: any Store, tenant: String, name: ResourceName) async throws -> SandboxRecord {
         guard let r = try await store.sandbox(tenant: tenant, name: name) else {
             throw VivariumError(.notFound, "sandbox \(name) not found")
         }
@@ -321,6 +333,7 @@ public final class Sandboxes: Sendable {
         }
         try await runtime.destroy(box, released: released)
         try await store.deleteSandbox(r.id, audit: event(action, r))
+        await exposures.sandboxRemoved(r.id)
     }
 
     /// An audit record about a sandbox: its name is the target, its tenant owns the record.

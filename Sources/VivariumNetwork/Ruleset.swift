@@ -5,7 +5,9 @@ import VivariumCore
 ///
 /// - `bridge <table>` filters every frame a sandbox's veth sends, whatever `bridge-nf-call-iptables` says:
 ///   ARP passes; anything but IPv4 (IPv6 included) is dropped; a source address other than the one the
-///   sandbox was given is dropped; to another sandbox only a pair in `peers` passes (none today: tenants
+///   sandbox was given is dropped; TCP to the gateway passes unless it opens a connection (this is how the
+///   ingress's connections into a box are answered: the bridge family has no conntrack here, and the inet
+///   table drops whatever is not part of a connection the host made); to another sandbox only a pair in `peers` passes (none today: tenants
 ///   are segmented, and so are sandboxes of one tenant); the rest goes through the sandbox's verdict in
 ///   `egress` (a veth with no verdict is dropped).
 /// - `inet <table>` drops everything a sandbox sends to the host itself (any of its addresses, the
@@ -55,6 +57,7 @@ public struct Ruleset: Sendable, Equatable {
                     ether type arp accept
                     ether type != ip goto refuse
                     iifname . ip saddr != @addrs goto refuse
+                    ip daddr \(gateway) tcp flags & (syn | ack) != syn accept
                     iifname vmap @egress
                     goto refuse
                 }

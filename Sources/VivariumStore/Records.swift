@@ -65,4 +65,12 @@ public protocol Store: Transactional {
     /// Deletes an image; `image_in_use` while a sandbox uses it.
     func deleteImage(tenant: String, name: ResourceName, audit: AuditEvent) async throws -> ImageRecord
     func imageRootfsInUse(_ rootfs: String) async throws -> Bool
+
+    /// Adds a route; `already_exists` when its key or host port is taken, `quota_exceeded` past
+    /// `maxPerTenant` routes of its tenant.
+    func insertRoute(_ route: PortRoute, maxPerTenant: Int, audit: AuditEvent) async throws
+    func deleteRoute(key: String, tenant: String?, audit: AuditEvent) async throws -> PortRoute
+    func route(key: String) async throws -> PortRoute?
+    /// Every route (of `tenant`, when given), by key.
+    func routes(tenant: String?) async throws -> [PortRoute]
 }

@@ -110,6 +110,7 @@ public final class SQLiteStore: Store {
                     UPDATE sandboxes SET disk_bytes = coalesce(json_extract(spec, '$.limits.diskBytes'), ?);
                     """, arguments: [ResourceLimits.defaultDiskBytes])
         }
+        registerRouteMigration(&m)
         return m
     }
 

@@ -164,10 +164,13 @@ public struct LabError: Error, CustomStringConvertible {
 /// A static probe a test puts into a box: `/netprobe tcp|udp|icmp ADDRESS [PORT]` tries once with a
 /// one-second timeout and prints the answer, or `timeout`, or `error <errno>`; IPv6 addresses may carry
 /// a scope (`fe80::1%eth0`). A reachable host answers a closed TCP or UDP port with `error 111`
-/// (refused), so only a dropped packet prints `timeout`.
+/// (refused), so only a dropped packet prints `timeout`. `/netprobe serve PORT` is an HTTP server that
+/// answers with the request's own head, and echoes bytes after an Upgrade request (101).
 public enum NetProbe {
     static let source = #"""
+        #define _GNU_SOURCE
         #include <errno.h>
+        #include <stdlib.h>
         #include <netdb.h>
         #include <netinet/in.h>
         #include <netinet/ip_icmp.h>
@@ -186,7 +189,43 @@ public enum NetProbe {
             fputs(buf, stdout);
             return 0;
         }
+        // An HTTP server for the ingress's tests: answers each request with its own head as the body; an
+        // Upgrade request gets 101 and then an echo of whatever comes.
+        static int serve(int port) {
+            int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+            setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+            if (bind(s, (struct sockaddr *)&a, sizeof a) < 0 || listen(s, 16) < 0) { printf("error %d\n", errno); return 1; }
+            for (;;) {
+                int c = accept(s, NULL, NULL);
+                if (c < 0) continue;
+                char head[16384];
+                size_t n = 0;
+                while (n < sizeof head - 1) {
+                    ssize_t r = recv(c, head + n, sizeof head - 1 - n, 0);
+                    if (r <= 0) break;
+                    n += r;
+                    head[n] = 0;
+                    if (strstr(head, "\r\n\r\n")) break;
+                }
+                head[n] = 0;
+                if (strcasestr(head, "\nupgrade:")) {
+                    const char *ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+                    send(c, ok, strlen(ok), 0);
+                    char buf[4096];
+                    ssize_t r;
+                    while ((r = recv(c, buf, sizeof buf, 0)) > 0) send(c, buf, r, 0);
+                } else {
+                    char top[128];
+                    int t = snprintf(top, sizeof top, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n\r\n", n);
+                    send(c, top, t, 0);
+                    send(c, head, n, 0);
+                }
+                close(c);
+            }
+        }
         int main(int argc, char **argv) {
+            if (argc == 3 && strcmp(argv[1], "serve") == 0) return serve(atoi(argv[2]));
             if (argc < 3) return 2;
             int icmp = strcmp(argv[1], "icmp") == 0, udp = strcmp(argv[1], "udp") == 0;
             struct addrinfo hints = {0}, *ai;

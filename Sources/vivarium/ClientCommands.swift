@@ -373,3 +373,65 @@ struct NetworkCommand: AsyncParsableCommand {
         }
     }
 }
+
+struct ExposeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "expose", abstract: "Publish a sandbox port through the daemon's ingress.",
+        discussion: """
+            The ingress (the daemon's `ingress` setting, TLS with its certificate) routes HTTP requests by \
+            their Host header, passes WebSocket upgrades, and never forwards the caller's Authorization \
+            header. Any port of a sandbox is also reached as PORT-SANDBOXID.DOMAIN with a token that reaches \
+            the sandbox.
+            """,
+        subcommands: [Add.self, Ls.self, Rm.self], defaultSubcommand: Add.self)
+
+    struct Add: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "add", abstract: "Publish a port (the default: vivarium expose NAME PORT).")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Sandbox name.") var name: String
+        @Argument(help: "The sandbox's port.") var port: Int
+        @Option(help: "The route's host name (default: PORT-SANDBOXID.DOMAIN).") var hostname: String?
+        @Flag(help: "Anyone who reaches the ingress may use it.") var `public` = false
+        @Flag(help: "Only callers whose bearer token reaches the sandbox (the default).") var token = false
+        @Option(help: "A plain TCP forward from this host port (1024-65535) instead; always public.")
+        var tcp: Int?
+        @Flag(help: "Print JSON.") var json = false
+
+        func run(_ client: APIClient) async throws {
+            guard !(self.public && token) else {
+                throw VivariumError(.invalidArgument, "give --public or --token, not both")
+            }
+            let access = self.public || tcp != nil ? "public" : "token"
+            let r = try client.call(
+                Endpoints.routeCreate, ExposeRequest(port: port, hostname: hostname, access: access, tcpPort: tcp),
+                name: name)
+            if json { return try printJSON(r) }
+            print("\(r.url) → \(r.sandbox):\(r.port) (\(r.access))")
+        }
+    }
+
+    struct Ls: ClientCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List published ports.")
+        @OptionGroup var global: GlobalOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run(_ client: APIClient) async throws {
+            let all = try client.call(Endpoints.routeList).items
+            if json { return try printJSON(all) }
+            printTable(
+                ["ROUTE", "SANDBOX", "PORT", "ACCESS", "URL"],
+                all.map { [$0.key, $0.sandbox, String($0.port), $0.access, $0.url] })
+        }
+    }
+
+    struct Rm: ClientCommand {
+        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a published port.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The route: its host name, or tcp-HOSTPORT.") var route: String
+
+        func run(_ client: APIClient) async throws {
+            _ = try client.call(Endpoints.routeDelete, name: route)
+        }
+    }
+}

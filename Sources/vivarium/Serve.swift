@@ -4,6 +4,7 @@ import Glibc
 import Hummingbird
 import HummingbirdWebSocket
 import Logging
+import NIOSSL
 import ServiceLifecycle
 import VivariumAPI
 import VivariumAssets
@@ -114,6 +115,11 @@ struct Serve: Verb {
             }
             configuration.network = network
         }
+        configuration.ingressDomain = s.ingressDomain
+        let ingressListener = try s.ingress.map { try Listener.parse($0, insecure: false) }
+        if ingressListener != nil, configuration.network == nil {
+            throw VivariumError(.invalidArgument, "the ingress needs the sandbox network (network = bridge)")
+        }
         configuration.auditCheckpointInterval = .seconds(s.auditCheckpointSeconds)
         configuration.auditCheckpointRecords = Int64(s.auditCheckpointRecords)
         configuration.auditExport = s.auditExport
@@ -205,18 +211,35 @@ struct Serve: Verb {
             + (engine.backgroundServices + [TrashCollector(runtime: runtime, logger: logger)]).map {
                 .init(service: $0)
             }
+        // One certificate for the API's listener and the ingress: the operator's, or one made once.
+        func identity(host: String) throws -> TLSIdentity {
+            try s.tlsCert.map { try TLSIdentity.load(certFile: $0, keyFile: s.tlsKey ?? "") }
+                ?? TLSIdentity.selfSigned(dir: config.stateDir + "/tls", host: host)
+        }
         if let tcp {
             let trust = SourceTrust(trustedProxies: s.trustedProxies)
-            let tls: TLSIdentity? =
-                tcp.insecure
-                ? nil
-                : try s.tlsCert.map { try TLSIdentity.load(certFile: $0, keyFile: s.tlsKey ?? "") }
-                    ?? TLSIdentity.selfSigned(dir: config.stateDir + "/tls", host: tcp.host)
+            let tls: TLSIdentity? = tcp.insecure ? nil : try identity(host: tcp.host)
             services.append(
                 .init(
                     service: try tcp.application(
                         router: API.router(engine: engine, trust: trust, openAPI: Assets.openAPI), tls: tls,
                         trust: trust, logger: logger)))
+        }
+        if let l = ingressListener {
+            let tls = try identity(host: l.host)
+            let ingress = Ingress(
+                host: l.host, port: l.port, tls: try NIOSSLContext(configuration: tls.serverConfiguration()),
+                resolver: engine.exposures, logger: logger)
+            try await ingress.start()
+            try await engine.exposures.serve(ingress)
+            FileHandle.standardOutput.write(
+                Data(
+                    """
+                    vivarium: ingress on https://\(l.host):\(ingress.port ?? l.port) (vivarium expose NAME PORT publishes a port)
+                      certificate SHA-256 fingerprint \(tls.fingerprint)
+
+                    """.utf8))
+            services.append(.init(service: IngressService(ingress: ingress)))
         }
         var groupConfig = ServiceGroupConfiguration(
             services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -306,6 +329,7 @@ struct ConfigCommand: AsyncParsableCommand {
                 ("network", s.network), ("network_range", s.networkRange.description),
                 ("network_netns", s.networkNetns ?? "(the daemon's)"),
                 ("network_dns", s.networkDNS ?? "(the host's first nameserver)"),
+                ("ingress", s.ingress ?? "none"), ("ingress_domain", s.ingressDomain),
             ]
             rows +=
                 Serve.budgetRows(s.budget) + [
@@ -323,5 +347,15 @@ struct ConfigCommand: AsyncParsableCommand {
                 for (k, v) in rows { print("\(k) = \(v)") }
             }
         }
+    }
+}
+
+/// Keeps the ingress open for the daemon's life.
+struct IngressService: Service {
+    let ingress: Ingress
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await ingress.stop()
     }
 }

@@ -82,6 +82,11 @@ struct Settings {
     /// The resolver the sandboxes' DNS forwarder relays to (ADDRESS[:PORT]); nil: the host's first
     /// IPv4 nameserver.
     var networkDNS: String?
+    /// The ingress listener, "HOST:PORT" (TLS with the daemon's certificate): published sandbox ports are
+    /// served there; none by default.
+    var ingress: String?
+    /// The domain of the ingress's `PORT-SANDBOXID.DOMAIN` host names.
+    var ingressDomain = "localhost"
 
     /// Keys accepted in the config file and as VIVARIUM_<KEY> environment variables.
     static let keys = [
@@ -94,7 +99,7 @@ struct Settings {
         "host_pids", "host_memory", "host_cpus", "reserve_memory", "reserve_pids", "max_execs_per_sandbox",
         "max_execs_per_tenant", "max_execs", "exec_output_budget", "image_max_bytes", "image_max_entries",
         "image_max_ratio", "image_keep_setid", "disk_pool", "disk_pool_size", "disk_default",
-        "network", "network_range", "network_netns", "network_dns",
+        "network", "network_range", "network_netns", "network_dns", "ingress", "ingress_domain",
     ]
 
     /// The host budget: the configured host facts, or this host's.
@@ -201,6 +206,12 @@ struct Settings {
             else { throw VivariumError(.invalidArgument, "listen must be HOST:PORT") }
             listen = value
         case "insecure_http": insecureHTTP = try bool()
+        case "ingress":
+            guard value.utf8.count < 256, let colon = value.lastIndex(of: ":"),
+                let port = Int(value[value.index(after: colon)...]), (1...65535).contains(port)
+            else { throw VivariumError(.invalidArgument, "ingress must be HOST:PORT") }
+            ingress = value.isEmpty ? nil : value
+        case "ingress_domain": ingressDomain = try PortRoute.hostname(value)
         case "audit_mode":
             guard let m = AuditMode(rawValue: value) else {
                 throw VivariumError(.invalidArgument, "audit_mode must be required, fail-open or off")

@@ -11,17 +11,6 @@ import VivariumTestSupport
 /// The authenticated WebSocket route (the audit feed) and the one-call `vivarium run`, against a real
 /// daemon.
 @Suite(.serialized, .enabled(if: Integration.enabled)) struct StreamAndRunTests {
-    func token(_ d: TestDaemon, tenant: String, name: String, role: String) throws -> TokenPair {
-        if !(try d.client.call("GET", "/v1/tenants") as Page<TenantInfo>).items.contains(where: { $0.name == tenant }) {
-            let _: TenantInfo = try d.client.call("POST", "/v1/tenants", body: CreateTenantRequest(name: tenant))
-        }
-        let _: PrincipalInfo = try d.client.call(
-            "POST", "/v1/principals?tenant=\(tenant)", body: CreatePrincipalRequest(name: name, role: role))
-        let key: APIKeyInfo = try d.client.call(
-            "POST", "/v1/principals/\(name)/keys?tenant=\(tenant)", body: CreateAPIKeyRequest())
-        return try d.client.call("POST", "/v1/tokens", body: TokenRequest(grantType: "api_key", apiKey: key.apiKey))
-    }
-
     /// Follows the audit feed as `headers` authenticate; `during` runs once the socket is open. Returns the
     /// records received until `until` says stop or the server closes.
     func follow(
@@ -52,9 +41,9 @@ import VivariumTestSupport
 
     @Test func anAuditorFollowsItsTenantsNewRecordsUntilItsTokenIsRevoked() async throws {
         try await TestDaemon.with(tcp: true) { d in
-            let auditor = try token(d, tenant: "acme", name: "eve", role: "auditor")
-            let member = try token(d, tenant: "acme", name: "mo", role: "member")
-            let outsider = try token(d, tenant: "beta", name: "bo", role: "member")
+            let auditor = try d.token(tenant: "acme", name: "eve", role: "auditor")
+            let member = try d.token(tenant: "acme", name: "mo", role: "member")
+            let outsider = try d.token(tenant: "beta", name: "bo", role: "member")
             let seen = try await follow(
                 d, headers: [.authorization: "Bearer \(auditor.accessToken)"],
                 during: {
@@ -85,7 +74,7 @@ import VivariumTestSupport
 
     @Test func anUpgradeWithoutTheRightCredentialsIsRefusedAndRecorded() async throws {
         try await TestDaemon.with(tcp: true) { d in
-            let member = try token(d, tenant: "acme", name: "mo", role: "member")
+            let member = try d.token(tenant: "acme", name: "mo", role: "member")
             for headers: HTTPFields in [
                 [:], [.authorization: "Bearer forged"], [.authorization: "Bearer \(member.accessToken)"],
             ] {
