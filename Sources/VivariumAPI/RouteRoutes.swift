@@ -9,7 +9,8 @@ struct RouteRoutes {
         let exposures = self.exposures
         r.add(Endpoints.routeCreate) { call in
             let req: ExposeRequest = try await call.body()
-            return Self.info(try await exposures.expose(call.caller, name: try call.name("sandbox name"), req), exposures)
+            return Self.info(
+                try await exposures.expose(call.caller, name: try call.name("sandbox name"), req), exposures)
         }
         r.add(Endpoints.routeList) { call in
             Page(items: try await exposures.list(call.caller).map { Self.info($0, exposures) }, nextCursor: nil)
@@ -26,4 +27,3 @@ struct RouteRoutes {
             hostname: r.hostname, tcpPort: r.tcpPort, url: e.url(r), createdAt: r.createdAt)
     }
 }
-

@@ -21,10 +21,15 @@ public enum EgressPolicy: String, Codable, Sendable, CaseIterable {
     }
 }
 
-/// One destination an `allowlist` sandbox may reach: an IPv4 range and, optionally, one port (TCP and
-/// UDP). Written `10.1.2.0/24:5432`, `1.2.3.4:443` or `1.2.3.0/24`.
+/// One destination an `allowlist` sandbox may reach: an IPv4 range, or a domain name (exact, or
+/// `*.example.com` for any name under it), and optionally one port (TCP and UDP). Written
+/// `10.1.2.0/24:5432`, `1.2.3.4:443`, `1.2.3.0/24`, `pypi.org:443` or `*.pythonhosted.org`. A domain's
+/// addresses are those the sandbox's resolver (the DNS forwarder) answered it, each for its TTL, and never
+/// one of the ranges a `public` sandbox is kept from.
 public struct AllowRule: Codable, Sendable, Equatable, CustomStringConvertible {
+    /// The IPv4 range; empty for a domain rule.
     public var range: String
+    public var domain: String?
     public var port: Int?
 
     public static let maxRules = 64
@@ -34,29 +39,55 @@ public struct AllowRule: Codable, Sendable, Equatable, CustomStringConvertible {
         self.port = port
     }
 
+    public init(domain: String, port: Int?) {
+        range = ""
+        self.domain = domain
+        self.port = port
+    }
+
     public static func parse(_ s: String) throws -> AllowRule {
         var text = Substring(s)
         var port: Int?
         if let colon = text.lastIndex(of: ":") {
             guard let p = Int(text[text.index(after: colon)...]), (1...65535).contains(p) else {
-                throw VivariumError(.invalidArgument, "allow rule \(s): the port must be 1 to 65535")
+                throw VivariumError(.invalidArgument, "allow rule \(s.prefix(300)): the port must be 1 to 65535")
             }
             port = p
             text = text[..<colon]
+        }
+        if text.contains(where: { $0.isLetter || $0 == "*" }), !text.contains(":") {
+            let name = text.hasPrefix("*.") ? text.dropFirst(2) : text
+            guard let host = try? PortRoute.hostname(String(name)), host.contains("."), !host.hasSuffix(".") else {
+                throw VivariumError(
+                    .invalidArgument, "allow rule \(s.prefix(300)): not a domain name such as pypi.org or *.example.com"
+                )
+            }
+            return AllowRule(domain: (text.hasPrefix("*.") ? "*." : "") + host, port: port)
         }
         let cidr: CIDR
         do {
             cidr = try CIDR(text.contains("/") ? String(text) : text + "/32")
         } catch {
-            throw VivariumError(.invalidArgument, "allow rule \(s) is not ADDRESS[/PREFIX][:PORT] (IPv4)")
+            throw VivariumError(
+                .invalidArgument, "allow rule \(s.prefix(300)) is not ADDRESS[/PREFIX][:PORT] (IPv4) or DOMAIN[:PORT]")
         }
         guard cidr.bytes.count == 4 else {
-            throw VivariumError(.invalidArgument, "allow rule \(s): only IPv4 (sandboxes have no IPv6)")
+            throw VivariumError(.invalidArgument, "allow rule \(s.prefix(300)): only IPv4 (sandboxes have no IPv6)")
         }
         return AllowRule(range: cidr.description, port: port)
     }
 
-    public var description: String { port.map { "\(range):\($0)" } ?? range }
+    /// Whether this domain rule covers the (lower-case) name `name`.
+    public func matches(name: String) -> Bool {
+        guard let domain else { return false }
+        if domain.hasPrefix("*.") { return name.hasSuffix(domain.dropFirst()) }
+        return name == domain
+    }
+
+    public var description: String {
+        let what = domain ?? range
+        return port.map { "\(what):\($0)" } ?? what
+    }
 }
 
 /// A sandbox's egress policy with its rules.

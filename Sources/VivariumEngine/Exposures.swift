@@ -65,14 +65,16 @@ public final class Exposures: IngressResolver {
             if let tcp = req.tcpPort {
                 guard req.hostname == nil, access != .token else {
                     throw VivariumError(
-                        .invalidArgument, "a TCP forward is public and has no host name (a byte stream carries no token)")
+                        .invalidArgument,
+                        "a TCP forward is public and has no host name (a byte stream carries no token)")
                 }
                 guard (1024...65535).contains(tcp) else {
                     throw VivariumError(.invalidArgument, "tcp_port must be 1024 to 65535")
                 }
                 key = PortRoute.tcpKey(tcp)
             } else {
-                key = try req.hostname.map(PortRoute.hostname)
+                key =
+                    try req.hostname.map(PortRoute.hostname)
                     ?? PortRoute.portHostname(port: port, sandbox: box.id, domain: domain)
                 guard key != domain else { throw VivariumError(.invalidArgument, "the ingress domain is no route") }
             }

@@ -109,7 +109,9 @@ public final class BridgeNetwork: Sendable {
         try n.apply(n.ruleset.install)
         if let upstream = config.dnsUpstream ?? DNSForwarder.systemResolver() {
             let forwarder = try DNSForwarder(
-                namespace: config.namespace, address: n.gateway, upstream: upstream, logger: logger)
+                namespace: config.namespace, address: n.gateway, upstream: upstream, logger: logger,
+                access: { [weak n] in n?.dnsAccess($0) ?? .refused },
+                pin: { [weak n] in n?.pin($0, $1, $2) })
             n.dns.withLock { $0 = forwarder }
         } else {
             logger.warning("no IPv4 nameserver in /etc/resolv.conf and no network_dns: sandboxes get no DNS")
@@ -204,6 +206,38 @@ public final class BridgeNetwork: Sendable {
         }
         // Normally gone with the sandbox's namespace already.
         try? hostNetlink().delete(veth)
+    }
+
+    /// What the sandbox at `address` may resolve.
+    func dnsAccess(_ address: String) -> DNSAccess {
+        state.withLock { s in
+            guard let box = s.attached.values.first(where: { $0.address == address }) else { return .refused }
+            switch box.policy.egress {
+            case .public: return .all
+            case .none: return .refused
+            case .allowlist: return .only(box.policy.allow.filter { $0.domain != nil })
+            }
+        }
+    }
+
+    /// A domain answer's addresses are pinned for `rule` of the sandbox at `address`, each for its TTL (10 s
+    /// at least, a day at most), except the ranges a `public` sandbox is kept from (no DNS answer opens a
+    /// private or metadata address).
+    func pin(_ address: String, _ rule: AllowRule, _ answers: [(address: String, ttl: UInt32)]) {
+        let blocked = BlockedRanges.ipv4.compactMap { try? CIDR($0) }
+        let allowed = answers.filter { a in !blocked.contains { $0.contains(a.address) } }
+        guard !allowed.isEmpty else { return }
+        let seconds = Int(min(max(allowed.map(\.ttl).max() ?? 0, 10), 86400))
+        state.withLock { s in
+            guard let (veth, box) = s.attached.first(where: { $0.value.address == address }),
+                box.policy.egress == .allowlist, box.policy.allow.contains(rule)
+            else { return }
+            do {
+                try apply(ruleset.pin(veth: veth, rule: rule, addresses: allowed.map(\.address), seconds: seconds))
+            } catch {
+                logger.warning("cannot pin a DNS answer", metadata: ["veth": "\(veth)", "error": "\(error)"])
+            }
+        }
     }
 
     /// Packets the sandbox's veth had dropped since it was attached (this daemon's life), or nil when it has

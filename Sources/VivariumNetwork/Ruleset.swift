@@ -115,12 +115,26 @@ public struct Ruleset: Sendable, Equatable {
         }
     }
 
-    /// The allowlist chain of one veth, made (or emptied) and filled.
+    /// The sets of the addresses a veth's domain rules resolved to: any port, and address . port.
+    static func domainSets(_ veth: String) -> (any: String, ports: String) { ("da_" + veth, "dp_" + veth) }
+
+    /// The allowlist chain of one veth, made (or emptied) and filled, with its domain sets made (or
+    /// emptied: what a former policy's domains resolved to goes with it).
     func allowChain(_ veth: String, _ rules: [AllowRule]) -> String {
         let c = "bridge \(table) \(Self.chain(veth))"
-        var out = "add chain \(c)\nflush chain \(c)\nadd rule \(c) ip daddr \(gateway) udp dport 53 accept\n"
-        out += "add rule \(c) ip daddr @never goto refuse\n"
-        for r in rules {
+        let (any, ports) = Self.domainSets(veth)
+        var out = """
+            add set bridge \(table) \(any) { type ipv4_addr; flags timeout; }
+            flush set bridge \(table) \(any)
+            add set bridge \(table) \(ports) { type ipv4_addr . inet_service; flags timeout; }
+            flush set bridge \(table) \(ports)
+            add chain \(c)
+            flush chain \(c)
+            add rule \(c) ip daddr \(gateway) udp dport 53 accept
+            add rule \(c) ip daddr @never goto refuse
+
+            """
+        for r in rules where r.domain == nil {
             if let port = r.port {
                 out += "add rule \(c) ip daddr \(r.range) tcp dport \(port) accept\n"
                 out += "add rule \(c) ip daddr \(r.range) udp dport \(port) accept\n"
@@ -128,7 +142,32 @@ public struct Ruleset: Sendable, Equatable {
                 out += "add rule \(c) ip daddr \(r.range) accept\n"
             }
         }
+        if rules.contains(where: { $0.domain != nil }) {
+            out += "add rule \(c) ip daddr @\(any) accept\n"
+            out += "add rule \(c) ip daddr . tcp dport @\(ports) accept\n"
+            out += "add rule \(c) ip daddr . udp dport @\(ports) accept\n"
+        }
         return out + "add rule \(c) goto refuse\n"
+    }
+
+    /// Removes a veth's allowlist chain and its domain sets.
+    func removeAllowChain(_ veth: String) -> String {
+        let (any, ports) = Self.domainSets(veth)
+        return """
+            delete chain bridge \(table) \(Self.chain(veth))
+            delete set bridge \(table) \(any)
+            delete set bridge \(table) \(ports)
+
+            """
+    }
+
+    /// Lets a veth reach `addresses` (what its domain rule `rule` resolved to) for `seconds`.
+    public func pin(veth: String, rule: AllowRule, addresses: [String], seconds: Int) -> String {
+        let (any, ports) = Self.domainSets(veth)
+        let elements = addresses.map { a in
+            (rule.port.map { "\(a) . \($0)" } ?? a) + " timeout \(seconds)s"
+        }
+        return "add element bridge \(table) \(rule.port == nil ? any : ports) { \(elements.joined(separator: ", ")) }\n"
     }
 
     /// The counter of what one veth had dropped.
@@ -158,9 +197,7 @@ public struct Ruleset: Sendable, Equatable {
             add element bridge \(table) egress { "\(veth)" : \(Self.verdict(policy, veth)) }
 
             """
-        if old.egress == .allowlist, policy.egress != .allowlist {
-            out += "delete chain bridge \(table) \(Self.chain(veth))\n"
-        }
+        if old.egress == .allowlist, policy.egress != .allowlist { out += removeAllowChain(veth) }
         return out
     }
 
@@ -177,7 +214,7 @@ public struct Ruleset: Sendable, Equatable {
         delete element bridge \(table) denied_by { "\(veth)" }
         delete counter bridge \(table) \(Self.counter(veth))
 
-        """ + (policy.egress == .allowlist ? "delete chain bridge \(table) \(Self.chain(veth))\n" : "")
+        """ + (policy.egress == .allowlist ? removeAllowChain(veth) : "")
     }
 }
 

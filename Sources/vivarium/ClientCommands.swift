@@ -21,6 +21,10 @@ struct SandboxOptions: ParsableArguments {
     var network: String?
     @Option(name: .customLong("allow"), help: "With allowlist: a destination ADDRESS[/PREFIX][:PORT] (repeatable).")
     var allow: [String] = []
+    @Option(
+        name: .customLong("allow-domain"),
+        help: "With allowlist: a domain NAME[:PORT] or *.NAME[:PORT] the box may resolve and reach (repeatable).")
+    var allowDomain: [String] = []
     @Option(name: .customLong("env"), help: "Environment variable K=V (repeatable).") var env: [String] = []
     @Option(name: .customLong("label"), help: "Label K=V (repeatable).") var labels: [String] = []
     @Option(help: "Delete the sandbox after this long, e.g. 30m.") var ttl: String?
@@ -32,7 +36,8 @@ struct SandboxOptions: ParsableArguments {
         if let memory { req.memoryBytes = try Quantity.parseBytes(memory) }
         if let disk { req.diskBytes = try Quantity.parseBytes(disk) }
         req.network = network
-        req.allow = allow.isEmpty ? nil : allow
+        let rules = try allowRules(allow, domains: allowDomain)
+        req.allow = rules.isEmpty ? nil : rules
         if let cpus {
             guard cpus.isFinite, cpus > 0, cpus <= 256 else {
                 throw VivariumError(.invalidArgument, "--cpus must be in (0, 256]")
@@ -345,25 +350,26 @@ struct NetworkCommand: AsyncParsableCommand {
             discussion: """
                 public: the internet, never private, link-local (cloud metadata), reserved or multicast ranges, \
                 the host or other sandboxes. none: loopback only. allowlist: only the --allow destinations \
-                (ADDRESS[/PREFIX][:PORT], TCP and UDP), never the host, other sandboxes, loopback or \
-                link-local. The change is one nftables transaction and is audited.
+                (ADDRESS[/PREFIX][:PORT], TCP and UDP) and the addresses the box's resolver answered for the \
+                --allow-domain names (for their TTL; never a private, link-local or reserved address), never \
+                the host, other sandboxes, loopback or link-local; other names do not resolve. The change is \
+                one nftables transaction and is audited.
                 """)
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Sandbox name.") var name: String
         @Option(help: "public, none or allowlist (the default when --allow is given).") var egress: String?
         @Option(name: .customLong("allow"), help: "An allowed destination, e.g. 1.2.3.0/24:443 (repeatable).")
         var allow: [String] = []
-        @Option(name: .customLong("allow-domain"), help: "Not available yet (needs the DNS forwarder).")
+        @Option(
+            name: .customLong("allow-domain"),
+            help: "An allowed domain NAME[:PORT] or *.NAME[:PORT], resolved by the box (repeatable).")
         var allowDomain: [String] = []
         @Flag(help: "Print JSON.") var json = false
 
         func run(_ client: APIClient) async throws {
-            guard allowDomain.isEmpty else {
-                throw VivariumError(
-                    .invalidArgument, "--allow-domain needs the DNS forwarder, which this version does not have yet")
-            }
+            let allow = try allowRules(self.allow, domains: allowDomain)
             guard egress != nil || !allow.isEmpty else {
-                throw VivariumError(.invalidArgument, "give --egress, --allow or both")
+                throw VivariumError(.invalidArgument, "give --egress, --allow, --allow-domain or some of them")
             }
             let i = try client.call(
                 Endpoints.sandboxNetwork,
@@ -434,4 +440,12 @@ struct ExposeCommand: AsyncParsableCommand {
             _ = try client.call(Endpoints.routeDelete, name: route)
         }
     }
+}
+
+/// `--allow` and `--allow-domain` as the API's `allow` rules (a domain must be a name, not an address).
+func allowRules(_ allow: [String], domains: [String]) throws -> [String] {
+    for d in domains where !d.contains(where: \.isLetter) {
+        throw VivariumError(.invalidArgument, "--allow-domain \(d.prefix(300)) is not a domain name (use --allow)")
+    }
+    return allow + domains
 }

@@ -181,6 +181,66 @@ import VivariumTestSupport
         }
     }
 
+    /// Domain rules: the forwarder answers an allowlist box only the names its rules cover, and the
+    /// addresses it answered are reachable (on the rule's port only) once resolved, not before; a name
+    /// answered with a private address opens nothing. A runtime change takes the domains along.
+    @Test func allowlistedDomainsResolveAndConnectOthersDoNot() async throws {
+        let lab = try NetworkLab()
+        defer { lab.close() }
+        let probe = try NetProbe.build()
+        defer { NetProbe.remove(probe) }
+        let internet = NetworkLab.internetAddress
+        try lab.serveDNS(
+            lab.internet, internet,
+            records: [
+                "pypi.test": internet, "files.mirror.test": internet, "denied.test": internet,
+                "rebind.test": NetworkLab.privateAddress,
+            ])
+        try lab.listen(lab.internet, internet, port: 8080, name: "allowed")
+        try lab.listen(lab.internet, internet, port: 8081, name: "other")
+        try lab.listen(lab.internet, NetworkLab.privateAddress, port: 8080, name: "private")
+        try await Self.daemon(lab) { d in
+            var r = try d.cli(
+                "create", "dom", "--network", "allowlist", "--allow-domain", "pypi.test:8080", "--allow-domain",
+                "*.mirror.test:8081", "--allow-domain", "rebind.test")
+            #expect(r.status == 0, "\(r.stderr)")
+            let info = try d.get("dom")
+            #expect(info.allow == ["pypi.test:8080", "*.mirror.test:8081", "rebind.test"], "\(info.allow ?? [])")
+            try NetProbe.install(probe, upperDir: d.upperDir(info.id), owner: info.hostUidBase)
+            func reach(_ port: Int, _ address: String = internet) throws -> String {
+                try Self.probe(d, "dom", tenant: "default", "tcp", address, port)
+            }
+            func resolve(_ name: String) throws -> (Int32, String) {
+                let (code, out, _) = try d.sh("dom", "nslookup \(name)", timeout: 20)
+                return (code, out)
+            }
+            // Nothing is reachable before a name was resolved.
+            #expect(try reach(8080) == "timeout")
+            let (code, out) = try resolve("pypi.test")
+            #expect(code == 0 && out.contains(internet), "\(out)")
+            #expect(try reach(8080).hasPrefix("allowed"))
+            #expect(try reach(8081) == "timeout", "a domain rule's port only")
+            // A wildcard covers names under it, not others; denied names do not resolve at all.
+            #expect(try resolve("files.mirror.test").0 == 0)
+            #expect(try reach(8081).hasPrefix("other"))
+            let (dcode, dout) = try resolve("denied.test")
+            #expect(dcode != 0 && !dout.contains(internet), "\(dout)")
+            #expect(try resolve("mirror.test").0 != 0, "*.mirror.test is not mirror.test")
+            // An allowed name answered with a private address does not open it.
+            let (_, rout) = try resolve("rebind.test")
+            #expect(rout.contains(NetworkLab.privateAddress), "\(rout)")
+            #expect(try reach(8080, NetworkLab.privateAddress) == "timeout")
+
+            // Changed at runtime: the old domain's pinned address goes with the old policy.
+            r = try d.cli("network", "set", "dom", "--allow-domain", "other.test")
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(try reach(8080) == "timeout")
+            #expect(try resolve("pypi.test").0 != 0)
+            r = try d.cli("network", "set", "dom", "--allow-domain", "10.0.0.1")
+            #expect(r.status != 0 && r.stderr.contains("invalid_argument"), "\(r.stderr)")
+        }
+    }
+
     /// Sandboxes of one tenant reach each other only while the tenant allows it (and neither is `none`);
     /// another tenant's never. A reachable box answers a closed port at once (refused), a dropped one
     /// times out. The setting holds for sandboxes made later and across a restart.
