@@ -17,6 +17,7 @@ public final class Engine: Sendable {
     public let gate: Gate
     public let sandboxes: Sandboxes
     public let exposures: Exposures
+    let deniedEgress: DeniedEgress?
     public let images: Images
     public let identity: Identity
     public let audit: AuditTrail
@@ -32,6 +33,9 @@ public final class Engine: Sendable {
         self.tokens = tokens
         gate = Gate(tokens: tokens, audit: auditStore, limits: limits, logger: logger)
         exposures = Exposures(config: config, store: store, gate: gate, logger: logger)
+        deniedEgress = config.network.map {
+            DeniedEgress(network: $0, store: store, audit: auditStore, logger: logger)
+        }
         sandboxes = Sandboxes(
             config: config, store: store, audit: auditStore, gate: gate, runtime: runtime, exposures: exposures,
             logger: logger)
@@ -85,6 +89,6 @@ public final class Engine: Sendable {
             PeriodicService(every: config.ttlSweepInterval) { _ = await self.sandboxes.sweepExpired() },
             PeriodicService(every: .seconds(30)) { await self.sandboxes.checkDrift() },
             PeriodicService(every: .seconds(5)) { await self.tokens.refreshRevocations() },
-        ]
+        ] + (deniedEgress.map { d in [PeriodicService(every: .seconds(5)) { await d.look() }] } ?? [])
     }
 }

@@ -252,6 +252,24 @@ public final class BridgeNetwork: Sendable {
         return Int64(words[i + 1])
     }
 
+    /// Packets every attached veth had dropped since it was attached, in one listing.
+    public func deniedCounts() -> [String: Int64] {
+        guard let text = try? nft.run("list counters table bridge \(config.table)\n") else { return [:] }
+        let words = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
+        var out: [String: Int64] = [:]
+        var i = 0
+        while i + 1 < words.count {
+            if words[i] == "counter", words[i + 1].hasPrefix("d_"),
+                let p = words[(i + 2)...].prefix(4).firstIndex(of: "packets"), p + 1 < words.count,
+                let n = Int64(words[p + 1])
+            {
+                out[String(words[i + 1].dropFirst(2))] = n
+            }
+            i += 1
+        }
+        return out
+    }
+
     func hostNetlink() throws -> Netlink {
         if let ns = config.namespace { return try Netlink(namespacePath: ns) }
         return try Netlink(namespace: nil)

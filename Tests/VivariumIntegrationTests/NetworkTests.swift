@@ -238,6 +238,14 @@ import VivariumTestSupport
             #expect(try resolve("pypi.test").0 != 0)
             r = try d.cli("network", "set", "dom", "--allow-domain", "10.0.0.1")
             #expect(r.status != 0 && r.stderr.contains("invalid_argument"), "\(r.stderr)")
+
+            // What the policy dropped reaches the audit feed as network.denied records of the box.
+            var denied = try d.cli("audit", "ls", "--action", "network.denied", "--json")
+            for _ in 0..<40 where !denied.stdout.contains("\"dom\"") {
+                try await Task.sleep(for: .milliseconds(250))
+                denied = try d.cli("audit", "ls", "--action", "network.denied", "--json")
+            }
+            #expect(denied.stdout.contains("\"dom\"") && denied.stdout.contains("\"denied\""), "\(denied.stdout)")
         }
     }
 
