@@ -325,18 +325,6 @@ extension TestDaemon {
 
     public func get(_ name: String) throws -> SandboxInfo { try client.call("GET", "/v1/sandboxes/\(name)") }
 
-    /// Tokens of a new principal `name` with `role` in `tenant` (made when missing), through an API key.
-    public func token(tenant: String, name: String, role: String) throws -> TokenPair {
-        if !(try client.call("GET", "/v1/tenants") as Page<TenantInfo>).items.contains(where: { $0.name == tenant }) {
-            let _: TenantInfo = try client.call("POST", "/v1/tenants", body: CreateTenantRequest(name: tenant))
-        }
-        let _: PrincipalInfo = try client.call(
-            "POST", "/v1/principals?tenant=\(tenant)", body: CreatePrincipalRequest(name: name, role: role))
-        let key: APIKeyInfo = try client.call(
-            "POST", "/v1/principals/\(name)/keys?tenant=\(tenant)", body: CreateAPIKeyRequest())
-        return try client.call("POST", "/v1/tokens", body: TokenRequest(grantType: "api_key", apiKey: key.apiKey))
-    }
-
     /// The raw HTTP answer, for error tests.
     public func raw(_ method: String, _ path: String, body: Data? = nil) throws -> (Int, ErrorBody?) {
         let r = try client.http.send(method, path, body: body)

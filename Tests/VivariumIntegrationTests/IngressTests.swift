@@ -60,8 +60,8 @@ import VivariumTestSupport
             "VIVARIUM_NETWORK_DNS": NetworkLab.internetAddress, "VIVARIUM_INGRESS": "127.0.0.1:\(port)",
             "VIVARIUM_INGRESS_DOMAIN": "boxes.test",
         ]) { d in
-            let member = try d.token(tenant: "default", name: "mo", role: "member").accessToken
-            let outsider = try d.token(tenant: "globex", name: "gx", role: "member").accessToken
+            let member = try d.principalTokens(tenant: "default", name: "mo", role: "member").accessToken
+            let outsider = try d.principalTokens(tenant: "globex", name: "gx", role: "member").accessToken
             let web = try NetworkTests.box(d, "web", tenant: "default", probe: probe)
             _ = try d.sh("web", "/netprobe serve 8080 >/dev/null 2>&1 &")
 

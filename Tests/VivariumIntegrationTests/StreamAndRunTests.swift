@@ -41,9 +41,9 @@ import VivariumTestSupport
 
     @Test func anAuditorFollowsItsTenantsNewRecordsUntilItsTokenIsRevoked() async throws {
         try await TestDaemon.with(tcp: true) { d in
-            let auditor = try d.token(tenant: "acme", name: "eve", role: "auditor")
-            let member = try d.token(tenant: "acme", name: "mo", role: "member")
-            let outsider = try d.token(tenant: "beta", name: "bo", role: "member")
+            let auditor = try d.principalTokens(tenant: "acme", name: "eve", role: "auditor")
+            let member = try d.principalTokens(tenant: "acme", name: "mo", role: "member")
+            let outsider = try d.principalTokens(tenant: "beta", name: "bo", role: "member")
             let seen = try await follow(
                 d, headers: [.authorization: "Bearer \(auditor.accessToken)"],
                 during: {
@@ -74,7 +74,7 @@ import VivariumTestSupport
 
     @Test func anUpgradeWithoutTheRightCredentialsIsRefusedAndRecorded() async throws {
         try await TestDaemon.with(tcp: true) { d in
-            let member = try d.token(tenant: "acme", name: "mo", role: "member")
+            let member = try d.principalTokens(tenant: "acme", name: "mo", role: "member")
             for headers: HTTPFields in [
                 [:], [.authorization: "Bearer forged"], [.authorization: "Bearer \(member.accessToken)"],
             ] {
