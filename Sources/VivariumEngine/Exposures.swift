@@ -76,7 +76,17 @@ public final class Exposures: IngressResolver {
                 key =
                     try req.hostname.map(PortRoute.hostname)
                     ?? PortRoute.portHostname(port: port, sandbox: box.id, domain: domain)
-                guard key != domain else { throw VivariumError(.invalidArgument, "the ingress domain is no route") }
+                // Names under the ingress domain are the sandboxes' own: a route there is only this box's
+                // PORT-SANDBOXID name (no tenant takes over another's sandbox name).
+                if key == domain || key.hasSuffix("." + domain) {
+                    guard let own = PortRoute.parsePortHostname(key, domain: domain), own.sandbox == box.id,
+                        own.port == port
+                    else {
+                        throw VivariumError(
+                            .invalidArgument,
+                            "names under \(domain) are PORT-SANDBOXID.\(domain) of the sandbox and port they name")
+                    }
+                }
             }
             let route = PortRoute(
                 key: key, tenant: box.tenant, sandbox: box.id, sandboxName: box.name, port: port,

@@ -344,7 +344,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var text = "\(head.method.rawValue) \(head.uri) HTTP/1.1\r\n"
         for (name, value) in head.headers {
             let n = name.lowercased()
-            if hopByHop.contains(n) || (named.contains(n) && n != "upgrade") { continue }
+            if hopByHop.contains(n) || (named.contains(n) && n != "upgrade") || (chunked && n == "content-length") {
+                continue
+            }
             text += "\(name): \(value)\r\n"
         }
         if chunked { text += "Transfer-Encoding: chunked\r\n" }
