@@ -30,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         .target(name: "CVivariumOS", linkerSettings: [.linkedLibrary("z")]),
@@ -62,10 +63,19 @@ let package = Package(
             ],
             swiftSettings: strict),
         .target(
+            name: "VivariumSecrets",
+            dependencies: [
+                "VivariumCore", "VivariumOS", crypto, nio, .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: strict),
+        .target(
             name: "VivariumEngine",
             dependencies: [
                 "VivariumCore", "VivariumOCI", "VivariumOS", "VivariumImages", "VivariumRuntime", "VivariumNetwork",
-                "VivariumStore", "VivariumAuth", "VivariumAudit", logging, lifecycle,
+                "VivariumSecrets", "VivariumStore", "VivariumAuth", "VivariumAudit", logging, lifecycle,
             ],
             swiftSettings: strict),
         .target(
@@ -93,7 +103,8 @@ let package = Package(
             dependencies: [
                 "VivariumCore", "VivariumOS", "VivariumAuth", "VivariumAudit", "VivariumEngine", "VivariumAPI",
                 "VivariumClient", "VivariumAssets", "VivariumRuntime", "VivariumStore", "VivariumImages",
-                "VivariumNetwork", .product(name: "ArgumentParser", package: "swift-argument-parser"), logging,
+                "VivariumNetwork", "VivariumSecrets",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"), logging,
                 lifecycle,
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -118,7 +129,7 @@ let package = Package(
             name: "VivariumEngineTestSupport",
             dependencies: [
                 "VivariumCore", "VivariumOCI", "VivariumOS", "VivariumRuntime", "VivariumStore", "VivariumAuth",
-                "VivariumAudit", "VivariumEngine", "VivariumImages", logging,
+                "VivariumAudit", "VivariumEngine", "VivariumImages", "VivariumSecrets", logging,
             ],
             path: "Tests/EngineTestSupport", swiftSettings: strict),
         // One test target per module; the integration tests drive a real daemon as root.
@@ -130,6 +141,10 @@ let package = Package(
         .testTarget(
             name: "VivariumNetworkTests",
             dependencies: ["VivariumCore", "VivariumOS", "VivariumNetwork", "VivariumTestSupport", logging],
+            swiftSettings: strict),
+        .testTarget(
+            name: "VivariumSecretsTests",
+            dependencies: ["VivariumCore", "VivariumOS", "VivariumSecrets", "VivariumTestSupport"],
             swiftSettings: strict),
         .testTarget(
             name: "VivariumAuditTests", dependencies: ["VivariumCore", "VivariumAudit", crypto], swiftSettings: strict),

@@ -24,6 +24,7 @@ public enum API {
         IdentityRoutes(identity: engine.identity).register(&routes)
         SandboxRoutes(sandboxes: engine.sandboxes).register(&routes)
         RouteRoutes(exposures: engine.exposures).register(&routes)
+        SecretRoutes(secrets: engine.secrets).register(&routes)
         ImageRoutes(images: engine.images).register(&routes)
         AuditRoutes(audit: engine.audit, gate: engine.gate).register(&routes)
         return router
@@ -36,6 +37,7 @@ public enum API {
         IdentityRoutes(identity: engine.identity).register(&routes)
         SandboxRoutes(sandboxes: engine.sandboxes).register(&routes)
         RouteRoutes(exposures: engine.exposures).register(&routes)
+        SecretRoutes(secrets: engine.secrets).register(&routes)
         ImageRoutes(images: engine.images).register(&routes)
         AuditRoutes(audit: engine.audit, gate: engine.gate).register(&routes)
         return routes.registered

@@ -59,6 +59,10 @@ public enum PolicyTable {
         // (every proxied request would flood the trail).
         case .sandboxConnect: .init([.sandboxesRead], role: .member, .tenant, mutating: false)
 
+        case .secretSet, .secretDelete: .init([.secretsWrite], role: .member, .tenantUnbound, mutating: true)
+        case .secretList: .init([.secretsRead], role: .auditor, .tenantUnbound, mutating: false)
+        case .kmsShow: .init([.kmsAdmin], role: .admin, .admin, mutating: false)
+        case .kmsRotate, .kmsRetire: .init([.kmsAdmin], role: .admin, .admin, mutating: true)
         case .routeCreate: .init([.sandboxesWrite], role: .member, .tenant, mutating: true)
         case .routeList: .init([.sandboxesRead], role: .auditor, .tenantUnbound, mutating: false)
         case .routeDelete: .init([.sandboxesWrite], role: .member, .tenantUnbound, mutating: true)

@@ -369,9 +369,9 @@ public final class TokenService: Sendable {
     public static func allowedScopes(_ role: Role) -> Set<Scope> {
         switch role {
         case .admin: Set(Scope.all)
-        case .tenantAdmin: Set(Scope.all).subtracting([.tenantsAdmin])
-        case .member: [.sandboxesRead, .sandboxesWrite, .exec, .imagesRead, .imagesWrite]
-        case .auditor: [.sandboxesRead, .imagesRead, .auditRead]
+        case .tenantAdmin: Set(Scope.all).subtracting([.tenantsAdmin, .kmsAdmin])
+        case .member: [.sandboxesRead, .sandboxesWrite, .exec, .imagesRead, .imagesWrite, .secretsRead, .secretsWrite]
+        case .auditor: [.sandboxesRead, .imagesRead, .auditRead, .secretsRead]
         }
     }
 }

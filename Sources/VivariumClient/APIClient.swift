@@ -42,11 +42,11 @@ public struct APIClient: Sendable {
     }
 
     /// Calls a route whose body is raw bytes (an archive), not JSON.
-    public func upload<Response>(_ endpoint: Endpoint<Empty, Response>, _ data: Data, query: [(String, String?)])
-        throws -> Response
-    {
+    public func upload<Response>(
+        _ endpoint: Endpoint<Empty, Response>, _ data: Data, name: String? = nil, query: [(String, String?)]
+    ) throws -> Response {
         let route = endpoint.route
-        let r = try send(route.method.rawValue, route.path([:], query: query), body: data)
+        let r = try send(route.method.rawValue, route.path(name.map { ["name": $0] } ?? [:], query: query), body: data)
         try Self.check(r)
         return try WireCoding.decoder().decode(Response.self, from: r.body)
     }

@@ -48,6 +48,15 @@ public enum Action: String, CaseIterable, Sendable, Codable {
     case imageUpload = "image.upload"
     case imageDelete = "image.delete"
 
+    /// A new version of a secret (its value and bindings); values are write-only.
+    case secretSet = "secret.set"
+    case secretList = "secret.list"
+    case secretDelete = "secret.delete"
+    case kmsShow = "kms.show"
+    /// A new key-encryption key; data keys are re-wrapped by it in the background.
+    case kmsRotate = "kms.rotate"
+    case kmsRetire = "kms.retire"
+
     case auditList = "audit.list"
     case auditFollow = "audit.follow"
     case auditCheckpoints = "audit.checkpoints"

@@ -135,6 +135,17 @@ public enum Endpoints {
         .post, "/v1/images/upload", .imageUpload, status: 201)
     public static let imageDelete = Endpoint<Empty, Empty>(.delete, "/v1/images/{name}", .imageDelete, status: 204)
 
+    /// The body is the value itself (raw bytes, up to 4 MiB): `?sandbox=NAME` and `?label=K=V`
+    /// (repeatable) bind it, `?gid=N` names the group that may read its file. Each call is a new version.
+    public static let secretSet = Endpoint<Empty, SecretInfo>(.post, "/v1/secrets/{name}", .secretSet)
+    public static let secretList = Endpoint<Empty, Page<SecretInfo>>(.get, "/v1/secrets", .secretList)
+    /// `?prune=true` deletes the older versions only.
+    public static let secretDelete = Endpoint<Empty, Empty>(.delete, "/v1/secrets/{name}", .secretDelete, status: 204)
+    public static let kmsShow = Endpoint<Empty, KMSInfo>(.get, "/v1/kms", .kmsShow)
+    public static let kmsRotate = Endpoint<Empty, KMSInfo>(.post, "/v1/kms/rotate", .kmsRotate)
+    /// `{name}` is the key's id.
+    public static let kmsRetire = Endpoint<Empty, KMSInfo>(.post, "/v1/kms/keys/{name}/retire", .kmsRetire)
+
     public static let auditList = Endpoint<Empty, Page<AuditRecord>>(.get, "/v1/audit", .auditList)
     /// New records as they are appended: one JSON text message per record.
     public static let auditFollow = Route(.get, "/v1/audit/follow", .auditFollow, status: 101, kind: .webSocket)
@@ -151,7 +162,8 @@ public enum Endpoints {
         sandboxStop.route, sandboxExec.route, sandboxNetwork.route, routeCreate.route,
         routeList.route, routeDelete.route, imageList.route, imageImport.route,
         imageUpload.route,
-        imageDelete.route,
+        imageDelete.route, secretSet.route, secretList.route, secretDelete.route, kmsShow.route, kmsRotate.route,
+        kmsRetire.route,
         auditList.route, auditFollow, auditCheckpoints.route,
     ]
 }

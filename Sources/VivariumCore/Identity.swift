@@ -42,9 +42,12 @@ public struct Scope: RawRepresentable, Hashable, Codable, Sendable, CustomString
     public static let principalsAdmin = Scope("principals:admin")
     public static let tokensAdmin = Scope("tokens:admin")
     public static let auditRead = Scope("audit:read")
+    public static let secretsRead = Scope("secrets:read")
+    public static let secretsWrite = Scope("secrets:write")
+    public static let kmsAdmin = Scope("kms:admin")
     public static let all: [Scope] = [
         .sandboxesRead, .sandboxesWrite, .exec, .imagesRead, .imagesWrite, .tenantsAdmin, .principalsAdmin,
-        .tokensAdmin, .auditRead,
+        .tokensAdmin, .auditRead, .secretsRead, .secretsWrite, .kmsAdmin,
     ]
 
     /// Parses a comma-separated list ("exec,sandboxes:read"); throws on an unknown scope.

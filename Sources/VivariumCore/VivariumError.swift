@@ -24,6 +24,8 @@ public struct VivariumError: Error, CustomStringConvertible, Sendable, Equatable
         public static let forbidden = Code(rawValue: "forbidden")
         public static let rateLimited = Code(rawValue: "rate_limited")
         public static let quotaExceeded = Code(rawValue: "quota_exceeded")
+        /// A sealed value that does not decrypt: changed, moved to another name, or its key is gone.
+        public static let secretUnreadable = Code(rawValue: "secret_unreadable")
     }
 
     public let code: Code

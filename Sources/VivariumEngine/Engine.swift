@@ -8,6 +8,7 @@ import VivariumCore
 import VivariumImages
 import VivariumOS
 import VivariumRuntime
+import VivariumSecrets
 import VivariumStore
 
 /// The use cases of Vivarium, composed: the only module that puts store, images, runtime and OS
@@ -17,6 +18,7 @@ public final class Engine: Sendable {
     public let gate: Gate
     public let sandboxes: Sandboxes
     public let exposures: Exposures
+    public let secrets: Secrets
     let deniedEgress: DeniedEgress?
     public let images: Images
     public let identity: Identity
@@ -26,7 +28,8 @@ public final class Engine: Sendable {
     /// The collaborators are made by the composition root (`vivarium serve`, or a test).
     public init(
         config: EngineConfiguration, store: any Store, identityStore: any IdentityStore, auditStore: any AuditStore,
-        tokens: TokenService, runtime: any SandboxRuntime, content: ImageStore, auditKey: AuditKey,
+        tokens: TokenService, runtime: any SandboxRuntime, keys: any KeyProvider, content: ImageStore,
+        auditKey: AuditKey,
         auditKeyCreated: Bool, checkpointer: AuditCheckpointer, limits: AbuseLimits, logger: Logger
     ) throws {
         self.config = config
@@ -36,9 +39,10 @@ public final class Engine: Sendable {
         deniedEgress = config.network.map {
             DeniedEgress(network: $0, store: store, audit: auditStore, logger: logger)
         }
+        secrets = Secrets(config: config, keys: keys, store: store, audit: auditStore, gate: gate, logger: logger)
         sandboxes = Sandboxes(
             config: config, store: store, audit: auditStore, gate: gate, runtime: runtime, exposures: exposures,
-            logger: logger)
+            secrets: secrets, logger: logger)
         images = Images(config: config, store: store, content: content, gate: gate, logger: logger)
         identity = Identity(
             store: identityStore, tokens: tokens, gate: gate, sandboxes: sandboxes, images: images, logger: logger)
@@ -50,9 +54,8 @@ public final class Engine: Sendable {
     /// Makes the state directory's layout and installs the init there (read-only, reachable by every
     /// sandbox's id range), so that sandboxes never depend on where the binary was installed.
     public static func prepareStateDirectory(_ config: EngineConfiguration, initBinary: Data) throws {
-        for d in [config.stateDir, config.sandboxesDir, config.stateDir + "/run", config.crunRoot] {
-            try FileSystem.makeDirectory(d, mode: 0o700)
-        }
+        for d in [config.stateDir, config.sandboxesDir] { try FileSystem.makeDirectory(d, mode: 0o700) }
+        try prepareRuntimeDirectory(config)
         // The sandboxes dir must be traversable by the sandboxes' id ranges (the overlay upper dirs).
         try FileSystem.makeDirectory(config.sandboxesDir, mode: 0o711)
         _ = chmod(config.stateDir, 0o711)
@@ -62,6 +65,21 @@ public final class Engine: Sendable {
             try FileSystem.writeAtomically(initBinary, to: config.initBinary, mode: 0o555)
         }
         try FileSystem.makeDirectory(config.auditDir, mode: 0o700)
+    }
+
+    /// The runtime directory: a tmpfs the daemon mounts (kept across its restarts, gone at a reboot), for
+    /// everything that holds secret or environment values: runtime specs, exec process files, crun's
+    /// state and each sandbox's `/run/secrets`. Sandbox ids must traverse it to reach their secrets.
+    static func prepareRuntimeDirectory(_ config: EngineConfiguration) throws {
+        try FileSystem.makeDirectory(config.runtimeDir, mode: 0o711)
+        if !Mounts.isTmpfs(config.runtimeDir) {
+            try Mounts.tmpfs(config.runtimeDir, sizeBytes: config.runtimeBytes, mode: 0o711)
+        }
+        _ = chmod(config.runtimeDir, 0o711)
+        try checkTraversable(config.runtimeDir)
+        try FileSystem.makeDirectory(config.crunRoot, mode: 0o700)
+        try FileSystem.makeDirectory(config.specsDir, mode: 0o711)
+        try FileSystem.makeDirectory(config.secretsDir, mode: 0o711)
     }
 
     /// Sandboxes run as unprivileged host ids; crun, inside their user namespace, must reach the bundle.
@@ -85,7 +103,7 @@ public final class Engine: Sendable {
     /// are refused while it is stale).
     public var backgroundServices: [any Service] {
         [
-            InitWatch(sandboxes: sandboxes),
+            InitWatch(sandboxes: sandboxes), KeyRewrap(secrets: secrets),
             PeriodicService(every: config.ttlSweepInterval) { _ = await self.sandboxes.sweepExpired() },
             PeriodicService(every: .seconds(30)) { await self.sandboxes.checkDrift() },
             PeriodicService(every: .seconds(5)) { await self.tokens.refreshRevocations() },

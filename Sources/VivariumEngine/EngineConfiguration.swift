@@ -47,6 +47,7 @@ public struct EngineConfiguration: Sendable {
     ) {
         self.quota = quota
         self.stateDir = stateDir
+        runtimeDir = "/run/vivarium/" + Self.instanceName(stateDir: stateDir)
         self.crunBinary = crunBinary
         self.busybox = busybox
         self.maxSandboxes = maxSandboxes
@@ -74,12 +75,19 @@ public struct EngineConfiguration: Sendable {
         return first + (h % slots) * block
     }
 
-    public var crunRoot: String { stateDir + "/run/crun" }
+    /// The tmpfs of runtime state (`runtime_dir`): specs, crun's root, secrets. Default
+    /// `/run/vivarium/<instance>`.
+    public var runtimeDir: String
+    /// The most the runtime tmpfs may hold.
+    public var runtimeBytes: Int64 = 512 << 20
+    public var crunRoot: String { runtimeDir + "/crun" }
+    public var specsDir: String { runtimeDir + "/sandboxes" }
+    public var secretsDir: String { runtimeDir + "/secrets" }
     /// Where the sandbox init is installed (read-only, reachable by every sandbox's id range).
     public var initBinary: String { stateDir + "/init/vivarium-init" }
     public var sandboxesDir: String { stateDir + "/sandboxes" }
     public var imagesDir: String { stateDir + "/images" }
-    /// In a 0700 directory: the database holds every sandbox's environment.
+    /// In a 0700 directory: the database (secrets and environments only sealed).
     public var databaseDir: String { stateDir + "/db" }
     public var databasePath: String { databaseDir + "/vivarium.db" }
     public var cgroupParent: String { "vivarium-" + instance }

@@ -30,17 +30,19 @@ extension Sandboxes {
             try await runtime.containers().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let records = try await store.allSandboxes()
         for r in records {
-            let box = plan(r)
+            var box = plan(r)
             do {
                 switch r.state {
                 case .creating, .deleting:
                     try await runtime.destroy(box, released: false)
+                    secrets.sandboxRemoved(r.id)
                     try await store.deleteSandbox(
                         r.id, audit: event("reconcile.rollback", r, details: ["unfinished": r.state.name]))
                     report.rolledBack += 1
                     logger.notice("rolled back an unfinished \(r.state.name)", metadata: ["sandbox": "\(r.name)"])
                 case .running(let pid):
                     let c = containers[r.id.rawValue]
+                    if let c, c.status == "running" { box = try await bootPlan(r) }
                     if let c, c.status == "running",
                         await runtime.adopt(box, pid: c.pid, network: try attachment(r), onExit: onExit)
                     {
@@ -55,6 +57,7 @@ extension Sandboxes {
                     }
                     try await runtime.release(box)
                     if r.spec.restart == .always {
+                        box = try await bootPlan(r)
                         let newPid = try await runtime.boot(box, network: try attachment(r), onExit: onExit)
                         try await store.updateState(
                             r.id, .running(pid: newPid),
@@ -83,7 +86,12 @@ extension Sandboxes {
     /// as gone.
     func removeOrphans() async -> Int {
         guard let current = try? await store.allSandboxes() else { return 0 }
-        let removed = await runtime.removeOrphans(live: Set(current.map(\.id.rawValue)))
+        let live = Set(current.map(\.id.rawValue))
+        var removed = await runtime.removeOrphans(live: live)
+        for dir in secrets.files.orphans(live: live) {
+            try? FileManager.default.removeItem(atPath: secrets.files.root + "/" + dir)
+            removed += 1
+        }
         if removed > 0 {
             logger.notice("removed orphans", metadata: ["count": "\(removed)"])
             await recordOutcome(AuditEvent("reconcile.orphans", details: ["removed": "\(removed)"]))

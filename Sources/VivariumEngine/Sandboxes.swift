@@ -21,6 +21,7 @@ public final class Sandboxes: Sendable {
     let gate: Gate
     let runtime: any SandboxRuntime
     let exposures: Exposures
+    let secrets: Secrets
     let logger: Logger
     let locks = KeyedLock()
     /// Sandboxes being started, admitted to the host budget before their state says running.
@@ -33,8 +34,9 @@ public final class Sandboxes: Sendable {
 
     init(
         config: EngineConfiguration, store: any Store, audit: any AuditStore, gate: Gate,
-        runtime: any SandboxRuntime, exposures: Exposures, logger: Logger
+        runtime: any SandboxRuntime, exposures: Exposures, secrets: Secrets, logger: Logger
     ) {
+        self.secrets = secrets
         self.exposures = exposures
         self.config = config
         self.store = store
@@ -91,7 +93,7 @@ public final class Sandboxes: Sendable {
                 defer { starting.remove(r.id) }
                 let pid: Int32
                 do {
-                    pid = try await runtime.boot(plan(r), network: try attachment(r), onExit: onExit)
+                    pid = try await runtime.boot(try await bootPlan(r), network: try attachment(r), onExit: onExit)
                 } catch {
                     try? await runtime.release(plan(r))
                     throw error
@@ -240,8 +242,12 @@ public final class Sandboxes: Sendable {
             throw VivariumError(
                 .invalidArgument, "this daemon runs no sandbox network (network = off): only network none is possible")
         }
-        let spec = try asked.validated()
-        try config.budget?.check(spec.limits)
+        var validated = try asked.validated()
+        try config.budget?.check(validated.limits)
+        // The values are sealed; the stored spec keeps the names.
+        let env = validated.env
+        validated.env = env.mapValues { _ in "" }
+        let spec = validated
         let name = name ?? Self.generatedName()
         guard let local = spec.image.localName else {
             throw VivariumError(
@@ -255,6 +261,7 @@ public final class Sandboxes: Sendable {
 
         return try await locks.withLock("\(tenant)/\(name)") { [self] in
             let id = SandboxID.random()
+            let sealedEnv = try await secrets.sealEnv(tenant: tenant, id: id, env)
             let now = Date()
             let cfg = config
             let intent = AuditEvent(
@@ -278,12 +285,15 @@ public final class Sandboxes: Sendable {
                     imageDigest: image.digest, imageRootfs: image.rootfs, spec: spec, state: .creating,
                     uidSlot: slot, bundle: cfg.sandboxesDir + "/" + id.rawValue,
                     cgroupPath: "/\(cfg.cgroupParent)/\(id.rawValue)", createdAt: now,
-                    expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(Double($0)) })
+                    expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(Double($0)) }, sealedEnv: sealedEnv)
             }
             let box = plan(record)
             do {
                 try runtime.prepare(box)
-                let pid = try await runtime.boot(box, network: try attachment(record), onExit: onExit)
+                var boot = box
+                boot.env = env
+                try await secrets.deliverAll(to: record, uidBase: uidBase(record))
+                let pid = try await runtime.boot(boot, network: try attachment(record), onExit: onExit)
                 try await store.updateState(
                     id, .running(pid: pid), audit: event("sandbox.create", record, details: ["pid": String(pid)]))
                 var r = record
@@ -295,6 +305,7 @@ public final class Sandboxes: Sendable {
                 let failure = event("sandbox.create", record, .failed, details: ["error": "\(error)"])
                 do {
                     try await runtime.destroy(box, released: false)
+                    secrets.sandboxRemoved(id)
                     try await store.deleteSandbox(id, audit: failure)
                 } catch {
                     // Keep the record (and its uid slot) until the host is clean: the reconciler retries.
@@ -332,6 +343,7 @@ public final class Sandboxes: Sendable {
             }
         }
         try await runtime.destroy(box, released: released)
+        secrets.sandboxRemoved(r.id)
         try await store.deleteSandbox(r.id, audit: event(action, r))
         await exposures.sandboxRemoved(r.id)
     }
@@ -368,12 +380,20 @@ public final class Sandboxes: Sendable {
 
     func uidBase(_ r: SandboxRecord) -> Int64 { config.uidBase + Int64(r.uidSlot) * HardenedSpec.idRangeSize }
 
-    /// What the runtime needs to run a sandbox.
+    /// What the runtime needs to run a sandbox, environment values aside (see `bootPlan`).
     func plan(_ r: SandboxRecord) -> BoxPlan {
         BoxPlan(
             id: r.id, hostname: r.name.rawValue, bundle: r.bundle, cgroupPath: r.cgroupPath, imageRootfs: r.imageRootfs,
-            uidBase: uidBase(r), limits: r.spec.limits, env: r.spec.env, readOnly: r.spec.readOnly,
-            extraMounts: config.network.map { [Self.resolvConf($0.config.resolvConf)] } ?? [])
+            uidBase: uidBase(r), limits: r.spec.limits, env: [:], readOnly: r.spec.readOnly,
+            extraMounts: (config.network.map { [Self.resolvConf($0.config.resolvConf)] } ?? []) + [secrets.mount(r.id)])
+    }
+
+    /// The plan to boot or adopt a sandbox with: its environment unsealed, its secrets delivered.
+    func bootPlan(_ r: SandboxRecord) async throws -> BoxPlan {
+        var p = plan(r)
+        p.env = try await secrets.openEnv(r)
+        try await secrets.deliverAll(to: r, uidBase: p.uidBase)
+        return p
     }
 
     /// The resolv.conf naming the gateway's DNS forwarder, read-only in every box of a daemon with a network.
@@ -392,13 +412,14 @@ public final class Sandboxes: Sendable {
             logger.warning(
                 "sandbox init exited",
                 metadata: ["sandbox": "\(cur.name)", "status": "\(status.map { "\($0)" } ?? "unknown")"])
-            let box = plan(cur)
+            var box = plan(cur)
             try await runtime.release(box)
             let why = ["reason": "init exited", "status": status.map { "\($0)" } ?? "unknown"]
             guard cur.spec.restart == .always else {
                 return try await store.updateState(id, .stopped, audit: event("sandbox.stopped", cur, details: why))
             }
             do {
+                box = try await bootPlan(cur)
                 let newPid = try await runtime.boot(box, network: try attachment(cur), onExit: onExit)
                 try await store.updateState(
                     id, .running(pid: newPid),

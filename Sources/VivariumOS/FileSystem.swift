@@ -36,8 +36,10 @@ public enum FileSystem {
     /// `mode` from its first byte, written whole, fsynced, renamed into place, and its directory fsynced,
     /// so that a crash leaves the old file or the new one, never a partial or a more readable one. Files
     /// that are rebuilt after a crash anyway (bundles, exec process specs) pass `durable: false`.
-    public static func writeAtomically(_ data: Data, to path: String, mode: mode_t = 0o600, durable: Bool = true) throws
-    {
+    /// With `owner` the file is chowned before it appears under its name.
+    public static func writeAtomically(
+        _ data: Data, to path: String, mode: mode_t = 0o600, durable: Bool = true, owner: (uid_t, gid_t)? = nil
+    ) throws {
         let tmp = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
         guard fd >= 0 else { throw posixError("create \(tmp)") }
@@ -54,6 +56,7 @@ public enum FileSystem {
                 off += n
             }
         }
+        if ok, let owner { ok = fchown(fd, owner.0, owner.1) == 0 && fchmod(fd, mode) == 0 }
         if ok && durable { ok = fsync(fd) == 0 }
         close(fd)
         guard ok, rename(tmp, path) == 0 else {

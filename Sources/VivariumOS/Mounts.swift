@@ -112,6 +112,20 @@ public enum Mounts {
         guard rc == 0 else { throw posixError("overlay mount on \(target)", -rc) }
     }
 
+    /// Mounts a private tmpfs at `target` (nosuid, nodev, noexec) of at most `sizeBytes`, with its root
+    /// directory at `mode`: what lives there never reaches a disk and is gone at a reboot.
+    public static func tmpfs(_ target: String, sizeBytes: Int64, mode: mode_t = 0o700) throws {
+        let flags = UInt(MS_NODEV) | UInt(MS_NOSUID) | UInt(MS_NOEXEC)
+        let data = "size=\(sizeBytes),mode=\(String(mode, radix: 8))"
+        let rc = vv_mount("tmpfs", target, "tmpfs", flags, data)
+        guard rc == 0 else { throw posixError("tmpfs mount on \(target)", -rc) }
+    }
+
+    /// Whether `path` is the root of a tmpfs mount.
+    public static func isTmpfs(_ path: String) -> Bool {
+        vv_fs_type(path) == 0x0102_1994 && isMountRoot(path)
+    }
+
     /// Unmounts `target`; not mounted is success. Falls back to a lazy unmount when busy.
     public static func unmount(_ target: String) throws {
         var rc = vv_umount(target, 0)

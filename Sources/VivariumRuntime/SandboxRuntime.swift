@@ -10,7 +10,8 @@ import VivariumOS
 public struct BoxPlan: Sendable {
     public var id: SandboxID
     public var hostname: String
-    /// The sandbox's directory: the mount points of its root, its upper (its disk) and work dirs, the bundle.
+    /// The sandbox's directory on disk: the mount points of its root, its upper (its disk) and work dirs.
+    /// Its runtime spec, which holds environment values, is on the daemon's tmpfs instead (`specsDir`).
     public var bundle: String
     /// Relative to each cgroup hierarchy (`/vivarium-<instance>/<id>`).
     public var cgroupPath: String
@@ -19,9 +20,11 @@ public struct BoxPlan: Sendable {
     /// The host uid (and gid) that is root inside.
     public var uidBase: Int64
     public var limits: ResourceLimits
+    /// The init's environment, values included: only the plans of `boot` and `adopt` carry it (execs
+    /// inherit it from the running box).
     public var env: [String: String]
     public var readOnly: Bool
-    /// Mounts added to the hardened spec (a secrets tmpfs, for one).
+    /// Mounts added to the hardened spec (the box's `/run/secrets`, for one).
     public var extraMounts: [RuntimeSpec.Mount]
 
     public init(
@@ -96,6 +99,9 @@ extension SandboxRuntime {
 /// Where a `HostRuntime` keeps things and how it runs them.
 public struct RuntimeLayout: Sendable {
     public var sandboxesDir: String
+    /// On a tmpfs: each sandbox's runtime spec and exec process files (they hold environment values,
+    /// which must never reach a disk).
+    public var specsDir: String
     public var trashDir: String
     /// The cgroup below which every sandbox of this instance lives (`vivarium-<instance>`).
     public var cgroupParent: String
@@ -107,9 +113,10 @@ public struct RuntimeLayout: Sendable {
     public var oomScoreAdjust: Int
 
     public init(
-        sandboxesDir: String, trashDir: String, cgroupParent: String, initBinary: String, stopTimeout: Duration,
-        oomScoreAdjust: Int = 0
+        sandboxesDir: String, specsDir: String, trashDir: String, cgroupParent: String, initBinary: String,
+        stopTimeout: Duration, oomScoreAdjust: Int = 0
     ) {
+        self.specsDir = specsDir
         self.oomScoreAdjust = oomScoreAdjust
         self.sandboxesDir = sandboxesDir
         self.trashDir = trashDir
@@ -127,10 +134,13 @@ final class RunningBox: Sendable {
     let idleExecCgroups = Mutex<[Cgroup]>([])
     let network: (any NetworkAttachment)?
     let diskUsage = Mutex<(bytes: Int64, at: ContinuousClock.Instant)?>(nil)
+    /// The init's environment, which every exec starts from.
+    let env: [String: String]
 
-    init(pid: Int32, network: (any NetworkAttachment)?) {
+    init(pid: Int32, network: (any NetworkAttachment)?, env: [String: String]) {
         self.pid = pid
         self.network = network
+        self.env = env
     }
 }
 
@@ -182,8 +192,11 @@ public final class HostRuntime: SandboxRuntime {
         if let disk { try FileSystem.makeDirectory(disk, mode: 0o700) }
         try FileSystem.makeDirectory(upper, mode: 0o755, owner: (uid_t(base), gid_t(base)))
         try FileSystem.makeDirectory(work, mode: 0o700, owner: (uid_t(base), gid_t(base)))
-        try FileSystem.makeDirectory(p.bundle + "/exec", mode: 0o700)
     }
+
+    /// The sandbox's runtime bundle: its config.json, the init's pid file and exec process files, on the
+    /// tmpfs. crun reads the root from config.json's absolute path, on disk.
+    func specDir(_ id: SandboxID) -> String { layout.specsDir + "/" + id.rawValue }
 
     /// The sandbox's upper and work dirs: in its pool volume, or in its bundle (no pool, or a sandbox made
     /// before there was one).
@@ -210,9 +223,12 @@ public final class HostRuntime: SandboxRuntime {
             swapAccounting: cgroups.swapAccounting, extraMounts: p.extraMounts,
             oomScoreAdjust: layout.oomScoreAdjust
         ).build()
-        try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: p.bundle + "/config.json", durable: false)
-        let pid = try await oci.create(id: p.id.rawValue, bundle: p.bundle)
-        let box = RunningBox(pid: pid, network: network)
+        let specs = specDir(p.id)
+        try FileSystem.makeDirectory(specs, mode: 0o700)
+        try FileSystem.makeDirectory(specs + "/exec", mode: 0o700)
+        try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: specs + "/config.json", durable: false)
+        let pid = try await oci.create(id: p.id.rawValue, bundle: specs)
+        let box = RunningBox(pid: pid, network: network, env: p.env)
         running.withLock { $0[p.id] = box }
         guard watch(p.id, box, onExit) else {
             throw VivariumError(.runtimeFailure, "the sandbox's init is gone or cannot be watched")
@@ -226,7 +242,8 @@ public final class HostRuntime: SandboxRuntime {
         _ p: BoxPlan, pid: Int32, network: (any NetworkAttachment)?, onExit: @escaping InitExitHandler
     ) async -> Bool {
         guard processAlive(pid), Mounts.isMountRoot(p.rootfsMount) else { return false }
-        let box = RunningBox(pid: pid, network: network)
+        let box = RunningBox(pid: pid, network: network, env: p.env)
+        try? FileSystem.makeDirectory(specDir(p.id) + "/exec", mode: 0o700)
         running.withLock { $0[p.id] = box }
         // Attached again: what the host lost while the daemon was away (its ruleset, a veth) comes back. A
         // failure leaves the sandbox without a verdict in the ruleset, where all it sends is dropped.
@@ -290,6 +307,7 @@ public final class HostRuntime: SandboxRuntime {
         // found below the bundle stops its removal from the trash.
         try Mounts.unmountStack(p.rootfsMount)
         try Mounts.unmountStack(p.lowerMount)
+        try? FileManager.default.removeItem(atPath: specDir(p.id))
     }
 
     public func destroy(_ p: BoxPlan, released: Bool) async throws {
@@ -353,6 +371,9 @@ public final class HostRuntime: SandboxRuntime {
             }
         }
         if removed > 0 { trashed.signal() }
+        for e in (try? FileManager.default.contentsOfDirectory(atPath: layout.specsDir)) ?? [] where !live.contains(e) {
+            try? FileManager.default.removeItem(atPath: layout.specsDir + "/" + e)
+        }
         if let pool { removed += pool.removeOrphans(live: live) }
         for dir in cgroups.directories("/" + layout.cgroupParent) where FileSystem.exists(dir) {
             for e in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where !live.contains(e) {
@@ -371,14 +392,14 @@ public final class HostRuntime: SandboxRuntime {
         async throws -> ExecSession
     {
         guard let box = box(p.id) else { throw VivariumError(.invalidState, "sandbox must be running") }
-        var env = p.env
+        var env = box.env
         for (k, v) in command.env { env[k] = v }
         if command.user != 0 && env["HOME"] == nil { env["HOME"] = "/" }
         let process = HardenedSpec.process(
             args: command.argv, env: env, cwd: command.workdir, uid: command.user, gid: command.user,
             terminal: terminal, oomScoreAdjust: layout.oomScoreAdjust)
         let token = randomHex(bytes: 8)
-        let files = p.bundle + "/exec/" + token
+        let files = specDir(p.id) + "/exec/" + token
         try FileSystem.writeAtomically(try JSONEncoder().encode(process), to: files + ".json", durable: false)
         // The cgroup exists before the command does, so that a timeout however short has something to kill.
         let group: Cgroup

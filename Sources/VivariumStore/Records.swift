@@ -19,12 +19,15 @@ public struct SandboxRecord: Sendable, Equatable {
     public var cgroupPath: String
     public var createdAt: Date
     public var expiresAt: Date?
+    /// The values of `spec.env`, sealed: the stored spec keeps only the names (with empty values).
+    public var sealedEnv: SealedValue?
 
     public init(
         id: SandboxID, tenant: String, name: ResourceName, imageID: Int64, imageName: ResourceName,
         imageDigest: Digest, imageRootfs: String, spec: SandboxSpec, state: SandboxState, uidSlot: Int,
-        bundle: String, cgroupPath: String, createdAt: Date, expiresAt: Date?
+        bundle: String, cgroupPath: String, createdAt: Date, expiresAt: Date?, sealedEnv: SealedValue? = nil
     ) {
+        self.sealedEnv = sealedEnv
         self.id = id
         self.tenant = tenant
         self.name = name
@@ -73,4 +76,16 @@ public protocol Store: Transactional {
     func route(key: String) async throws -> PortRoute?
     /// Every route (of `tenant`, when given), by key.
     func routes(tenant: String?) async throws -> [PortRoute]
+
+    /// The newest version number of a secret; 0 when there is none.
+    func latestSecretVersion(tenant: String, name: SecretName) async throws -> Int64
+    /// Adds a version; `already_exists` when that version exists.
+    func insertSecret(_ s: Secret, sealed: SealedValue, audit: AuditEvent) async throws
+    func secrets(tenant: String?) async throws -> [(Secret, versions: Int64)]
+    func secret(tenant: String, name: SecretName) async throws -> (Secret, SealedValue)?
+    func deleteSecret(tenant: String, name: SecretName, keepLatest: Bool, audit: AuditEvent) async throws -> Int
+    /// Data keys per key-encryption key id, secrets and sandbox environments together.
+    func wrappedKeyCounts() async throws -> [String: Int64]
+    func wrappedKeys(notBy current: String, limit: Int) async throws -> [(SealedRow, WrappedKey)]
+    func replaceWrappedKey(_ row: SealedRow, old: WrappedKey, new: WrappedKey) async throws
 }

@@ -111,6 +111,7 @@ public final class SQLiteStore: Store {
                     """, arguments: [ResourceLimits.defaultDiskBytes])
         }
         registerRouteMigration(&m)
+        registerSecretMigration(&m)
         return m
     }
 
@@ -139,7 +140,7 @@ public final class SQLiteStore: Store {
 
     static let sandboxColumns = """
         id, tenant, name, image_id, image_name, image_digest, image_rootfs, spec, state, pid, uid_slot, bundle,
-        cgroup_path, created_at, expires_at
+        cgroup_path, created_at, expires_at, env_key_id, env_wrapped_key, env_ciphertext
         """
 
     public func sandbox(tenant: String, name: ResourceName) async throws -> SandboxRecord? {
@@ -283,13 +284,19 @@ public final class SQLiteStore: Store {
             let digest = Digest(rawValue: row["image_digest"])
         else { throw VivariumError(.internalError, "corrupt sandbox row") }
         let expires: Double? = row["expires_at"]
+        var env: SealedValue?
+        if let keyID: String = row["env_key_id"], let wrapped: Data = row["env_wrapped_key"],
+            let ciphertext: Data = row["env_ciphertext"]
+        {
+            env = SealedValue(key: WrappedKey(keyID: keyID, bytes: Array(wrapped)), ciphertext: Array(ciphertext))
+        }
         return SandboxRecord(
             id: id, tenant: row["tenant"], name: name, imageID: row["image_id"], imageName: imageName,
             imageDigest: digest, imageRootfs: row["image_rootfs"], spec: spec,
             state: try SandboxState(name: row["state"], pid: row["pid"]), uidSlot: row["uid_slot"],
             bundle: row["bundle"], cgroupPath: row["cgroup_path"],
             createdAt: Date(timeIntervalSince1970: row["created_at"]),
-            expiresAt: expires.map { Date(timeIntervalSince1970: $0) })
+            expiresAt: expires.map { Date(timeIntervalSince1970: $0) }, sealedEnv: env)
     }
 
     static func image(_ row: Row) throws -> ImageRecord {

@@ -150,15 +150,16 @@ final class SQLiteTransaction: StoreTransaction {
                 sql: """
                     INSERT INTO sandboxes (id, tenant, name, image_id, image_name, image_digest, image_rootfs, spec,
                         memory_bytes, milli_cpus, disk_bytes, state, pid, uid_slot, bundle, cgroup_path, created_at,
-                        expires_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        expires_at, env_key_id, env_wrapped_key, env_ciphertext)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     r.id.rawValue, r.tenant, r.name.rawValue, r.imageID, r.imageName.rawValue, r.imageDigest.rawValue,
                     r.imageRootfs, spec, r.spec.limits.memoryBytes, r.spec.limits.milliCPUs, r.spec.limits.diskBytes,
                     r.state.name, r.state.pid,
                     r.uidSlot, r.bundle, r.cgroupPath, r.createdAt.timeIntervalSince1970,
-                    r.expiresAt?.timeIntervalSince1970,
+                    r.expiresAt?.timeIntervalSince1970, r.sealedEnv?.key.keyID, r.sealedEnv.map { Data($0.key.bytes) },
+                    r.sealedEnv.map { Data($0.ciphertext) },
                 ])
         }
         let store = store

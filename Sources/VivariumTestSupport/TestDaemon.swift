@@ -145,6 +145,8 @@ public final class TestDaemon: @unchecked Sendable {
             // 64 sandboxes at this default quota fill the disk budget (2 × the pool) exactly.
             "VIVARIUM_DISK_POOL_SIZE": "512M", "VIVARIUM_DISK_DEFAULT": "16M",
             "VIVARIUM_UID_REGISTRY": root + "/uid-ranges.json",
+            // The runtime tmpfs, outside the state directory (which must never hold a secret in clear).
+            "VIVARIUM_RUNTIME_DIR": runtimeDir,
         ]
         for (k, v) in extraEnv { e[k] = v }
         return e
@@ -209,7 +211,9 @@ public final class TestDaemon: @unchecked Sendable {
         try runCommand(Paths.vivarium, args, env: environment)
     }
 
-    public var crunRoot: String { stateDir + "/run/crun" }
+    /// The daemon's runtime tmpfs: specs, crun's root, secrets.
+    public var runtimeDir: String { root + "/run" }
+    public var crunRoot: String { runtimeDir + "/crun" }
     /// The sandbox init the daemon installed (the one built into the binary).
     public var initBinary: String { stateDir + "/init/vivarium-init" }
     public var cgroupParent: String { "vivarium-" + instance }

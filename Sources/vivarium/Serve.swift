@@ -16,6 +16,7 @@ import VivariumImages
 import VivariumNetwork
 import VivariumOS
 import VivariumRuntime
+import VivariumSecrets
 import VivariumStore
 
 struct Serve: Verb {
@@ -89,6 +90,7 @@ struct Serve: Verb {
         configuration.execLimits = s.execLimits
         configuration.unpackRules = s.unpackRules
         configuration.defaultDiskBytes = s.diskDefault
+        if let dir = s.runtimeDir { configuration.runtimeDir = dir }
         // The disk pool: every sandbox's writable layer in a btrfs subvolume under a qgroup limit. Where it
         // cannot be made the daemon refuses to start (saying why) unless the operator set disk_pool = off.
         let pool: BtrfsPool?
@@ -141,9 +143,10 @@ struct Serve: Verb {
         try Engine.prepareStateDirectory(config, initBinary: initBinary)
         try FileSystem.makeDirectory(config.databaseDir, mode: 0o700)
         let store = try SQLiteStore(path: config.databasePath, audit: s.auditMode, logger: logger)
+        let kms = try await keyProvider(s, store: store, stateDir: config.stateDir, logger: logger)
         let runtime = try HostRuntime(
             layout: RuntimeLayout(
-                sandboxesDir: config.sandboxesDir, trashDir: config.stateDir + "/trash",
+                sandboxesDir: config.sandboxesDir, specsDir: config.specsDir, trashDir: config.stateDir + "/trash",
                 cgroupParent: config.cgroupParent, initBinary: config.initBinary, stopTimeout: config.stopTimeout,
                 oomScoreAdjust: boxOOMScore),
             oci: Crun(binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger),
@@ -163,7 +166,7 @@ struct Serve: Verb {
             interval: config.auditCheckpointInterval, everyRecords: config.auditCheckpointRecords, logger: logger)
         let engine = try Engine(
             config: config, store: store, identityStore: store, auditStore: store, tokens: tokens, runtime: runtime,
-            content: try ImageStore(root: config.imagesDir, logger: logger), auditKey: auditKey,
+            keys: kms, content: try ImageStore(root: config.imagesDir, logger: logger), auditKey: auditKey,
             auditKeyCreated: auditKeyCreated, checkpointer: checkpointer,
             limits: AbuseLimits(
                 authFailuresPerMinute: Double(s.authFailuresPerMinute), requestsPerSecond: Double(s.requestsPerSecond),
@@ -310,7 +313,8 @@ struct ConfigCommand: AsyncParsableCommand {
 
         func perform() async throws {
             let s = try Settings.resolve(global)
-            let engine = EngineConfiguration(stateDir: s.stateDir, uidBase: s.uidBase, maxSandboxes: s.maxSandboxes)
+            var engine = EngineConfiguration(stateDir: s.stateDir, uidBase: s.uidBase, maxSandboxes: s.maxSandboxes)
+            if let dir = s.runtimeDir { engine.runtimeDir = dir }
             var rows: [(String, String)] = [
                 ("config_file", s.configFile ?? "(none)"), ("state_dir", s.stateDir), ("socket", s.socket),
                 ("crun", s.crun), ("init", s.initBinary ?? "(built in)"), ("busybox", s.busybox),
@@ -330,6 +334,10 @@ struct ConfigCommand: AsyncParsableCommand {
                 ("network_netns", s.networkNetns ?? "(the daemon's)"),
                 ("network_dns", s.networkDNS ?? "(the host's first nameserver)"),
                 ("ingress", s.ingress ?? "none"), ("ingress_domain", s.ingressDomain),
+                ("runtime_dir", engine.runtimeDir), ("kms", s.kms),
+                ("kms_keyring", s.kmsKeyring ?? s.stateDir + "/kms/keyring.json"),
+                ("kms_address", s.kmsAddress ?? "none"), ("kms_mount", s.kmsMount), ("kms_key", s.kmsKey),
+                ("kms_token_file", s.kmsTokenFile ?? "none"), ("kms_ca", s.kmsCA ?? "(the system's)"),
             ]
             rows +=
                 Serve.budgetRows(s.budget) + [
@@ -351,6 +359,36 @@ struct ConfigCommand: AsyncParsableCommand {
 }
 
 /// Keeps the ingress open for the daemon's life.
+/// The key-encryption keys: the local keyring (made on a first start only) or a Transit server, which
+/// must answer now. Data keys wrapped by a key the provider does not hold stop the start: the secrets
+/// they seal would be unreadable.
+func keyProvider(_ s: Settings, store: SQLiteStore, stateDir: String, logger: Logger) async throws
+    -> any KeyProvider
+{
+    let wrapped = try await store.wrappedKeyCounts()
+    let keys: any KeyProvider
+    if s.kms == "transit" {
+        guard let address = s.kmsAddress, let tokenFile = s.kmsTokenFile else {
+            throw VivariumError(.invalidArgument, "kms = transit needs kms_address and kms_token_file")
+        }
+        keys = try await TransitKeyProvider.connect(
+            .init(address: address, mount: s.kmsMount, key: s.kmsKey, tokenFile: tokenFile, caFile: s.kmsCA))
+    } else {
+        let path = s.kmsKeyring ?? stateDir + "/kms/keyring.json"
+        let (ring, created) = try LocalKeyring.open(path: path, mayCreate: wrapped.isEmpty)
+        if created { logger.notice("created the keyring \(path): back it up, secrets cannot be read without it") }
+        keys = ring
+    }
+    let held = Set(try await keys.keyIDs())
+    if let lost = wrapped.keys.sorted().first(where: { !held.contains($0) }) {
+        throw VivariumError(
+            .unavailable,
+            "\(wrapped[lost] ?? 0) data keys are wrapped by \(lost), which the \(keys.kind) key provider does not hold: "
+                + "configure the provider that has it")
+    }
+    return keys
+}
+
 struct IngressService: Service {
     let ingress: Ingress
 

@@ -87,6 +87,18 @@ struct Settings {
     var ingress: String?
     /// The domain of the ingress's `PORT-SANDBOXID.DOMAIN` host names.
     var ingressDomain = "localhost"
+    /// The tmpfs the daemon mounts for runtime specs, crun's state and sandboxes' secrets; nil:
+    /// /run/vivarium/<instance>.
+    var runtimeDir: String?
+    /// Where key-encryption keys live: `local` (a keyring file) or `transit` (a Vault Transit API server).
+    var kms = "local"
+    /// The local keyring; nil: <state_dir>/kms/keyring.json.
+    var kmsKeyring: String?
+    var kmsAddress: String?
+    var kmsMount = "transit"
+    var kmsKey = "vivarium"
+    var kmsTokenFile: String?
+    var kmsCA: String?
 
     /// Keys accepted in the config file and as VIVARIUM_<KEY> environment variables.
     static let keys = [
@@ -99,7 +111,8 @@ struct Settings {
         "host_pids", "host_memory", "host_cpus", "reserve_memory", "reserve_pids", "max_execs_per_sandbox",
         "max_execs_per_tenant", "max_execs", "exec_output_budget", "image_max_bytes", "image_max_entries",
         "image_max_ratio", "image_keep_setid", "disk_pool", "disk_pool_size", "disk_default",
-        "network", "network_range", "network_netns", "network_dns", "ingress", "ingress_domain",
+        "network", "network_range", "network_netns", "network_dns", "ingress", "ingress_domain", "runtime_dir", "kms",
+        "kms_keyring", "kms_address", "kms_mount", "kms_key", "kms_token_file", "kms_ca",
     ]
 
     /// The host budget: the configured host facts, or this host's.
@@ -212,6 +225,22 @@ struct Settings {
             else { throw VivariumError(.invalidArgument, "ingress must be HOST:PORT") }
             ingress = value.isEmpty ? nil : value
         case "ingress_domain": ingressDomain = try PortRoute.hostname(value)
+        case "runtime_dir": runtimeDir = try path()
+        case "kms":
+            guard ["local", "transit"].contains(value) else {
+                throw VivariumError(.invalidArgument, "kms must be local or transit")
+            }
+            kms = value
+        case "kms_keyring": kmsKeyring = try path()
+        case "kms_address":
+            guard value.utf8.count < 256, value.hasPrefix("http://") || value.hasPrefix("https://") else {
+                throw VivariumError(.invalidArgument, "kms_address must be http(s)://HOST:PORT")
+            }
+            kmsAddress = value.hasSuffix("/") ? String(value.dropLast()) : value
+        case "kms_mount": kmsMount = value
+        case "kms_key": kmsKey = value
+        case "kms_token_file": kmsTokenFile = try path()
+        case "kms_ca": kmsCA = try path()
         case "audit_mode":
             guard let m = AuditMode(rawValue: value) else {
                 throw VivariumError(.invalidArgument, "audit_mode must be required, fail-open or off")

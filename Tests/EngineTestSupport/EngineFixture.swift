@@ -9,6 +9,7 @@ import VivariumImages
 import VivariumOCI
 import VivariumOS
 import VivariumRuntime
+import VivariumSecrets
 import VivariumStore
 
 /// A runtime that keeps sandboxes as entries in a table: for tests of the engine's decisions (rollback,
@@ -155,12 +156,14 @@ public final class EngineFixture: @unchecked Sendable {
         let keys = try await SigningKeys(dir: dir + "/keys", maxTokenLifetime: 3600)
         tokens = TokenService(config: .init(), keys: keys, store: store, logger: logger)
         await tokens.refreshRevocations()
-        let config = EngineConfiguration(
+        var config = EngineConfiguration(
             stateDir: dir, uidBase: 1 << 28, maxSandboxes: maxSandboxes, cgroupMode: .legacy)
+        config.runtimeDir = dir + "/run"
         let key = AuditKey()
         engine = try await Engine(
             config: config, store: store, identityStore: store, auditStore: store, tokens: tokens,
-            runtime: runtime, content: try ImageStore(root: dir + "/images", logger: logger), auditKey: key,
+            runtime: runtime, keys: try LocalKeyring.open(path: dir + "/kms/keyring.json", mayCreate: true).0,
+            content: try ImageStore(root: dir + "/images", logger: logger), auditKey: key,
             auditKeyCreated: false,
             checkpointer: try AuditCheckpointer(
                 store: store, key: key, sinks: [], interval: .seconds(3600), everyRecords: 1_000_000, logger: logger),

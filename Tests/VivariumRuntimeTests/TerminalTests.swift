@@ -27,7 +27,8 @@ final class RuntimeFixture: Sendable {
         let logger = Logger(label: "test")
         runtime = try HostRuntime(
             layout: RuntimeLayout(
-                sandboxesDir: root + "/sandboxes", trashDir: root + "/trash", cgroupParent: cgroupParent,
+                sandboxesDir: root + "/sandboxes", specsDir: root + "/specs", trashDir: root + "/trash",
+                cgroupParent: cgroupParent,
                 initBinary: root + "/init/vivarium-init", stopTimeout: .seconds(2)),
             oci: Crun(root: root + "/crun", cgroupMode: mode, logger: logger), cgroups: CgroupHost(mode: mode),
             logger: logger)
