@@ -42,7 +42,7 @@ extension Sandboxes {
                     logger.notice("rolled back an unfinished \(r.state.name)", metadata: ["sandbox": "\(r.name)"])
                 case .running(let pid):
                     let c = containers[r.id.rawValue]
-                    if let c, c.status == "running" { box = try await bootPlan(r) }
+                    if let c, c.status == "running" { box = await adoptPlan(r) }
                     if let c, c.status == "running",
                         await runtime.adopt(box, pid: c.pid, network: try attachment(r), onExit: onExit)
                     {

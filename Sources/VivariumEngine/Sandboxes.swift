@@ -388,11 +388,24 @@ public final class Sandboxes: Sendable {
             extraMounts: (config.network.map { [Self.resolvConf($0.config.resolvConf)] } ?? []) + [secrets.mount(r.id)])
     }
 
-    /// The plan to boot or adopt a sandbox with: its environment unsealed, its secrets delivered.
+    /// The plan to boot a sandbox with: its environment unsealed, its secrets delivered (a secret that
+    /// does not decrypt stops the boot: it was tampered with).
     func bootPlan(_ r: SandboxRecord) async throws -> BoxPlan {
         var p = plan(r)
         p.env = try await secrets.openEnv(r)
         try await secrets.deliverAll(to: r, uidBase: p.uidBase)
+        return p
+    }
+
+    /// The plan to adopt a running sandbox with: its environment for the execs to come. Its secrets'
+    /// files are still on the runtime tmpfs; an environment that no longer opens leaves its execs
+    /// without it rather than the box unmanaged.
+    func adoptPlan(_ r: SandboxRecord) async -> BoxPlan {
+        var p = plan(r)
+        do { p.env = try await secrets.openEnv(r) } catch {
+            logger.error(
+                "cannot open an adopted sandbox's environment", metadata: ["sandbox": "\(r.name)", "error": "\(error)"])
+        }
         return p
     }
 
