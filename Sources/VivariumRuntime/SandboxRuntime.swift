@@ -20,8 +20,9 @@ public struct BoxPlan: Sendable {
     /// The host uid (and gid) that is root inside.
     public var uidBase: Int64
     public var limits: ResourceLimits
-    /// The init's environment, values included: only the plans of `boot` and `adopt` carry it (execs
-    /// inherit it from the running box).
+    /// The sandbox's environment, values included: only the plans of `boot` and `adopt` carry it. Every
+    /// exec starts from it; the init (which only reaps) runs without it, so that no value is in the
+    /// runtime spec crun keeps a copy of.
     public var env: [String: String]
     public var readOnly: Bool
     /// Mounts added to the hardened spec (the box's `/run/secrets`, for one).
@@ -219,7 +220,7 @@ public final class HostRuntime: SandboxRuntime {
         }
         let spec = HardenedSpec(
             hostname: p.hostname, rootfs: p.rootfsMount, readOnly: p.readOnly, hostUIDBase: p.uidBase,
-            limits: p.limits, env: p.env, cgroupsPath: p.cgroupPath, initBinary: layout.initBinary,
+            limits: p.limits, cgroupsPath: p.cgroupPath, initBinary: layout.initBinary,
             swapAccounting: cgroups.swapAccounting, extraMounts: p.extraMounts,
             oomScoreAdjust: layout.oomScoreAdjust
         ).build()

@@ -64,7 +64,7 @@ public final class TransitKeyProvider: KeyProvider {
         var tls = TLSConfiguration.makeClientConfiguration()
         if let ca = config.caFile { tls.trustRoots = .file(ca) }
         var http = HTTPClient.Configuration(tlsConfiguration: tls)
-        http.timeout = .init(connect: .seconds(5), read: .seconds(10))
+        http.timeout = .init(connect: .seconds(3), read: .seconds(10))
         let provider = TransitKeyProvider(
             config: config, token: token,
             client: HTTPClient(eventLoopGroupProvider: .singleton, configuration: http))

@@ -88,4 +88,7 @@ public protocol Store: Transactional {
     func wrappedKeyCounts() async throws -> [String: Int64]
     func wrappedKeys(notBy current: String, limit: Int) async throws -> [(SealedRow, WrappedKey)]
     func replaceWrappedKey(_ row: SealedRow, old: WrappedKey, new: WrappedKey) async throws
+    func sealEnv(_ id: SandboxID, spec: SandboxSpec, sealed: SealedValue) async throws
+    /// Rewrites the database's log, so that no page image of an older row version stays on disk.
+    func scrubLog() async throws
 }

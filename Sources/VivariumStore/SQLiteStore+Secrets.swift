@@ -189,6 +189,35 @@ extension SQLiteStore {
         }
     }
 
+    /// Seals the environment of a sandbox stored before environments were sealed: the spec keeps the
+    /// names, the values move into the sealed columns, in one statement.
+    public func sealEnv(_ id: SandboxID, spec: SandboxSpec, sealed: SealedValue) async throws {
+        let json = try Self.encode(spec)
+        try await sqliteTransaction("sandbox env") { tx in
+            _ = try await tx.updateSandbox(
+                id, "spec = ?, env_key_id = ?, env_wrapped_key = ?, env_ciphertext = ?",
+                [json, sealed.key.keyID, Data(sealed.key.bytes), Data(sealed.ciphertext)]
+            ) { r in
+                r.spec = spec
+                r.sealedEnv = sealed
+            }
+        }
+    }
+
+    /// Copies the write-ahead log into the database and truncates it, so that page images of rows since
+    /// rewritten (plain values sealed since) are gone from the disk too (`secure_delete` zeroes them in
+    /// the database file).
+    public func scrubLog() async throws {
+        await writer.acquire()
+        do {
+            try await writer.execute { db in try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+        } catch {
+            await writer.release()
+            throw Self.mapError("checkpoint", error)
+        }
+        await writer.release()
+    }
+
     static func secret(_ row: Row) throws -> Secret {
         guard let name = SecretName(rawValue: row["name"]),
             let binding = try? JSONDecoder().decode(SecretBinding.self, from: Data((row["binding"] as String).utf8))

@@ -27,6 +27,12 @@ public enum Integration {
         return m
     }
 
+    /// An executable on PATH.
+    public static func executable(_ name: String) -> String? {
+        let dirs = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
+        return dirs.map { "\($0)/\(name)" }.first { access($0, X_OK) == 0 }
+    }
+
     /// Integration tests run when everything is here, and also when CI requires them (so that a
     /// missing prerequisite fails loudly instead of skipping).
     public static var enabled: Bool { required || missing.isEmpty }

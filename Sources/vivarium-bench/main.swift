@@ -153,7 +153,7 @@ struct Raw {
         try Mounts.idmappedBind(source: imageRootfs, target: b + "/lower", userns: userns, readOnly: true)
         try Mounts.overlay(lower: b + "/lower", upper: b + "/upper", work: b + "/work", target: b + "/rootfs")
         let spec = HardenedSpec(
-            hostname: "raw", rootfs: b + "/rootfs", readOnly: false, hostUIDBase: base, limits: .default, env: [:],
+            hostname: "raw", rootfs: b + "/rootfs", readOnly: false, hostUIDBase: base, limits: .default,
             cgroupsPath: "/\(cgroupParent)/\(id)", initBinary: initBinary, swapAccounting: swap
         ).build()
         try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: b + "/config.json", durable: false)

@@ -178,6 +178,8 @@ struct Serve: Verb {
         for t in try await store.tenants() where t.intraTenant {
             try config.network?.setIntraTenant(t.name.rawValue, true)
         }
+        let sealed = try await engine.secrets.sealLegacyEnvironments()
+        if sealed > 0 { logger.notice("sealed the environments of \(sealed) sandboxes stored in plain text") }
         let report = try await engine.sandboxes.reconcile()
         logger.info("reconciled", metadata: ["result": "\(report)"])
         for w in s.weakened {

@@ -92,7 +92,7 @@ import VivariumEngineTestSupport
             let hasBody = op?["requestBody"] != nil
             let empty = [
                 Endpoints.keysRotate.route, Endpoints.sandboxStart.route, Endpoints.sandboxStop.route,
-                Endpoints.principalDisable.route,
+                Endpoints.principalDisable.route, Endpoints.kmsRotate.route, Endpoints.kmsRetire.route,
             ]
             #expect(hasBody != empty.contains(route), "\(route): request body documented wrongly")
         }

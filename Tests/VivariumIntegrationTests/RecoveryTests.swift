@@ -70,8 +70,10 @@ import VivariumTestSupport
 
     @Test func rebootBringsBackAlwaysSandboxes() async throws {
         try await TestDaemon.with { d in
-            let always = try d.create(CreateSandboxRequest(name: "phoenix", restart: "always"))
+            let always = try d.create(CreateSandboxRequest(name: "phoenix", env: ["E": "env-kept"], restart: "always"))
             let never = try d.create(CreateSandboxRequest(name: "mayfly"))
+            _ = try d.client.upload(
+                Endpoints.secretSet, Data("secret-kept".utf8), name: "s", query: [("sandbox", "phoenix")])
             let (w, _, _) = try d.sh("phoenix", "echo persisted > /root/state")
             #expect(w == 0)
             d.stop()
@@ -87,6 +89,9 @@ import VivariumTestSupport
                 })
             for m in d.mounts() { try Mounts.unmount(m) }
             #expect(d.mounts().isEmpty)
+            // The runtime tmpfs (specs, crun's state, secret files) is gone with the reboot too.
+            try Mounts.unmount(d.runtimeDir)
+            #expect(!Mounts.isTmpfs(d.runtimeDir))
 
             try d.start()
             let back = try d.get("phoenix")
@@ -94,6 +99,9 @@ import VivariumTestSupport
             #expect(back.pid != always.pid)
             let (c, out, _) = try d.sh("phoenix", "cat /root/state")
             #expect(c == 0 && out == "persisted\n", "the disk of an always sandbox survives the reboot")
+            #expect(
+                try d.sh("phoenix", "echo $E; cat /run/secrets/s").1 == "env-kept\nsecret-kept",
+                "rebuilt from the store")
             #expect(try d.get("mayfly").state == "stopped")
             #expect(try d.crunContainers() == [always.id])
         }

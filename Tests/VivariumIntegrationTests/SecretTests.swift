@@ -82,6 +82,10 @@ import VivariumTestSupport
             // either value; runtime specs and crun's state are on the daemon's tmpfs.
             #expect(FileSystem.exists(d.stateDir + "/db/vivarium.db-wal"))
             #expect(try Self.filesHolding([value, envValue], under: d.stateDir) == [])
+            // crun keeps a copy of each box's runtime spec in its root: the box's environment is not in it
+            // (the init runs without it; each exec gets it in a process file removed when it ends).
+            #expect(try d.sh("bound", "echo $TOKEN").1 == envValue + "\n")
+            #expect(try Self.filesHolding([value, envValue], under: d.crunRoot) == [])
             #expect(Mounts.isTmpfs(d.runtimeDir) && d.crunRoot.hasPrefix(d.runtimeDir + "/"))
             #expect(Mounts.mounts(under: d.runtimeDir) == [d.runtimeDir], "crun's root is on the tmpfs itself")
             #expect(!FileSystem.exists(d.stateDir + "/run/crun"))
@@ -90,6 +94,29 @@ import VivariumTestSupport
             #expect(try d.cli("secret", "rm", "api-key").status == 0)
             (code, _, _) = try d.sh("bound", "test -e /run/secrets/api-key")
             #expect(code != 0)
+        }
+    }
+
+    @Test func environmentsStoredInPlainTextAreSealedAtStart() async throws {
+        try await TestDaemon.with { d in
+            _ = try d.create(CreateSandboxRequest(name: "old"))
+            d.stop()
+            // A row as an earlier version stored it: the value in the spec, nothing sealed.
+            let plain = Self.distinctive("legacy")
+            let r = try runCommand(
+                "/usr/bin/sqlite3",
+                [
+                    d.stateDir + "/db/vivarium.db",
+                    "UPDATE sandboxes SET spec = json_set(spec, '$.env.OLD', '\(plain)') WHERE name = 'old'",
+                ])
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(try Self.filesHolding([plain], under: d.stateDir + "/db") != [])
+            try d.start()
+            #expect(try Self.filesHolding([plain], under: d.stateDir) == [], "the database and its log hold it no more")
+            #expect(try d.get("old").envNames == ["OLD"])
+            _ = try d.cli("stop", "old")
+            _ = try d.cli("start", "old")
+            #expect(try d.sh("old", "echo $OLD").1 == plain + "\n", "the box still gets the value")
         }
     }
 

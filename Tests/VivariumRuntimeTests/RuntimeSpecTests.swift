@@ -5,7 +5,7 @@ import VivariumRuntime
 
 @Suite struct RuntimeSpecTests {
     let spec = HardenedSpec(
-        hostname: "box", rootfs: "/r", readOnly: true, hostUIDBase: 1 << 28, limits: .default, env: ["A": "1"],
+        hostname: "box", rootfs: "/r", readOnly: true, hostUIDBase: 1 << 28, limits: .default,
         cgroupsPath: "/vivarium-x/id", initBinary: "/usr/libexec/vivarium-init", swapAccounting: true
     ).build()
 
