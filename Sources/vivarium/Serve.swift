@@ -232,8 +232,11 @@ struct Serve: Verb {
         }
         if let l = ingressListener {
             let tls = try identity(host: l.host)
+            let hosts = try s.ingressCerts.map { try HostCertificates.load(dir: $0) }
             let ingress = Ingress(
-                host: l.host, port: l.port, tls: try NIOSSLContext(configuration: tls.serverConfiguration()),
+                host: l.host, port: l.port,
+                tls: try NIOSSLContext(
+                    configuration: try hosts?.serverConfiguration(fallback: tls) ?? tls.serverConfiguration()),
                 resolver: engine.exposures, logger: logger)
             try await ingress.start()
             try await engine.exposures.serve(ingress)
@@ -336,6 +339,7 @@ struct ConfigCommand: AsyncParsableCommand {
                 ("network_netns", s.networkNetns ?? "(the daemon's)"),
                 ("network_dns", s.networkDNS ?? "(the host's first nameserver)"),
                 ("ingress", s.ingress ?? "none"), ("ingress_domain", s.ingressDomain),
+                ("ingress_certs", s.ingressCerts ?? "none"),
                 ("runtime_dir", engine.runtimeDir), ("kms", s.kms),
                 ("kms_keyring", s.kmsKeyring ?? s.stateDir + "/kms/keyring.json"),
                 ("kms_address", s.kmsAddress ?? "none"), ("kms_mount", s.kmsMount), ("kms_key", s.kmsKey),

@@ -87,6 +87,9 @@ struct Settings {
     var ingress: String?
     /// The domain of the ingress's `PORT-SANDBOXID.DOMAIN` host names.
     var ingressDomain = "localhost"
+    /// A directory of `NAME.crt` + `NAME.key` pairs the ingress serves by SNI (their DNS names); nil: the
+    /// daemon's certificate for every host name.
+    var ingressCerts: String?
     /// The tmpfs the daemon mounts for runtime specs, crun's state and sandboxes' secrets; nil:
     /// /run/vivarium/<instance>.
     var runtimeDir: String?
@@ -111,7 +114,8 @@ struct Settings {
         "host_pids", "host_memory", "host_cpus", "reserve_memory", "reserve_pids", "max_execs_per_sandbox",
         "max_execs_per_tenant", "max_execs", "exec_output_budget", "image_max_bytes", "image_max_entries",
         "image_max_ratio", "image_keep_setid", "disk_pool", "disk_pool_size", "disk_default",
-        "network", "network_range", "network_netns", "network_dns", "ingress", "ingress_domain", "runtime_dir", "kms",
+        "network", "network_range", "network_netns", "network_dns", "ingress", "ingress_domain", "ingress_certs",
+        "runtime_dir", "kms",
         "kms_keyring", "kms_address", "kms_mount", "kms_key", "kms_token_file", "kms_ca",
     ]
 
@@ -226,6 +230,7 @@ struct Settings {
             ingress = value.isEmpty ? nil : value
         case "ingress_domain": ingressDomain = try PortRoute.hostname(value)
         case "runtime_dir": runtimeDir = try path()
+        case "ingress_certs": ingressCerts = try path()
         case "kms":
             guard ["local", "transit"].contains(value) else {
                 throw VivariumError(.invalidArgument, "kms must be local or transit")

@@ -85,3 +85,64 @@ struct TLSIdentity {
         return c
     }
 }
+
+/// The ingress's certificates per host name (`ingress_certs`): every `NAME.crt` (PEM, the chain) with its
+/// `NAME.key` in one directory, each serving the DNS names of its subject alternative names (`*.domain`
+/// too). A client's SNI picks one; a name none covers gets the daemon's certificate.
+struct HostCertificates: Sendable {
+    struct Entry: Sendable {
+        let chain: [NIOSSLCertificate]
+        let key: NIOSSLPrivateKey
+    }
+    let byName: [String: Entry]
+
+    static func load(dir: String) throws -> HostCertificates {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        var byName: [String: Entry] = [:]
+        for file in files.sorted() where file.hasSuffix(".crt") {
+            let base = dir + "/" + file.dropLast(4)
+            do {
+                let chain = try NIOSSLCertificate.fromPEMFile(dir + "/" + file)
+                let key = try NIOSSLPrivateKey(file: base + ".key", format: .pem)
+                guard let leaf = chain.first else { throw VivariumError(.invalidArgument, "no certificate") }
+                let cert = try Certificate(derEncoded: try leaf.toDERBytes())
+                let sans = try cert.extensions.subjectAlternativeNames.map { Array($0) } ?? []
+                let names = sans.compactMap { n -> String? in
+                    if case .dnsName(let d) = n { return d.lowercased() }
+                    return nil
+                }
+                guard !names.isEmpty else { throw VivariumError(.invalidArgument, "it names no DNS name") }
+                for n in names { byName[n] = Entry(chain: chain, key: key) }
+            } catch {
+                throw VivariumError(
+                    .invalidArgument, "ingress_certs: cannot use \(dir)/\(file) with \(base).key: \(error)")
+            }
+        }
+        guard !byName.isEmpty else {
+            throw VivariumError(.invalidArgument, "ingress_certs: no NAME.crt with its NAME.key in \(dir)")
+        }
+        return HostCertificates(byName: byName)
+    }
+
+    /// The certificate for a requested name: exact, then a wildcard for its first label.
+    func entry(for sni: String?) -> Entry? {
+        guard let name = sni?.lowercased() else { return nil }
+        if let e = byName[name] { return e }
+        guard let dot = name.firstIndex(of: ".") else { return nil }
+        return byName["*" + name[dot...]]
+    }
+
+    /// The ingress's TLS configuration: `fallback`'s certificate unless the client's SNI names one of these.
+    func serverConfiguration(fallback: TLSIdentity) throws -> TLSConfiguration {
+        var c = try fallback.serverConfiguration()
+        c.sslContextCallback = { values, promise in
+            var o = NIOSSLContextConfigurationOverride()
+            if let e = entry(for: values.serverHostname) {
+                o.certificateChain = e.chain.map { .certificate($0) }
+                o.privateKey = .privateKey(e.key)
+            }
+            promise.succeed(o)
+        }
+        return c
+    }
+}

@@ -138,4 +138,55 @@ import VivariumTestSupport
             #expect(closed.status != 0, "the TCP forward still listens")
         }
     }
+
+    @Test func hostCertificatesAreChosenBySNI() async throws {
+        let lab = try NetworkLab()
+        defer { lab.close() }
+        let probe = try NetProbe.build()
+        defer { NetProbe.remove(probe) }
+        let port = try freeLoopbackPort()
+        let certs = "/tmp/vivarium-certs-" + randomHex(bytes: 6)
+        defer { try? FileManager.default.removeItem(atPath: certs) }
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        let made = try runCommand(
+            "/usr/bin/openssl",
+            [
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                "-keyout", certs + "/site.key", "-out", certs + "/site.crt", "-subj", "/CN=custom.test",
+                "-addext", "subjectAltName=DNS:custom.test,DNS:*.wild.test",
+            ])
+        #expect(made.status == 0, "\(made.stderr)")
+        try await TestDaemon.with(extraEnv: [
+            "VIVARIUM_NETWORK": "bridge", "VIVARIUM_NETWORK_NETNS": lab.hostPath,
+            "VIVARIUM_NETWORK_DNS": NetworkLab.internetAddress, "VIVARIUM_INGRESS": "127.0.0.1:\(port)",
+            "VIVARIUM_INGRESS_CERTS": certs,
+        ]) { d in
+            _ = try NetworkTests.box(d, "web", tenant: "default", probe: probe)
+            _ = try d.sh("web", "/netprobe serve 8080 >/dev/null 2>&1 &")
+            for host in ["custom.test", "a.wild.test", "plain.test"] {
+                #expect(try d.cli("expose", "web", "8080", "--hostname", host, "--public").status == 0)
+            }
+            // Verified against the operator's certificate alone (no -k): its names pass, another does not.
+            func verified(_ host: String) throws -> CommandResult {
+                try runCommand(
+                    "/usr/bin/curl",
+                    [
+                        "-s", "--max-time", "10", "--cacert", certs + "/site.crt", "--resolve",
+                        "\(host):\(port):127.0.0.1", "-o", "/dev/null", "-w", "%{http_code}",
+                        "https://\(host):\(port)/",
+                    ])
+            }
+            var r = try verified("custom.test")
+            for _ in 0..<50 where r.stdout != "200" {
+                try await Task.sleep(for: .milliseconds(100))
+                r = try verified("custom.test")
+            }
+            #expect(r.stdout == "200", "\(r.stderr)")
+            #expect(try verified("a.wild.test").stdout == "200", "a wildcard name")
+            let other = try verified("plain.test")
+            #expect(
+                other.status == 60, "plain.test gets the daemon's own certificate, not the operator's: \(other.status)")
+            #expect(try Self.get(port, "plain.test").status == 200)
+        }
+    }
 }
