@@ -137,7 +137,7 @@ public enum Endpoints {
 
     /// The body is the value itself (raw bytes, up to 4 MiB): `?sandbox=NAME` and `?label=K=V`
     /// (repeatable) bind it, `?gid=N` names the group that may read its file. Each call is a new version.
-    public static let secretSet = Endpoint<Empty, SecretInfo>(.post, "/v1/secrets/{name}", .secretSet)
+    public static let secretSet = Endpoint<Empty, SecretInfo>(.post, "/v1/secrets/{name}", .secretSet, status: 201)
     public static let secretList = Endpoint<Empty, Page<SecretInfo>>(.get, "/v1/secrets", .secretList)
     /// `?prune=true` deletes the older versions only.
     public static let secretDelete = Endpoint<Empty, Empty>(.delete, "/v1/secrets/{name}", .secretDelete, status: 204)

@@ -66,11 +66,9 @@ public struct SecretBinding: Sendable, Equatable, Codable {
         return b
     }
 
-    public var isEmpty: Bool { sandboxes.isEmpty && labels.isEmpty }
-
-    /// Whether a sandbox of the secret's tenant gets the file.
-    public func covers(name: ResourceName, labels boxLabels: [String: String]) -> Bool {
-        if sandboxes.contains(name) { return true }
+    /// Whether a sandbox of the secret's tenant gets the file (a sandbox yet unnamed: by its labels).
+    public func covers(name: ResourceName?, labels boxLabels: [String: String]) -> Bool {
+        if let name, sandboxes.contains(name) { return true }
         return !labels.isEmpty && labels.allSatisfy { boxLabels[$0.key] == $0.value }
     }
 }

@@ -79,7 +79,11 @@ public final class Engine: Sendable {
         try checkTraversable(config.runtimeDir)
         try FileSystem.makeDirectory(config.crunRoot, mode: 0o700)
         try FileSystem.makeDirectory(config.specsDir, mode: 0o711)
+        // The secrets get a tmpfs of their own: a tenant's many secrets never fill the one crun needs.
         try FileSystem.makeDirectory(config.secretsDir, mode: 0o711)
+        if !Mounts.isTmpfs(config.secretsDir) {
+            try Mounts.tmpfs(config.secretsDir, sizeBytes: config.runtimeBytes, mode: 0o711)
+        }
     }
 
     /// Sandboxes run as unprivileged host ids; crun, inside their user namespace, must reach the bundle.

@@ -4,6 +4,7 @@ import VivariumCore
 import VivariumImages
 import VivariumNetwork
 import VivariumOS
+import VivariumRuntime
 
 /// Everything the engine needs to know about its host and instance. Every host-wide name (crun root,
 /// cgroup parent, user-id range) derives from the state directory, so that instances with different
@@ -78,8 +79,10 @@ public struct EngineConfiguration: Sendable {
     /// The tmpfs of runtime state (`runtime_dir`): specs, crun's root, secrets. Default
     /// `/run/vivarium/<instance>`.
     public var runtimeDir: String
-    /// The most the runtime tmpfs may hold.
+    /// The most the runtime tmpfs, and the secrets' tmpfs below it, may hold each.
     public var runtimeBytes: Int64 = 512 << 20
+    /// The host uid (and gid) that is root inside the sandbox of id slot `slot`.
+    public func uidBase(slot: Int) -> Int64 { uidBase + Int64(slot) * HardenedSpec.idRangeSize }
     public var crunRoot: String { runtimeDir + "/crun" }
     public var specsDir: String { runtimeDir + "/sandboxes" }
     public var secretsDir: String { runtimeDir + "/secrets" }

@@ -88,8 +88,8 @@ extension Sandboxes {
         guard let current = try? await store.allSandboxes() else { return 0 }
         let live = Set(current.map(\.id.rawValue))
         var removed = await runtime.removeOrphans(live: live)
-        for dir in secrets.files.orphans(live: live) {
-            try? FileManager.default.removeItem(atPath: secrets.files.root + "/" + dir)
+        for id in secrets.files.orphans(live: live) {
+            secrets.files.removeAll(id)
             removed += 1
         }
         if removed > 0 {

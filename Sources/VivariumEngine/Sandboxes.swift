@@ -54,7 +54,8 @@ public final class Sandboxes: Sendable {
 
     public func create(_ caller: Caller, name: ResourceName?, spec: SandboxSpec) async throws -> Sandbox {
         try await gate.perform(caller, .sandboxCreate, target: name?.rawValue) {
-            try await create(tenant: try tenant(caller), name: name, spec: spec)
+            try await checkSecretAccess(caller, name: name, labels: spec.labels)
+            return try await create(tenant: try tenant(caller), name: name, spec: spec)
         }
     }
 
@@ -173,6 +174,7 @@ public final class Sandboxes: Sendable {
             let t = try tenant(caller)
             let ticket = try execs.admit(tenant: t, sandbox: nil, command)
             defer { execs.release(ticket) }
+            try await checkSecretAccess(caller, name: name, labels: spec.labels)
             let box = try await create(tenant: t, name: name, spec: spec)
             let outcome: ExecOutcome
             do {
@@ -199,6 +201,17 @@ public final class Sandboxes: Sendable {
     public func count() async throws -> Int { try await store.sandboxCount() }
 
     // MARK: Inside the engine
+
+    /// A sandbox that secrets would be delivered to reads them: whoever makes it needs `secrets:read`
+    /// (write-only secrets are not read by naming a box after their binding).
+    func checkSecretAccess(_ caller: Caller, name: ResourceName?, labels: [String: String]) async throws {
+        guard !caller.isLocal, !caller.scopes.contains(.secretsRead) else { return }
+        guard try await !secrets.covered(tenant: try tenant(caller), name: name, labels: labels) else {
+            throw VivariumError(
+                .forbidden,
+                "secrets are bound to this sandbox's name or labels: creating it needs the secrets:read scope")
+        }
+    }
 
     /// The tenant a call acts in (the policy table already refused anything else).
     func tenant(_ caller: Caller) throws -> String { try Self.tenant(caller) }
@@ -261,7 +274,6 @@ public final class Sandboxes: Sendable {
 
         return try await locks.withLock("\(tenant)/\(name)") { [self] in
             let id = SandboxID.random()
-            let sealedEnv = try await secrets.sealEnv(tenant: tenant, id: id, env)
             let now = Date()
             let cfg = config
             let intent = AuditEvent(
@@ -275,17 +287,20 @@ public final class Sandboxes: Sendable {
                     "ttl_seconds": spec.ttlSeconds.map(String.init) ?? "none",
                     "env_keys": spec.env.keys.sorted().joined(separator: ","),
                 ])
-            let record = try await store.insertSandbox(
-                maxSlots: config.maxSandboxes, quota: config.quota, budget: config.budget, pending: starting,
-                audit: intent
-            ) {
-                slot in
-                SandboxRecord(
-                    id: id, tenant: tenant, name: name, imageID: image.id, imageName: image.name,
-                    imageDigest: image.digest, imageRootfs: image.rootfs, spec: spec, state: .creating,
-                    uidSlot: slot, bundle: cfg.sandboxesDir + "/" + id.rawValue,
-                    cgroupPath: "/\(cfg.cgroupParent)/\(id.rawValue)", createdAt: now,
-                    expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(Double($0)) }, sealedEnv: sealedEnv)
+            let record = try await secrets.whileSealing {
+                let sealedEnv = try await secrets.sealEnv(tenant: tenant, id: id, env)
+                return try await store.insertSandbox(
+                    maxSlots: config.maxSandboxes, quota: config.quota, budget: config.budget, pending: starting,
+                    audit: intent
+                ) {
+                    slot in
+                    SandboxRecord(
+                        id: id, tenant: tenant, name: name, imageID: image.id, imageName: image.name,
+                        imageDigest: image.digest, imageRootfs: image.rootfs, spec: spec, state: .creating,
+                        uidSlot: slot, bundle: cfg.sandboxesDir + "/" + id.rawValue,
+                        cgroupPath: "/\(cfg.cgroupParent)/\(id.rawValue)", createdAt: now,
+                        expiresAt: spec.ttlSeconds.map { now.addingTimeInterval(Double($0)) }, sealedEnv: sealedEnv)
+                }
             }
             let box = plan(record)
             do {
@@ -378,7 +393,7 @@ public final class Sandboxes: Sendable {
         return try network.attachment(id: r.id, tenant: r.tenant, slot: r.uidSlot, policy: r.spec.network ?? .none)
     }
 
-    func uidBase(_ r: SandboxRecord) -> Int64 { config.uidBase + Int64(r.uidSlot) * HardenedSpec.idRangeSize }
+    func uidBase(_ r: SandboxRecord) -> Int64 { config.uidBase(slot: r.uidSlot) }
 
     /// What the runtime needs to run a sandbox, environment values aside (see `bootPlan`).
     func plan(_ r: SandboxRecord) -> BoxPlan {
@@ -397,11 +412,16 @@ public final class Sandboxes: Sendable {
         return p
     }
 
-    /// The plan to adopt a running sandbox with: its environment for the execs to come. Its secrets'
-    /// files are still on the runtime tmpfs; an environment that no longer opens leaves its execs
-    /// without it rather than the box unmanaged.
+    /// The plan to adopt a running sandbox with: its secrets delivered again (what a crash between a new
+    /// version and its delivery missed; a secret that does not open keeps the file the box has) and its
+    /// environment for the execs to come (one that no longer opens leaves its execs without it rather
+    /// than the box unmanaged).
     func adoptPlan(_ r: SandboxRecord) async -> BoxPlan {
         var p = plan(r)
+        do { try await secrets.deliverAll(to: r, uidBase: p.uidBase, strict: false) } catch {
+            logger.error(
+                "cannot deliver an adopted sandbox's secrets", metadata: ["sandbox": "\(r.name)", "error": "\(error)"])
+        }
         do { p.env = try await secrets.openEnv(r) } catch {
             logger.error(
                 "cannot open an adopted sandbox's environment", metadata: ["sandbox": "\(r.name)", "error": "\(error)"])

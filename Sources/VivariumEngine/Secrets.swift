@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 import VivariumAudit
 import VivariumCore
 import VivariumOCI
@@ -20,9 +21,15 @@ public final class Secrets: Sendable {
     let audit: any AuditStore
     let gate: Gate
     let logger: Logger
+    /// One per tenant: sets, deletes and deliveries of a tenant's secrets never interleave, so a delivery
+    /// cannot put back what a delete or a new version just replaced.
     let locks = KeyedLock()
     /// Wakes the re-wrap service: a rotation happened.
     let rotated = WakeSignal()
+    /// Values being sealed and not yet stored: a key is not retired under them.
+    let sealing = Mutex(0)
+    public static let maxSecretsPerTenant = 256
+    public static let maxVersions = 32
 
     init(
         config: EngineConfiguration, keys: any KeyProvider, store: any Store, audit: any AuditStore, gate: Gate,
@@ -51,24 +58,36 @@ public final class Secrets: Sendable {
                 throw VivariumError(
                     .invalidArgument, "a secret's value is 1 byte to \(SecretBinding.maxValueBytes >> 20) MiB")
             }
-            return try await locks.withLock("\(tenant)/\(name)") { [self] in
+            return try await locks.withLock(Self.lockKey(tenant)) { [self] in
+                let all = try await store.secrets(tenant: tenant)
+                if let kept = all.first(where: { $0.0.name == name })?.versions, kept >= Self.maxVersions {
+                    throw VivariumError(
+                        .quotaExceeded,
+                        "secret \(name) keeps \(kept) versions, the most: prune them (secret rm --prune)")
+                }
+                if !all.contains(where: { $0.0.name == name }), all.count >= Self.maxSecretsPerTenant {
+                    throw VivariumError(.quotaExceeded, "tenant \(tenant) holds \(all.count) secrets, the most it may")
+                }
                 let version = try await store.latestSecretVersion(tenant: tenant, name: name) + 1
-                let sealed = try await envelope.seal(
-                    value, SealContext(.secret, tenant: tenant, name: name.rawValue, version: version))
-                let s = Secret(
-                    tenant: tenant, name: name, version: version, binding: binding, keyID: sealed.key.keyID,
-                    createdAt: Date())
-                try await store.insertSecret(
-                    s, sealed: sealed,
-                    audit: AuditEvent(
-                        "secret.set", target: name.rawValue, tenant: tenant,
-                        details: [
-                            "version": String(version), "key_id": sealed.key.keyID, "bytes": String(value.count),
-                            "sandboxes": binding.sandboxes.map(\.rawValue).joined(separator: ","),
-                            "labels": binding.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-                                .joined(separator: ","),
-                            "gid": String(binding.gid),
-                        ]))
+                let s = try await whileSealing {
+                    let sealed = try await envelope.seal(
+                        value, SealContext(.secret, tenant: tenant, name: name.rawValue, version: version))
+                    let s = Secret(
+                        tenant: tenant, name: name, version: version, binding: binding, keyID: sealed.key.keyID,
+                        createdAt: Date())
+                    try await store.insertSecret(
+                        s, sealed: sealed,
+                        audit: AuditEvent(
+                            "secret.set", target: name.rawValue, tenant: tenant,
+                            details: [
+                                "version": String(version), "key_id": sealed.key.keyID, "bytes": String(value.count),
+                                "sandboxes": binding.sandboxes.map(\.rawValue).joined(separator: ","),
+                                "labels": binding.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+                                    .joined(separator: ","),
+                                "gid": String(binding.gid),
+                            ]))
+                    return s
+                }
                 logger.info(
                     "secret set", metadata: ["secret": "\(name)", "version": "\(version)", "tenant": "\(tenant)"])
                 await redeliver(s, value)
@@ -88,7 +107,7 @@ public final class Secrets: Sendable {
     public func delete(_ caller: Caller, name: SecretName, keepLatest: Bool) async throws {
         try await gate.perform(caller, .secretDelete, target: name.rawValue) {
             let tenant = try Sandboxes.tenant(caller)
-            try await locks.withLock("\(tenant)/\(name)") { [self] in
+            try await locks.withLock(Self.lockKey(tenant)) { [self] in
                 let n = try await store.deleteSecret(
                     tenant: tenant, name: name, keepLatest: keepLatest,
                     audit: AuditEvent(
@@ -125,6 +144,9 @@ public final class Secrets: Sendable {
     /// Removes a key-encryption key; refused while any data key is still wrapped by it.
     public func retire(_ caller: Caller, keyID: String) async throws -> KMSInfo {
         try await gate.perform(caller, .kmsRetire, target: keyID) {
+            guard sealing.withLock({ $0 }) == 0 else {
+                throw VivariumError(.invalidState, "a value is being sealed right now: try the retire again")
+            }
             let n = try await store.wrappedKeyCounts()[keyID] ?? 0
             guard n == 0 else {
                 throw VivariumError(
@@ -139,6 +161,21 @@ public final class Secrets: Sendable {
 
     // MARK: Inside the engine
 
+    static func lockKey(_ tenant: String) -> String { "secrets/" + tenant }
+
+    /// Runs a seal and the insert of what it sealed, counted in `sealing`: a key that wrapped a data key
+    /// still on its way into the store is not retired.
+    func whileSealing<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        sealing.withLock { $0 += 1 }
+        defer { sealing.withLock { $0 -= 1 } }
+        return try await body()
+    }
+
+    /// Whether secrets of the tenant would be delivered to a sandbox of this name and labels.
+    func covered(tenant: String, name: ResourceName?, labels: [String: String]) async throws -> Bool {
+        try await store.secrets(tenant: tenant).contains { $0.0.binding.covers(name: name, labels: labels) }
+    }
+
     func keyInfo() async throws -> KMSInfo {
         let counts = try await store.wrappedKeyCounts()
         let current = try await envelope.keys.currentKeyID()
@@ -150,32 +187,40 @@ public final class Secrets: Sendable {
             keys: ids.map { KMSInfo.Key(id: $0, wrapped: counts[$0] ?? 0, current: $0 == current) })
     }
 
-    /// Re-wraps every data key not wrapped by the current key, in batches; one record says how many.
+    /// Re-wraps every data key not wrapped by the current key (read again for each batch, so a second
+    /// rotation mid-way is followed), in batches; one record says how many. A data key that does not
+    /// re-wrap (tampered with) is skipped and recorded, and keeps its key from being retired.
     func rewrap() async {
+        var done = 0
+        var failed: [SealedRow] = []
+        var current = ""
         do {
-            let current = try await envelope.keys.currentKeyID()
-            var done = 0
-            while true {
-                let batch = try await store.wrappedKeys(notBy: current, limit: 100)
+            while !Task.isCancelled {
+                current = try await envelope.keys.currentKeyID()
+                let batch = try await store.wrappedKeys(notBy: current, limit: 100 + failed.count)
+                    .filter { !failed.contains($0.0) }
                 if batch.isEmpty { break }
                 for (row, old) in batch {
-                    let new = try await envelope.keys.rewrap(old)
-                    try await store.replaceWrappedKey(row, old: old, new: new)
+                    do {
+                        try await store.replaceWrappedKey(row, old: old, new: try await envelope.keys.rewrap(old))
+                        done += 1
+                    } catch {
+                        failed.append(row)
+                        logger.error("a data key does not re-wrap", metadata: ["row": "\(row)", "error": "\(error)"])
+                    }
                 }
-                done += batch.count
-                if Task.isCancelled { break }
             }
-            guard done > 0 else { return }
-            try await audit.append([
-                AuditEvent(
-                    "kms.rewrap", target: current, details: ["data_keys": String(done), "provider": envelope.keys.kind])
-            ])
-            logger.info("data keys re-wrapped", metadata: ["key": "\(current)", "count": "\(done)"])
         } catch {
             logger.error(
-                "re-wrapping data keys failed; it is retried at the next rotation or start",
+                "re-wrapping data keys stopped; it is retried at the next rotation or start",
                 metadata: ["error": "\(error)"])
         }
+        guard done > 0 || !failed.isEmpty else { return }
+        await record(
+            AuditEvent(
+                "kms.rewrap", target: current, outcome: failed.isEmpty ? .ok : .failed,
+                details: ["data_keys": String(done), "failed": String(failed.count), "provider": envelope.keys.kind]))
+        logger.info("data keys re-wrapped", metadata: ["key": "\(current)", "count": "\(done)"])
     }
 
     /// Seals the environments of sandboxes stored in plain text by an earlier version; returns how many.
@@ -214,21 +259,36 @@ public final class Secrets: Sendable {
         return env
     }
 
-    /// Fills a sandbox's `/run/secrets` before it boots: every secret of its tenant that covers it.
-    func deliverAll(to r: SandboxRecord, uidBase: Int64) async throws {
-        try files.prepare(r.id, uidBase: uidBase)
-        var events: [AuditEvent] = []
-        var delivered: Set<SecretName> = []
-        for (s, _) in try await store.secrets(tenant: r.tenant)
-        where s.binding.covers(name: r.name, labels: r.spec.labels) {
-            guard let (s, sealed) = try await store.secret(tenant: r.tenant, name: s.name) else { continue }
-            let value = try await envelope.open(sealed, context(s))
-            try files.write(r.id, s.name, value, uidBase: uidBase, gid: s.binding.gid)
-            delivered.insert(s.name)
-            events.append(delivery(s, r))
+    /// Fills a sandbox's `/run/secrets`: every secret of its tenant that covers it, and nothing else.
+    /// `strict` (a boot) fails on a secret that does not open; otherwise (adopting a running box) that
+    /// secret's file stays as it was and the failure is recorded.
+    func deliverAll(to r: SandboxRecord, uidBase: Int64, strict: Bool = true) async throws {
+        try await locks.withLock(Self.lockKey(r.tenant)) { [self] in
+            try files.prepare(r.id, uidBase: uidBase)
+            var events: [AuditEvent] = []
+            var covered: Set<SecretName> = []
+            for (s, _) in try await store.secrets(tenant: r.tenant)
+            where s.binding.covers(name: r.name, labels: r.spec.labels) {
+                covered.insert(s.name)
+                do {
+                    guard let (s, sealed) = try await store.secret(tenant: r.tenant, name: s.name) else { continue }
+                    let value = try await envelope.open(sealed, context(s))
+                    try files.write(r.id, s.name, value, uidBase: uidBase, gid: s.binding.gid)
+                    events.append(delivery(s, r))
+                } catch {
+                    if strict { throw error }
+                    var e = delivery(s, r)
+                    e.outcome = .failed
+                    e.details["error"] = "\(error)"
+                    events.append(e)
+                    logger.error(
+                        "cannot deliver a secret",
+                        metadata: ["secret": "\(s.name)", "sandbox": "\(r.name)", "error": "\(error)"])
+                }
+            }
+            for name in files.names(r.id) where !covered.contains(name) { files.remove(r.id, name) }
+            if !events.isEmpty { try await audit.append(events) }
         }
-        for name in files.names(r.id) where !delivered.contains(name) { files.remove(r.id, name) }
-        if !events.isEmpty { try await audit.append(events) }
     }
 
     func sandboxRemoved(_ id: SandboxID) { files.removeAll(id) }
@@ -250,11 +310,12 @@ public final class Secrets: Sendable {
             details: ["version": String(s.version), "sandbox": r.name.rawValue, "id": r.id.rawValue])
     }
 
-    /// The new version into every running sandbox it covers; out of those it no longer covers.
+    /// The new version into every sandbox of the tenant that has a secrets directory (running, booting
+    /// or stopped) and is covered; out of those no longer covered. The caller holds the tenant's lock.
     func redeliver(_ s: Secret, _ value: SecretValue) async {
         do {
-            for r in try await running(tenant: s.tenant) {
-                let base = config.uidBase + Int64(r.uidSlot) * HardenedSpec.idRangeSize
+            for r in try await store.allSandboxes() where r.tenant == s.tenant && files.isPrepared(r.id) {
+                let base = config.uidBase(slot: r.uidSlot)
                 if s.binding.covers(name: r.name, labels: r.spec.labels) {
                     do {
                         try files.write(r.id, s.name, value, uidBase: base, gid: s.binding.gid)
@@ -276,13 +337,6 @@ public final class Secrets: Sendable {
             }
         } catch {
             logger.error("cannot list sandboxes for a secret delivery", metadata: ["error": "\(error)"])
-        }
-    }
-
-    func running(tenant: String) async throws -> [SandboxRecord] {
-        try await store.allSandboxes().filter {
-            guard $0.tenant == tenant, case .running = $0.state else { return false }
-            return true
         }
     }
 

@@ -355,6 +355,27 @@ public final class HostRuntime: SandboxRuntime {
         Mounts.isMountRoot(p.rootfsMount) || Mounts.isMountRoot(p.lowerMount)
     }
 
+    /// What an earlier version kept on disk with environment values in it: crun's root under the state
+    /// directory (its containers are deleted: this daemon cannot manage them, and the reconciler boots
+    /// their sandboxes again or marks them stopped) and each bundle's runtime spec and exec files.
+    public func removeLegacySpecs(crunRoot legacy: String) async -> Int {
+        var removed = 0
+        if FileSystem.exists(legacy) {
+            let old = Crun(root: legacy, cgroupMode: cgroups.mode, logger: logger)
+            for c in (try? await old.list()) ?? [] where (try? await old.delete(id: c.id, force: true)) != nil {
+                removed += 1
+            }
+            try? await FileSystem.removeTree(legacy)
+        }
+        for e in (try? FileManager.default.contentsOfDirectory(atPath: layout.sandboxesDir)) ?? [] {
+            let dir = layout.sandboxesDir + "/" + e
+            if unlink(dir + "/config.json") == 0 { removed += 1 }
+            unlink(dir + "/init.pid")
+            try? FileManager.default.removeItem(atPath: dir + "/exec")
+        }
+        return removed
+    }
+
     public func removeOrphans(live: Set<String>) async -> Int {
         var removed = 0
         for c in (try? await oci.list()) ?? [] where !live.contains(c.id) {

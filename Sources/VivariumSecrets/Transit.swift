@@ -63,7 +63,8 @@ public final class TransitKeyProvider: KeyProvider {
         }
         var tls = TLSConfiguration.makeClientConfiguration()
         if let ca = config.caFile { tls.trustRoots = .file(ca) }
-        var http = HTTPClient.Configuration(tlsConfiguration: tls)
+        // No redirects: one would carry the token and a data key to wherever it points.
+        var http = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow)
         http.timeout = .init(connect: .seconds(3), read: .seconds(10))
         let provider = TransitKeyProvider(
             config: config, token: token,
@@ -111,6 +112,9 @@ public final class TransitKeyProvider: KeyProvider {
         let json = (try? JSONSerialization.jsonObject(with: Data(buffer: bytes))) as? [String: Any] ?? [:]
         guard (200..<300).contains(response.status.code) else {
             let errors = (json["errors"] as? [String])?.joined(separator: "; ").prefix(300) ?? ""
+            if response.status == .badRequest, path.hasPrefix("decrypt/") || path.hasPrefix("rewrap/") {
+                throw VivariumError(.secretUnreadable, "the key server cannot unwrap a data key: \(errors)")
+            }
             throw VivariumError(
                 .unavailable,
                 "the key server refused \(path.split(separator: "/").first ?? ""): "
@@ -186,7 +190,7 @@ enum ValidName {
     static func isTransitName(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.count <= 128
             && s.unicodeScalars.allSatisfy {
-                CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0)
+                $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0))
             }
             && !s.hasPrefix(".")
     }

@@ -208,14 +208,23 @@ extension SQLiteStore {
     /// rewritten (plain values sealed since) are gone from the disk too (`secure_delete` zeroes them in
     /// the database file).
     public func scrubLog() async throws {
-        await writer.acquire()
-        do {
-            try await writer.execute { db in try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
-        } catch {
+        // Readers may hold the log a moment: a busy checkpoint is tried again, then reported.
+        for attempt in 0..<50 {
+            await writer.acquire()
+            let busy: Bool
+            do {
+                busy = try await writer.execute { db in
+                    try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)").map { ($0[0] as Int) != 0 } ?? true
+                }
+            } catch {
+                await writer.release()
+                throw Self.mapError("checkpoint", error)
+            }
             await writer.release()
-            throw Self.mapError("checkpoint", error)
+            if !busy { return }
+            if attempt < 49 { try await Task.sleep(for: .milliseconds(20)) }
         }
-        await writer.release()
+        throw VivariumError(.unavailable, "the database log could not be checkpointed: readers keep it busy")
     }
 
     static func secret(_ row: Row) throws -> Secret {

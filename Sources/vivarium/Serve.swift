@@ -178,6 +178,10 @@ struct Serve: Verb {
         for t in try await store.tenants() where t.intraTenant {
             try config.network?.setIntraTenant(t.name.rawValue, true)
         }
+        let legacy = await runtime.removeLegacySpecs(crunRoot: config.stateDir + "/run/crun")
+        if legacy > 0 {
+            logger.notice("removed \(legacy) runtime specs and containers an earlier version kept on disk")
+        }
         let sealed = try await engine.secrets.sealLegacyEnvironments()
         if sealed > 0 { logger.notice("sealed the environments of \(sealed) sandboxes stored in plain text") }
         let report = try await engine.sandboxes.reconcile()
@@ -364,7 +368,6 @@ struct ConfigCommand: AsyncParsableCommand {
     }
 }
 
-/// Keeps the ingress open for the daemon's life.
 /// The key-encryption keys: the local keyring (made on a first start only) or a Transit server, which
 /// must answer now. Data keys wrapped by a key the provider does not hold stop the start: the secrets
 /// they seal would be unreadable.
@@ -395,6 +398,7 @@ func keyProvider(_ s: Settings, store: SQLiteStore, stateDir: String, logger: Lo
     return keys
 }
 
+/// Keeps the ingress open for the daemon's life.
 struct IngressService: Service {
     let ingress: Ingress
 

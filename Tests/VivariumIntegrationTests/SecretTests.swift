@@ -65,6 +65,20 @@ import VivariumTestSupport
             #expect(string(rivalExec.stdout).isEmpty)
             #expect(try rival.call(Endpoints.secretList).items.isEmpty)
 
+            // A token without secrets:read cannot make a box the secrets would go to (and so read them).
+            _ = try d.principalTokens(tenant: "default", name: "agent")
+            let narrow: TokenPair = try d.client.call(
+                "POST", "/v1/tokens/issue",
+                body: IssueTokenRequest(principal: "agent", scopes: ["sandboxes:read", "sandboxes:write", "exec"]))
+            let agent = d.remote(narrow.accessToken)
+            var refused = try agent.send(
+                "POST", "/v1/sandboxes",
+                body: try WireCoding.encoder().encode(CreateSandboxRequest(name: "spy", labels: ["team": "x"])))
+            #expect(refused.status == 403, "\(string(refused.body))")
+            refused = try agent.send(
+                "POST", "/v1/sandboxes", body: try WireCoding.encoder().encode(CreateSandboxRequest(name: "plain")))
+            #expect(refused.status == 201, "a box no secret covers is fine: \(string(refused.body))")
+
             // No answer, listing, inspect, audit record or log line holds a value; the audit names versions.
             let listing = try d.client.send("GET", "/v1/secrets")
             #expect(!string(listing.body).contains(value) && string(listing.body).contains("api-key"))
@@ -87,7 +101,7 @@ import VivariumTestSupport
             #expect(try d.sh("bound", "echo $TOKEN").1 == envValue + "\n")
             #expect(try Self.filesHolding([value, envValue], under: d.crunRoot) == [])
             #expect(Mounts.isTmpfs(d.runtimeDir) && d.crunRoot.hasPrefix(d.runtimeDir + "/"))
-            #expect(Mounts.mounts(under: d.runtimeDir) == [d.runtimeDir], "crun's root is on the tmpfs itself")
+            #expect(Set(Mounts.mounts(under: d.runtimeDir)) == [d.runtimeDir, d.runtimeDir + "/secrets"])
             #expect(!FileSystem.exists(d.stateDir + "/run/crun"))
 
             // Removal takes the file out of the running box.
@@ -99,7 +113,7 @@ import VivariumTestSupport
 
     @Test func environmentsStoredInPlainTextAreSealedAtStart() async throws {
         try await TestDaemon.with { d in
-            _ = try d.create(CreateSandboxRequest(name: "old"))
+            let id = try d.create(CreateSandboxRequest(name: "old")).id
             d.stop()
             // A row as an earlier version stored it: the value in the spec, nothing sealed.
             let plain = Self.distinctive("legacy")
@@ -110,7 +124,11 @@ import VivariumTestSupport
                     "UPDATE sandboxes SET spec = json_set(spec, '$.env.OLD', '\(plain)') WHERE name = 'old'",
                 ])
             #expect(r.status == 0, "\(r.stderr)")
-            #expect(try Self.filesHolding([plain], under: d.stateDir + "/db") != [])
+            // And what an earlier version kept on disk beside it: a bundle's runtime spec and crun's root.
+            try Data(plain.utf8).write(to: URL(fileURLWithPath: d.stateDir + "/sandboxes/\(id)/config.json"))
+            try FileSystem.makeDirectory(d.stateDir + "/run/crun/\(id)", mode: 0o700)
+            try Data(plain.utf8).write(to: URL(fileURLWithPath: d.stateDir + "/run/crun/\(id)/config.json"))
+            #expect(try Self.filesHolding([plain], under: d.stateDir).count == 3)
             try d.start()
             #expect(try Self.filesHolding([plain], under: d.stateDir) == [], "the database and its log hold it no more")
             #expect(try d.get("old").envNames == ["OLD"])
@@ -188,15 +206,20 @@ import VivariumTestSupport
                 "/usr/bin/sqlite3",
                 [
                     db,
-                    "UPDATE secrets SET ciphertext = (SELECT ciphertext FROM secrets WHERE name = 'a'), wrapped_key = (SELECT wrapped_key FROM secrets WHERE name = 'a') WHERE name = 'b'; UPDATE secrets SET ciphertext = zeroblob(length(ciphertext)) WHERE name = 'c';",
+                    "UPDATE secrets SET ciphertext = (SELECT ciphertext FROM secrets WHERE name = 'a'), wrapped_key = (SELECT wrapped_key FROM secrets WHERE name = 'a'), binding = '{\"sandboxes\":[],\"labels\":{\"moved\":\"1\"},\"gid\":0}' WHERE name = 'b'; UPDATE secrets SET ciphertext = zeroblob(length(ciphertext)), binding = '{\"sandboxes\":[],\"labels\":{\"zeroed\":\"1\"},\"gid\":0}' WHERE name = 'c';",
                 ])
             #expect(r.status == 0, "\(r.stderr)")
             try d.start()
-            let (status, e) = try d.raw(
-                "POST", "/v1/sandboxes",
-                body: try WireCoding.encoder().encode(CreateSandboxRequest(name: "tampered", labels: ["k": "v"])))
-            #expect(status == 500 && e?.error.code == "secret_unreadable", "\(status) \(String(describing: e))")
-            #expect(e?.error.message.contains("does not decrypt") == true)
+            // One box per tampered row: the one moved under another name, the one changed in place.
+            for label in ["moved", "zeroed"] {
+                let (status, e) = try d.raw(
+                    "POST", "/v1/sandboxes",
+                    body: try WireCoding.encoder().encode(CreateSandboxRequest(name: label, labels: [label: "1"])))
+                #expect(
+                    status == 500 && e?.error.code == "secret_unreadable",
+                    "\(label): \(status) \(String(describing: e))")
+                #expect(e?.error.message.contains("does not decrypt") == true)
+            }
             #expect(try d.sh("after", "cat /run/secrets/a").1 == "value-a", "running boxes keep what they have")
 
             // A lost keyring is a start-up error, never a silent new one.
