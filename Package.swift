@@ -39,7 +39,14 @@ let package = Package(
         .target(name: "VivariumOCI", dependencies: ["VivariumCore"], swiftSettings: strict),
         .target(name: "VivariumAudit", dependencies: ["VivariumCore", "VivariumOS", crypto], swiftSettings: strict),
         .target(
-            name: "VivariumImages", dependencies: ["VivariumCore", "VivariumOCI", "VivariumOS", crypto, logging],
+            name: "VivariumImages",
+            dependencies: [
+                "VivariumCore", "VivariumOCI", "VivariumOS", crypto, logging, nio,
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
             swiftSettings: strict),
         .target(
             name: "VivariumRuntime", dependencies: ["VivariumCore", "VivariumOCI", "VivariumOS", logging],

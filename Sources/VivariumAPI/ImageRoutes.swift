@@ -27,6 +27,10 @@ struct ImageRoutes {
                     }
                 })
         }
+        r.add(Endpoints.imagePull) { call in
+            let body: PullImageRequest = try await call.body()
+            return Mapping.info(try await images.pull(call.caller, reference: try ImageReference.parse(body.reference)))
+        }
         r.add(Endpoints.imageDelete) { call in
             try await images.remove(call.caller, name: try call.name("image name"))
             return Empty()

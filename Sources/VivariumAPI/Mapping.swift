@@ -69,7 +69,7 @@ enum Mapping {
     static func info(_ i: ImageRecord) -> ImageInfo {
         ImageInfo(
             name: i.name.rawValue, tenant: i.tenant, digest: i.digest.rawValue, sizeBytes: i.sizeBytes,
-            createdAt: i.createdAt)
+            createdAt: i.createdAt, reference: i.reference)
     }
 
     static func info(_ t: TenantRecord) -> TenantInfo {

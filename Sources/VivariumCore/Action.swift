@@ -47,6 +47,8 @@ public enum Action: String, CaseIterable, Sendable, Codable {
     /// A tar stream sent with the request: a tenant's own image, or (admins) a shared one.
     case imageUpload = "image.upload"
     case imageDelete = "image.delete"
+    /// An image pulled from a registry into the caller's tenant, its reference pinned to the digest.
+    case imagePull = "image.pull"
 
     /// A new version of a secret (its value and bindings); values are write-only.
     case secretSet = "secret.set"

@@ -133,6 +133,8 @@ public enum Endpoints {
     /// The body is the archive itself (`application/x-tar`, gzip or plain): `?name=` and `?shared=true`.
     public static let imageUpload = Endpoint<Empty, ImageInfo>(
         .post, "/v1/images/upload", .imageUpload, status: 201)
+    public static let imagePull = Endpoint<PullImageRequest, ImageInfo>(
+        .post, "/v1/images/pull", .imagePull, status: 201)
     public static let imageDelete = Endpoint<Empty, Empty>(.delete, "/v1/images/{name}", .imageDelete, status: 204)
 
     /// The body is the value itself (raw bytes, up to 4 MiB): `?sandbox=NAME` and `?label=K=V`
@@ -161,7 +163,7 @@ public enum Endpoints {
         sandboxCreate.route, sandboxRun.route, sandboxGet.route, sandboxDelete.route, sandboxStart.route,
         sandboxStop.route, sandboxExec.route, sandboxNetwork.route, routeCreate.route,
         routeList.route, routeDelete.route, imageList.route, imageImport.route,
-        imageUpload.route,
+        imageUpload.route, imagePull.route,
         imageDelete.route, secretSet.route, secretList.route, secretDelete.route, kmsShow.route, kmsRotate.route,
         kmsRetire.route,
         auditList.route, auditFollow, auditCheckpoints.route,

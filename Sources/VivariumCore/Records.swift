@@ -46,11 +46,15 @@ public struct ImageRecord: Sendable, Equatable {
     public var rootfs: String
     public var sizeBytes: Int64
     public var createdAt: Date
+    /// A pulled image: the registry reference it was pulled by, in full (`registry/repository:tag` or
+    /// `@digest`), pinned to `digest` until the next pull.
+    public var reference: String?
 
     public init(
         id: Int64 = 0, tenant: String, name: ResourceName, digest: Digest, rootfs: String, sizeBytes: Int64,
-        createdAt: Date
+        createdAt: Date, reference: String? = nil
     ) {
+        self.reference = reference
         self.id = id
         self.tenant = tenant
         self.name = name

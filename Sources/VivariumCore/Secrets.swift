@@ -28,6 +28,12 @@ public struct SecretName: RawRepresentable, Hashable, Sendable, Codable, Compara
 
     public var description: String { rawValue }
     public static func < (a: SecretName, b: SecretName) -> Bool { a.rawValue < b.rawValue }
+
+    /// The secret that holds a tenant's login for a registry (`vivarium registry login`): bound to no box,
+    /// read only by the tenant's pulls.
+    public static func registryLogin(_ registry: String) throws -> SecretName {
+        try parse("registry-" + registry.replacingOccurrences(of: ":", with: "_"))
+    }
 }
 
 extension Unicode.Scalar {

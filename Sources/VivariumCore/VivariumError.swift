@@ -26,6 +26,10 @@ public struct VivariumError: Error, CustomStringConvertible, Sendable, Equatable
         public static let quotaExceeded = Code(rawValue: "quota_exceeded")
         /// A sealed value that does not decrypt: changed, moved to another name, or its key is gone.
         public static let secretUnreadable = Code(rawValue: "secret_unreadable")
+        /// A registry refused, failed or could not be reached.
+        public static let registryFailure = Code(rawValue: "registry_failure")
+        /// Content that is not what its digest says (a blob, a manifest): refused, nothing stored.
+        public static let digestMismatch = Code(rawValue: "digest_mismatch")
     }
 
     public let code: Code
@@ -55,6 +59,7 @@ public struct VivariumError: Error, CustomStringConvertible, Sendable, Equatable
         case .unauthenticated: 401
         case .forbidden, .quotaExceeded: 403
         case .rateLimited: 429
+        case .registryFailure, .digestMismatch: 502
         default: 500
         }
     }

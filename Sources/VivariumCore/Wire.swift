@@ -279,13 +279,25 @@ public struct ImageInfo: Codable, Sendable {
     public var digest: String
     public var sizeBytes: Int64
     public var createdAt: Date
-    public init(name: String, tenant: String, digest: String, sizeBytes: Int64, createdAt: Date) {
+    /// A pulled image's registry reference, pinned to `digest`.
+    public var reference: String?
+    public init(
+        name: String, tenant: String, digest: String, sizeBytes: Int64, createdAt: Date, reference: String? = nil
+    ) {
+        self.reference = reference
         self.name = name
         self.tenant = tenant
         self.digest = digest
         self.sizeBytes = sizeBytes
         self.createdAt = createdAt
     }
+}
+
+/// `POST /v1/images/pull`.
+public struct PullImageRequest: Codable, Sendable {
+    /// Docker's grammar: `busybox`, `registry.example.com:5000/team/app:1.0`, `…@sha256:…`.
+    public var reference: String
+    public init(reference: String) { self.reference = reference }
 }
 
 public struct ErrorBody: Codable, Sendable {

@@ -29,7 +29,7 @@ public final class Engine: Sendable {
     public init(
         config: EngineConfiguration, store: any Store, identityStore: any IdentityStore, auditStore: any AuditStore,
         tokens: TokenService, runtime: any SandboxRuntime, keys: any KeyProvider, content: ImageStore,
-        auditKey: AuditKey,
+        registry: RegistryClient? = nil, auditKey: AuditKey,
         auditKeyCreated: Bool, checkpointer: AuditCheckpointer, limits: AbuseLimits, logger: Logger
     ) throws {
         self.config = config
@@ -40,10 +40,13 @@ public final class Engine: Sendable {
             DeniedEgress(network: $0, store: store, audit: auditStore, logger: logger)
         }
         secrets = Secrets(config: config, keys: keys, store: store, audit: auditStore, gate: gate, logger: logger)
+        images = Images(
+            config: config, store: store, content: content,
+            puller: registry.map { ImagePuller(store: content, client: $0, rules: config.unpackRules, logger: logger) },
+            secrets: secrets, gate: gate, logger: logger)
         sandboxes = Sandboxes(
             config: config, store: store, audit: auditStore, gate: gate, runtime: runtime, exposures: exposures,
-            secrets: secrets, logger: logger)
-        images = Images(config: config, store: store, content: content, gate: gate, logger: logger)
+            secrets: secrets, images: images, logger: logger)
         identity = Identity(
             store: identityStore, tokens: tokens, gate: gate, sandboxes: sandboxes, images: images, logger: logger)
         audit = AuditTrail(

@@ -31,6 +31,8 @@ public struct EngineConfiguration: Sendable {
     public var network: BridgeNetwork?
     /// The domain of the ingress's `PORT-SANDBOXID` host names.
     public var ingressDomain = "localhost"
+    /// The registry of references that name none (`registry_default`).
+    public var defaultRegistry = ImageReference.dockerHub
     /// The disk quota of a sandbox whose create names none (`disk_default`).
     public var defaultDiskBytes: Int64 = ResourceLimits.defaultDiskBytes
     /// Audit checkpoints: at least this often, and after this many records.

@@ -11,11 +11,19 @@ public final class Images: Sendable {
     let config: EngineConfiguration
     let store: any Store
     let content: ImageStore
+    /// Registry pulls; nil when the daemon makes none.
+    let puller: ImagePuller?
+    let secrets: Secrets
     let gate: Gate
     let logger: Logger
     let locks = KeyedLock()
 
-    init(config: EngineConfiguration, store: any Store, content: ImageStore, gate: Gate, logger: Logger) {
+    init(
+        config: EngineConfiguration, store: any Store, content: ImageStore, puller: ImagePuller?, secrets: Secrets,
+        gate: Gate, logger: Logger
+    ) {
+        self.puller = puller
+        self.secrets = secrets
         self.config = config
         self.store = store
         self.content = content
@@ -57,6 +65,51 @@ public final class Images: Sendable {
             return try await add(tenant: tenant, name: name, source: ["source": "upload"]) { [self] in
                 try await LayerIngest.run(into: content, rules: config.unpackRules, body)
             }
+        }
+    }
+
+    /// Pulls an image from a registry into the caller's tenant (its login from the tenant's secrets), and
+    /// pins the reference to the digest pulled.
+    public func pull(_ caller: Caller, reference: ImageReference) async throws -> ImageRecord {
+        try await gate.perform(caller, .imagePull, target: reference.description) {
+            return try await pull(tenant: try writableTenant(caller, shared: false), reference)
+        }
+    }
+
+    /// The image a sandbox of `tenant` runs for a registry reference: the one pinned by an earlier pull
+    /// (a tag is never resolved again behind the user's back), or a pull now.
+    func resolve(tenant: String, _ reference: ImageReference) async throws -> ImageRecord {
+        let full = reference.resolved(defaultRegistry: config.defaultRegistry)
+        if let pinned = try await store.image(tenant: tenant, reference: full.description) { return pinned }
+        return try await pull(tenant: tenant, reference)
+    }
+
+    func pull(tenant: String, _ reference: ImageReference) async throws -> ImageRecord {
+        guard let puller else {
+            throw VivariumError(.unavailable, "this daemon pulls from no registry")
+        }
+        let full = reference.resolved(defaultRegistry: config.defaultRegistry)
+        guard let registry = full.registry else {
+            throw VivariumError(.invalidArgument, "\(reference) names no registry")
+        }
+        let key = full.description
+        return try await locks.withLock("pull:\(tenant)/\(key)") { [self] in
+            let login = try await secrets.registryLogin(tenant: tenant, registry: registry)
+            let pulled = try await puller.pull(full, login: login)
+            let name = ResourceName(rawValue: "ref-" + Digest.of(Array("\(tenant)/\(key)".utf8)).hex.prefix(12))!
+            let rec = try await store.pinImage(
+                ImageRecord(
+                    tenant: tenant, name: name, digest: pulled.digest, rootfs: pulled.rootfs,
+                    sizeBytes: pulled.sizeBytes,
+                    createdAt: Date(), reference: key),
+                audit: AuditEvent(
+                    "image.pull", target: key, tenant: tenant,
+                    details: [
+                        "digest": pulled.digest.rawValue, "registry": registry, "size_bytes": String(pulled.sizeBytes),
+                        "login": login == nil ? "anonymous" : "tenant secret",
+                    ]))
+            logger.info("image pulled", metadata: ["reference": "\(key)", "digest": "\(pulled.digest)"])
+            return rec
         }
     }
 

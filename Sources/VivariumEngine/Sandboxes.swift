@@ -22,6 +22,7 @@ public final class Sandboxes: Sendable {
     let runtime: any SandboxRuntime
     let exposures: Exposures
     let secrets: Secrets
+    let images: Images
     let logger: Logger
     let locks = KeyedLock()
     /// Sandboxes being started, admitted to the host budget before their state says running.
@@ -34,8 +35,9 @@ public final class Sandboxes: Sendable {
 
     init(
         config: EngineConfiguration, store: any Store, audit: any AuditStore, gate: Gate,
-        runtime: any SandboxRuntime, exposures: Exposures, secrets: Secrets, logger: Logger
+        runtime: any SandboxRuntime, exposures: Exposures, secrets: Secrets, images: Images, logger: Logger
     ) {
+        self.images = images
         self.secrets = secrets
         self.exposures = exposures
         self.config = config
@@ -262,15 +264,15 @@ public final class Sandboxes: Sendable {
         validated.env = env.mapValues { _ in "" }
         let spec = validated
         let name = name ?? Self.generatedName()
-        guard let local = spec.image.localName else {
-            throw VivariumError(
-                .invalidArgument,
-                "image \(spec.image) is a registry reference: pulling from registries is not available yet, "
-                    + "name an image of this host (vivarium image ls)")
+        var found: ImageRecord?
+        if let local = spec.image.localName {
+            found = try await store.image(tenant: tenant, name: local)
+            if found == nil { found = try await store.image(tenant: Identity.defaultTenant, name: local) }
+        } else {
+            // A registry reference: the digest an earlier pull pinned, or a pull now.
+            found = try await images.resolve(tenant: tenant, spec.image)
         }
-        var image = try await store.image(tenant: tenant, name: local)
-        if image == nil { image = try await store.image(tenant: Identity.defaultTenant, name: local) }
-        guard let image else { throw VivariumError(.imageNotFound, "image \(spec.image) not found") }
+        guard let image = found else { throw VivariumError(.imageNotFound, "image \(spec.image) not found") }
 
         return try await locks.withLock("\(tenant)/\(name)") { [self] in
             let id = SandboxID.random()

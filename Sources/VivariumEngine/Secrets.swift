@@ -4,6 +4,7 @@ import ServiceLifecycle
 import Synchronization
 import VivariumAudit
 import VivariumCore
+import VivariumImages
 import VivariumOCI
 import VivariumOS
 import VivariumRuntime
@@ -238,6 +239,18 @@ public final class Secrets: Sendable {
         try await store.scrubLog()
         await record(AuditEvent("secret.seal-env", details: ["sandboxes": String(n)]))
         return n
+    }
+
+    func registryLogin(tenant: String, registry: String) async throws -> RegistryLogin? {
+        guard let (s, sealed) = try await store.secret(tenant: tenant, name: try .registryLogin(registry)) else {
+            return nil
+        }
+        let value = try await envelope.open(sealed, context(s))
+        guard let login = try? JSONDecoder().decode(RegistryLogin.self, from: Data(value.bytes)) else {
+            throw VivariumError(
+                .invalidArgument, "secret \(s.name) is not a registry login: set it with vivarium registry login")
+        }
+        return login
     }
 
     /// Seals a new sandbox's environment values (nil when it has none).

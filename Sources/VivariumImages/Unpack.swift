@@ -52,6 +52,9 @@ public final class Unpacker {
     }
 
     let rules: UnpackRules
+    /// An OCI layer applied over what the root holds: `.wh.NAME` removes NAME, `.wh..wh..opq` empties its
+    /// directory of what earlier layers put there.
+    let whiteouts: Bool
     let rootFD: Int32
     private var inflater: Inflater?
     private var sniff: [UInt8] = []
@@ -79,10 +82,11 @@ public final class Unpacker {
     private var zeroBlocks = 0
 
     /// `root` must exist; the caller owns it and removes it when the unpack fails.
-    public init(root: String, rules: UnpackRules) throws {
+    public init(root: String, rules: UnpackRules, whiteouts: Bool = false) throws {
         rootFD = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC)
         guard rootFD >= 0 else { throw VivariumError(.internalError, "cannot open \(root): errno \(errno)") }
         self.rules = rules
+        self.whiteouts = whiteouts
     }
 
     deinit {
@@ -363,6 +367,18 @@ public final class Unpacker {
             guard fchownat(parent, base, uid, gid, AT_SYMLINK_NOFOLLOW) == 0 else { throw fail("set its owner") }
             guard fchmodat(parent, base, mode, 0) == 0 else { throw fail("set its mode") }
         }
+        if whiteouts, base.hasPrefix(".wh.") {
+            if base == ".wh..wh..opq" {
+                try Self.removeChildren(parent, m.name)
+            } else {
+                let name = String(base.dropFirst(4))
+                guard !name.isEmpty, name != ".", name != "..", !name.hasPrefix(".wh.") else {
+                    throw Self.refuse("has an invalid whiteout \(m.name)")
+                }
+                try Self.removeEntry(parent, name, m.name)
+            }
+            return nil
+        }
         switch m.type {
         case UInt8(ascii: "5"):
             if mkdirat(parent, base, 0o700) != 0 {
@@ -416,6 +432,42 @@ public final class Unpacker {
         default:
             throw Self.refuse("holds \(m.name) of unsupported member type '\(Character(UnicodeScalar(m.type)))'")
         }
+    }
+
+    /// Removes `name` below `parent` (an O_PATH directory of the root), a directory with all it holds;
+    /// never follows a symlink (one is removed as itself).
+    static func removeEntry(_ parent: Int32, _ name: String, _ member: String) throws {
+        if unlinkat(parent, name, 0) == 0 || errno == ENOENT { return }
+        guard errno == EISDIR else {
+            throw VivariumError(
+                .invalidArgument, "the archive's whiteout \(member) cannot remove \(name): errno \(errno)")
+        }
+        let fd = openat(parent, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw VivariumError(.invalidArgument, "the archive's whiteout \(member) cannot open \(name)")
+        }
+        defer { close(fd) }
+        try removeChildren(fd, member)
+        guard unlinkat(parent, name, AT_REMOVEDIR) == 0 else {
+            throw VivariumError(
+                .invalidArgument, "the archive's whiteout \(member) cannot remove \(name): errno \(errno)")
+        }
+    }
+
+    /// Removes everything in the directory `dir` (an O_PATH descriptor).
+    static func removeChildren(_ dir: Int32, _ member: String) throws {
+        let readable = openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard readable >= 0, let stream = fdopendir(readable) else {
+            if readable >= 0 { close(readable) }
+            throw VivariumError(.invalidArgument, "the archive's \(member) cannot read its directory")
+        }
+        var names: [String] = []
+        while let e = readdir(stream) {
+            let n = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if n != "." && n != ".." { names.append(n) }
+        }
+        closedir(stream)
+        for n in names { try removeEntry(dir, n, member) }
     }
 
     /// Removes what a later member replaces (tar semantics: the last one wins); a directory only if empty.

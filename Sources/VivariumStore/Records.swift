@@ -68,6 +68,10 @@ public protocol Store: Transactional {
     /// Deletes an image; `image_in_use` while a sandbox uses it.
     func deleteImage(tenant: String, name: ResourceName, audit: AuditEvent) async throws -> ImageRecord
     func imageRootfsInUse(_ rootfs: String) async throws -> Bool
+    /// The image pulled by a reference (in full) in a tenant.
+    func image(tenant: String, reference: String) async throws -> ImageRecord?
+    /// Records a pull: inserts the image, or moves its reference to the new digest.
+    func pinImage(_ image: ImageRecord, audit: AuditEvent) async throws -> ImageRecord
 
     /// Adds a route; `already_exists` when its key or host port is taken, `quota_exceeded` past
     /// `maxPerTenant` routes of its tenant.

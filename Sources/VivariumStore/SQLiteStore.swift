@@ -112,6 +112,13 @@ public final class SQLiteStore: Store {
         }
         registerRouteMigration(&m)
         registerSecretMigration(&m)
+        m.registerMigration("0009-image-references") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE images ADD COLUMN reference TEXT;
+                    CREATE UNIQUE INDEX images_reference ON images(tenant, reference) WHERE reference IS NOT NULL;
+                    """)
+        }
         return m
     }
 
@@ -208,12 +215,12 @@ public final class SQLiteStore: Store {
         try await write("image \(image.name)", audit: [audit]) { db in
             try db.execute(
                 sql: """
-                    INSERT INTO images (tenant, name, digest, rootfs, size_bytes, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?)
+                    INSERT INTO images (tenant, name, digest, rootfs, size_bytes, created_at, reference)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     image.tenant, image.name.rawValue, image.digest.rawValue, image.rootfs, image.sizeBytes,
-                    image.createdAt.timeIntervalSince1970,
+                    image.createdAt.timeIntervalSince1970, image.reference,
                 ])
             var r = image
             r.id = db.lastInsertedRowID
@@ -221,7 +228,49 @@ public final class SQLiteStore: Store {
         }
     }
 
-    static let imageColumns = "id, tenant, name, digest, rootfs, size_bytes, created_at"
+    static let imageColumns = "id, tenant, name, digest, rootfs, size_bytes, created_at, reference"
+
+    public func image(tenant: String, reference: String) async throws -> ImageRecord? {
+        try await read("image") { db in
+            try Row.fetchOne(
+                db, sql: "SELECT \(Self.imageColumns) FROM images WHERE tenant = ? AND reference = ?",
+                arguments: [tenant, reference]
+            ).map(Self.image)
+        }
+    }
+
+    /// Records a pull: a new image for a new reference, or the reference moved to what it names now
+    /// (sandboxes keep the digest they run).
+    public func pinImage(_ image: ImageRecord, audit: AuditEvent) async throws -> ImageRecord {
+        guard let reference = image.reference else { return try await insertImage(image, audit: audit) }
+        return try await write("image \(reference)", audit: [audit]) { db in
+            if let id = try Int64.fetchOne(
+                db, sql: "SELECT id FROM images WHERE tenant = ? AND reference = ?",
+                arguments: [image.tenant, reference])
+            {
+                try db.execute(
+                    sql: "UPDATE images SET digest = ?, rootfs = ?, size_bytes = ?, created_at = ? WHERE id = ?",
+                    arguments: [
+                        image.digest.rawValue, image.rootfs, image.sizeBytes, image.createdAt.timeIntervalSince1970, id,
+                    ])
+                var r = image
+                r.id = id
+                return r
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO images (tenant, name, digest, rootfs, size_bytes, created_at, reference)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    image.tenant, image.name.rawValue, image.digest.rawValue, image.rootfs, image.sizeBytes,
+                    image.createdAt.timeIntervalSince1970, reference,
+                ])
+            var r = image
+            r.id = db.lastInsertedRowID
+            return r
+        }
+    }
 
     public func image(tenant: String, name: ResourceName) async throws -> ImageRecord? {
         try await read("image") { db in
@@ -305,7 +354,8 @@ public final class SQLiteStore: Store {
         }
         return ImageRecord(
             id: row["id"], tenant: row["tenant"], name: name, digest: digest, rootfs: row["rootfs"],
-            sizeBytes: row["size_bytes"], createdAt: Date(timeIntervalSince1970: row["created_at"]))
+            sizeBytes: row["size_bytes"], createdAt: Date(timeIntervalSince1970: row["created_at"]),
+            reference: row["reference"])
     }
 }
 

@@ -249,8 +249,34 @@ struct Exec: ClientCommand {
 
 struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "image", abstract: "Manage local images.",
-        subcommands: [Import.self, Upload.self, ImageList.self, ImageRemove.self])
+        commandName: "image", abstract: "Manage images: local ones and pulls from registries.",
+        subcommands: [Import.self, Upload.self, Pull.self, ImageList.self, ImageRemove.self])
+
+    struct Pull: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "pull", abstract: "Pull an image from a registry and pin its reference to the digest.",
+            discussion: """
+                References follow Docker's grammar (`busybox` is docker.io/library/busybox:latest, or the \
+                daemon's registry_default). Every manifest and blob is checked against its digest while it \
+                streams; `create --image REF` then runs the pinned digest until the next pull. A private \
+                registry's login is kept by the daemon: vivarium registry login HOST.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The image reference.") var reference: String
+        @Flag(help: "Print JSON.") var json = false
+        @Flag(help: "Print nothing but errors.") var quiet = false
+
+        func run(_ client: APIClient) async throws {
+            let start = Date()
+            if !quiet && isatty(2) != 0 { FileHandle.standardError.write(Data("pulling \(reference)…\n".utf8)) }
+            let i = try client.call(Endpoints.imagePull, PullImageRequest(reference: reference))
+            if json { return try printJSON(i) }
+            if quiet { return }
+            print(
+                "\(i.reference ?? i.name) \(i.digest) \(Quantity.formatBytes(i.sizeBytes)) in "
+                    + String(format: "%.1f s", Date().timeIntervalSince(start)))
+        }
+    }
 
     struct Import: ClientCommand {
         static let configuration = CommandConfiguration(
@@ -317,10 +343,10 @@ struct ImageCommand: AsyncParsableCommand {
             let page = try client.call(Endpoints.imageList)
             if json { return try printJSON(page.items) }
             printTable(
-                ["NAME", "DIGEST", "SIZE", "CREATED"],
+                ["NAME", "REFERENCE", "DIGEST", "SIZE", "CREATED"],
                 page.items.map {
                     [
-                        $0.name, String($0.digest.prefix(19)), Quantity.formatBytes($0.sizeBytes),
+                        $0.name, $0.reference ?? "", String($0.digest.prefix(19)), Quantity.formatBytes($0.sizeBytes),
                         ISO8601DateFormatter().string(from: $0.createdAt),
                     ]
                 })

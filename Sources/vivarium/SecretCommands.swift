@@ -147,3 +147,46 @@ struct KMSCommand: AsyncParsableCommand {
         }
     }
 }
+
+struct RegistryCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "registry", abstract: "Registry logins for image pulls, kept by the daemon.",
+        discussion: """
+            A login is a secret of your tenant (registry-HOST, delivered to no sandbox) that only pulls read; it \
+            is never shown again.
+            """,
+        subcommands: [Login.self, Logout.self])
+
+    struct Login: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "login", abstract: "Store a registry login (the password from standard input).")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The registry, host[:port].") var registry: String
+        @Option(name: [.short, .customLong("username")], help: "The user name.") var username: String
+        @Flag(name: .customLong("password-stdin"), help: "Read the password from standard input (required).")
+        var passwordStdin = false
+
+        func run(_ client: APIClient) async throws {
+            guard passwordStdin else {
+                throw VivariumError(.invalidArgument, "give the password on standard input with --password-stdin")
+            }
+            let raw = FileHandle.standardInput.readData(ofLength: 64 << 10)
+            let password = String(decoding: raw, as: UTF8.self).trimmingCharacters(in: .newlines)
+            guard !password.isEmpty else { throw VivariumError(.invalidArgument, "the password is empty") }
+            let login = try JSONEncoder().encode(["username": username, "password": password])
+            let name = try SecretName.registryLogin(registry)
+            _ = try client.upload(Endpoints.secretSet, login, name: name.rawValue, query: [])
+            print("login for \(registry) stored")
+        }
+    }
+
+    struct Logout: ClientCommand {
+        static let configuration = CommandConfiguration(commandName: "logout", abstract: "Forget a registry login.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The registry, host[:port].") var registry: String
+
+        func run(_ client: APIClient) async throws {
+            _ = try client.call(Endpoints.secretDelete, name: try SecretName.registryLogin(registry).rawValue)
+        }
+    }
+}

@@ -91,6 +91,7 @@ struct Serve: Verb {
         configuration.unpackRules = s.unpackRules
         configuration.defaultDiskBytes = s.diskDefault
         if let dir = s.runtimeDir { configuration.runtimeDir = dir }
+        configuration.defaultRegistry = s.registryDefault
         // The disk pool: every sandbox's writable layer in a btrfs subvolume under a qgroup limit. Where it
         // cannot be made the daemon refuses to start (saying why) unless the operator set disk_pool = off.
         let pool: BtrfsPool?
@@ -166,7 +167,10 @@ struct Serve: Verb {
             interval: config.auditCheckpointInterval, everyRecords: config.auditCheckpointRecords, logger: logger)
         let engine = try Engine(
             config: config, store: store, identityStore: store, auditStore: store, tokens: tokens, runtime: runtime,
-            keys: kms, content: try ImageStore(root: config.imagesDir, logger: logger), auditKey: auditKey,
+            keys: kms, content: try ImageStore(root: config.imagesDir, logger: logger),
+            registry: try RegistryClient(
+                options: RegistryOptions(caFile: s.registryCA, plainHTTP: s.registryPlainHTTP)),
+            auditKey: auditKey,
             auditKeyCreated: auditKeyCreated, checkpointer: checkpointer,
             limits: AbuseLimits(
                 authFailuresPerMinute: Double(s.authFailuresPerMinute), requestsPerSecond: Double(s.requestsPerSecond),
@@ -344,6 +348,8 @@ struct ConfigCommand: AsyncParsableCommand {
                 ("network_dns", s.networkDNS ?? "(the host's first nameserver)"),
                 ("ingress", s.ingress ?? "none"), ("ingress_domain", s.ingressDomain),
                 ("ingress_certs", s.ingressCerts ?? "none"),
+                ("registry_default", s.registryDefault), ("registry_ca", s.registryCA ?? "(the system's)"),
+                ("registry_plain_http", s.registryPlainHTTP.sorted().joined(separator: ",")),
                 ("runtime_dir", engine.runtimeDir), ("kms", s.kms),
                 ("kms_keyring", s.kmsKeyring ?? s.stateDir + "/kms/keyring.json"),
                 ("kms_address", s.kmsAddress ?? "none"), ("kms_mount", s.kmsMount), ("kms_key", s.kmsKey),

@@ -90,6 +90,12 @@ struct Settings {
     /// A directory of `NAME.crt` + `NAME.key` pairs the ingress serves by SNI (their DNS names); nil: the
     /// daemon's certificate for every host name.
     var ingressCerts: String?
+    /// Where references without a registry are pulled from.
+    var registryDefault = ImageReference.dockerHub
+    /// PEM CA certificates trusted for registries, besides the system's.
+    var registryCA: String?
+    /// Registries (`host:port`, loopback addresses only) spoken to over plain HTTP.
+    var registryPlainHTTP: Set<String> = []
     /// The tmpfs the daemon mounts for runtime specs, crun's state and sandboxes' secrets; nil:
     /// /run/vivarium/<instance>.
     var runtimeDir: String?
@@ -115,6 +121,7 @@ struct Settings {
         "max_execs_per_tenant", "max_execs", "exec_output_budget", "image_max_bytes", "image_max_entries",
         "image_max_ratio", "image_keep_setid", "disk_pool", "disk_pool_size", "disk_default",
         "network", "network_range", "network_netns", "network_dns", "ingress", "ingress_domain", "ingress_certs",
+        "registry_default", "registry_ca", "registry_plain_http",
         "runtime_dir", "kms",
         "kms_keyring", "kms_address", "kms_mount", "kms_key", "kms_token_file", "kms_ca",
     ]
@@ -230,6 +237,20 @@ struct Settings {
             ingress = value.isEmpty ? nil : value
         case "ingress_domain": ingressDomain = try PortRoute.hostname(value)
         case "runtime_dir": runtimeDir = try path()
+        case "registry_default":
+            guard (try? ImageReference.parse(value + "/x"))?.registry == value else {
+                throw VivariumError(.invalidArgument, "registry_default must be a registry host[:port]")
+            }
+            registryDefault = value
+        case "registry_ca": registryCA = try path()
+        case "registry_plain_http":
+            let hosts = value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
+                !$0.isEmpty
+            }
+            for h in hosts where !RegistryOptions.isLoopback(h) {
+                throw VivariumError(.invalidArgument, "registry_plain_http takes loopback registries only, not \(h)")
+            }
+            registryPlainHTTP = Set(hosts)
         case "ingress_certs": ingressCerts = try path()
         case "kms":
             guard ["local", "transit"].contains(value) else {

@@ -18,7 +18,7 @@ struct Vivarium: AsyncParsableCommand {
             Serve.self, ConfigCommand.self, Create.self, Run.self, List.self, Inspect.self, Start.self, Stop.self,
             Remove.self, Exec.self, ImageCommand.self, TenantCommand.self, PrincipalCommand.self, TokenCommand.self,
             Login.self, Logout.self, KeysCommand.self, AuditCommand.self, NetworkCommand.self, ExposeCommand.self,
-            SecretCommand.self, KMSCommand.self,
+            SecretCommand.self, KMSCommand.self, RegistryCommand.self,
         ])
 }
 

@@ -1,0 +1,172 @@
+import Foundation
+import Logging
+import VivariumCore
+import VivariumOCI
+import VivariumOS
+
+/// Pulls an image from a registry into the content store: the manifest (through an index, for this
+/// host's platform), the config and the layers, each checked against its digest while it streams and
+/// stored only when it matched; then the layers applied in order (whiteouts included) into the image's
+/// root, each layer's uncompressed digest checked against the config's diff ids.
+public struct ImagePuller: Sendable {
+    public let store: ImageStore
+    public let client: RegistryClient
+    public let rules: UnpackRules
+    let logger: Logger
+    /// Layers fetched at once.
+    public static let parallelLayers = 3
+
+    public init(store: ImageStore, client: RegistryClient, rules: UnpackRules, logger: Logger) {
+        self.store = store
+        self.client = client
+        self.rules = rules
+        self.logger = logger
+    }
+
+    public struct Pulled: Sendable {
+        /// The manifest's digest: what a sandbox runs.
+        public var digest: Digest
+        public var rootfs: String
+        public var sizeBytes: Int64
+        public var config: ImageConfig?
+    }
+
+    static let indexTypes: Set<String> = [MediaType.ociIndex, MediaType.dockerManifestList]
+    static let layerTypes: Set<String> = [
+        MediaType.ociLayer, MediaType.ociLayerGzip, MediaType.dockerLayerGzip,
+        "application/vnd.docker.image.rootfs.diff.tar",
+    ]
+
+    /// `ref` is resolved (a registry, and a tag or digest).
+    public func pull(_ ref: ImageReference, login: RegistryLogin?) async throws -> Pulled {
+        var fetched = try await client.manifest(
+            ref, reference: ref.digest?.rawValue ?? ref.tag ?? "latest", login: login)
+        if Self.indexTypes.contains(fetched.mediaType) {
+            let index = try decode(Index.self, fetched.data, "the index of \(ref)")
+            let arch = ImageStore.architecture
+            guard
+                let m = index.manifests.first(where: { $0.platform?.os == "linux" && $0.platform?.architecture == arch }
+                )
+            else {
+                throw VivariumError(.imageNotFound, "\(ref) has no manifest for linux/\(arch)")
+            }
+            fetched = try await client.manifest(ref, reference: m.digest.rawValue, login: login)
+            guard fetched.digest == m.digest else {
+                throw VivariumError(.digestMismatch, "the index of \(ref) names \(m.digest), the registry sent another")
+            }
+        }
+        let manifest = try decode(Manifest.self, fetched.data, "the manifest of \(ref)")
+        guard manifest.layers.count <= client.options.maxLayers else {
+            throw VivariumError(
+                .invalidArgument, "\(ref) has \(manifest.layers.count) layers, more than \(client.options.maxLayers)")
+        }
+        for l in manifest.layers where !Self.layerTypes.contains(l.mediaType) {
+            throw VivariumError(.invalidArgument, "\(ref) has a layer of type \(l.mediaType), which is not supported")
+        }
+        let digest = fetched.digest
+        if FileSystem.exists(store.rootfsPath(digest)) {
+            return Pulled(
+                digest: digest, rootfs: store.rootfsPath(digest),
+                sizeBytes: await FileSystem.diskUsage(store.rootfsPath(digest)),
+                config: try? readConfig(manifest.config.digest))
+        }
+        try await fetch([manifest.config], ref, login)
+        let config = try readConfig(manifest.config.digest)
+        let ids = config.rootfs.diffIds
+        guard ids.count == manifest.layers.count else {
+            throw VivariumError(
+                .registryFailure, "\(ref) has \(manifest.layers.count) layers but its config names \(ids.count)")
+        }
+        try await fetch(manifest.layers, ref, login)
+
+        let work = "\(store.root)/tmp/pull-\(randomHex(bytes: 8))"
+        try FileSystem.makeDirectory(work, mode: 0o700)
+        try FileSystem.makeDirectory(work + "/rootfs", mode: 0o755)
+        do {
+            var total: Int64 = 0
+            for (i, layer) in manifest.layers.enumerated() {
+                let summary = try apply(layer, into: work + "/rootfs")
+                total += summary.tarBytes
+                guard total <= rules.maxBytes else {
+                    throw VivariumError(
+                        .invalidArgument, "\(ref) unpacks to more than \(Quantity.formatBytes(rules.maxBytes))")
+                }
+                if ids[i] != summary.diffID {
+                    throw VivariumError(
+                        .digestMismatch,
+                        "layer \(i + 1) of \(ref) unpacks to \(summary.diffID), its config says \(ids[i])")
+                }
+            }
+            try store.storeBlob(data: fetched.data, digest: digest)
+            let final = store.rootfsPath(digest)
+            if !FileSystem.exists(final) {
+                guard rename(work + "/rootfs", final) == 0 else {
+                    throw VivariumError(.internalError, "cannot place \(final)")
+                }
+            }
+            try await FileSystem.removeTree(work)
+            let size = await FileSystem.diskUsage(final)
+            logger.info("pulled image", metadata: ["image": "\(ref)", "digest": "\(digest)", "bytes": "\(size)"])
+            return Pulled(digest: digest, rootfs: final, sizeBytes: size, config: config)
+        } catch {
+            try? await FileSystem.removeTree(work)
+            throw error
+        }
+    }
+
+    func decode<T: Decodable>(_ type: T.Type, _ data: Data, _ what: String) throws -> T {
+        do { return try JSONDecoder().decode(T.self, from: data) } catch {
+            throw VivariumError(.registryFailure, "\(what) is not valid JSON of its type")
+        }
+    }
+
+    func readConfig(_ d: Digest) throws -> ImageConfig {
+        guard let data = FileManager.default.contents(atPath: store.blobPath(d)) else {
+            throw VivariumError(.internalError, "the image config \(d) is not in the store")
+        }
+        return try decode(ImageConfig.self, data, "the image config")
+    }
+
+    /// Fetches the blobs the store lacks, a few at once; each enters the store only after its digest
+    /// matched.
+    func fetch(_ blobs: [Descriptor], _ ref: ImageReference, _ login: RegistryLogin?) async throws {
+        let missing = blobs.filter { !FileSystem.exists(store.blobPath($0.digest)) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var next = missing.makeIterator()
+            func start() -> Bool {
+                guard let d = next.next() else { return false }
+                group.addTask { [store, client] in
+                    let tmp = "\(store.root)/tmp/blob-\(randomHex(bytes: 8))"
+                    try await client.blob(ref, d, to: tmp, login: login)
+                    do { try store.storeBlob(file: tmp, digest: d.digest) } catch {
+                        unlink(tmp)
+                        throw error
+                    }
+                }
+                return true
+            }
+            for _ in 0..<Self.parallelLayers where !start() { break }
+            while try await group.next() != nil { _ = start() }
+        }
+    }
+
+    /// Applies one stored layer over the root under the unpack rules.
+    func apply(_ layer: Descriptor, into root: String) throws -> Unpacker.Summary {
+        let path = store.blobPath(layer.digest)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw VivariumError(.internalError, "cannot read layer \(layer.digest)") }
+        defer { close(fd) }
+        let unpacker = try Unpacker(root: root, rules: rules, whiteouts: true)
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else {
+                throw VivariumError(.internalError, "cannot read layer \(layer.digest): errno \(errno)")
+            }
+            if n == 0 { break }
+            try buffer.withUnsafeBytes { try unpacker.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+        return try unpacker.finish()
+    }
+}

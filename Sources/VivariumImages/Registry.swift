@@ -1,0 +1,290 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import NIOSSL
+import Synchronization
+import VivariumCore
+import VivariumOCI
+import VivariumOS
+
+import struct Crypto.SHA256
+
+/// A registry login: the daemon keeps it (sealed, in the secret store) and never shows it again.
+public struct RegistryLogin: Sendable, Codable {
+    public var username: String
+    public var password: String
+
+    public init(username: String, password: String) {
+        self.username = username
+        self.password = password
+    }
+}
+
+/// What the registry client trusts and whom it may speak plain HTTP to.
+public struct RegistryOptions: Sendable {
+    /// PEM CA certificates trusted besides the system's.
+    public var caFile: String?
+    /// `host:port` registries reached over plain HTTP: loopback addresses only.
+    public var plainHTTP: Set<String>
+    public var maxManifestBytes = 4 << 20
+    public var maxLayers = 128
+
+    public init(caFile: String? = nil, plainHTTP: Set<String> = []) {
+        self.caFile = caFile
+        self.plainHTTP = plainHTTP
+    }
+
+    /// Whether a registry host is a loopback address (the only kind plain HTTP may reach).
+    public static func isLoopback(_ host: String) -> Bool {
+        var h = Substring(host)
+        if h.hasPrefix("[") {
+            h = h.dropFirst().prefix { $0 != "]" }
+        } else if let c = h.lastIndex(of: ":") {
+            h = h[..<c]
+        }
+        return h == "localhost" || h == "::1" || h.hasPrefix("127.")
+    }
+}
+
+/// A client of the OCI distribution API (async-http-client): anonymous, basic and bearer-token auth
+/// through the `WWW-Authenticate` challenge, TLS with operator CAs, manifests and blobs checked
+/// against their digests while they stream.
+public final class RegistryClient: Sendable {
+    let http: HTTPClient
+    public let options: RegistryOptions
+    /// Bearer tokens by registry and scope.
+    let tokens = Mutex<[String: String]>([:])
+
+    public static let manifestTypes = [
+        MediaType.ociIndex, MediaType.ociManifest, MediaType.dockerManifestList, MediaType.dockerManifest,
+    ]
+
+    public init(options: RegistryOptions) throws {
+        self.options = options
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let ca = options.caFile { tls.additionalTrustRoots = [.file(ca)] }
+        var c = HTTPClient.Configuration(
+            tlsConfiguration: tls, redirectConfiguration: .follow(max: 5, allowCycles: false))
+        c.timeout = .init(connect: .seconds(10), read: .seconds(60))
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
+    }
+
+    public func shutdown() async throws { try await http.shutdown() }
+
+    func base(_ registry: String) -> String {
+        let plain = options.plainHTTP.contains(registry) && RegistryOptions.isLoopback(registry)
+        return (plain ? "http://" : "https://")
+            + (registry == ImageReference.dockerHub ? "registry-1.docker.io" : registry)
+    }
+
+    /// Sends a request, answering an authentication challenge once: basic with the login, or a bearer
+    /// token from the challenge's realm (with the login when there is one).
+    func send(
+        _ method: NIOHTTP1.HTTPMethod, registry: String, repository: String, path: String, accept: [String] = [],
+        login: RegistryLogin?, body: HTTPClientRequest.Body? = nil, contentType: String? = nil,
+        scope: String = "pull"
+    ) async throws -> HTTPClientResponse {
+        let url = base(registry) + path
+        let key = "\(registry) repository:\(repository):\(scope)"
+        func request(_ auth: String?) -> HTTPClientRequest {
+            var r = HTTPClientRequest(url: url)
+            r.method = method
+            if !accept.isEmpty { r.headers.add(name: "Accept", value: accept.joined(separator: ", ")) }
+            if let auth { r.headers.add(name: "Authorization", value: auth) }
+            if let contentType { r.headers.add(name: "Content-Type", value: contentType) }
+            r.body = body
+            return r
+        }
+        let cached = tokens.withLock { $0[key] }.map { "Bearer " + $0 }
+        let first = try await execute(request(cached), registry)
+        guard first.status == .unauthorized, let challenge = first.headers.first(name: "WWW-Authenticate") else {
+            return first
+        }
+        _ = try? await first.body.collect(upTo: 1 << 16)
+        let auth: String
+        let c = Challenge.parse(challenge)
+        switch c.scheme {
+        case "basic":
+            guard let login else {
+                throw VivariumError(
+                    .registryFailure, "registry \(registry) needs a login: vivarium registry login \(registry)")
+            }
+            auth = "Basic " + Data("\(login.username):\(login.password)".utf8).base64EncodedString()
+        case "bearer":
+            let token = try await bearerToken(c, registry: registry, repository: repository, scope: scope, login: login)
+            tokens.withLock { $0[key] = token }
+            auth = "Bearer " + token
+        default:
+            throw VivariumError(
+                .registryFailure, "registry \(registry) asks for an unsupported authentication: \(c.scheme)")
+        }
+        let second = try await execute(request(auth), registry)
+        if second.status == .unauthorized || second.status == .forbidden {
+            throw VivariumError(
+                .registryFailure,
+                login == nil
+                    ? "registry \(registry) refused anonymous access to \(repository): vivarium registry login \(registry)"
+                    : "registry \(registry) refused the credentials for \(repository)")
+        }
+        return second
+    }
+
+    func execute(_ r: HTTPClientRequest, _ registry: String) async throws -> HTTPClientResponse {
+        do { return try await http.execute(r, timeout: .seconds(300)) } catch {
+            throw VivariumError(.registryFailure, "registry \(registry) does not answer: \(error)")
+        }
+    }
+
+    /// A token from the challenge's realm (`token` or `access_token` of its JSON answer).
+    func bearerToken(_ c: Challenge, registry: String, repository: String, scope: String, login: RegistryLogin?)
+        async throws -> String
+    {
+        guard let realm = c.params["realm"], var url = URLComponents(string: realm),
+            url.scheme == "https" || (url.scheme == "http" && RegistryOptions.isLoopback(url.host ?? ""))
+        else { throw VivariumError(.registryFailure, "registry \(registry) names no usable token realm") }
+        var items = url.queryItems ?? []
+        if let service = c.params["service"] { items.append(URLQueryItem(name: "service", value: service)) }
+        items.append(URLQueryItem(name: "scope", value: c.params["scope"] ?? "repository:\(repository):\(scope)"))
+        url.queryItems = items
+        var r = HTTPClientRequest(url: url.string ?? realm)
+        if let login {
+            r.headers.add(
+                name: "Authorization",
+                value: "Basic " + Data("\(login.username):\(login.password)".utf8).base64EncodedString())
+        }
+        let answer = try await execute(r, registry)
+        let body = try await answer.body.collect(upTo: 1 << 20)
+        guard answer.status == .ok else {
+            throw VivariumError(
+                .registryFailure,
+                login == nil
+                    ? "registry \(registry) gave no token for \(repository) (\(answer.status.code)): a login may be needed"
+                    : "registry \(registry) refused the credentials for \(repository) (\(answer.status.code))")
+        }
+        let json = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any]
+        guard let token = (json?["token"] ?? json?["access_token"]) as? String, !token.isEmpty else {
+            throw VivariumError(.registryFailure, "registry \(registry)'s token answer holds no token")
+        }
+        return token
+    }
+
+    /// A manifest or index, checked against the digest it was asked by, or the one the registry names.
+    public struct Fetched: Sendable {
+        public var data: Data
+        public var mediaType: String
+        public var digest: Digest
+    }
+
+    public func manifest(_ ref: ImageReference, reference: String, login: RegistryLogin?) async throws -> Fetched {
+        guard let registry = ref.registry else { throw VivariumError(.invalidArgument, "\(ref) names no registry") }
+        let r = try await send(
+            .GET, registry: registry, repository: ref.repository,
+            path: "/v2/\(ref.repository)/manifests/\(reference)", accept: Self.manifestTypes, login: login)
+        if r.status == .notFound {
+            throw VivariumError(.imageNotFound, "\(registry)/\(ref.repository):\(reference) is not in the registry")
+        }
+        guard r.status == .ok else { throw try await failure(r, "manifest \(reference)", registry) }
+        let body: ByteBuffer
+        do { body = try await r.body.collect(upTo: options.maxManifestBytes) } catch {
+            throw VivariumError(
+                .registryFailure, "the manifest of \(ref) is larger than \(options.maxManifestBytes) bytes")
+        }
+        let data = Data(buffer: body)
+        let digest = Digest.of(data)
+        let expected =
+            Digest(rawValue: reference)
+            ?? r.headers.first(name: "Docker-Content-Digest").flatMap(Digest.init(rawValue:))
+        if let expected, expected != digest {
+            throw VivariumError(
+                .digestMismatch, "the manifest of \(ref) is \(digest), not the \(expected) it was asked by or named")
+        }
+        var type = r.headers.first(name: "Content-Type") ?? ""
+        if let semi = type.firstIndex(of: ";") { type = String(type[..<semi]) }
+        if !Self.manifestTypes.contains(type),
+            let m = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], let t = m["mediaType"] as? String
+        {
+            type = t
+        }
+        return Fetched(data: data, mediaType: type, digest: digest)
+    }
+
+    /// Streams a blob into `path` (created exclusively, removed on failure), hashing it on the way; it is
+    /// kept only when its digest and size are the descriptor's.
+    public func blob(
+        _ ref: ImageReference, _ d: Descriptor, to path: String, login: RegistryLogin?,
+        progress: @Sendable (Int) -> Void = { _ in }
+    ) async throws {
+        guard let registry = ref.registry else { throw VivariumError(.invalidArgument, "\(ref) names no registry") }
+        let r = try await send(
+            .GET, registry: registry, repository: ref.repository, path: "/v2/\(ref.repository)/blobs/\(d.digest)",
+            login: login)
+        guard r.status == .ok else { throw try await failure(r, "blob \(d.digest)", registry) }
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw VivariumError(.internalError, "cannot create \(path): errno \(errno)") }
+        var ok = false
+        defer {
+            close(fd)
+            if !ok { unlink(path) }
+        }
+        var hash = SHA256()
+        var size: Int64 = 0
+        for try await chunk in r.body {
+            size += Int64(chunk.readableBytes)
+            guard size <= d.size else {
+                throw VivariumError(.digestMismatch, "blob \(d.digest) of \(ref) is larger than its \(d.size) bytes")
+            }
+            try chunk.withUnsafeReadableBytes { raw in
+                hash.update(bufferPointer: raw)
+                try Unpacker.writeAll(fd, raw, path)
+            }
+            progress(chunk.readableBytes)
+        }
+        let got = Digest(sha256: hash.finalize())
+        guard got == d.digest, size == d.size else {
+            throw VivariumError(
+                .digestMismatch, "blob \(d.digest) of \(ref) arrived as \(got) (\(size) bytes): it is refused")
+        }
+        guard fsync(fd) == 0 else { throw VivariumError(.unavailable, "cannot sync \(path): errno \(errno)") }
+        ok = true
+    }
+
+    func failure(_ r: HTTPClientResponse, _ what: String, _ registry: String) async throws -> VivariumError {
+        let body = (try? await r.body.collect(upTo: 1 << 16)).map { String(buffer: $0) } ?? ""
+        return VivariumError(
+            .registryFailure, "registry \(registry) answered \(r.status.code) for \(what): \(body.prefix(300))")
+    }
+}
+
+/// A `WWW-Authenticate` challenge: its scheme (lower-cased) and its parameters.
+struct Challenge: Equatable {
+    var scheme: String
+    var params: [String: String]
+
+    static func parse(_ header: String) -> Challenge {
+        let s = header.trimmingCharacters(in: .whitespaces)
+        let scheme = String(s.prefix { $0 != " " }).lowercased()
+        var params: [String: String] = [:]
+        var rest = s.dropFirst(scheme.count)[...]
+        while let eq = rest.firstIndex(of: "=") {
+            let key = rest[..<eq].trimmingCharacters(in: CharacterSet(charactersIn: ", ")).lowercased()
+            rest = rest[rest.index(after: eq)...]
+            var value = ""
+            if rest.first == "\"" {
+                rest = rest.dropFirst()
+                while let c = rest.first, c != "\"" {
+                    if c == "\\" { rest = rest.dropFirst() }
+                    if let c = rest.first { value.append(c) }
+                    rest = rest.dropFirst()
+                }
+                rest = rest.dropFirst()
+            } else {
+                value = String(rest.prefix { $0 != "," })
+                rest = rest.dropFirst(value.count)
+            }
+            params[key] = value.trimmingCharacters(in: .whitespaces)
+        }
+        return Challenge(scheme: scheme, params: params)
+    }
+}

@@ -1,0 +1,274 @@
+import Foundation
+import Glibc
+import Testing
+import VivariumClient
+import VivariumCore
+import VivariumOS
+import VivariumTestSupport
+
+/// A real OCI registry (Debian's docker-registry) on 127.0.0.1: with TLS from a CA the test makes and
+/// htpasswd auth, or plain HTTP without auth.
+final class TestRegistry {
+    let dir: String
+    let port: UInt16
+    let process = Process()
+    let tls: Bool
+    var host: String { "127.0.0.1:\(port)" }
+    var storage: String { dir + "/data" }
+    static let user = "alice"
+    static let password = "s3cret-" + randomHex(bytes: 4)
+
+    /// `ca` is a directory holding ca.crt and ca.key (see `makeCA`); nil: plain HTTP, no auth.
+    init(ca: String?) throws {
+        dir = "/tmp/vivarium-registry-" + randomHex(bytes: 6)
+        port = try freeLoopbackPort()
+        tls = ca != nil
+        try FileSystem.makeDirectory(dir, mode: 0o700)
+        var config = """
+            version: 0.1
+            storage:
+              filesystem:
+                rootdirectory: \(storage)
+            log:
+              level: error
+            http:
+              addr: \(host)
+
+            """
+        if let ca {
+            try Self.openssl([
+                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", dir + "/srv.key",
+                "-out", dir + "/srv.csr", "-subj", "/CN=127.0.0.1",
+            ])
+            try "subjectAltName=IP:127.0.0.1\n".write(toFile: dir + "/ext.cnf", atomically: true, encoding: .utf8)
+            try Self.openssl([
+                "x509", "-req", "-in", dir + "/srv.csr", "-CA", ca + "/ca.crt", "-CAkey", ca + "/ca.key",
+                "-CAcreateserial", "-days", "2", "-out", dir + "/srv.crt", "-extfile", dir + "/ext.cnf",
+            ])
+            let hash = try runCommand("/usr/bin/htpasswd", ["-Bbn", Self.user, Self.password])
+            try hash.stdout.write(toFile: dir + "/htpasswd", atomically: true, encoding: .utf8)
+            config += """
+                  tls:
+                    certificate: \(dir)/srv.crt
+                    key: \(dir)/srv.key
+                auth:
+                  htpasswd:
+                    realm: test
+                    path: \(dir)/htpasswd
+
+                """
+        }
+        try config.write(toFile: dir + "/config.yml", atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
+        process.arguments = ["serve", dir + "/config.yml"]
+        process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try process.run()
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            let r = try runCommand(
+                "/usr/bin/curl", ["-s", "-k", "-o", "/dev/null", "-w", "%{http_code}", base + "/v2/"])
+            if r.stdout == "200" || r.stdout == "401" { return }
+            usleep(100_000)
+        }
+        throw VivariumError(.unavailable, "docker-registry did not start")
+    }
+
+    var base: String { (tls ? "https://" : "http://") + host }
+
+    static func openssl(_ args: [String]) throws {
+        let r = try runCommand("/usr/bin/openssl", args)
+        guard r.status == 0 else { throw VivariumError(.internalError, "openssl \(args[0]): \(r.stderr)") }
+    }
+
+    /// A CA (ca.crt, ca.key) in `dir`.
+    static func makeCA(_ dir: String) throws {
+        try FileSystem.makeDirectory(dir, mode: 0o700)
+        try openssl([
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-keyout", dir + "/ca.key", "-out", dir + "/ca.crt", "-subj", "/CN=vivarium-test-ca",
+        ])
+    }
+
+    /// Pushes `layout:tag` (an OCI layout) to `repository:target` with skopeo.
+    func push(_ layout: String, _ tag: String, to ref: String, certs: String?) throws {
+        var args = ["copy", "-q"]
+        if tls {
+            args += ["--dest-creds", "\(Self.user):\(Self.password)", "--dest-cert-dir", certs ?? ""]
+        } else {
+            args += ["--dest-tls-verify=false"]
+        }
+        args += ["oci:\(layout):\(tag)", "docker://\(host)/\(ref)"]
+        let r = try runCommand("/usr/bin/skopeo", args)
+        guard r.status == 0 else { throw VivariumError(.internalError, "skopeo copy: \(r.stderr)") }
+    }
+
+    /// A manifest as the registry holds it.
+    func manifest(_ repository: String, _ reference: String, ca: String?) throws -> Data {
+        var args = ["-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"]
+        if let ca { args += ["--cacert", ca + "/ca.crt", "-u", "\(Self.user):\(Self.password)"] }
+        let r = try runCommand("/usr/bin/curl", args + ["\(base)/v2/\(repository)/manifests/\(reference)"])
+        guard r.status == 0 else { throw VivariumError(.internalError, "no manifest \(repository):\(reference)") }
+        return Data(r.stdout.utf8)
+    }
+
+    deinit {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+/// Test images built with umoci from busybox-static: `v1` one layer (/etc/marker), `v2` a second layer
+/// that removes /etc/marker (a whiteout) and adds /etc/second, `v3` and `v4` other layers on v1.
+func buildTestLayout(_ dir: String) throws -> String {
+    let layout = dir + "/layout"
+    func umoci(_ args: [String]) throws {
+        let r = try runCommand("/usr/bin/umoci", args)
+        guard r.status == 0 else { throw VivariumError(.internalError, "umoci \(args[0]): \(r.stderr)") }
+    }
+    func sh(_ script: String) throws {
+        let r = try runCommand("/bin/sh", ["-c", script])
+        guard r.status == 0 else { throw VivariumError(.internalError, "\(script): \(r.stderr)") }
+    }
+    try umoci(["init", "--layout", layout])
+    try umoci(["new", "--image", layout + ":v1"])
+    let bundle = dir + "/bundle"
+    try umoci(["unpack", "--image", layout + ":v1", bundle])
+    try sh(
+        "cd \(bundle)/rootfs && mkdir -p bin etc && cp /bin/busybox bin/busybox && for a in sh cat ls test; do ln -s busybox bin/$a; done && echo one > etc/marker"
+    )
+    try umoci(["repack", "--image", layout + ":v1", bundle])
+    try sh("rm -rf \(bundle)")
+    try umoci(["unpack", "--image", layout + ":v1", bundle])
+    try sh("rm \(bundle)/rootfs/etc/marker && echo two > \(bundle)/rootfs/etc/second")
+    try umoci(["repack", "--image", layout + ":v2", bundle])
+    try sh("rm -rf \(bundle)")
+    try umoci(["unpack", "--image", layout + ":v1", bundle])
+    try sh("echo three-\(randomHex(bytes: 4)) > \(bundle)/rootfs/etc/third")
+    try umoci(["repack", "--image", layout + ":v3", bundle])
+    try sh("rm -rf \(bundle)")
+    try umoci(["unpack", "--image", layout + ":v1", bundle])
+    try sh("echo four-\(randomHex(bytes: 4)) > \(bundle)/rootfs/etc/fourth")
+    try umoci(["repack", "--image", layout + ":v4", bundle])
+    try sh("rm -rf \(bundle)")
+    return layout
+}
+
+@Suite(.serialized, .enabled(if: Integration.enabled)) struct RegistryTests {
+    @Test func pullsFromRealRegistriesVerifiedAndPinned() async throws {
+        let work = "/tmp/vivarium-images-" + randomHex(bytes: 6)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        try FileSystem.makeDirectory(work, mode: 0o700)
+        let ca = work + "/ca"
+        try TestRegistry.makeCA(ca)
+        let certs = work + "/certs"
+        try FileSystem.makeDirectory(certs, mode: 0o700)
+        _ = try runCommand("/bin/cp", [ca + "/ca.crt", certs + "/ca.crt"])
+        let layout = try buildTestLayout(work)
+        let secure = try TestRegistry(ca: ca)
+        let plain = try TestRegistry(ca: nil)
+        try secure.push(layout, "v2", to: "team/tool:v2", certs: certs)
+        try plain.push(layout, "v1", to: "open/tool:v1", certs: nil)
+
+        try await TestDaemon.with(extraEnv: [
+            "VIVARIUM_REGISTRY_CA": ca + "/ca.crt", "VIVARIUM_REGISTRY_PLAIN_HTTP": plain.host,
+        ]) { d in
+            let ref = "\(secure.host)/team/tool:v2"
+            // No login, then a wrong one: clear refusals, nothing stored.
+            var r = try d.cli("image", "pull", ref)
+            #expect(r.status != 0 && r.stderr.contains("registry login"), "\(r.stderr)")
+            func login(_ password: String) throws {
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: Paths.vivarium)
+                p.arguments = ["registry", "login", secure.host, "-u", TestRegistry.user, "--password-stdin"]
+                var env = ProcessInfo.processInfo.environment
+                for (k, v) in d.environment { env[k] = v }
+                p.environment = env
+                let input = Pipe()
+                p.standardInput = input
+                p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+                try p.run()
+                input.fileHandleForWriting.write(Data((password + "\n").utf8))
+                try input.fileHandleForWriting.close()
+                p.waitUntilExit()
+                #expect(p.terminationStatus == 0)
+            }
+            try login("wrong")
+            r = try d.cli("image", "pull", ref)
+            #expect(r.status != 0 && r.stderr.contains("refused the credentials"), "\(r.stderr)")
+            try login(TestRegistry.password)
+            #expect(try d.cli("secret", "ls").stdout.contains("registry-127.0.0.1_\(secure.port)"))
+            #expect(!(try d.cli("secret", "ls", "--json").stdout.contains(TestRegistry.password)))
+
+            // Pull by tag over TLS with the operator's CA and a login; the box sees both layers applied.
+            r = try d.cli("image", "pull", ref, "--json")
+            #expect(r.status == 0, "\(r.stderr)")
+            let pulled = try WireCoding.decoder().decode(ImageInfo.self, from: Data(r.stdout.utf8))
+            let v2 = Digest.of(try secure.manifest("team/tool", "v2", ca: ca))
+            #expect(pulled.reference == ref && pulled.digest == v2.rawValue)
+            let box = try d.create(CreateSandboxRequest(name: "tool", image: ref))
+            #expect(box.imageDigest == v2.rawValue)
+            var (code, out, _) = try d.sh("tool", "cat /etc/second; test -e /etc/marker || echo whited-out")
+            #expect(code == 0 && out == "two\nwhited-out\n", "\(out)")
+            // By digest, and anonymously over plain HTTP from the loopback registry.
+            r = try d.cli("image", "pull", "\(secure.host)/team/tool@\(v2.rawValue)", "--json")
+            #expect(r.status == 0 && r.stdout.contains(v2.rawValue), "\(r.stderr)")
+            _ = try d.create(CreateSandboxRequest(name: "plain", image: "\(plain.host)/open/tool:v1"))
+            (_, out, _) = try d.sh("plain", "cat /etc/marker")
+            #expect(out == "one\n")
+
+            // The tag moves on the registry: what runs, and what a new box of the same reference gets
+            // until the next pull, stays the pinned digest.
+            try secure.push(layout, "v3", to: "team/tool:v2", certs: certs)
+            let moved = Digest.of(try secure.manifest("team/tool", "v2", ca: ca))
+            #expect(moved != v2)
+            _ = try d.create(CreateSandboxRequest(name: "again", image: ref))
+            #expect(try d.get("again").imageDigest == v2.rawValue)
+            r = try d.cli("image", "pull", ref, "--json")
+            #expect(r.status == 0 && r.stdout.contains(moved.rawValue), "\(r.stderr)")
+            #expect(try d.get("tool").imageDigest == v2.rawValue, "a running box keeps its digest")
+            (_, out, _) = try d.sh("tool", "cat /etc/second")
+            #expect(out == "two\n")
+
+            // Through an index: the entry for this host's platform.
+            try secure.push(layout, "v2", to: "team/multi:plain", certs: certs)
+            let manifest = try secure.manifest("team/multi", "plain", ca: ca)
+            let index = """
+                {"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[\
+                {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"\(Digest.of(manifest).rawValue)","size":\(manifest.count),"platform":{"architecture":"s390x","os":"linux"}},\
+                {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"\(Digest.of(manifest).rawValue)","size":\(manifest.count),"platform":{"architecture":"amd64","os":"linux"}}]}
+                """
+            let put = try runCommand(
+                "/usr/bin/curl",
+                [
+                    "-sf", "-X", "PUT", "--cacert", ca + "/ca.crt", "-u",
+                    "\(TestRegistry.user):\(TestRegistry.password)",
+                    "-H", "Content-Type: application/vnd.oci.image.index.v1+json", "--data-binary", index,
+                    "\(secure.base)/v2/team/multi/manifests/latest",
+                ])
+            #expect(put.status == 0, "\(put.stderr)")
+            r = try d.cli("image", "pull", "\(secure.host)/team/multi", "--json")
+            #expect(r.status == 0 && r.stdout.contains(Digest.of(manifest).rawValue), "\(r.stdout) \(r.stderr)")
+
+            // A blob changed on the registry's disk: detected, and nothing enters the store.
+            try secure.push(layout, "v4", to: "team/bad:1", certs: certs)
+            let bad = try JSONSerialization.jsonObject(with: secure.manifest("team/bad", "1", ca: ca)) as? [String: Any]
+            let layers = try #require(bad?["layers"] as? [[String: Any]])
+            let last = try #require(Digest(rawValue: layers.last?["digest"] as? String ?? ""))
+            let blob = "\(secure.storage)/docker/registry/v2/blobs/sha256/\(last.hex.prefix(2))/\(last.hex)/data"
+            let fd = open(blob, O_WRONLY)
+            #expect(fd >= 0)
+            _ = pwrite(fd, "garbage", 7, 40)
+            close(fd)
+            let images = d.stateDir + "/images"
+            #expect(!FileSystem.exists("\(images)/blobs/sha256/\(last.hex)"), "the layer was already stored")
+            r = try d.cli("image", "pull", "\(secure.host)/team/bad:1")
+            #expect(r.status != 0 && r.stderr.contains("digest_mismatch"), "\(r.stderr)")
+            #expect(!FileSystem.exists("\(images)/blobs/sha256/\(last.hex)"))
+            #expect(try FileManager.default.contentsOfDirectory(atPath: images + "/tmp").isEmpty)
+        }
+    }
+}
