@@ -33,6 +33,8 @@ public struct EngineConfiguration: Sendable {
     public var ingressDomain = "localhost"
     /// The registry of references that name none (`registry_default`).
     public var defaultRegistry = ImageReference.dockerHub
+    /// The registries (`host[:port]`) or repository prefixes (`host/team`) pulls may use; nil: any.
+    public var allowedRegistries: [String]?
     /// The disk quota of a sandbox whose create names none (`disk_default`).
     public var defaultDiskBytes: Int64 = ResourceLimits.defaultDiskBytes
     /// Audit checkpoints: at least this often, and after this many records.

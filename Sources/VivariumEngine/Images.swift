@@ -93,6 +93,12 @@ public final class Images: Sendable {
             throw VivariumError(.invalidArgument, "\(reference) names no registry")
         }
         let key = full.description
+        if let allowed = config.allowedRegistries {
+            let repo = registry + "/" + full.repository
+            guard allowed.contains(where: { repo == $0 || repo.hasPrefix($0 + "/") }) else {
+                throw VivariumError(.forbidden, "pulls from \(repo) are not allowed here (registry_allowed)")
+            }
+        }
         return try await locks.withLock("pull:\(tenant)/\(key)") { [self] in
             let login = try await secrets.registryLogin(tenant: tenant, registry: registry)
             let pulled = try await puller.pull(full, login: login)

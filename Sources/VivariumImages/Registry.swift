@@ -68,6 +68,8 @@ public final class RegistryClient: Sendable {
         var c = HTTPClient.Configuration(
             tlsConfiguration: tls, redirectConfiguration: .follow(max: 5, allowCycles: false))
         c.timeout = .init(connect: .seconds(10), read: .seconds(60))
+        // A registry that refuses connections is reported at once; the caller pulls again.
+        c.connectionPool.retryConnectionEstablishment = false
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
     }
 

@@ -66,6 +66,8 @@ public final class TransitKeyProvider: KeyProvider {
         // No redirects: one would carry the token and a data key to wherever it points.
         var http = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow)
         http.timeout = .init(connect: .seconds(3), read: .seconds(10))
+        // One server: when it is down, say so at once instead of retrying until the connect timeout.
+        http.connectionPool.retryConnectionEstablishment = false
         let provider = TransitKeyProvider(
             config: config, token: token,
             client: HTTPClient(eventLoopGroupProvider: .singleton, configuration: http))

@@ -92,6 +92,7 @@ struct Serve: Verb {
         configuration.defaultDiskBytes = s.diskDefault
         if let dir = s.runtimeDir { configuration.runtimeDir = dir }
         configuration.defaultRegistry = s.registryDefault
+        configuration.allowedRegistries = s.registryAllowed
         // The disk pool: every sandbox's writable layer in a btrfs subvolume under a qgroup limit. Where it
         // cannot be made the daemon refuses to start (saying why) unless the operator set disk_pool = off.
         let pool: BtrfsPool?
@@ -350,6 +351,7 @@ struct ConfigCommand: AsyncParsableCommand {
                 ("ingress_certs", s.ingressCerts ?? "none"),
                 ("registry_default", s.registryDefault), ("registry_ca", s.registryCA ?? "(the system's)"),
                 ("registry_plain_http", s.registryPlainHTTP.sorted().joined(separator: ",")),
+                ("registry_allowed", s.registryAllowed?.joined(separator: ",") ?? "(any)"),
                 ("runtime_dir", engine.runtimeDir), ("kms", s.kms),
                 ("kms_keyring", s.kmsKeyring ?? s.stateDir + "/kms/keyring.json"),
                 ("kms_address", s.kmsAddress ?? "none"), ("kms_mount", s.kmsMount), ("kms_key", s.kmsKey),

@@ -94,6 +94,8 @@ struct Settings {
     var registryDefault = ImageReference.dockerHub
     /// PEM CA certificates trusted for registries, besides the system's.
     var registryCA: String?
+    /// The registries or repository prefixes pulls may use (comma-separated; empty: none); nil: any.
+    var registryAllowed: [String]?
     /// Registries (`host:port`, loopback addresses only) spoken to over plain HTTP.
     var registryPlainHTTP: Set<String> = []
     /// The tmpfs the daemon mounts for runtime specs, crun's state and sandboxes' secrets; nil:
@@ -121,7 +123,7 @@ struct Settings {
         "max_execs_per_tenant", "max_execs", "exec_output_budget", "image_max_bytes", "image_max_entries",
         "image_max_ratio", "image_keep_setid", "disk_pool", "disk_pool_size", "disk_default",
         "network", "network_range", "network_netns", "network_dns", "ingress", "ingress_domain", "ingress_certs",
-        "registry_default", "registry_ca", "registry_plain_http",
+        "registry_default", "registry_ca", "registry_plain_http", "registry_allowed",
         "runtime_dir", "kms",
         "kms_keyring", "kms_address", "kms_mount", "kms_key", "kms_token_file", "kms_ca",
     ]
@@ -243,6 +245,15 @@ struct Settings {
             }
             registryDefault = value
         case "registry_ca": registryCA = try path()
+        case "registry_allowed":
+            let scopes = value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
+                !$0.isEmpty
+            }
+            for scope in scopes where (try? ImageReference.parse(scope + "/x"))?.registry == nil {
+                throw VivariumError(
+                    .invalidArgument, "registry_allowed takes registries or registry/repository prefixes, not \(scope)")
+            }
+            registryAllowed = scopes
         case "registry_plain_http":
             let hosts = value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
                 !$0.isEmpty

@@ -16,10 +16,10 @@ import VivariumTestSupport
             }
             try expectAPIError(
                 d, "POST", "/v1/sandboxes", body: #"{"name":"x","image":"nope"}"#, status: 404, code: "image_not_found")
-            // A registry reference is understood and refused clearly until pulls exist; a malformed one is refused.
+            // A registry reference is pulled: a registry that does not answer is a 502; a malformed one is refused.
             try expectAPIError(
-                d, "POST", "/v1/sandboxes", body: #"{"name":"x","image":"python:3.12"}"#, status: 422,
-                code: "invalid_argument")
+                d, "POST", "/v1/sandboxes", body: #"{"name":"x","image":"127.0.0.1:1/none/x:1"}"#, status: 502,
+                code: "registry_failure")
             try expectAPIError(
                 d, "POST", "/v1/sandboxes", body: #"{"name":"x","image":"Bad Ref"}"#, status: 422,
                 code: "invalid_argument")

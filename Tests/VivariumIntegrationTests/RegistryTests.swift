@@ -175,7 +175,11 @@ func buildTestLayout(_ dir: String) throws -> String {
 
         try await TestDaemon.with(extraEnv: [
             "VIVARIUM_REGISTRY_CA": ca + "/ca.crt", "VIVARIUM_REGISTRY_PLAIN_HTTP": plain.host,
+            "VIVARIUM_REGISTRY_ALLOWED": "\(secure.host)/team,\(plain.host)",
         ]) { d in
+            // Outside the allowed scopes: refused before any connection.
+            let outside = try d.cli("image", "pull", "\(secure.host)/elsewhere/tool:v2")
+            #expect(outside.status != 0 && outside.stderr.contains("not allowed"), "\(outside.stderr)")
             let ref = "\(secure.host)/team/tool:v2"
             // No login, then a wrong one: clear refusals, nothing stored.
             var r = try d.cli("image", "pull", ref)

@@ -26,6 +26,8 @@ import VivariumTestSupport
         let env = [
             "VIVARIUM_REQUESTS_PER_SECOND": "1000000", "VIVARIUM_REQUEST_BURST": "1000000",
             "VIVARIUM_AUTH_FAILURES_PER_MINUTE": "100000", "VIVARIUM_MAX_SANDBOXES": "64",
+            // No pull is allowed (a 403 before any connection): generated references never leave the machine.
+            "VIVARIUM_REGISTRY_ALLOWED": "",
             "VIVARIUM_QUOTA_SANDBOXES": "12", "VIVARIUM_LOG_LEVEL": "warning", "VIVARIUM_STOP_TIMEOUT_SECONDS": "2",
         ]
         try await TestDaemon.with(extraEnv: env, tcp: true) { d in
