@@ -47,8 +47,8 @@ public final class Secrets: Sendable {
 
     // MARK: Entry points
 
-    /// Stores a new version (the first is 1) and replaces the file in every running sandbox it is bound
-    /// to, atomically; a sandbox no longer bound loses the file.
+    /// Stores a new version (the first is 1) and replaces the file in every sandbox it is bound to,
+    /// atomically; a sandbox no longer bound loses the file. Returns it with the versions now kept.
     public func set(_ caller: Caller, name: SecretName, value: SecretValue, binding: SecretBinding) async throws
         -> (Secret, versions: Int64)
     {
@@ -61,7 +61,8 @@ public final class Secrets: Sendable {
             }
             return try await locks.withLock(Self.lockKey(tenant)) { [self] in
                 let all = try await store.secrets(tenant: tenant)
-                if let kept = all.first(where: { $0.0.name == name })?.versions, kept >= Self.maxVersions {
+                let kept = all.first(where: { $0.0.name == name })?.versions ?? 0
+                if kept >= Self.maxVersions {
                     throw VivariumError(
                         .quotaExceeded,
                         "secret \(name) keeps \(kept) versions, the most: prune them (secret rm --prune)")
@@ -92,7 +93,7 @@ public final class Secrets: Sendable {
                 logger.info(
                     "secret set", metadata: ["secret": "\(name)", "version": "\(version)", "tenant": "\(tenant)"])
                 await redeliver(s, value)
-                return (s, version)
+                return (s, kept + 1)
             }
         }
     }

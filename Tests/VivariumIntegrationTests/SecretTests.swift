@@ -166,6 +166,13 @@ import VivariumTestSupport
             #expect(torn.isEmpty, "reads that saw no whole version: \(torn.prefix(3))")
             let versionsSeen = Set(lines.compactMap { line in hashes.firstIndex { line.hasPrefix($0) } })
             #expect(versionsSeen.count >= 2, "the reader saw the file change")
+            // Every version is kept until pruned; pruning keeps the newest, which the box still has.
+            var big = try d.client.call(Endpoints.secretList).items.first { $0.name == "big" }
+            #expect(big?.version == 6 && big?.versions == 6)
+            #expect(try d.cli("secret", "rm", "big", "--prune").status == 0)
+            big = try d.client.call(Endpoints.secretList).items.first { $0.name == "big" }
+            #expect(big?.version == 6 && big?.versions == 1)
+            #expect(try d.sh("reader", "sha256sum /run/secrets/big").1.hasPrefix(hashes[5]))
         }
     }
 
