@@ -61,7 +61,8 @@ public final class Secrets: Sendable {
             }
             return try await locks.withLock(Self.lockKey(tenant)) { [self] in
                 let all = try await store.secrets(tenant: tenant)
-                let kept = all.first(where: { $0.0.name == name })?.versions ?? 0
+                let current = all.first(where: { $0.0.name == name })
+                let kept = current?.versions ?? 0
                 if kept >= Self.maxVersions {
                     throw VivariumError(
                         .quotaExceeded,
@@ -70,7 +71,7 @@ public final class Secrets: Sendable {
                 if !all.contains(where: { $0.0.name == name }), all.count >= Self.maxSecretsPerTenant {
                     throw VivariumError(.quotaExceeded, "tenant \(tenant) holds \(all.count) secrets, the most it may")
                 }
-                let version = try await store.latestSecretVersion(tenant: tenant, name: name) + 1
+                let version = (current?.0.version ?? 0) + 1
                 let s = try await whileSealing {
                     let sealed = try await envelope.seal(
                         value, SealContext(.secret, tenant: tenant, name: name.rawValue, version: version))

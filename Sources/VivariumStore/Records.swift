@@ -81,8 +81,6 @@ public protocol Store: Transactional {
     /// Every route (of `tenant`, when given), by key.
     func routes(tenant: String?) async throws -> [PortRoute]
 
-    /// The newest version number of a secret; 0 when there is none.
-    func latestSecretVersion(tenant: String, name: SecretName) async throws -> Int64
     /// Adds a version; `already_exists` when that version exists.
     func insertSecret(_ s: Secret, sealed: SealedValue, audit: AuditEvent) async throws
     func secrets(tenant: String?) async throws -> [(Secret, versions: Int64)]

@@ -38,14 +38,6 @@ extension SQLiteStore {
 
     static let secretColumns = "tenant, name, version, key_id, binding, created_at"
 
-    public func latestSecretVersion(tenant: String, name: SecretName) async throws -> Int64 {
-        try await read("secret") { db in
-            try Int64.fetchOne(
-                db, sql: "SELECT max(version) FROM secrets WHERE tenant = ? AND name = ?",
-                arguments: [tenant, name.rawValue]) ?? 0
-        }
-    }
-
     public func insertSecret(_ s: Secret, sealed: SealedValue, audit: AuditEvent) async throws {
         let binding = String(decoding: try JSONEncoder().encode(s.binding), as: UTF8.self)
         try await write("secret \(s.name)", audit: [audit]) { db in

@@ -179,11 +179,15 @@ func buildTestLayout(_ dir: String) throws -> String {
         ]) { d in
             // Outside the allowed scopes: refused before any connection.
             let outside = try d.cli("image", "pull", "\(secure.host)/elsewhere/tool:v2")
-            #expect(outside.status != 0 && outside.stderr.contains("not allowed"), "\(outside.stderr)")
+            #expect(
+                outside.status != 0 && outside.stderr.contains("not allowed") && outside.stderr.contains("[forbidden]"),
+                "\(outside.stderr)")
             let ref = "\(secure.host)/team/tool:v2"
             // No login, then a wrong one: clear refusals, nothing stored.
             var r = try d.cli("image", "pull", ref)
-            #expect(r.status != 0 && r.stderr.contains("registry login"), "\(r.stderr)")
+            #expect(
+                r.status != 0 && r.stderr.contains("registry login") && r.stderr.contains("[registry_failure]"),
+                "\(r.stderr)")
             func login(_ password: String) throws {
                 let p = Process()
                 p.executableURL = URL(fileURLWithPath: Paths.vivarium)
@@ -202,7 +206,9 @@ func buildTestLayout(_ dir: String) throws -> String {
             }
             try login("wrong")
             r = try d.cli("image", "pull", ref)
-            #expect(r.status != 0 && r.stderr.contains("refused the credentials"), "\(r.stderr)")
+            #expect(
+                r.status != 0 && r.stderr.contains("refused the credentials")
+                    && r.stderr.contains("[registry_failure]"), "\(r.stderr)")
             try login(TestRegistry.password)
             #expect(try d.cli("secret", "ls").stdout.contains("registry-127.0.0.1_\(secure.port)"))
             #expect(!(try d.cli("secret", "ls", "--json").stdout.contains(TestRegistry.password)))
@@ -270,7 +276,7 @@ func buildTestLayout(_ dir: String) throws -> String {
             let images = d.stateDir + "/images"
             #expect(!FileSystem.exists("\(images)/blobs/sha256/\(last.hex)"), "the layer was already stored")
             r = try d.cli("image", "pull", "\(secure.host)/team/bad:1")
-            #expect(r.status != 0 && r.stderr.contains("digest_mismatch"), "\(r.stderr)")
+            #expect(r.status != 0 && r.stderr.contains("[digest_mismatch]"), "\(r.stderr)")
             #expect(!FileSystem.exists("\(images)/blobs/sha256/\(last.hex)"))
             #expect(try FileManager.default.contentsOfDirectory(atPath: images + "/tmp").isEmpty)
         }
