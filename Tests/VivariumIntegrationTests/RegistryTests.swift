@@ -244,11 +244,15 @@ func buildTestLayout(_ dir: String) throws -> String {
             #expect(out == "two\n")
 
             // Through an index: the entry for this host's platform.
+            // The other platform's entry is another image, so picking the wrong one shows.
             try secure.push(layout, "v2", to: "team/multi:plain", certs: certs)
+            try secure.push(layout, "v1", to: "team/multi:other", certs: certs)
             let manifest = try secure.manifest("team/multi", "plain", ca: ca)
+            let other = try secure.manifest("team/multi", "other", ca: ca)
+            #expect(Digest.of(other) != Digest.of(manifest))
             let index = """
                 {"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[\
-                {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"\(Digest.of(manifest).rawValue)","size":\(manifest.count),"platform":{"architecture":"s390x","os":"linux"}},\
+                {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"\(Digest.of(other).rawValue)","size":\(other.count),"platform":{"architecture":"s390x","os":"linux"}},\
                 {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"\(Digest.of(manifest).rawValue)","size":\(manifest.count),"platform":{"architecture":"amd64","os":"linux"}}]}
                 """
             let put = try runCommand(
