@@ -31,6 +31,16 @@ struct ImageRoutes {
             let body: PullImageRequest = try await call.body()
             return Mapping.info(try await images.pull(call.caller, reference: try ImageReference.parse(body.reference)))
         }
+        r.add(Endpoints.imageSigningPayload) { call in
+            let body: PullImageRequest = try await call.body()
+            return try await images.signingPayload(call.caller, reference: try ImageReference.parse(body.reference))
+        }
+        r.add(Endpoints.imageSign) { call in
+            let body: PublishSignatureRequest = try await call.body()
+            return try await images.publishSignature(
+                call.caller, reference: try ImageReference.parse(body.reference), payload: body.payload,
+                signature: body.signature)
+        }
         r.add(Endpoints.imageDelete) { call in
             try await images.remove(call.caller, name: try call.name("image name"))
             return Empty()

@@ -59,7 +59,8 @@ public enum PolicyTable {
         // (every proxied request would flood the trail).
         case .sandboxConnect: .init([.sandboxesRead], role: .member, .tenant, mutating: false)
 
-        case .imagePull: .init([.imagesWrite], role: .member, .tenantUnbound, mutating: true)
+        case .imagePull, .imageSign: .init([.imagesWrite], role: .member, .tenantUnbound, mutating: true)
+        case .imageSigningPayload: .init([.imagesRead], role: .member, .tenantUnbound, mutating: false)
         case .secretSet, .secretDelete: .init([.secretsWrite], role: .member, .tenantUnbound, mutating: true)
         case .secretList: .init([.secretsRead], role: .auditor, .tenantUnbound, mutating: false)
         case .kmsShow: .init([.kmsAdmin], role: .admin, .admin, mutating: false)

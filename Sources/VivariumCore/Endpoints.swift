@@ -136,6 +136,10 @@ public enum Endpoints {
     public static let imagePull = Endpoint<PullImageRequest, ImageInfo>(
         .post, "/v1/images/pull", .imagePull, status: 201)
     public static let imageDelete = Endpoint<Empty, Empty>(.delete, "/v1/images/{name}", .imageDelete, status: 204)
+    public static let imageSigningPayload = Endpoint<PullImageRequest, SigningPayload>(
+        .post, "/v1/images/signing-payload", .imageSigningPayload)
+    public static let imageSign = Endpoint<PublishSignatureRequest, SigningPayload>(
+        .post, "/v1/images/signatures", .imageSign, status: 201)
 
     /// The body is the value itself (raw bytes, up to 4 MiB): `?sandbox=NAME` and `?label=K=V`
     /// (repeatable) bind it, `?gid=N` names the group that may read its file. Each call is a new version.
@@ -163,7 +167,7 @@ public enum Endpoints {
         sandboxCreate.route, sandboxRun.route, sandboxGet.route, sandboxDelete.route, sandboxStart.route,
         sandboxStop.route, sandboxExec.route, sandboxNetwork.route, routeCreate.route,
         routeList.route, routeDelete.route, imageList.route, imageImport.route,
-        imageUpload.route, imagePull.route,
+        imageUpload.route, imagePull.route, imageSigningPayload.route, imageSign.route,
         imageDelete.route, secretSet.route, secretList.route, secretDelete.route, kmsShow.route, kmsRotate.route,
         kmsRetire.route,
         auditList.route, auditFollow, auditCheckpoints.route,

@@ -30,6 +30,9 @@ public struct VivariumError: Error, CustomStringConvertible, Sendable, Equatable
         public static let registryFailure = Code(rawValue: "registry_failure")
         /// Content that is not what its digest says (a blob, a manifest): refused, nothing stored.
         public static let digestMismatch = Code(rawValue: "digest_mismatch")
+        /// An image the admission policy refuses: unsigned or badly signed where signatures are enforced,
+        /// or named by tag where a digest is required.
+        public static let imageRefused = Code(rawValue: "image_refused")
     }
 
     public let code: Code
@@ -57,7 +60,7 @@ public struct VivariumError: Error, CustomStringConvertible, Sendable, Equatable
         case .methodNotAllowed: 405
         case .resourceExhausted, .unavailable: 503
         case .unauthenticated: 401
-        case .forbidden, .quotaExceeded: 403
+        case .forbidden, .quotaExceeded, .imageRefused: 403
         case .rateLimited: 429
         case .registryFailure, .digestMismatch: 502
         default: 500

@@ -300,6 +300,31 @@ public struct PullImageRequest: Codable, Sendable {
     public init(reference: String) { self.reference = reference }
 }
 
+/// What to sign for an image: the digest its reference resolves to, and cosign's simple-signing payload
+/// for it (base64), signed as it is.
+public struct SigningPayload: Codable, Sendable {
+    public var reference: String
+    public var digest: Digest
+    public var payload: Data
+    public init(reference: String, digest: Digest, payload: Data) {
+        self.reference = reference
+        self.digest = digest
+        self.payload = payload
+    }
+}
+
+/// A signature over a signing payload (both base64): ECDSA P-256 (ASN.1 DER) or Ed25519.
+public struct PublishSignatureRequest: Codable, Sendable {
+    public var reference: String
+    public var payload: Data
+    public var signature: Data
+    public init(reference: String, payload: Data, signature: Data) {
+        self.reference = reference
+        self.payload = payload
+        self.signature = signature
+    }
+}
+
 public struct ErrorBody: Codable, Sendable {
     public struct Detail: Codable, Sendable {
         public var code: String

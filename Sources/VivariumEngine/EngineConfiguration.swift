@@ -35,6 +35,8 @@ public struct EngineConfiguration: Sendable {
     public var defaultRegistry = ImageReference.dockerHub
     /// The registries (`host[:port]`) or repository prefixes (`host/team`) pulls may use; nil: any.
     public var allowedRegistries: [String]?
+    /// Which registry images are admitted: signatures and digests per scope.
+    public var imagePolicy = ImagePolicy()
     /// The disk quota of a sandbox whose create names none (`disk_default`).
     public var defaultDiskBytes: Int64 = ResourceLimits.defaultDiskBytes
     /// Audit checkpoints: at least this often, and after this many records.

@@ -198,7 +198,7 @@ public final class Gate: Sendable {
                 "policy.denied", target: target, outcome: .denied,
                 details: details.merging(["action": action.rawValue, "door": caller.door.rawValue]) { a, _ in a },
                 context: context)
-        case .quotaExceeded:
+        case .quotaExceeded, .imageRefused:
             event = AuditEvent(action.rawValue, target: target, outcome: .refused, details: details, context: context)
         case .rateLimited:
             return

@@ -11,8 +11,9 @@ public final class Images: Sendable {
     let config: EngineConfiguration
     let store: any Store
     let content: ImageStore
-    /// Registry pulls; nil when the daemon makes none.
+    /// Registry pulls and their admission; nil when the daemon makes none.
     let puller: ImagePuller?
+    let admission: Admission?
     let secrets: Secrets
     let gate: Gate
     let logger: Logger
@@ -23,6 +24,7 @@ public final class Images: Sendable {
         gate: Gate, logger: Logger
     ) {
         self.puller = puller
+        self.admission = puller.map { Admission(policy: config.imagePolicy, client: $0.client) }
         self.secrets = secrets
         self.config = config
         self.store = store
@@ -80,28 +82,43 @@ public final class Images: Sendable {
     /// (a tag is never resolved again behind the user's back), or a pull now.
     func resolve(tenant: String, _ reference: ImageReference) async throws -> ImageRecord {
         let full = reference.resolved(defaultRegistry: config.defaultRegistry)
+        try admission?.checkReference(full)
         if let pinned = try await store.image(tenant: tenant, reference: full.description) { return pinned }
         return try await pull(tenant: tenant, reference)
     }
 
-    func pull(tenant: String, _ reference: ImageReference) async throws -> ImageRecord {
-        guard let puller else {
-            throw VivariumError(.unavailable, "this daemon pulls from no registry")
-        }
+    /// The registry client, or why this daemon has none.
+    func registry() throws -> (ImagePuller, Admission) {
+        guard let puller, let admission else { throw VivariumError(.unavailable, "this daemon pulls from no registry") }
+        return (puller, admission)
+    }
+
+    /// A reference in full, refused before any connection when its repository is not allowed.
+    func allowed(_ reference: ImageReference) throws -> (ImageReference, registry: String) {
         let full = reference.resolved(defaultRegistry: config.defaultRegistry)
         guard let registry = full.registry else {
             throw VivariumError(.invalidArgument, "\(reference) names no registry")
         }
-        let key = full.description
         if let allowed = config.allowedRegistries {
             let repo = registry + "/" + full.repository
             guard allowed.contains(where: { repo == $0 || repo.hasPrefix($0 + "/") }) else {
                 throw VivariumError(.forbidden, "pulls from \(repo) are not allowed here (registry_allowed)")
             }
         }
+        return (full, registry)
+    }
+
+    func pull(tenant: String, _ reference: ImageReference) async throws -> ImageRecord {
+        let (puller, admission) = try registry()
+        let (full, registry) = try allowed(reference)
+        try admission.checkReference(full)
+        let key = full.description
         return try await locks.withLock("pull:\(tenant)/\(key)") { [self] in
             let login = try await secrets.registryLogin(tenant: tenant, registry: registry)
-            let pulled = try await puller.pull(full, login: login)
+            let resolved = try await puller.resolve(full, login: login)
+            // Admitted (or refused, and the refusal audited with the digest) before any layer is fetched.
+            let decision = try await admission.check(full, digests: resolved.digests, login: login)
+            let pulled = try await puller.pull(full, resolved, login: login)
             let name = ResourceName(rawValue: "ref-" + Digest.of(Array("\(tenant)/\(key)".utf8)).hex.prefix(12))!
             let rec = try await store.pinImage(
                 ImageRecord(
@@ -111,11 +128,66 @@ public final class Images: Sendable {
                 audit: AuditEvent(
                     "image.pull", target: key, tenant: tenant,
                     details: [
-                        "digest": pulled.digest.rawValue, "registry": registry, "size_bytes": String(pulled.sizeBytes),
+                        "digest": pulled.digest.rawValue, "resolved_digest": resolved.digests[0].rawValue,
+                        "registry": registry, "size_bytes": String(pulled.sizeBytes),
                         "login": login == nil ? "anonymous" : "tenant secret",
+                        "signature": decision.signature, "policy_scope": decision.scope,
                     ]))
-            logger.info("image pulled", metadata: ["reference": "\(key)", "digest": "\(pulled.digest)"])
+            logger.info(
+                "image pulled",
+                metadata: ["reference": "\(key)", "digest": "\(pulled.digest)", "signature": "\(decision.signature)"])
             return rec
+        }
+    }
+
+    /// What to sign for `reference`: the digest it resolves to in its registry now, and cosign's payload
+    /// for it. The caller signs the payload with its own key (the daemon never sees it) and hands the
+    /// signature to `publishSignature`.
+    public func signingPayload(_ caller: Caller, reference: ImageReference) async throws -> SigningPayload {
+        try await gate.perform(caller, .imageSigningPayload, target: reference.description) {
+            let tenant = try writableTenant(caller, shared: false)
+            let (puller, _) = try registry()
+            let (full, registry) = try allowed(reference)
+            let login = try await secrets.registryLogin(tenant: tenant, registry: registry)
+            let resolved = try await puller.resolve(full, login: login)
+            let repository = registry + "/" + full.repository
+            return SigningPayload(
+                reference: full.description, digest: resolved.digests[0],
+                payload: Cosign.payload(repository: repository, digest: resolved.digests[0]))
+        }
+    }
+
+    /// Publishes a signature the caller made over a payload of `signingPayload`, next to the image in its
+    /// registry (the `sha256-<hex>.sig` tag, with the tenant's login).
+    public func publishSignature(
+        _ caller: Caller, reference: ImageReference, payload: Data, signature: Data
+    ) async throws -> SigningPayload {
+        try await gate.perform(caller, .imageSign, target: reference.description) {
+            let tenant = try writableTenant(caller, shared: false)
+            let (puller, _) = try registry()
+            let (full, registry) = try allowed(reference)
+            guard payload.count <= 4096 else {
+                throw VivariumError(.invalidArgument, "a payload is at most 4096 bytes")
+            }
+            let claim = try Cosign.claim(payload)
+            guard Cosign.names(claim.repository, registry: registry, repository: full.repository) else {
+                throw VivariumError(
+                    .invalidArgument, "the payload names \(claim.repository), not \(registry)/\(full.repository)")
+            }
+            guard (1...1024).contains(signature.count) else {
+                throw VivariumError(.invalidArgument, "a signature is 1 to 1024 bytes")
+            }
+            let login = try await secrets.registryLogin(tenant: tenant, registry: registry)
+            // The digest must be in the repository: a signature is never published for nothing.
+            _ = try await puller.client.manifest(full, reference: claim.digest.rawValue, login: login)
+            let tag = try await Admission.publish(
+                client: puller.client, full, digest: claim.digest, payload: payload, signature: signature, login: login)
+            try await gate.audit.append([
+                AuditEvent(
+                    "image.sign", target: full.description, tenant: tenant,
+                    details: ["digest": claim.digest.rawValue, "tag": tag])
+            ])
+            return SigningPayload(reference: full.description, digest: claim.digest, payload: payload)
         }
     }
 

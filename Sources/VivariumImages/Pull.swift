@@ -37,10 +37,19 @@ public struct ImagePuller: Sendable {
         "application/vnd.docker.image.rootfs.diff.tar",
     ]
 
-    /// `ref` is resolved (a registry, and a tag or digest).
-    public func pull(_ ref: ImageReference, login: RegistryLogin?) async throws -> Pulled {
+    /// What a reference resolves to before any blob is fetched: the digests to admit, and the manifest.
+    public struct Resolved: Sendable {
+        /// The digest the reference resolves to, then (through an index) the platform manifest's.
+        public var digests: [Digest]
+        var fetched: RegistryClient.Fetched
+        var manifest: Manifest
+    }
+
+    /// Resolves `ref` (a registry, and a tag or digest) to this host's manifest, through an index.
+    public func resolve(_ ref: ImageReference, login: RegistryLogin?) async throws -> Resolved {
         var fetched = try await client.manifest(
             ref, reference: ref.digest?.rawValue ?? ref.tag ?? "latest", login: login)
+        var digests = [fetched.digest]
         if Self.indexTypes.contains(fetched.mediaType) {
             let index = try decode(Index.self, fetched.data, "the index of \(ref)")
             let arch = ImageStore.architecture
@@ -54,6 +63,7 @@ public struct ImagePuller: Sendable {
             guard fetched.digest == m.digest else {
                 throw VivariumError(.digestMismatch, "the index of \(ref) names \(m.digest), the registry sent another")
             }
+            digests.append(fetched.digest)
         }
         let manifest = try decode(Manifest.self, fetched.data, "the manifest of \(ref)")
         guard manifest.layers.count <= client.options.maxLayers else {
@@ -63,6 +73,13 @@ public struct ImagePuller: Sendable {
         for l in manifest.layers where !Self.layerTypes.contains(l.mediaType) {
             throw VivariumError(.invalidArgument, "\(ref) has a layer of type \(l.mediaType), which is not supported")
         }
+        return Resolved(digests: digests, fetched: fetched, manifest: manifest)
+    }
+
+    /// Fetches what the store lacks of a resolved image and unpacks it.
+    public func pull(_ ref: ImageReference, _ resolved: Resolved, login: RegistryLogin?) async throws -> Pulled {
+        let fetched = resolved.fetched
+        let manifest = resolved.manifest
         let digest = fetched.digest
         if FileSystem.exists(store.rootfsPath(digest)) {
             return Pulled(

@@ -252,6 +252,95 @@ public final class RegistryClient: Sendable {
         ok = true
     }
 
+    /// A small blob into memory (at most `limit` bytes), checked against its digest.
+    public func blobData(_ ref: ImageReference, _ d: Descriptor, limit: Int, login: RegistryLogin?) async throws -> Data
+    {
+        guard let registry = ref.registry else { throw VivariumError(.invalidArgument, "\(ref) names no registry") }
+        guard d.size <= limit else {
+            throw VivariumError(.registryFailure, "blob \(d.digest) of \(ref) is larger than \(limit) bytes")
+        }
+        let r = try await send(
+            .GET, registry: registry, repository: ref.repository, path: "/v2/\(ref.repository)/blobs/\(d.digest)",
+            login: login)
+        guard r.status == .ok else { throw try await failure(r, "blob \(d.digest)", registry) }
+        let body: ByteBuffer
+        do { body = try await r.body.collect(upTo: limit) } catch {
+            throw VivariumError(.digestMismatch, "blob \(d.digest) of \(ref) is larger than its \(d.size) bytes")
+        }
+        let data = Data(buffer: body)
+        guard Digest.of(data) == d.digest, data.count == d.size else {
+            throw VivariumError(
+                .digestMismatch, "blob \(d.digest) of \(ref) arrived as \(Digest.of(data)): it is refused")
+        }
+        return data
+    }
+
+    /// The referrers of `digest` (OCI 1.1), or nil when the registry does not offer the API.
+    public func referrers(_ ref: ImageReference, of digest: Digest, login: RegistryLogin?) async throws -> Index? {
+        guard let registry = ref.registry else { throw VivariumError(.invalidArgument, "\(ref) names no registry") }
+        let r = try await send(
+            .GET, registry: registry, repository: ref.repository, path: "/v2/\(ref.repository)/referrers/\(digest)",
+            accept: [MediaType.ociIndex], login: login)
+        guard r.status == .ok else {
+            _ = try? await r.body.collect(upTo: 1 << 16)
+            return nil
+        }
+        let body: ByteBuffer
+        do { body = try await r.body.collect(upTo: options.maxManifestBytes) } catch {
+            throw VivariumError(
+                .registryFailure, "the referrers of \(digest) are more than \(options.maxManifestBytes) bytes")
+        }
+        var type = r.headers.first(name: "Content-Type") ?? ""
+        if let semi = type.firstIndex(of: ";") { type = String(type[..<semi]) }
+        guard type == MediaType.ociIndex, let index = try? JSONDecoder().decode(Index.self, from: Data(buffer: body))
+        else { return nil }
+        return index
+    }
+
+    /// Uploads a blob unless the repository has it (monolithic upload: POST, then PUT with the digest).
+    public func pushBlob(_ ref: ImageReference, _ data: Data, login: RegistryLogin?) async throws -> Descriptor {
+        guard let registry = ref.registry else { throw VivariumError(.invalidArgument, "\(ref) names no registry") }
+        let digest = Digest.of(data)
+        let d = Descriptor(mediaType: "application/octet-stream", digest: digest, size: Int64(data.count))
+        let head = try await send(
+            .HEAD, registry: registry, repository: ref.repository, path: "/v2/\(ref.repository)/blobs/\(digest)",
+            login: login, scope: "pull,push")
+        if head.status == .ok { return d }
+        let start = try await send(
+            .POST, registry: registry, repository: ref.repository, path: "/v2/\(ref.repository)/blobs/uploads/",
+            login: login, scope: "pull,push")
+        _ = try? await start.body.collect(upTo: 1 << 16)
+        guard start.status == .accepted, let location = start.headers.first(name: "Location") else {
+            throw VivariumError(
+                .registryFailure, "registry \(registry) refused an upload to \(ref.repository) (\(start.status.code))")
+        }
+        // The location is absolute or a path on the registry, with or without a query.
+        var path = location
+        if let u = URLComponents(string: location), u.host != nil {
+            guard u.host == URLComponents(string: base(registry))?.host else {
+                throw VivariumError(.registryFailure, "registry \(registry) sent an upload location on another host")
+            }
+            path = u.percentEncodedPath + (u.percentEncodedQuery.map { "?" + $0 } ?? "")
+        }
+        path += (path.contains("?") ? "&" : "?") + "digest=" + digest.rawValue
+        let put = try await send(
+            .PUT, registry: registry, repository: ref.repository, path: path, login: login,
+            body: .bytes(ByteBuffer(data: data)), contentType: "application/octet-stream", scope: "pull,push")
+        guard put.status == .created else { throw try await failure(put, "the upload of \(digest)", registry) }
+        return d
+    }
+
+    /// Puts a manifest under a tag (or digest).
+    public func pushManifest(
+        _ ref: ImageReference, reference: String, _ data: Data, mediaType: String, login: RegistryLogin?
+    ) async throws {
+        guard let registry = ref.registry else { throw VivariumError(.invalidArgument, "\(ref) names no registry") }
+        let r = try await send(
+            .PUT, registry: registry, repository: ref.repository, path: "/v2/\(ref.repository)/manifests/\(reference)",
+            login: login, body: .bytes(ByteBuffer(data: data)), contentType: mediaType, scope: "pull,push")
+        guard r.status == .created else { throw try await failure(r, "manifest \(reference)", registry) }
+    }
+
     func failure(_ r: HTTPClientResponse, _ what: String, _ registry: String) async throws -> VivariumError {
         let body = (try? await r.body.collect(upTo: 1 << 16)).map { String(buffer: $0) } ?? ""
         return VivariumError(

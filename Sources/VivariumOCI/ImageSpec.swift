@@ -21,6 +21,8 @@ public struct Descriptor: Codable, Sendable, Equatable {
     public var size: Int64
     public var annotations: [String: String]?
     public var platform: Platform?
+    /// In a referrers index: the referring artifact's type.
+    public var artifactType: String?
 
     public init(
         mediaType: String, digest: Digest, size: Int64, annotations: [String: String]? = nil,

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VivariumClient
 import VivariumCore
+import VivariumImages
 
 /// The options of a new sandbox, shared by `create` and `run`.
 struct SandboxOptions: ParsableArguments {
@@ -250,7 +251,7 @@ struct Exec: ClientCommand {
 struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image", abstract: "Manage images: local ones and pulls from registries.",
-        subcommands: [Import.self, Upload.self, Pull.self, ImageList.self, ImageRemove.self])
+        subcommands: [Import.self, Upload.self, Pull.self, Sign.self, ImageList.self, ImageRemove.self])
 
     struct Pull: ClientCommand {
         static let configuration = CommandConfiguration(
@@ -275,6 +276,38 @@ struct ImageCommand: AsyncParsableCommand {
             print(
                 "\(i.reference ?? i.name) \(i.digest) \(Quantity.formatBytes(i.sizeBytes)) in "
                     + String(format: "%.1f s", Date().timeIntervalSince(start)))
+        }
+    }
+
+    struct Sign: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "sign", abstract: "Sign an image in its registry with your key, in cosign's format.",
+            discussion: """
+                The daemon resolves REF to the digest the registry holds now and hands back cosign's \
+                simple-signing payload for it; this command signs the payload here (the key never leaves \
+                this machine) and the daemon publishes the signature under the image's sha256-<hex>.sig \
+                tag, with the tenant's registry login. `cosign verify --key` accepts it, and so does a \
+                daemon whose image_policy trusts the public key. KEY is an unencrypted PEM private key: \
+                ECDSA P-256 (openssl ecparam -name prime256v1 -genkey) or Ed25519 (openssl genpkey \
+                -algorithm ed25519); cosign's own encrypted key file is not read.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The image reference.") var reference: String
+        @Option(help: "The private key file (PEM).") var key: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run(_ client: APIClient) async throws {
+            guard let data = FileManager.default.contents(atPath: key), data.count <= 16 << 10,
+                let pem = String(data: data, encoding: .utf8)
+            else { throw VivariumError(.invalidArgument, "cannot read the key \(key)") }
+            let signer = try SigningKey(pem: pem, source: key)
+            let toSign = try client.call(Endpoints.imageSigningPayload, PullImageRequest(reference: reference))
+            let signed = try client.call(
+                Endpoints.imageSign,
+                PublishSignatureRequest(
+                    reference: toSign.reference, payload: toSign.payload, signature: try signer.sign(toSign.payload)))
+            if json { return try printJSON(signed) }
+            print("signed \(signed.reference) \(signed.digest)")
         }
     }
 

@@ -93,6 +93,7 @@ struct Serve: Verb {
         if let dir = s.runtimeDir { configuration.runtimeDir = dir }
         configuration.defaultRegistry = s.registryDefault
         configuration.allowedRegistries = s.registryAllowed
+        if let path = s.imagePolicy { configuration.imagePolicy = try ImagePolicyFile.load(path) }
         // The disk pool: every sandbox's writable layer in a btrfs subvolume under a qgroup limit. Where it
         // cannot be made the daemon refuses to start (saying why) unless the operator set disk_pool = off.
         let pool: BtrfsPool?

@@ -98,6 +98,8 @@ struct Settings {
     var registryAllowed: [String]?
     /// Registries (`host:port`, loopback addresses only) spoken to over plain HTTP.
     var registryPlainHTTP: Set<String> = []
+    /// The image admission policy file (TOML): signatures and digests per registry scope.
+    var imagePolicy: String?
     /// The tmpfs the daemon mounts for runtime specs, crun's state and sandboxes' secrets; nil:
     /// /run/vivarium/<instance>.
     var runtimeDir: String?
@@ -123,7 +125,7 @@ struct Settings {
         "max_execs_per_tenant", "max_execs", "exec_output_budget", "image_max_bytes", "image_max_entries",
         "image_max_ratio", "image_keep_setid", "disk_pool", "disk_pool_size", "disk_default",
         "network", "network_range", "network_netns", "network_dns", "ingress", "ingress_domain", "ingress_certs",
-        "registry_default", "registry_ca", "registry_plain_http", "registry_allowed",
+        "registry_default", "registry_ca", "registry_plain_http", "registry_allowed", "image_policy",
         "runtime_dir", "kms",
         "kms_keyring", "kms_address", "kms_mount", "kms_key", "kms_token_file", "kms_ca",
     ]
@@ -263,6 +265,7 @@ struct Settings {
             }
             registryPlainHTTP = Set(hosts)
         case "ingress_certs": ingressCerts = try path()
+        case "image_policy": imagePolicy = try path()
         case "kms":
             guard ["local", "transit"].contains(value) else {
                 throw VivariumError(.invalidArgument, "kms must be local or transit")
