@@ -62,6 +62,28 @@ let cosignTool = #"""
                     "dev.cosignproject.cosign/signature": base64.b64encode(sign(key, p)).decode()}}]}
         req("PUT", f"{base}/v2/{repo}/manifests/{tag}", json.dumps(manifest).encode(),
             "application/vnd.oci.image.manifest.v1+json")
+    elif cmd == "sign-referrer":
+        # argv[6]: the registry the image is pulled from (named in the payload).
+        # OCI 1.1: the signature manifest names the image as its subject and is pushed by digest only.
+        key = serialization.load_pem_private_key(open(keyfile, "rb").read(), None)
+        p = payload(f"{sys.argv[6]}/{repo}", digest)
+        pd = put_blob(base, repo, p)
+        empty = b"{}"
+        ed = put_blob(base, repo, empty)
+        m = req("GET", f"{base}/v2/{repo}/manifests/{digest}", accept="application/vnd.oci.image.manifest.v1+json")
+        subject_size = len(m.read())
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": ed, "size": 2},
+            "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": pd,
+                "size": len(p), "annotations": {
+                    "dev.cosignproject.cosign/signature": base64.b64encode(sign(key, p)).decode()}}],
+            "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+                "size": subject_size}}).encode()
+        md = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        req("PUT", f"{base}/v2/{repo}/manifests/{md}", manifest, "application/vnd.oci.image.manifest.v1+json")
+        print(json.dumps({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
+            "size": len(manifest), "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json"}))
     elif cmd == "verify":
         pub = serialization.load_pem_public_key(open(keyfile, "rb").read())
         m = json.load(req("GET", f"{base}/v2/{repo}/manifests/{tag}",
@@ -77,6 +99,51 @@ let cosignTool = #"""
                     and c["type"] == "cosign container image signature"):
                 sys.exit(0)
         sys.exit(1)
+    """#
+
+/// A registry with the OCI 1.1 referrers API in front of docker-registry 2.8 (which has none): every
+/// request goes to the real registry except `GET /v2/<repo>/referrers/<digest>`, answered from a file of
+/// referrers indexes shaped as the distribution spec's example response.
+let referrersServer = #"""
+    import json, re, sys, urllib.error, urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    upstream, table, port_file = sys.argv[1], sys.argv[2], sys.argv[3]
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a): pass
+        def do_HEAD(self): self.forward(False)
+        def do_GET(self):
+            m = re.match(r"^/v2/(.+)/referrers/(sha256:[0-9a-f]{64})(\\?.*)?$", self.path)
+            if m:
+                key = m.group(1) + "@" + m.group(2)
+                entries = json.load(open(table)).get(key, [])
+                body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": entries}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.oci.image.index.v1+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.forward(True)
+        def forward(self, body):
+            r = urllib.request.Request(upstream + self.path, method=self.command)
+            for h in ("Accept",):
+                if self.headers.get(h): r.add_header(h, self.headers[h])
+            try:
+                resp = urllib.request.urlopen(r)
+            except urllib.error.HTTPError as e:
+                resp = e
+            data = resp.read()
+            self.send_response(resp.status)
+            for k, v in resp.headers.items():
+                if k.lower() in ("content-type", "docker-content-digest", "content-length"): self.send_header(k, v)
+            self.end_headers()
+            if body: self.wfile.write(data)
+
+    s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    open(port_file, "w").write(str(s.server_address[1]))
+    s.serve_forever()
     """#
 
 @Suite(.serialized, .enabled(if: Integration.enabled)) struct SignatureTests {
@@ -214,6 +281,79 @@ let cosignTool = #"""
                 "\(r.stderr)")
             r = try d.cli("image", "pull", "\(host)/pinned/app@\(try digest("pinned/app", "v1").rawValue)")
             #expect(r.status == 0, "\(r.stderr)")
+        }
+    }
+
+    /// Registries with the referrers API: a signature found there (and only there) admits the image; a
+    /// referrer of another artifact type is not taken for a signature; one by an untrusted key refuses.
+    @Test func findsSignaturesThroughTheReferrersAPI() async throws {
+        let work = "/tmp/vivarium-referrers-" + randomHex(bytes: 6)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        try FileSystem.makeDirectory(work, mode: 0o700)
+        try cosignTool.write(toFile: work + "/cosign_tool.py", atomically: true, encoding: .utf8)
+        try referrersServer.write(toFile: work + "/referrers.py", atomically: true, encoding: .utf8)
+        try TestRegistry.openssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + "/key.pem"])
+        try TestRegistry.openssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + "/rogue.pem"])
+        try TestRegistry.openssl(["pkey", "-in", work + "/key.pem", "-pubout", "-out", work + "/key.pub"])
+        let layout = try buildTestLayout(work)
+        let registry = try TestRegistry(ca: nil)
+        try registry.push(layout, "v1", to: "ref/good:v1", certs: nil)
+        try registry.push(layout, "v3", to: "ref/bad:v1", certs: nil)
+        try registry.push(layout, "v1", to: "ref/typed:v1", certs: nil)
+        let good = Digest.of(try registry.manifest("ref/good", "v1", ca: nil))
+        let bad = Digest.of(try registry.manifest("ref/bad", "v1", ca: nil))
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["python3", work + "/referrers.py", registry.base, work + "/table.json", work + "/port"]
+        try server.run()
+        defer {
+            // Children of the test runner start with SIGTERM blocked.
+            kill(server.processIdentifier, SIGKILL)
+            server.waitUntilExit()
+        }
+        var port = ""
+        for _ in 0..<100 where port.isEmpty {
+            usleep(50_000)
+            port = (try? String(contentsOfFile: work + "/port", encoding: .utf8)) ?? ""
+        }
+        let host = "127.0.0.1:\(port)"
+        func referrer(_ key: String, _ repo: String, _ d: Digest) throws -> [String: Any] {
+            let r = try runCommand(
+                "/usr/bin/env",
+                ["python3", work + "/cosign_tool.py", "sign-referrer", key, registry.host, repo, d.rawValue, host])
+            #expect(r.status == 0, "\(r.stderr)")
+            return try #require(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        }
+        let goodSig = try referrer(work + "/key.pem", "ref/good", good)
+        let badSig = try referrer(work + "/rogue.pem", "ref/bad", bad)
+        // A referrer of another artifact type is not a signature, whatever it holds: here a valid one.
+        var sbom = try referrer(work + "/key.pem", "ref/typed", good)
+        sbom["artifactType"] = "application/spdx+json"
+        let table: [String: Any] = [
+            "ref/good@\(good.rawValue)": [goodSig], "ref/bad@\(bad.rawValue)": [badSig],
+            "ref/typed@\(good.rawValue)": [sbom],
+        ]
+        try JSONSerialization.data(withJSONObject: table).write(to: URL(fileURLWithPath: work + "/table.json"))
+        try """
+        [[scope]]
+        name = "\(host)/ref"
+        keys = ["\(work)/key.pub"]
+        """.write(toFile: work + "/policy.toml", atomically: true, encoding: .utf8)
+        try await TestDaemon.with(extraEnv: [
+            "VIVARIUM_REGISTRY_PLAIN_HTTP": host, "VIVARIUM_IMAGE_POLICY": work + "/policy.toml",
+        ]) { d in
+            var r = try d.cli("image", "pull", "\(host)/ref/good:v1")
+            #expect(r.status == 0, "\(r.stderr)")
+            let audit = try d.cli("audit", "ls", "--action", "image.pull", "--outcome", "ok", "--json")
+            #expect(audit.stdout.contains("(referrers)"), "\(audit.stdout)")
+            r = try d.cli("image", "pull", "\(host)/ref/bad:v1")
+            #expect(
+                r.status != 0 && r.stderr.contains("no valid signature by a trusted key")
+                    && r.stderr.contains("[image_refused]"), "\(r.stderr)")
+            r = try d.cli("image", "pull", "\(host)/ref/typed:v1")
+            #expect(
+                r.status != 0 && r.stderr.contains("no signature") && r.stderr.contains("[image_refused]"),
+                "\(r.stderr)")
         }
     }
 }
