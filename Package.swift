@@ -143,6 +143,9 @@ let package = Package(
         .testTarget(
             name: "VivariumCoreTests", dependencies: ["VivariumCore", "VivariumTestSupport"], swiftSettings: strict),
         .testTarget(
+            name: "VivariumImagesTests", dependencies: ["VivariumCore", "VivariumImages"],
+            swiftSettings: strict),
+        .testTarget(
             name: "VivariumOSTests", dependencies: ["VivariumCore", "VivariumOS", "VivariumTestSupport"],
             swiftSettings: strict),
         .testTarget(

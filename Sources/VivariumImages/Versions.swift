@@ -1,0 +1,213 @@
+import Foundation
+
+/// Version orderings of the package ecosystems an SBOM names.
+public enum Versions {
+    /// dpkg's ordering (deb-version(7)): `[epoch:]upstream[-revision]`, epochs numerically, then the
+    /// upstream part and the revision each by dpkg's character order (`~` before everything, even the
+    /// end; letters before other characters) alternating with numeric runs. A missing revision is `0`.
+    public static func compareDebian(_ a: String, _ b: String) -> Int {
+        let x = debianParts(a)
+        let y = debianParts(b)
+        if x.epoch != y.epoch { return x.epoch < y.epoch ? -1 : 1 }
+        let u = debianCompare(x.upstream, y.upstream)
+        return u != 0 ? u : debianCompare(x.revision, y.revision)
+    }
+
+    static func debianParts(_ v: String) -> (epoch: UInt64, upstream: [UInt8], revision: [UInt8]) {
+        var s = Array(v.utf8)
+        var epoch: UInt64 = 0
+        if let colon = s.firstIndex(of: UInt8(ascii: ":")) {
+            epoch = UInt64(String(decoding: s[..<colon], as: UTF8.self)) ?? 0
+            s = Array(s[(colon + 1)...])
+        }
+        if let dash = s.lastIndex(of: UInt8(ascii: "-")) {
+            return (epoch, Array(s[..<dash]), Array(s[(dash + 1)...]))
+        }
+        return (epoch, s, [])
+    }
+
+    /// The weight of a non-digit character: `~` lowest, then the end of the string, letters, the rest.
+    static func debianOrder(_ c: UInt8?) -> Int {
+        guard let c else { return 0 }
+        if c == UInt8(ascii: "~") { return -1 }
+        if isDigit(c) { return 0 }
+        if isLetter(c) { return Int(c) }
+        return Int(c) + 256
+    }
+
+    static func debianCompare(_ a: [UInt8], _ b: [UInt8]) -> Int {
+        var i = 0
+        var j = 0
+        while i < a.count || j < b.count {
+            while (i < a.count && !isDigit(a[i])) || (j < b.count && !isDigit(b[j])) {
+                let x = debianOrder(i < a.count ? a[i] : nil)
+                let y = debianOrder(j < b.count ? b[j] : nil)
+                if x != y { return x < y ? -1 : 1 }
+                i += 1
+                j += 1
+            }
+            let (n, ni) = digits(a, from: i)
+            let (m, mj) = digits(b, from: j)
+            let c = compareNumbers(n, m)
+            if c != 0 { return c }
+            i = ni
+            j = mj
+        }
+        return 0
+    }
+
+    /// The run of digits at `from`, without its leading zeros, and where it ends.
+    static func digits(_ s: [UInt8], from: Int) -> (ArraySlice<UInt8>, Int) {
+        var start = from
+        var end = from
+        while end < s.count, isDigit(s[end]) { end += 1 }
+        while start < end - 1, s[start] == UInt8(ascii: "0") { start += 1 }
+        if start < end, s[start] == UInt8(ascii: "0"), end - start == 1 { return ([], end) }
+        return (s[start..<end], end)
+    }
+
+    /// Two digit runs without leading zeros, by value, of any length.
+    static func compareNumbers(_ a: ArraySlice<UInt8>, _ b: ArraySlice<UInt8>) -> Int {
+        if a.count != b.count { return a.count < b.count ? -1 : 1 }
+        for (x, y) in zip(a, b) where x != y { return x < y ? -1 : 1 }
+        return 0
+    }
+
+    static func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
+    static func isLetter(_ c: UInt8) -> Bool { (c >= 65 && c <= 90) || (c >= 97 && c <= 122) }
+}
+
+/// A Python package version ordered as PEP 440 (and `packaging`) order them: epoch, release (trailing
+/// zeros ignored), pre-release, post-release, dev-release, local label. A string that is not a PEP 440
+/// version is a legacy version: it sorts before every valid one, by setuptools' old part-wise rules.
+public struct PythonVersion: Comparable, Sendable {
+    enum Key: Equatable, Sendable {
+        case legacy([String])
+        case valid(Valid)
+    }
+    /// `Int.min` / `Int.max` stand for packaging's negative and positive infinity.
+    struct Valid: Comparable, Sendable {
+        var epoch: Int
+        var release: [Int]
+        var pre: [Int]
+        var post: Int
+        var dev: Int
+        var local: [LocalPart]?
+
+        static func < (a: Valid, b: Valid) -> Bool {
+            if a.epoch != b.epoch { return a.epoch < b.epoch }
+            if a.release != b.release { return a.release.lexicographicallyPrecedes(b.release) }
+            if a.pre != b.pre { return a.pre.lexicographicallyPrecedes(b.pre) }
+            if a.post != b.post { return a.post < b.post }
+            if a.dev != b.dev { return a.dev < b.dev }
+            switch (a.local, b.local) {
+            case (nil, nil): return false
+            case (nil, _): return true
+            case (_, nil): return false
+            case (let x?, let y?): return x.lexicographicallyPrecedes(y)
+            }
+        }
+    }
+    /// A local label's part: numbers sort after strings, numbers by value, strings lexically.
+    enum LocalPart: Comparable, Sendable {
+        case text(String)
+        case number(Int)
+    }
+
+    let key: Key
+
+    static let pattern = try! NSRegularExpression(
+        pattern: #"""
+            ^v?(?:(?:([0-9]+)!)?([0-9]+(?:\.[0-9]+)*)\#
+            ([-_.]?(a|b|c|rc|alpha|beta|pre|preview)[-_.]?([0-9]+)?)?\#
+            ((?:-([0-9]+))|(?:[-_.]?(post|rev|r)[-_.]?([0-9]+)?))?\#
+            ([-_.]?(dev)[-_.]?([0-9]+)?)?)\#
+            (?:\+([a-z0-9]+(?:[-_.][a-z0-9]+)*))?$
+            """#.replacingOccurrences(of: "\\#\n", with: ""), options: [.caseInsensitive])
+
+    public init(_ raw: String) {
+        let s = raw.trimmingCharacters(in: .whitespaces).lowercased()
+        let ns = s as NSString
+        guard let m = Self.pattern.firstMatch(in: s, range: NSRange(location: 0, length: ns.length)) else {
+            key = .legacy(Self.legacyParts(s))
+            return
+        }
+        func group(_ i: Int) -> String? {
+            let r = m.range(at: i)
+            return r.location == NSNotFound ? nil : ns.substring(with: r)
+        }
+        func number(_ i: Int) -> Int { group(i).flatMap { Int($0) } ?? 0 }
+        var release = (group(2) ?? "0").split(separator: ".").map { Int($0) ?? 0 }
+        while release.count > 1, release.last == 0 { release.removeLast() }
+        let hasPost = group(6) != nil
+        let hasDev = group(10) != nil
+        var pre: [Int]
+        if let label = group(4) {
+            let rank = ["a": 0, "alpha": 0, "b": 1, "beta": 1][label] ?? 2
+            pre = [rank, number(5)]
+        } else {
+            pre = !hasPost && hasDev ? [Int.min] : [Int.max]
+        }
+        let post = hasPost ? (group(7).flatMap { Int($0) } ?? number(9)) : Int.min
+        let local = group(13).map { l in
+            l.split(whereSeparator: { "-_.".contains($0) }).map { p in
+                Int(p).map(LocalPart.number) ?? .text(String(p))
+            }
+        }
+        key = .valid(
+            Valid(
+                epoch: number(1), release: release, pre: pre, post: post, dev: hasDev ? number(12) : Int.max,
+                local: local))
+    }
+
+    /// setuptools' legacy parts: runs of digits (zero-padded), runs of letters and `-`, with the old
+    /// spellings of pre- and dev-releases folded.
+    static func legacyParts(_ s: String) -> [String] {
+        var tokens: [String] = []
+        var current = ""
+        func flush() {
+            if !current.isEmpty { tokens.append(current) }
+            current = ""
+        }
+        for c in s {
+            if c == "." || c == "-" {
+                flush()
+                tokens.append(String(c))
+            } else if let last = current.last, last.isNumber != c.isNumber || !(c.isNumber || c.isLetter) {
+                flush()
+                current = String(c)
+            } else {
+                current.append(c)
+            }
+        }
+        flush()
+        var parts: [String] = []
+        for token in tokens + ["*final-sentinel"] {
+            let part: String
+            if token == "*final-sentinel" {
+                part = "*final"
+            } else {
+                let t = ["pre": "c", "preview": "c", "-": "final-", "rc": "c", "dev": "@"][token] ?? token
+                if t == "." || t.isEmpty { continue }
+                part = t.first!.isNumber ? String(repeating: "0", count: max(0, 8 - t.count)) + t : "*" + t
+            }
+            if part.hasPrefix("*") {
+                if part < "*final" { while parts.last == "*final-" { parts.removeLast() } }
+                while parts.last == "00000000" { parts.removeLast() }
+            }
+            parts.append(part)
+        }
+        return parts
+    }
+
+    public static func < (a: PythonVersion, b: PythonVersion) -> Bool {
+        switch (a.key, b.key) {
+        case (.legacy(let x), .legacy(let y)): x.lexicographicallyPrecedes(y)
+        case (.legacy, .valid): true
+        case (.valid, .legacy): false
+        case (.valid(let x), .valid(let y)): x < y
+        }
+    }
+
+    public static func == (a: PythonVersion, b: PythonVersion) -> Bool { !(a < b) && !(b < a) }
+}
