@@ -211,3 +211,152 @@ public struct PythonVersion: Comparable, Sendable {
 
     public static func == (a: PythonVersion, b: PythonVersion) -> Bool { !(a < b) && !(b < a) }
 }
+
+extension Versions {
+    /// apk's ordering (apk-package(5)): `number{.number}...{letter}{_suffix{number}}...{~hash}{-r#}`, read
+    /// token by token as apk reads it; a component after a dot with leading zeros compares as a
+    /// fraction, pre-release suffixes (`_alpha`, `_beta`, `_pre`, `_rc`) sort before the bare version and
+    /// post-release ones (`_cvs`, `_svn`, `_git`, `_hg`, `_p`) after it. nil when either is not a version
+    /// of that grammar: apk releases disagree on how those sort (see the ordering vectors' comments), so
+    /// the gate counts such a package as unknown rather than guess.
+    public static func compareAlpine(_ a: String, _ b: String) -> Int? {
+        guard isAlpineVersion(a), isAlpineVersion(b) else { return nil }
+        var x = ApkTokens(a)
+        var y = ApkTokens(b)
+        var av: Int64 = 0
+        var bv: Int64 = 0
+        while x.type == y.type && x.type != .end && x.type != .invalid && av == bv {
+            av = x.next()
+            bv = y.next()
+        }
+        if av != bv { return av < bv ? -1 : 1 }
+        if x.type == y.type { return 0 }
+        // Equal so far: the longer version is greater, unless what it goes on with is a pre-release.
+        if x.type == .suffix, x.peekSuffix() < 0 { return -1 }
+        if y.type == .suffix, y.peekSuffix() < 0 { return 1 }
+        return x.type.rawValue > y.type.rawValue ? -1 : (x.type.rawValue < y.type.rawValue ? 1 : 0)
+    }
+}
+
+extension Versions {
+    /// Whether apk reads `v` to its end without an invalid token.
+    public static func isAlpineVersion(_ v: String) -> Bool {
+        guard (1...256).contains(v.utf8.count) else { return false }
+        var t = ApkTokens(v)
+        while t.type != .end && t.type != .invalid { _ = t.next() }
+        return t.type == .end
+    }
+}
+
+/// apk's version tokenizer: the kind of the next token and its value.
+struct ApkTokens {
+    enum Kind: Int {
+        case invalid = -1
+        case digitOrZero, digit, letter, suffix, suffixNumber, revisionNumber, end
+    }
+    static let preSuffixes = ["alpha", "beta", "pre", "rc"]
+    static let postSuffixes = ["cvs", "svn", "git", "hg", "p"]
+
+    let s: [UInt8]
+    var i = 0
+    var type = Kind.digit
+
+    init(_ v: String) { s = Array(v.utf8) }
+
+    /// The value of the suffix token at the cursor, without consuming it.
+    func peekSuffix() -> Int64 {
+        var copy = self
+        return copy.next()
+    }
+
+    /// Reads the token of kind `type` at the cursor, returns its value and sets `type` to the kind of
+    /// the token after it.
+    mutating func next() -> Int64 {
+        guard i < s.count else {
+            type = .end
+            return 0
+        }
+        var v: Int64 = 0
+        var after: Kind?
+        switch type {
+        case .digitOrZero where s[i] == UInt8(ascii: "0"):
+            // Leading zeros after a dot: the more zeros, the smaller.
+            var zeros: Int64 = 0
+            while i < s.count, s[i] == UInt8(ascii: "0") {
+                i += 1
+                zeros += 1
+            }
+            v = -zeros
+            after = .digit
+        case .digitOrZero, .digit, .suffixNumber, .revisionNumber:
+            let start = i
+            while i < s.count, Versions.isDigit(s[i]) {
+                v = v &* 10 &+ Int64(s[i] - 48)
+                i += 1
+            }
+            // A version component is never empty (`0.r1`, `1..2`); a revision or suffix number may be.
+            if i == start && (type == .digitOrZero || start == 0) {
+                type = .invalid
+                return -1
+            }
+        case .letter:
+            v = Int64(s[i])
+            i += 1
+        case .suffix:
+            let rest = s[i...]
+            if let n = Self.preSuffixes.firstIndex(where: { rest.starts(with: $0.utf8) }) {
+                v = Int64(n - Self.preSuffixes.count)
+                i += Self.preSuffixes[n].utf8.count
+            } else if let n = Self.postSuffixes.firstIndex(where: { rest.starts(with: $0.utf8) }) {
+                v = Int64(n)
+                i += Self.postSuffixes[n].utf8.count
+            } else {
+                type = .invalid
+                return -1
+            }
+        case .invalid, .end:
+            type = .invalid
+            return -1
+        }
+        if i >= s.count {
+            type = .end
+        } else if let after {
+            type = after
+        } else {
+            advance()
+        }
+        return v
+    }
+
+    /// Decides the kind of the next token from the character at the cursor (consuming separators).
+    mutating func advance() {
+        var n = Kind.invalid
+        let c = s[i]
+        if (type == .digit || type == .digitOrZero) && c >= 97 && c <= 122 {
+            n = .letter
+        } else if type == .letter && Versions.isDigit(c) {
+            n = .digit
+        } else if type == .suffix && Versions.isDigit(c) {
+            n = .suffixNumber
+        } else {
+            switch c {
+            case UInt8(ascii: "."): n = .digitOrZero
+            case UInt8(ascii: "_"): n = .suffix
+            case UInt8(ascii: "-"):
+                if i + 1 < s.count, s[i + 1] == UInt8(ascii: "r") {
+                    n = .revisionNumber
+                    i += 1
+                }
+            default: break
+            }
+            i += 1
+        }
+        if n.rawValue < type.rawValue
+            && !((n == .digitOrZero && type == .digit) || (n == .suffix && type == .suffixNumber)
+                || (n == .digit && type == .letter))
+        {
+            n = .invalid
+        }
+        type = n
+    }
+}

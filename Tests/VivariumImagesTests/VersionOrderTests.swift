@@ -52,3 +52,30 @@ extension VersionOrderTests {
         #expect(wrong.isEmpty, "\(wrong.count) wrong: \(wrong.prefix(10))")
     }
 }
+
+extension VersionOrderTests {
+    /// Every pair of versions of apk's grammar sorts as given; a pair with an invalid version (the
+    /// hand-written file's `# invalid` cases, which apk releases sort differently) is not ordered at all.
+    @Test(arguments: ["alpine-versions.txt", "alpine-versions-generated.txt"])
+    func apkOrdering(_ file: String) throws {
+        let vectors = try orderingVectors(file)
+        #expect(vectors.count > 20)
+        var wrong: [String] = []
+        var unordered = 0
+        for v in vectors {
+            guard Versions.isAlpineVersion(v.a) && Versions.isAlpineVersion(v.b) else {
+                unordered += 1
+                if Versions.compareAlpine(v.a, v.b) != nil { wrong.append("\(file):\(v.line) ordered \(v.a)") }
+                continue
+            }
+            if Versions.compareAlpine(v.a, v.b)?.signum() != v.op || Versions.compareAlpine(v.b, v.a)?.signum() != -v.op
+            {
+                wrong.append("\(file):\(v.line) \(v.a) vs \(v.b)")
+            }
+        }
+        #expect(wrong.isEmpty, "\(wrong.count) wrong: \(wrong.prefix(10))")
+        // The generated vectors (sorted by a real apk) are all valid; the hand-written ones hold a few
+        // invalid cases.
+        if file.contains("generated") { #expect(unordered == 0) } else { #expect((1..<40).contains(unordered)) }
+    }
+}
