@@ -31,6 +31,10 @@ struct ImageRoutes {
             let body: PullImageRequest = try await call.body()
             return Mapping.info(try await images.pull(call.caller, reference: try ImageReference.parse(body.reference)))
         }
+        r.add(Endpoints.imageSBOM) { call in
+            let body: PullImageRequest = try await call.body()
+            return try await images.sbom(call.caller, reference: try ImageReference.parse(body.reference))
+        }
         r.add(Endpoints.imageSigningPayload) { call in
             let body: PullImageRequest = try await call.body()
             return try await images.signingPayload(call.caller, reference: try ImageReference.parse(body.reference))

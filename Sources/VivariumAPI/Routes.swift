@@ -44,7 +44,7 @@ public enum API {
     }
 
     static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {
-        let data = try WireCoding.encoder().encode(value)
+        let data = try WireCoding.encoder(for: T.self).encode(value)
         return Response(
             status: status, headers: [.contentType: "application/json"],
             body: .init(byteBuffer: ByteBuffer(bytes: data)))

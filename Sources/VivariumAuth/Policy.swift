@@ -69,7 +69,7 @@ public enum PolicyTable {
         case .routeList: .init([.sandboxesRead], role: .auditor, .tenantUnbound, mutating: false)
         case .routeDelete: .init([.sandboxesWrite], role: .member, .tenantUnbound, mutating: true)
 
-        case .imageList: .init([.imagesRead], role: .auditor, .tenantUnbound, mutating: false)
+        case .imageList, .imageSBOM: .init([.imagesRead], role: .auditor, .tenantUnbound, mutating: false)
         // Host paths are for local root (the engine refuses remote callers); uploads and deletes are a
         // member's within its tenant, and only an admin's for the shared images of the default tenant.
         case .imageImport: .init([.imagesWrite], role: .admin, .admin, mutating: true)

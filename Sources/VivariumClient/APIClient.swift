@@ -35,7 +35,7 @@ public struct APIClient: Sendable {
         try Self.check(r)
         if Response.self == Empty.self, r.body.isEmpty { return Empty() as! Response }
         do {
-            return try WireCoding.decoder().decode(Response.self, from: r.body)
+            return try WireCoding.decoder(for: Response.self).decode(Response.self, from: r.body)
         } catch {
             throw VivariumError(.unavailable, "the daemon sent an answer this client cannot read", cause: error)
         }
@@ -48,7 +48,7 @@ public struct APIClient: Sendable {
         let route = endpoint.route
         let r = try send(route.method.rawValue, route.path(name.map { ["name": $0] } ?? [:], query: query), body: data)
         try Self.check(r)
-        return try WireCoding.decoder().decode(Response.self, from: r.body)
+        return try WireCoding.decoder(for: Response.self).decode(Response.self, from: r.body)
     }
 
     /// A request by method and path, decoding the answer (tests and tools that build paths themselves).

@@ -49,6 +49,8 @@ public enum Action: String, CaseIterable, Sendable, Codable {
     case imageDelete = "image.delete"
     /// An image pulled from a registry into the caller's tenant, its reference pinned to the digest.
     case imagePull = "image.pull"
+    /// The packages an image holds, as a CycloneDX SBOM.
+    case imageSBOM = "image.sbom"
     /// What to sign for an image in its registry (the digest its reference names now, cosign's payload).
     case imageSigningPayload = "image.signing_payload"
     /// A signature, made by the caller with its own key, published next to the image in its registry.

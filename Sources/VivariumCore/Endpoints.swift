@@ -136,6 +136,7 @@ public enum Endpoints {
     public static let imagePull = Endpoint<PullImageRequest, ImageInfo>(
         .post, "/v1/images/pull", .imagePull, status: 201)
     public static let imageDelete = Endpoint<Empty, Empty>(.delete, "/v1/images/{name}", .imageDelete, status: 204)
+    public static let imageSBOM = Endpoint<PullImageRequest, CycloneDX>(.post, "/v1/images/sbom", .imageSBOM)
     public static let imageSigningPayload = Endpoint<PullImageRequest, SigningPayload>(
         .post, "/v1/images/signing-payload", .imageSigningPayload)
     public static let imageSign = Endpoint<PublishSignatureRequest, SigningPayload>(
@@ -168,6 +169,7 @@ public enum Endpoints {
         sandboxStop.route, sandboxExec.route, sandboxNetwork.route, routeCreate.route,
         routeList.route, routeDelete.route, imageList.route, imageImport.route,
         imageUpload.route, imagePull.route, imageSigningPayload.route, imageSign.route,
+        imageSBOM.route,
         imageDelete.route, secretSet.route, secretList.route, secretDelete.route, kmsShow.route, kmsRotate.route,
         kmsRetire.route,
         auditList.route, auditFollow, auditCheckpoints.route,

@@ -3,20 +3,24 @@ import Foundation
 /// JSON wire types of the REST API, shared by the daemon and the CLI. Keys are snake_case on the
 /// wire (see `WireCoding`).
 public enum WireCoding {
-    public static func encoder() -> JSONEncoder {
+    /// `type`'s encoder: a document of another specification (`ForeignDocument`) keeps its own keys.
+    public static func encoder(for type: Any.Type = Never.self) -> JSONEncoder {
         let e = JSONEncoder()
-        e.keyEncodingStrategy = .convertToSnakeCase
+        if !(type is any ForeignDocument.Type) { e.keyEncodingStrategy = .convertToSnakeCase }
         e.dateEncodingStrategy = .iso8601
         e.outputFormatting = [.sortedKeys]
         return e
     }
-    public static func decoder() -> JSONDecoder {
+    public static func decoder(for type: Any.Type = Never.self) -> JSONDecoder {
         let d = JSONDecoder()
-        d.keyDecodingStrategy = .convertFromSnakeCase
+        if !(type is any ForeignDocument.Type) { d.keyDecodingStrategy = .convertFromSnakeCase }
         d.dateDecodingStrategy = .iso8601
         return d
     }
 }
+
+/// A document of another specification (CycloneDX): sent with the keys that specification spells.
+public protocol ForeignDocument {}
 
 public struct CreateSandboxRequest: Codable, Sendable {
     public var name: String?

@@ -140,6 +140,29 @@ public final class Images: Sendable {
         }
     }
 
+    /// The packages installed in an image (a local name, or a pulled reference), as CycloneDX.
+    public func sbom(_ caller: Caller, reference: ImageReference) async throws -> CycloneDX {
+        try await gate.perform(caller, .imageSBOM, target: reference.description) {
+            guard let tenant = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
+            let rec = try await find(tenant: tenant, reference)
+            let rootfs = rec.rootfs
+            let sbom = try await Task.detached { try SBOM.scan(rootfs: rootfs) }.value
+            return sbom.cycloneDX(image: rec.reference ?? rec.name.rawValue, digest: rec.digest)
+        }
+    }
+
+    /// A tenant's image by local name (its own, then the shared ones) or by a reference it pulled.
+    func find(tenant: String, _ reference: ImageReference) async throws -> ImageRecord {
+        if let name = reference.localName {
+            if let rec = try await store.image(tenant: tenant, name: name) { return rec }
+            if let rec = try await store.image(tenant: Identity.defaultTenant, name: name) { return rec }
+        } else {
+            let full = reference.resolved(defaultRegistry: config.defaultRegistry)
+            if let rec = try await store.image(tenant: tenant, reference: full.description) { return rec }
+        }
+        throw VivariumError(.imageNotFound, "no image \(reference) here (pull it first)")
+    }
+
     /// What to sign for `reference`: the digest it resolves to in its registry now, and cosign's payload
     /// for it. The caller signs the payload with its own key (the daemon never sees it) and hands the
     /// signature to `publishSignature`.

@@ -251,7 +251,9 @@ struct Exec: ClientCommand {
 struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image", abstract: "Manage images: local ones and pulls from registries.",
-        subcommands: [Import.self, Upload.self, Pull.self, Sign.self, ImageList.self, ImageRemove.self])
+        subcommands: [
+            Import.self, Upload.self, Pull.self, Sign.self, SBOMCommand.self, ImageList.self, ImageRemove.self,
+        ])
 
     struct Pull: ClientCommand {
         static let configuration = CommandConfiguration(
@@ -308,6 +310,30 @@ struct ImageCommand: AsyncParsableCommand {
                     reference: toSign.reference, payload: toSign.payload, signature: try signer.sign(toSign.payload)))
             if json { return try printJSON(signed) }
             print("signed \(signed.reference) \(signed.digest)")
+        }
+    }
+
+    struct SBOMCommand: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "sbom", abstract: "Print the packages an image holds as a CycloneDX 1.5 SBOM (JSON).",
+            discussion: """
+                REF is a local image name or a reference pulled before. Read from the image's root: Debian's \
+                dpkg status (with each binary package's source package), Alpine's apk database (with its \
+                origin) and Python distributions (*.dist-info). --table prints one package per line instead.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The image name or reference.") var reference: String
+        @Flag(help: "Print a table instead of CycloneDX JSON.") var table = false
+
+        func run(_ client: APIClient) async throws {
+            let bom = try client.call(Endpoints.imageSBOM, PullImageRequest(reference: reference))
+            guard table else { return try printJSON(bom) }
+            print("ECOSYSTEM  NAME  VERSION  SOURCE")
+            for c in bom.components {
+                let eco = c.properties.first { $0.name == "vivarium:ecosystem" }?.value ?? "-"
+                let source = c.properties.first { $0.name == "vivarium:source" }?.value ?? "-"
+                print("\(eco)  \(c.name)  \(c.version)  \(source)")
+            }
         }
     }
 

@@ -72,8 +72,8 @@ func fail(_ error: any Error) -> Never {
     exit(failureExitCode)
 }
 
-func printJSON(_ value: some Encodable) throws {
-    let e = WireCoding.encoder()
+func printJSON<T: Encodable>(_ value: T) throws {
+    let e = WireCoding.encoder(for: T.self)
     e.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
     FileHandle.standardOutput.write(try e.encode(value))
     FileHandle.standardOutput.write(Data("\n".utf8))
