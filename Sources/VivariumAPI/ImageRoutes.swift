@@ -35,6 +35,14 @@ struct ImageRoutes {
             let body: PullImageRequest = try await call.body()
             return try await images.sbom(call.caller, reference: try ImageReference.parse(body.reference))
         }
+        r.add(Endpoints.imageScan) { call in
+            let body: PullImageRequest = try await call.body()
+            return try await images.scan(call.caller, reference: try ImageReference.parse(body.reference))
+        }
+        r.add(Endpoints.vulndbImport) { call in
+            let body: ImportVulnDBRequest = try await call.body()
+            return try await images.importAdvisories(call.caller, path: body.path)
+        }
         r.add(Endpoints.imageSigningPayload) { call in
             let body: PullImageRequest = try await call.body()
             return try await images.signingPayload(call.caller, reference: try ImageReference.parse(body.reference))

@@ -69,10 +69,10 @@ public enum PolicyTable {
         case .routeList: .init([.sandboxesRead], role: .auditor, .tenantUnbound, mutating: false)
         case .routeDelete: .init([.sandboxesWrite], role: .member, .tenantUnbound, mutating: true)
 
-        case .imageList, .imageSBOM: .init([.imagesRead], role: .auditor, .tenantUnbound, mutating: false)
+        case .imageList, .imageSBOM, .imageScan: .init([.imagesRead], role: .auditor, .tenantUnbound, mutating: false)
         // Host paths are for local root (the engine refuses remote callers); uploads and deletes are a
         // member's within its tenant, and only an admin's for the shared images of the default tenant.
-        case .imageImport: .init([.imagesWrite], role: .admin, .admin, mutating: true)
+        case .imageImport, .vulndbImport: .init([.imagesWrite], role: .admin, .admin, mutating: true)
         case .imageUpload, .imageDelete: .init([.imagesWrite], role: .member, .tenantUnbound, mutating: true)
 
         // Tenant auditors read their tenant's records; verifying the chain needs all of them (admin).

@@ -51,6 +51,10 @@ public enum Action: String, CaseIterable, Sendable, Codable {
     case imagePull = "image.pull"
     /// The packages an image holds, as a CycloneDX SBOM.
     case imageSBOM = "image.sbom"
+    /// An image's SBOM matched against the imported advisories.
+    case imageScan = "image.scan"
+    /// OSV advisories read from a path on the daemon's host (local root only).
+    case vulndbImport = "vulndb.import"
     /// What to sign for an image in its registry (the digest its reference names now, cosign's payload).
     case imageSigningPayload = "image.signing_payload"
     /// A signature, made by the caller with its own key, published next to the image in its registry.

@@ -137,6 +137,9 @@ public enum Endpoints {
         .post, "/v1/images/pull", .imagePull, status: 201)
     public static let imageDelete = Endpoint<Empty, Empty>(.delete, "/v1/images/{name}", .imageDelete, status: 204)
     public static let imageSBOM = Endpoint<PullImageRequest, CycloneDX>(.post, "/v1/images/sbom", .imageSBOM)
+    public static let imageScan = Endpoint<PullImageRequest, ScanReport>(.post, "/v1/images/scan", .imageScan)
+    public static let vulndbImport = Endpoint<ImportVulnDBRequest, VulnDBInfo>(
+        .post, "/v1/vulndb", .vulndbImport, status: 201)
     public static let imageSigningPayload = Endpoint<PullImageRequest, SigningPayload>(
         .post, "/v1/images/signing-payload", .imageSigningPayload)
     public static let imageSign = Endpoint<PublishSignatureRequest, SigningPayload>(
@@ -169,7 +172,7 @@ public enum Endpoints {
         sandboxStop.route, sandboxExec.route, sandboxNetwork.route, routeCreate.route,
         routeList.route, routeDelete.route, imageList.route, imageImport.route,
         imageUpload.route, imagePull.route, imageSigningPayload.route, imageSign.route,
-        imageSBOM.route,
+        imageSBOM.route, imageScan.route, vulndbImport.route,
         imageDelete.route, secretSet.route, secretList.route, secretDelete.route, kmsShow.route, kmsRotate.route,
         kmsRetire.route,
         auditList.route, auditFollow, auditCheckpoints.route,

@@ -40,7 +40,7 @@ public final class Engine: Sendable {
             DeniedEgress(network: $0, store: store, audit: auditStore, logger: logger)
         }
         secrets = Secrets(config: config, keys: keys, store: store, audit: auditStore, gate: gate, logger: logger)
-        images = Images(
+        images = try Images(
             config: config, store: store, content: content,
             puller: registry.map { ImagePuller(store: content, client: $0, rules: config.unpackRules, logger: logger) },
             secrets: secrets, gate: gate, logger: logger)

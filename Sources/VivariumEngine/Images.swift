@@ -14,6 +14,8 @@ public final class Images: Sendable {
     /// Registry pulls and their admission; nil when the daemon makes none.
     let puller: ImagePuller?
     let admission: Admission?
+    /// The imported advisories the vulnerability gate and `image scan` match against.
+    public let vulndb: VulnDB
     let secrets: Secrets
     let gate: Gate
     let logger: Logger
@@ -22,7 +24,9 @@ public final class Images: Sendable {
     init(
         config: EngineConfiguration, store: any Store, content: ImageStore, puller: ImagePuller?, secrets: Secrets,
         gate: Gate, logger: Logger
-    ) {
+    ) throws {
+        try FileSystem.makeDirectory(config.stateDir + "/vulndb", mode: 0o700)
+        vulndb = try VulnDB(path: config.stateDir + "/vulndb/advisories.json")
         self.puller = puller
         self.admission = puller.map { Admission(policy: config.imagePolicy, client: $0.client) }
         self.secrets = secrets
@@ -119,6 +123,7 @@ public final class Images: Sendable {
             // Admitted (or refused, and the refusal audited with the digest) before any layer is fetched.
             let decision = try await admission.check(full, digests: resolved.digests, login: login)
             let pulled = try await puller.pull(full, resolved, login: login)
+            let verdict = try await vulnerabilityVerdict(full, digest: pulled.digest, rootfs: pulled.rootfs)
             let name = ResourceName(rawValue: "ref-" + Digest.of(Array("\(tenant)/\(key)".utf8)).hex.prefix(12))!
             let rec = try await store.pinImage(
                 ImageRecord(
@@ -132,7 +137,7 @@ public final class Images: Sendable {
                         "registry": registry, "size_bytes": String(pulled.sizeBytes),
                         "login": login == nil ? "anonymous" : "tenant secret",
                         "signature": decision.signature, "policy_scope": decision.scope,
-                    ]))
+                    ].merging(verdict) { a, _ in a }))
             logger.info(
                 "image pulled",
                 metadata: ["reference": "\(key)", "digest": "\(pulled.digest)", "signature": "\(decision.signature)"])
@@ -161,6 +166,61 @@ public final class Images: Sendable {
             if let rec = try await store.image(tenant: tenant, reference: full.description) { return rec }
         }
         throw VivariumError(.imageNotFound, "no image \(reference) here (pull it first)")
+    }
+
+    /// The vulnerability gate on a pulled image: refuses it when a finding at or above the policy's
+    /// severity has no live waiver; otherwise the audit details of the decision.
+    func vulnerabilityVerdict(_ ref: ImageReference, digest: Digest, rootfs: String) async throws -> [String: String] {
+        let gate = config.imagePolicy.vulnerabilities
+        guard gate.refuse != nil else { return [:] }
+        let sbom = try await Task.detached { try SBOM.scan(rootfs: rootfs) }.value
+        let (findings, version) = vulndb.scan(sbom)
+        let (refusing, waived) = gate.judge(findings)
+        if !refusing.isEmpty {
+            let list = refusing.prefix(10).map {
+                "\($0.advisory) (\($0.package) \($0.version), \($0.severity.rawValue))"
+            }
+            throw VivariumError(
+                .imageRefused,
+                "\(ref) (\(digest)) is refused: \(refusing.count) finding(s) at or above \(gate.refuse!.rawValue) "
+                    + "without a live waiver: \(list.joined(separator: ", ")) (advisory database \(version))")
+        }
+        return [
+            "vulndb": version, "findings": String(findings.count),
+            "waived": waived.map(\.advisory).joined(separator: ","),
+        ]
+    }
+
+    /// An image's findings against the imported advisories.
+    public func scan(_ caller: Caller, reference: ImageReference) async throws -> ScanReport {
+        try await gate.perform(caller, .imageScan, target: reference.description) {
+            guard let tenant = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
+            let rec = try await find(tenant: tenant, reference)
+            let rootfs = rec.rootfs
+            let sbom = try await Task.detached { try SBOM.scan(rootfs: rootfs) }.value
+            let (findings, version) = vulndb.scan(sbom)
+            return ScanReport(
+                reference: rec.reference ?? rec.name.rawValue, digest: rec.digest.rawValue, vulndbVersion: version,
+                findings: findings)
+        }
+    }
+
+    /// Imports OSV records from a path on the daemon's host: local root on the unix socket only.
+    public func importAdvisories(_ caller: Caller, path: String) async throws -> VulnDBInfo {
+        try await gate.perform(caller, .vulndbImport, target: path) {
+            guard caller.isLocal else {
+                throw VivariumError(.forbidden, "advisories are imported from a host path by local root only")
+            }
+            guard path.hasPrefix("/"), path.utf8.count <= 4096 else {
+                throw VivariumError(.invalidArgument, "path must be an absolute path on the daemon's host")
+            }
+            let db = vulndb
+            let (read, version) = try await Task.detached { try db.importRecords(from: path) }.value
+            try await gate.audit.append([
+                AuditEvent("vulndb.import", target: path, details: ["read": String(read), "version": version])
+            ])
+            return VulnDBInfo(advisories: db.count, version: version, read: read)
+        }
     }
 
     /// What to sign for `reference`: the digest it resolves to in its registry now, and cosign's payload

@@ -34,10 +34,14 @@ public struct ImagePolicy: Sendable {
 
     public var defaultRule: Rule
     public var rules: [Rule]
+    /// The vulnerability gate, for every registry image.
+    public var vulnerabilities: VulnerabilityGate
 
-    public init(defaultRule: Rule = Rule(scope: "*"), rules: [Rule] = []) {
+    public init(defaultRule: Rule = Rule(scope: "*"), rules: [Rule] = [], vulnerabilities: VulnerabilityGate = .init())
+    {
         self.defaultRule = defaultRule
         self.rules = rules
+        self.vulnerabilities = vulnerabilities
     }
 
     /// The rule for `registry/repository`.

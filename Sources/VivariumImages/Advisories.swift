@@ -1,38 +1,6 @@
 import Foundation
 import VivariumCore
 
-/// Severities, lowest first.
-public enum Severity: String, Codable, Sendable, Comparable, CaseIterable {
-    case unknown, none, low, medium, high, critical
-
-    public static func < (a: Severity, b: Severity) -> Bool {
-        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
-    }
-
-    /// A database's word for it (GitHub's `MODERATE` is medium).
-    public init(word: String) {
-        switch word.lowercased() {
-        case "critical": self = .critical
-        case "high", "important": self = .high
-        case "medium", "moderate": self = .medium
-        case "low", "negligible", "unimportant": self = .low
-        case "none": self = .none
-        default: self = .unknown
-        }
-    }
-
-    /// CVSS v3's qualitative rating of a base score.
-    public init(score: Double) {
-        switch score {
-        case 9.0...: self = .critical
-        case 7.0..<9.0: self = .high
-        case 4.0..<7.0: self = .medium
-        case 0.1..<4.0: self = .low
-        default: self = .none
-        }
-    }
-}
-
 /// The CVSS v3.0 and v3.1 base score of a vector (`CVSS:3.1/AV:N/AC:L/...`), or nil when the vector is
 /// not one.
 public func cvss3BaseScore(_ vector: String) -> Double? {
@@ -130,18 +98,6 @@ public enum JSONValue: Codable, Sendable {
         var c = encoder.singleValueContainer()
         if case .string(let s) = self { try c.encode(s) } else { try c.encodeNil() }
     }
-}
-
-/// A finding: an installed package inside an advisory's affected range.
-public struct Finding: Codable, Sendable, Equatable {
-    public var advisory: String
-    public var aliases: [String]
-    public var ecosystem: String
-    public var package: String
-    public var version: String
-    public var severity: Severity
-    /// The first fixed version named, if any.
-    public var fixed: String?
 }
 
 extension Advisory {

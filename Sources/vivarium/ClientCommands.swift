@@ -252,7 +252,8 @@ struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image", abstract: "Manage images: local ones and pulls from registries.",
         subcommands: [
-            Import.self, Upload.self, Pull.self, Sign.self, SBOMCommand.self, ImageList.self, ImageRemove.self,
+            Import.self, Upload.self, Pull.self, Sign.self, SBOMCommand.self, Scan.self, ImageList.self,
+            ImageRemove.self,
         ])
 
     struct Pull: ClientCommand {
@@ -333,6 +334,32 @@ struct ImageCommand: AsyncParsableCommand {
                 let eco = c.properties.first { $0.name == "vivarium:ecosystem" }?.value ?? "-"
                 let source = c.properties.first { $0.name == "vivarium:source" }?.value ?? "-"
                 print("\(eco)  \(c.name)  \(c.version)  \(source)")
+            }
+        }
+    }
+
+    struct Scan: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "scan", abstract: "Match an image's packages against the imported advisories.",
+            discussion: """
+                REF is a local image name or a reference pulled before. The advisories are OSV records the \
+                operator imported (vivarium vulndb import); versions compare in each ecosystem's own order \
+                (dpkg, apk, PEP 440), distribution advisories against source packages. Severity is the \
+                CVSS v3 base score, else the database's rating, else unknown. Exits 0 with or without \
+                findings; the gate (image_policy [vulnerabilities]) decides at pull time.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The image name or reference.") var reference: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run(_ client: APIClient) async throws {
+            let report = try client.call(Endpoints.imageScan, PullImageRequest(reference: reference))
+            if json { return try printJSON(report) }
+            print("\(report.reference) \(report.digest) (advisory database \(report.vulndbVersion))")
+            if report.findings.isEmpty { return print("no findings") }
+            print("SEVERITY  ADVISORY  PACKAGE  VERSION  FIXED")
+            for f in report.findings {
+                print("\(f.severity.rawValue)  \(f.advisory)  \(f.package)  \(f.version)  \(f.fixed ?? "-")")
             }
         }
     }
@@ -533,4 +560,30 @@ func allowRules(_ allow: [String], domains: [String]) throws -> [String] {
         throw VivariumError(.invalidArgument, "--allow-domain \(d.prefix(300)) is not a domain name (use --allow)")
     }
     return allow + domains
+}
+
+struct VulnDBCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vulndb", abstract: "The advisory database the vulnerability gate matches against.",
+        subcommands: [Import.self])
+
+    struct Import: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "import", abstract: "Import OSV advisories from a file or directory on the daemon's host.",
+            discussion: """
+                Reads OSV JSON records (one record or an array per file, *.json in a directory); a record \
+                replaces an earlier one of the same id unless it is older. For local root on the unix socket. \
+                Prints the database's new version, which every admission decision records.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "A JSON file or a directory of them.") var path: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run(_ client: APIClient) async throws {
+            let abs = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+            let info = try client.call(Endpoints.vulndbImport, ImportVulnDBRequest(path: abs))
+            if json { return try printJSON(info) }
+            print("read \(info.read ?? 0) advisories; \(info.advisories) in all, version \(info.version)")
+        }
+    }
 }

@@ -15,6 +15,15 @@ import VivariumImages
 ///     signature = "enforce"          # default: enforce when keys are given, else warn
 ///     require_digest = true
 ///
+///     [vulnerabilities]              # the gate, for every registry image (off without `refuse`)
+///     refuse = "high"                # findings at or above: low, medium, high, critical
+///     unknown = "high"               # what a finding without a severity counts as (default: below all)
+///
+///     [[waiver]]
+///     advisory = "CVE-2024-0001"     # an advisory id or alias
+///     expires = 2027-01-31T00:00:00Z # a TOML date-time (or an RFC 3339 string); past it, no waiver
+///     reason = "not reachable in our use"
+///
 /// The longest matching scope wins. A scope that enforces signatures needs at least one key.
 enum ImagePolicyFile {
     static func load(_ path: String) throws -> ImagePolicy {
@@ -25,8 +34,9 @@ enum ImagePolicyFile {
         do { table = try TOMLTable(string: text) } catch {
             throw VivariumError(.invalidArgument, "the image policy \(path) is not valid TOML: \(error)")
         }
-        for key in table.keys where !["default", "scope"].contains(key) {
-            throw VivariumError(.invalidArgument, "unknown section '\(key)' in \(path); known: default, scope")
+        for key in table.keys where !["default", "scope", "vulnerabilities", "waiver"].contains(key) {
+            throw VivariumError(
+                .invalidArgument, "unknown section '\(key)' in \(path); known: default, scope, vulnerabilities, waiver")
         }
         var policy = ImagePolicy()
         if let d = table["default"] {
@@ -50,7 +60,49 @@ enum ImagePolicyFile {
                 policy.rules.append(try rule(t, scope: name, path))
             }
         }
+        policy.vulnerabilities = try vulnerabilities(table, path)
         return policy
+    }
+
+    static func severity(_ v: TOMLValueConvertible?, _ key: String, _ path: String) throws -> Severity? {
+        guard let v else { return nil }
+        guard let word = v.string, let s = Severity(rawValue: word.lowercased()), s != .unknown, s != .none else {
+            throw VivariumError(.invalidArgument, "\(key) in \(path) must be low, medium, high or critical")
+        }
+        return s
+    }
+
+    static func vulnerabilities(_ table: TOMLTable, _ path: String) throws -> VulnerabilityGate {
+        var gate = VulnerabilityGate()
+        if let v = table["vulnerabilities"] {
+            guard let t = v.table else {
+                throw VivariumError(.invalidArgument, "[vulnerabilities] in \(path) is not a table")
+            }
+            for key in t.keys where !["refuse", "unknown"].contains(key) {
+                throw VivariumError(.invalidArgument, "unknown key '\(key)' in [vulnerabilities] of \(path)")
+            }
+            gate.refuse = try severity(t["refuse"], "refuse", path)
+            gate.unknownAs = try severity(t["unknown"], "unknown", path) ?? .unknown
+        }
+        for item in table["waiver"]?.array ?? [] {
+            guard let t = item.table, let advisory = t["advisory"]?.string, !advisory.isEmpty, advisory.count <= 128
+            else {
+                throw VivariumError(.invalidArgument, "every [[waiver]] in \(path) needs advisory = an id")
+            }
+            let expires: Date?
+            if let d = t["expires"]?.dateTime {
+                expires = ISO8601DateFormatter().date(from: d.debugDescription) ?? d.fDate ?? d.fDate
+            } else {
+                expires = t["expires"]?.string.flatMap { ISO8601DateFormatter().date(from: $0) }
+            }
+            guard let expires else {
+                throw VivariumError(
+                    .invalidArgument,
+                    "the waiver of \(advisory) in \(path) needs expires = a date-time (2027-01-31T00:00:00Z)")
+            }
+            gate.waivers.append(.init(advisory: advisory, expires: expires, reason: t["reason"]?.string))
+        }
+        return gate
     }
 
     static func rule(_ t: TOMLTable, scope: String, _ path: String) throws -> ImagePolicy.Rule {

@@ -1,0 +1,133 @@
+import Foundation
+import Synchronization
+import VivariumCore
+import VivariumOS
+
+/// The advisories the operator imported (`vivarium vulndb import`), kept in one file of the state
+/// directory (written atomically) and in memory. Its version is the digest of what it holds: every
+/// admission decision names it.
+public final class VulnDB: Sendable {
+    public let path: String
+    struct Loaded: Sendable {
+        var advisories: [String: Advisory] = [:]
+        var version = "empty"
+    }
+    let state = Mutex(Loaded())
+    public static let maxAdvisories = 1_000_000
+    public static let maxRecordBytes = 4 << 20
+
+    public init(path: String) throws {
+        self.path = path
+        guard let data = FileManager.default.contents(atPath: path) else { return }
+        let list: [Advisory]
+        do { list = try JSONDecoder().decode([Advisory].self, from: data) } catch {
+            throw VivariumError(.internalError, "the vulnerability database \(path) is damaged: \(error)")
+        }
+        let advisories = Dictionary(list.map { ($0.id, $0) }) { a, _ in a }
+        state.withLock { $0 = Loaded(advisories: advisories, version: Self.version(data)) }
+    }
+
+    static func version(_ data: Data) -> String { "sha256:" + Digest.of(data).hex.prefix(16) }
+
+    public var version: String { state.withLock { $0.version } }
+    public var count: Int { state.withLock { $0.advisories.count } }
+
+    /// Reads OSV JSON records from a file or a directory of `*.json` files (one record, or an array of
+    /// them, per file); a record replaces one of the same id unless it is older (`modified`).
+    public func importRecords(from path: String) throws -> (added: Int, version: String) {
+        var files: [String] = []
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw VivariumError(.invalidArgument, "no such file or directory: \(path)")
+        }
+        if isDir.boolValue {
+            let entries = try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".json") }
+            files = entries.sorted().map { path + "/" + $0 }
+        } else {
+            files = [path]
+        }
+        var records: [Advisory] = []
+        for f in files {
+            guard let data = FileManager.default.contents(atPath: f), data.count <= Self.maxRecordBytes else {
+                throw VivariumError(.invalidArgument, "cannot read \(f) (at most \(Self.maxRecordBytes) bytes)")
+            }
+            do {
+                if data.first(where: { !$0.isWhitespace }) == UInt8(ascii: "[") {
+                    records += try JSONDecoder().decode([Advisory].self, from: data)
+                } else {
+                    records.append(try JSONDecoder().decode(Advisory.self, from: data))
+                }
+            } catch {
+                throw VivariumError(.invalidArgument, "\(f) is not an OSV record: \(error)")
+            }
+        }
+        return try state.withLock { s in
+            var next = s.advisories
+            for r in records where (next[r.id]?.modified ?? "") <= (r.modified ?? "") { next[r.id] = r }
+            guard next.count <= Self.maxAdvisories else {
+                throw VivariumError(.resourceExhausted, "more than \(Self.maxAdvisories) advisories")
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            let data = try encoder.encode(next.values.sorted { $0.id < $1.id })
+            try FileSystem.writeAtomically(data, to: self.path)
+            s = Loaded(advisories: next, version: Self.version(data))
+            return (records.count, s.version)
+        }
+    }
+
+    /// The findings of every advisory in an SBOM, and the database version they come from.
+    public func scan(_ sbom: SBOM) -> (findings: [Finding], version: String) {
+        let (advisories, version) = state.withLock { ($0.advisories, $0.version) }
+        let findings = advisories.values.flatMap { $0.findings(in: sbom) }.sorted {
+            ($0.severity, $1.advisory) > ($1.severity, $0.advisory)
+        }
+        return (findings, version)
+    }
+}
+
+extension UInt8 {
+    fileprivate var isWhitespace: Bool { self == 32 || self == 9 || self == 10 || self == 13 }
+}
+
+/// The vulnerability gate of the admission policy: findings at or above `refuse` keep an image out,
+/// unless a waiver names the advisory (or one of its aliases) and has not expired; `unknown` says what
+/// a finding without a severity counts as.
+public struct VulnerabilityGate: Sendable {
+    public var refuse: Severity?
+    public var unknownAs: Severity
+    public var waivers: [Waiver]
+
+    public struct Waiver: Sendable {
+        public var advisory: String
+        public var expires: Date
+        public var reason: String?
+        public init(advisory: String, expires: Date, reason: String?) {
+            self.advisory = advisory
+            self.expires = expires
+            self.reason = reason
+        }
+    }
+
+    public init(refuse: Severity? = nil, unknownAs: Severity = .unknown, waivers: [Waiver] = []) {
+        self.refuse = refuse
+        self.unknownAs = unknownAs
+        self.waivers = waivers
+    }
+
+    /// The findings that refuse an image now, and the ones a live waiver lets through.
+    public func judge(_ findings: [Finding], now: Date = Date()) -> (refusing: [Finding], waived: [Finding]) {
+        guard let refuse else { return ([], []) }
+        var refusing: [Finding] = []
+        var waived: [Finding] = []
+        for f in findings where (f.severity == .unknown ? unknownAs : f.severity) >= refuse {
+            let ids = [f.advisory] + f.aliases
+            if waivers.contains(where: { ids.contains($0.advisory) && $0.expires > now }) {
+                waived.append(f)
+            } else {
+                refusing.append(f)
+            }
+        }
+        return (refusing, waived)
+    }
+}
