@@ -106,7 +106,7 @@ extension Advisory {
         switch ecosystem {
         case "Debian": Versions.compareDebian(a, b)
         case "Alpine": Versions.compareAlpine(a, b)
-        case "PyPI": PythonVersion(a) < PythonVersion(b) ? -1 : (PythonVersion(b) < PythonVersion(a) ? 1 : 0)
+        case "PyPI": Versions.comparePython(a, b)
         default: nil
         }
     }

@@ -102,13 +102,11 @@ public struct TrustedKey: Sendable {
     let key: Key
     /// The first 16 hex digits of the SHA-256 of the key's DER encoding.
     public let id: String
-    public let source: String
 
     /// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the 32 key bytes.
     static let ed25519SPKIPrefix: [UInt8] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00]
 
     public init(pem: String, source: String) throws {
-        self.source = source
         let der = try PEM.decode(pem, label: "PUBLIC KEY", what: source)
         if der.count == 44, Array(der.prefix(12)) == Self.ed25519SPKIPrefix {
             key = .ed25519(try Curve25519.Signing.PublicKey(rawRepresentation: der.suffix(32)))
@@ -171,15 +169,6 @@ public struct SigningKey: Sendable {
         case .ed25519(let k): try k.signature(for: payload)
         }
     }
-
-    /// The matching public key, PEM.
-    public var publicKeyPEM: String {
-        switch key {
-        case .p256(let k): k.publicKey.pemRepresentation
-        case .ed25519(let k):
-            PEM.encode(TrustedKey.ed25519SPKIPrefix + Array(k.publicKey.rawRepresentation), label: "PUBLIC KEY")
-        }
-    }
 }
 
 enum PEM {
@@ -190,10 +179,5 @@ enum PEM {
             let der = Data(base64Encoded: pem[b.upperBound..<e.lowerBound].filter { !$0.isWhitespace })
         else { throw VivariumError(.invalidArgument, "\(what) holds no PEM \(label.lowercased())") }
         return der
-    }
-
-    static func encode(_ der: [UInt8], label: String) -> String {
-        let b64 = Data(der).base64EncodedString(options: [.lineLength64Characters, .endLineWithLineFeed])
-        return "-----BEGIN \(label)-----\n\(b64)\n-----END \(label)-----\n"
     }
 }

@@ -73,6 +73,12 @@ public enum Versions {
         return 0
     }
 
+    /// PEP 440's ordering (see `PythonVersion`).
+    public static func comparePython(_ a: String, _ b: String) -> Int {
+        let (x, y) = (PythonVersion(a), PythonVersion(b))
+        return x < y ? -1 : (y < x ? 1 : 0)
+    }
+
     static func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
     static func isLetter(_ c: UInt8) -> Bool { (c >= 65 && c <= 90) || (c >= 97 && c <= 122) }
 }

@@ -42,6 +42,28 @@ func installDeb(root: String, work: String, package: String, version: String, so
         try installDeb(
             root: root, work: work, package: "vivarium-probe", version: "1:2.0-3", source: "vivarium-probe-src (2.0-1)")
         try installDeb(root: root, work: work, package: "vivarium-probe-data", version: "0.9~rc1-1", source: nil)
+        // apk's installed database, in apk's own format (no Alpine image can be fetched here): checksum,
+        // name, version, architecture, size, description, origin, one stanza per package.
+        try FileSystem.makeDirectory(root + "/lib/apk/db", mode: 0o755)
+        try """
+        C:Q1Hm1nX1i3p0rZ8c6sJZ0Ju3sqX2E=
+        P:musl
+        V:1.2.4_git20230717-r4
+        A:x86_64
+        S:383152
+        I:622592
+        T:the musl c library (libc) implementation
+        o:musl
+        m:Timo Teräs <timo.teras@iki.fi>
+
+        C:Q1m1c1Ue7fJ0vR8Jw2xg1p1dLJ1QU=
+        P:libcrypto3
+        V:3.1.4-r1
+        A:x86_64
+        T:Crypto library from openssl
+        o:openssl
+
+        """.write(toFile: root + "/lib/apk/db/installed", atomically: true, encoding: .utf8)
         let dist = root + "/usr/lib/python3/dist-packages/Requests-2.25.0.dist-info"
         try FileSystem.makeDirectory(dist, mode: 0o755)
         try "Metadata-Version: 2.1\nName: requests\nVersion: 2.25.0\n\nName: not-a-header\n".write(
@@ -92,6 +114,10 @@ func installDeb(root: String, work: String, package: String, version: String, so
                 probe.properties.contains { $0.name == "vivarium:source" && $0.value == "vivarium-probe-src 2.0-1" })
             #expect(probe.purl == "pkg:deb/debian/vivarium-probe@1%3A2.0-3?arch=all&distro=debian-12", "\(probe.purl)")
             #expect(bom.components.contains { $0.purl == "pkg:pypi/requests@2.25.0" })
+            let apk = Set(bom.components.filter { ecosystem($0) == "Alpine" }.map { "\($0.name) \($0.version)" })
+            #expect(apk == ["musl 1.2.4_git20230717-r4", "libcrypto3 3.1.4-r1"])
+            let crypto = try #require(bom.components.first { $0.name == "libcrypto3" })
+            #expect(crypto.properties.contains { $0.name == "vivarium:source" && $0.value == "openssl 3.1.4-r1" })
             // An image that is not there.
             r = try d.cli("image", "sbom", "missing")
             #expect(r.status != 0 && r.stderr.contains("[image_not_found]"), "\(r.stderr)")
