@@ -150,10 +150,14 @@ public final class Images: Sendable {
         try await gate.perform(caller, .imageSBOM, target: reference.description) {
             guard let tenant = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
             let rec = try await find(tenant: tenant, reference)
-            let rootfs = rec.rootfs
-            let sbom = try await Task.detached { try SBOM.scan(rootfs: rootfs) }.value
+            let sbom = try await Self.packages(rec.rootfs)
             return sbom.cycloneDX(image: rec.reference ?? rec.name.rawValue, digest: rec.digest)
         }
+    }
+
+    /// The SBOM of an image root, read off the caller's executor.
+    static func packages(_ rootfs: String) async throws -> SBOM {
+        try await Task.detached { try SBOM.scan(rootfs: rootfs) }.value
     }
 
     /// A tenant's image by local name (its own, then the shared ones) or by a reference it pulled.
@@ -173,7 +177,7 @@ public final class Images: Sendable {
     func vulnerabilityVerdict(_ ref: ImageReference, digest: Digest, rootfs: String) async throws -> [String: String] {
         let gate = config.imagePolicy.vulnerabilities
         guard gate.refuse != nil else { return [:] }
-        let sbom = try await Task.detached { try SBOM.scan(rootfs: rootfs) }.value
+        let sbom = try await Self.packages(rootfs)
         let (findings, version) = vulndb.scan(sbom)
         let (refusing, waived) = gate.judge(findings)
         if !refusing.isEmpty {
@@ -196,8 +200,7 @@ public final class Images: Sendable {
         try await gate.perform(caller, .imageScan, target: reference.description) {
             guard let tenant = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
             let rec = try await find(tenant: tenant, reference)
-            let rootfs = rec.rootfs
-            let sbom = try await Task.detached { try SBOM.scan(rootfs: rootfs) }.value
+            let sbom = try await Self.packages(rec.rootfs)
             let (findings, version) = vulndb.scan(sbom)
             return ScanReport(
                 reference: rec.reference ?? rec.name.rawValue, digest: rec.digest.rawValue, vulndbVersion: version,

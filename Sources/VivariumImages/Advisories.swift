@@ -146,13 +146,21 @@ extension Advisory {
     }
 
     /// Whether `version` falls in the entry: listed in `versions`, or inside an ECOSYSTEM range (events
-    /// in order: introduced opens, fixed closes, last_affected closes after it). A version the ecosystem
+    /// in version order: introduced opens, fixed closes, last_affected closes after it). A version the ecosystem
     /// cannot order is not matched.
     static func affects(_ entry: Affected, ecosystem: String, version: String) -> Bool {
         if entry.versions?.contains(version) == true { return true }
         for range in entry.ranges ?? [] where range.type == "ECOSYSTEM" {
+            // Events are evaluated in version order (`introduced: 0` first), whatever order they are listed in.
+            func at(_ e: [String: String]) -> String { e.values.first ?? "" }
+            let events = range.events.enumerated().sorted { x, y in
+                let (a, b) = (at(x.element), at(y.element))
+                if a == "0" || b == "0" { return a == "0" && (b != "0" || x.offset < y.offset) }
+                let c = compare(ecosystem, a, b) ?? 0
+                return c != 0 ? c < 0 : x.offset < y.offset
+            }.map(\.element)
             var affected = false
-            for e in range.events {
+            for e in events {
                 if let v = e["introduced"] {
                     if v == "0" || (compare(ecosystem, version, v) ?? -1) >= 0 { affected = true }
                 } else if let v = e["fixed"], let c = compare(ecosystem, version, v), c >= 0 {

@@ -32,8 +32,9 @@ public final class VulnDB: Sendable {
     public var version: String { state.withLock { $0.version } }
     public var count: Int { state.withLock { $0.advisories.count } }
 
-    /// Reads OSV JSON records from a file or a directory of `*.json` files (one record, or an array of
-    /// them, per file); a record replaces one of the same id unless it is older (`modified`).
+    /// Reads OSV records from a file or a directory of `*.json`, `*.yaml` and `*.yml` files (one record, or
+    /// a JSON array of them, per file); a record replaces one of the same id unless it is older
+    /// (`modified`).
     public func importRecords(from path: String) throws -> (added: Int, version: String) {
         var files: [String] = []
         var isDir: ObjCBool = false
@@ -41,7 +42,9 @@ public final class VulnDB: Sendable {
             throw VivariumError(.invalidArgument, "no such file or directory: \(path)")
         }
         if isDir.boolValue {
-            let entries = try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".json") }
+            let entries = try FileManager.default.contentsOfDirectory(atPath: path).filter {
+                $0.hasSuffix(".json") || $0.hasSuffix(".yaml") || $0.hasSuffix(".yml")
+            }
             files = entries.sorted().map { path + "/" + $0 }
         } else {
             files = [path]
@@ -52,7 +55,9 @@ public final class VulnDB: Sendable {
                 throw VivariumError(.invalidArgument, "cannot read \(f) (at most \(Self.maxRecordBytes) bytes)")
             }
             do {
-                if data.first(where: { !$0.isWhitespace }) == UInt8(ascii: "[") {
+                if !f.hasSuffix(".json") {
+                    records.append(try Self.decodeYAML(data))
+                } else if data.first(where: { !$0.isWhitespace }) == UInt8(ascii: "[") {
                     records += try JSONDecoder().decode([Advisory].self, from: data)
                 } else {
                     records.append(try JSONDecoder().decode(Advisory.self, from: data))
@@ -74,6 +79,16 @@ public final class VulnDB: Sendable {
             s = Loaded(advisories: next, version: Self.version(data))
             return (records.count, s.version)
         }
+    }
+
+    /// An OSV record in YAML, through its JSON form.
+    static func decodeYAML(_ data: Data) throws -> Advisory {
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw VivariumError(.invalidArgument, "not UTF-8")
+        }
+        let tree = try OSVYAML.parse(text)
+        guard JSONSerialization.isValidJSONObject(tree) else { throw VivariumError(.invalidArgument, "not a record") }
+        return try JSONDecoder().decode(Advisory.self, from: try JSONSerialization.data(withJSONObject: tree))
     }
 
     /// The findings of every advisory in an SBOM, and the database version they come from.

@@ -10,9 +10,64 @@ import VivariumCore
     static let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/osv").path
 
+    /// The JSON records and the YAML ones (read by Vivarium's YAML reader).
     static func records() throws -> [(String, Advisory)] {
-        try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".json") }.sorted().map {
-            ($0, try JSONDecoder().decode(Advisory.self, from: Data(contentsOf: URL(fileURLWithPath: "\(dir)/\($0)"))))
+        let json = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".json") }.sorted()
+            .map {
+                (
+                    $0,
+                    try JSONDecoder().decode(
+                        Advisory.self, from: Data(contentsOf: URL(fileURLWithPath: "\(dir)/\($0)")))
+                )
+            }
+        let yaml = try FileManager.default.contentsOfDirectory(atPath: dir + "/yaml").sorted().map {
+            ("yaml/" + $0, try VulnDB.decodeYAML(Data(contentsOf: URL(fileURLWithPath: "\(dir)/yaml/\($0)"))))
+        }
+        #expect(yaml.count >= 5 && yaml.allSatisfy { $0.0.hasSuffix($0.1.id + ".yaml") })
+        return json + yaml
+    }
+
+    /// Each YAML record reads as PyYAML (Debian's python3-yaml) reads it: every string it finds, at the
+    /// same place (PyYAML turns dates into datetimes; those places are only checked to exist).
+    @Test func yamlRecordsReadAsPyYAMLReadsThem() throws {
+        let script = """
+            import json, sys, yaml
+            def norm(v):
+                if isinstance(v, dict): return {k: norm(x) for k, x in v.items()}
+                if isinstance(v, list): return [norm(x) for x in v]
+                return v if isinstance(v, str) else "<not a string>"
+            print(json.dumps(norm(yaml.safe_load(open(sys.argv[1])))))
+            """
+        for file in try FileManager.default.contentsOfDirectory(atPath: Self.dir + "/yaml").sorted() {
+            let path = "\(Self.dir)/yaml/\(file)"
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+            p.arguments = ["-c", script, path]
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 0, "python3-yaml on \(file)")
+            let theirs = try JSONSerialization.jsonObject(with: data)
+            let ours = try OSVYAML.parse(try String(contentsOfFile: path, encoding: .utf8))
+            var differences: [String] = []
+            Self.compare(ours, theirs, "", &differences)
+            #expect(differences.isEmpty, "\(file): \(differences.prefix(5))")
+        }
+    }
+
+    static func compare(_ a: Any, _ b: Any, _ at: String, _ out: inout [String]) {
+        if let x = a as? [String: Any], let y = b as? [String: Any] {
+            if Set(x.keys) != Set(y.keys) { out.append("\(at): keys \(x.keys.sorted()) vs \(y.keys.sorted())") }
+            for (k, v) in x { if let w = y[k] { compare(v, w, at + "." + k, &out) } }
+        } else if let x = a as? [Any], let y = b as? [Any] {
+            if x.count != y.count { out.append("\(at): \(x.count) items vs \(y.count)") }
+            for (n, (v, w)) in zip(x, y).enumerated() { compare(v, w, "\(at)[\(n)]", &out) }
+        } else if let y = b as? String, y != "<not a string>" {
+            if (a as? String) != y { out.append("\(at): \(String(describing: a).prefix(60)) vs \(y.prefix(60))") }
+        } else if b as? String == nil {
+            out.append("\(at): shape")
         }
     }
 
