@@ -79,12 +79,12 @@ public struct Admission: Sendable {
         }
     }
 
-    /// Judges the signatures of an image resolved to `digests` (the digest its reference resolves to,
+    /// Judges the signatures of an image resolved to `digests` (the reference already passed
+    /// `checkReference`) (the digest its reference resolves to,
     /// then, through an index, the platform manifest's): one valid signature by a trusted key over
     /// either digest, naming this repository, admits it.
     public func check(_ ref: ImageReference, digests: [Digest], login: RegistryLogin?) async throws -> AdmissionDecision
     {
-        try checkReference(ref)
         let registry = ref.registry ?? ""
         let rule = policy.rule(registry: registry, repository: ref.repository)
         if rule.signature == .off { return AdmissionDecision(signature: "not checked", scope: rule.scope) }

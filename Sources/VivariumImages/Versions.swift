@@ -61,8 +61,7 @@ public enum Versions {
         var start = from
         var end = from
         while end < s.count, isDigit(s[end]) { end += 1 }
-        while start < end - 1, s[start] == UInt8(ascii: "0") { start += 1 }
-        if start < end, s[start] == UInt8(ascii: "0"), end - start == 1 { return ([], end) }
+        while start < end, s[start] == UInt8(ascii: "0") { start += 1 }
         return (s[start..<end], end)
     }
 

@@ -11,6 +11,19 @@ public final class VulnDB: Sendable {
     struct Loaded: Sendable {
         var advisories: [String: Advisory] = [:]
         var version = "empty"
+        /// Advisory ids by the package names their entries name (PyPI names in PEP 503 form): a scan
+        /// looks at the advisories of an image's packages only.
+        var byPackage: [String: [String]] = [:]
+
+        init(advisories: [String: Advisory] = [:], version: String = "empty") {
+            self.advisories = advisories
+            self.version = version
+            for a in advisories.values {
+                for name in Set((a.affected ?? []).compactMap { $0.package.map { Advisory.normalPyPI($0.name) } }) {
+                    byPackage[name, default: []].append(a.id)
+                }
+            }
+        }
     }
     let state = Mutex(Loaded())
     public static let maxAdvisories = 1_000_000
@@ -93,11 +106,18 @@ public final class VulnDB: Sendable {
 
     /// The findings of every advisory in an SBOM, and the database version they come from.
     public func scan(_ sbom: SBOM) -> (findings: [Finding], version: String) {
-        let (advisories, version) = state.withLock { ($0.advisories, $0.version) }
-        let findings = advisories.values.flatMap { $0.findings(in: sbom) }.sorted {
+        let loaded = state.withLock { $0 }
+        var findings: [Finding] = []
+        for p in sbom.packages {
+            let names = Set([p.name, p.sourceName ?? p.name].map(Advisory.normalPyPI))
+            let ids = Set(names.flatMap { loaded.byPackage[$0] ?? [] })
+            let one = SBOM(distro: sbom.distro, distroVersion: sbom.distroVersion, packages: [p])
+            for id in ids.sorted() { findings += loaded.advisories[id]?.findings(in: one) ?? [] }
+        }
+        findings.sort {
             ($0.severity, $1.advisory) > ($1.severity, $0.advisory)
         }
-        return (findings, version)
+        return (findings, loaded.version)
     }
 }
 
