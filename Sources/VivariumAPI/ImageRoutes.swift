@@ -13,7 +13,8 @@ struct ImageRoutes {
         r.add(Endpoints.imageImport) { call in
             let body: ImportImageRequest = try await call.body()
             let name = try ResourceName.parse(body.name, what: "image name")
-            return Mapping.info(try await images.importRootfs(call.caller, path: body.path, name: name))
+            return Mapping.info(
+                try await images.importRootfs(call.caller, path: body.path, name: name, format: body.format ?? .auto))
         }
         r.add(Endpoints.imageUpload) { call in
             let name = try ResourceName.parse(call.query("name") ?? "", what: "image name")
@@ -38,6 +39,16 @@ struct ImageRoutes {
         r.add(Endpoints.imageScan) { call in
             let body: PullImageRequest = try await call.body()
             return try await images.scan(call.caller, reference: try ImageReference.parse(body.reference))
+        }
+        r.add(Endpoints.imageInspect) { call in
+            let body: PullImageRequest = try await call.body()
+            return try await images.inspect(call.caller, reference: try ImageReference.parse(body.reference))
+        }
+        r.add(Endpoints.imagePush) { call in
+            let body: PushImageRequest = try await call.body()
+            return try await images.push(
+                call.caller, image: try ImageReference.parse(body.image),
+                to: try ImageReference.parse(body.destination))
         }
         r.add(Endpoints.vulndbImport) { call in
             let body: ImportVulnDBRequest = try await call.body()

@@ -66,11 +66,7 @@ enum Mapping {
             stderrTruncated: o.stderrTruncated, timedOut: o.timedOut, durationMs: o.duration.milliseconds)
     }
 
-    static func info(_ i: ImageRecord) -> ImageInfo {
-        ImageInfo(
-            name: i.name.rawValue, tenant: i.tenant, digest: i.digest.rawValue, sizeBytes: i.sizeBytes,
-            createdAt: i.createdAt, reference: i.reference)
-    }
+    static func info(_ i: ImageRecord) -> ImageInfo { i.info }
 
     static func info(_ t: TenantRecord) -> TenantInfo {
         TenantInfo(name: t.name.rawValue, createdAt: t.createdAt, intraTenant: t.intraTenant ? "allow" : "deny")

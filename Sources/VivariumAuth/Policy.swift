@@ -59,7 +59,7 @@ public enum PolicyTable {
         // (every proxied request would flood the trail).
         case .sandboxConnect: .init([.sandboxesRead], role: .member, .tenant, mutating: false)
 
-        case .imagePull, .imageSign: .init([.imagesWrite], role: .member, .tenantUnbound, mutating: true)
+        case .imagePull, .imageSign, .imagePush: .init([.imagesWrite], role: .member, .tenantUnbound, mutating: true)
         case .imageSigningPayload: .init([.imagesRead], role: .member, .tenantUnbound, mutating: false)
         case .secretSet, .secretDelete: .init([.secretsWrite], role: .member, .tenantUnbound, mutating: true)
         case .secretList: .init([.secretsRead], role: .auditor, .tenantUnbound, mutating: false)
@@ -69,7 +69,8 @@ public enum PolicyTable {
         case .routeList: .init([.sandboxesRead], role: .auditor, .tenantUnbound, mutating: false)
         case .routeDelete: .init([.sandboxesWrite], role: .member, .tenantUnbound, mutating: true)
 
-        case .imageList, .imageSBOM, .imageScan: .init([.imagesRead], role: .auditor, .tenantUnbound, mutating: false)
+        case .imageList, .imageSBOM, .imageScan, .imageInspect:
+            .init([.imagesRead], role: .auditor, .tenantUnbound, mutating: false)
         // Host paths are for local root (the engine refuses remote callers); uploads and deletes are a
         // member's within its tenant, and only an admin's for the shared images of the default tenant.
         case .imageImport, .vulndbImport: .init([.imagesWrite], role: .admin, .admin, mutating: true)

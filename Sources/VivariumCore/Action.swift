@@ -53,6 +53,10 @@ public enum Action: String, CaseIterable, Sendable, Codable {
     case imageSBOM = "image.sbom"
     /// An image's SBOM matched against the imported advisories.
     case imageScan = "image.scan"
+    /// An image's manifest, config and layers.
+    case imageInspect = "image.inspect"
+    /// A local image published to a registry under a tag, its digest unchanged.
+    case imagePush = "image.push"
     /// OSV advisories read from a path on the daemon's host (local root only).
     case vulndbImport = "vulndb.import"
     /// What to sign for an image in its registry (the digest its reference names now, cosign's payload).

@@ -138,6 +138,9 @@ public enum Endpoints {
     public static let imageDelete = Endpoint<Empty, Empty>(.delete, "/v1/images/{name}", .imageDelete, status: 204)
     public static let imageSBOM = Endpoint<PullImageRequest, CycloneDX>(.post, "/v1/images/sbom", .imageSBOM)
     public static let imageScan = Endpoint<PullImageRequest, ScanReport>(.post, "/v1/images/scan", .imageScan)
+    public static let imageInspect = Endpoint<PullImageRequest, ImageDetails>(
+        .post, "/v1/images/inspect", .imageInspect)
+    public static let imagePush = Endpoint<PushImageRequest, ImageDetails>(.post, "/v1/images/push", .imagePush)
     public static let vulndbImport = Endpoint<ImportVulnDBRequest, VulnDBInfo>(
         .post, "/v1/vulndb", .vulndbImport, status: 201)
     public static let imageSigningPayload = Endpoint<PullImageRequest, SigningPayload>(
@@ -172,7 +175,7 @@ public enum Endpoints {
         sandboxStop.route, sandboxExec.route, sandboxNetwork.route, routeCreate.route,
         routeList.route, routeDelete.route, imageList.route, imageImport.route,
         imageUpload.route, imagePull.route, imageSigningPayload.route, imageSign.route,
-        imageSBOM.route, imageScan.route, vulndbImport.route,
+        imageSBOM.route, imageScan.route, imageInspect.route, imagePush.route, vulndbImport.route,
         imageDelete.route, secretSet.route, secretList.route, secretDelete.route, kmsShow.route, kmsRotate.route,
         kmsRetire.route,
         auditList.route, auditFollow, auditCheckpoints.route,

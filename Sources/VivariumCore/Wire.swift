@@ -267,13 +267,24 @@ public struct RunResult: Codable, Sendable {
     }
 }
 
+/// What `image import` reads: a root file system (a directory or a tar of one), an OCI image layout
+/// (`oci-layout`, `index.json`, `blobs/`, as `skopeo copy … oci:` or `umoci` write it), or a
+/// docker-archive (`manifest.json` with the config and the layer tars, as `docker save` writes it);
+/// the two image formats as a directory or a tar. `auto` looks for the formats' marker files.
+public enum ImportFormat: String, Sendable, CaseIterable, Codable {
+    case auto, rootfs, oci, dockerArchive = "docker-archive"
+}
+
 public struct ImportImageRequest: Codable, Sendable {
-    /// A rootfs directory or a tar archive of one, on the daemon's host.
+    /// A rootfs directory, an OCI image layout or a docker-archive, or a tar archive of one, on the
+    /// daemon's host.
     public var path: String
     public var name: String
-    public init(path: String, name: String) {
+    public var format: ImportFormat?
+    public init(path: String, name: String, format: ImportFormat? = nil) {
         self.path = path
         self.name = name
+        self.format = format
     }
 }
 
@@ -298,10 +309,74 @@ public struct ImageInfo: Codable, Sendable {
 }
 
 /// `POST /v1/images/pull`.
+extension ImageRecord {
+    public var info: ImageInfo {
+        ImageInfo(
+            name: name.rawValue, tenant: tenant, digest: digest.rawValue, sizeBytes: sizeBytes, createdAt: createdAt,
+            reference: reference)
+    }
+}
+
 public struct PullImageRequest: Codable, Sendable {
     /// Docker's grammar: `busybox`, `registry.example.com:5000/team/app:1.0`, `…@sha256:…`.
     public var reference: String
     public init(reference: String) { self.reference = reference }
+}
+
+/// A local image (a name, or a reference pulled) published to a registry under `destination`.
+public struct PushImageRequest: Codable, Sendable {
+    public var image: String
+    /// A registry reference with a tag: `registry.example.com/team/app:1.0`.
+    public var destination: String
+    public init(image: String, destination: String) {
+        self.image = image
+        self.destination = destination
+    }
+}
+
+/// An image in the content store: its record, its manifest's layers and what its config says.
+public struct ImageDetails: Codable, Sendable {
+    public struct Layer: Codable, Sendable {
+        public var digest: Digest
+        public var mediaType: String
+        public var sizeBytes: Int64
+        public init(digest: Digest, mediaType: String, sizeBytes: Int64) {
+            self.digest = digest
+            self.mediaType = mediaType
+            self.sizeBytes = sizeBytes
+        }
+    }
+    public var image: ImageInfo
+    public var mediaType: String
+    public var configDigest: Digest
+    public var architecture: String?
+    public var os: String?
+    public var env: [String]
+    public var entrypoint: [String]?
+    public var cmd: [String]?
+    public var workingDir: String?
+    public var user: String?
+    public var layers: [Layer]
+    /// Where the image was pushed, for `image push`.
+    public var pushedTo: String?
+    public init(
+        image: ImageInfo, mediaType: String, configDigest: Digest, architecture: String?, os: String?, env: [String],
+        entrypoint: [String]?, cmd: [String]?, workingDir: String?, user: String?, layers: [Layer],
+        pushedTo: String? = nil
+    ) {
+        self.image = image
+        self.mediaType = mediaType
+        self.configDigest = configDigest
+        self.architecture = architecture
+        self.os = os
+        self.env = env
+        self.entrypoint = entrypoint
+        self.cmd = cmd
+        self.workingDir = workingDir
+        self.user = user
+        self.layers = layers
+        self.pushedTo = pushedTo
+    }
 }
 
 /// What to sign for an image: the digest its reference resolves to, and cosign's simple-signing payload

@@ -20,6 +20,8 @@ public final class Images: Sendable {
     let gate: Gate
     let logger: Logger
     let locks = KeyedLock()
+    /// Ingests share the content store; its garbage collection runs alone.
+    let ingesting = SharedExclusiveLock()
 
     init(
         config: EngineConfiguration, store: any Store, content: ImageStore, puller: ImagePuller?, secrets: Secrets,
@@ -48,7 +50,9 @@ public final class Images: Sendable {
 
     /// Imports a root file system from a directory or tar archive on the daemon's host: local root on
     /// the unix socket only. A remote caller, admin or not, uploads an archive instead (`upload`).
-    public func importRootfs(_ caller: Caller, path: String, name: ResourceName) async throws -> ImageRecord {
+    public func importRootfs(
+        _ caller: Caller, path: String, name: ResourceName, format: ImportFormat = .auto
+    ) async throws -> ImageRecord {
         try await gate.perform(caller, .imageImport, target: name.rawValue) {
             guard caller.isLocal else {
                 throw VivariumError(
@@ -56,7 +60,7 @@ public final class Images: Sendable {
                     "importing from a host path is for local root on the unix socket; upload an archive instead")
             }
             guard let tenant = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
-            return try await importRootfs(tenant: tenant, path: path, name: name)
+            return try await importRootfs(tenant: tenant, path: path, name: name, format: format)
         }
     }
 
@@ -117,7 +121,25 @@ public final class Images: Sendable {
         let (full, registry) = try allowed(reference)
         try admission.checkReference(full)
         let key = full.description
-        return try await locks.withLock("pull:\(tenant)/\(key)") { [self] in
+        do {
+            let earlier = try await store.image(tenant: tenant, reference: key)
+            let rec = try await ingesting.shared { [self] in
+                try await pinPull(tenant: tenant, full, registry: registry, key: key, puller, admission)
+            }
+            // A reference moved to another digest: what it named before may be unused now.
+            if let earlier, earlier.digest != rec.digest { collectInBackground() }
+            return rec
+        } catch {
+            collectInBackground()
+            throw error
+        }
+    }
+
+    func pinPull(
+        tenant: String, _ full: ImageReference, registry: String, key: String, _ puller: ImagePuller,
+        _ admission: Admission
+    ) async throws -> ImageRecord {
+        try await locks.withLock("pull:\(tenant)/\(key)") { [self] in
             let login = try await secrets.registryLogin(tenant: tenant, registry: registry)
             let resolved = try await puller.resolve(full, login: login)
             // Admitted (or refused, and the refusal audited with the digest) before any layer is fetched.
@@ -294,7 +316,9 @@ public final class Images: Sendable {
         return tenant
     }
 
-    func importRootfs(tenant: String, path: String, name: ResourceName) async throws -> ImageRecord {
+    func importRootfs(
+        tenant: String, path: String, name: ResourceName, format: ImportFormat
+    ) async throws -> ImageRecord {
         guard path.hasPrefix("/"), path.utf8.count <= 4096 else {
             throw VivariumError(.invalidArgument, "path must be an absolute path on the daemon's host")
         }
@@ -307,7 +331,11 @@ public final class Images: Sendable {
         }
         let isDirectory = st.st_mode & S_IFMT == S_IFDIR
         let skip = (sd.st_dev, sd.st_ino)
-        return try await add(tenant: tenant, name: name, source: ["path": real]) { [self] in
+        return try await add(tenant: tenant, name: name, source: ["path": real, "format": format.rawValue]) {
+            [self] in
+            if let image = try await content.importImage(real, format: format, rules: config.unpackRules) {
+                return image
+            }
             if isDirectory {
                 return try await content.importDirectory(real, skip: [skip], rules: config.unpackRules)
             }
@@ -337,33 +365,60 @@ public final class Images: Sendable {
         tenant: String, name: ResourceName, source: [String: String],
         _ ingest: @escaping @Sendable () async throws -> ImageStore.Imported
     ) async throws -> ImageRecord {
-        try await locks.withLock("image:\(tenant)/\(name)") { [self] in
-            if try await store.image(tenant: tenant, name: name) != nil {
-                throw VivariumError(.alreadyExists, "an image named \(name) already exists")
+        do {
+            return try await locks.withLock("image:\(tenant)/\(name)") { [self] in
+                try await ingesting.shared { try await addLocked(tenant: tenant, name: name, source: source, ingest) }
             }
-            let imported = try await ingest()
-            let rec = try await store.insertImage(
-                ImageRecord(
-                    tenant: tenant, name: name, digest: imported.digest, rootfs: imported.rootfs,
-                    sizeBytes: imported.sizeBytes, createdAt: Date()),
-                audit: AuditEvent(
-                    "image.import", target: name.rawValue, tenant: tenant,
-                    details: [
-                        "digest": imported.digest.rawValue, "size_bytes": String(imported.sizeBytes),
-                    ].merging(source) { a, _ in a }))
-            logger.info("image imported", metadata: ["image": "\(name)", "digest": "\(imported.digest)"])
-            return rec
+        } catch {
+            collectInBackground()
+            throw error
         }
+    }
+
+    /// What a failed or refused ingest placed in the store leaves it, once no other ingest runs.
+    func collectInBackground() {
+        Task { [self] in
+            do { try await collectGarbage() } catch {
+                logger.warning("image store collection failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    func addLocked(
+        tenant: String, name: ResourceName, source: [String: String],
+        _ ingest: @escaping @Sendable () async throws -> ImageStore.Imported
+    ) async throws -> ImageRecord {
+        if try await store.image(tenant: tenant, name: name) != nil {
+            throw VivariumError(.alreadyExists, "an image named \(name) already exists")
+        }
+        let imported = try await ingest()
+        let rec = try await store.insertImage(
+            ImageRecord(
+                tenant: tenant, name: name, digest: imported.digest, rootfs: imported.rootfs,
+                sizeBytes: imported.sizeBytes, createdAt: Date()),
+            audit: AuditEvent(
+                "image.import", target: name.rawValue, tenant: tenant,
+                details: [
+                    "digest": imported.digest.rawValue, "size_bytes": String(imported.sizeBytes),
+                ].merging(source) { a, _ in a }))
+        logger.info("image imported", metadata: ["image": "\(name)", "digest": "\(imported.digest)"])
+        return rec
     }
 
     func remove(tenant: String, name: ResourceName) async throws {
         try await locks.withLock("image:\(tenant)/\(name)") { [self] in
-            let rec = try await store.deleteImage(
+            _ = try await store.deleteImage(
                 tenant: tenant, name: name, audit: AuditEvent("image.delete", target: name.rawValue, tenant: tenant))
-            if try await !store.imageRootfsInUse(rec.rootfs) {
-                try await content.remove(manifest: rec.digest)
-            }
             logger.info("image removed", metadata: ["image": "\(name)"])
+        }
+        _ = try await collectGarbage()
+    }
+
+    /// Removes from the content store every blob and root that no image record or sandbox names.
+    @discardableResult
+    public func collectGarbage() async throws -> ImageStore.Collected {
+        try await ingesting.exclusive { [self] in
+            await content.collect(keeping: try await store.imageDigestsInUse())
         }
     }
 

@@ -33,3 +33,53 @@ actor KeyedLock {
         }
     }
 }
+
+/// Many holders at once (`shared`), or one alone (`exclusive`): ingests into the image store share it,
+/// its garbage collection excludes them. A waiting exclusive holder goes before later shared ones.
+actor SharedExclusiveLock {
+    private var sharers = 0
+    private var exclusive = false
+    private var waitingExclusive: [CheckedContinuation<Void, Never>] = []
+    private var waitingShared: [CheckedContinuation<Void, Never>] = []
+
+    func shared<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+        if exclusive || !waitingExclusive.isEmpty {
+            await withCheckedContinuation { waitingShared.append($0) }
+        } else {
+            sharers += 1
+        }
+        defer { releaseShared() }
+        return try await body()
+    }
+
+    func exclusive<T: Sendable>(_ body: @Sendable () async throws -> T) async rethrows -> T {
+        if exclusive || sharers > 0 {
+            await withCheckedContinuation { waitingExclusive.append($0) }
+        } else {
+            exclusive = true
+        }
+        defer { releaseExclusive() }
+        return try await body()
+    }
+
+    private func releaseShared() {
+        sharers -= 1
+        if sharers == 0, !waitingExclusive.isEmpty {
+            exclusive = true
+            waitingExclusive.removeFirst().resume()
+        }
+    }
+
+    private func releaseExclusive() {
+        if !waitingShared.isEmpty {
+            exclusive = false
+            sharers = waitingShared.count
+            for w in waitingShared { w.resume() }
+            waitingShared = []
+        } else if !waitingExclusive.isEmpty {
+            waitingExclusive.removeFirst().resume()
+        } else {
+            exclusive = false
+        }
+    }
+}

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import VivariumCore
+import VivariumOCI
 import VivariumOS
 
 import struct Crypto.SHA256
@@ -108,24 +109,142 @@ public struct ImageStore: Sendable {
         return Imported(digest: manifestDigest, rootfs: final, sizeBytes: size)
     }
 
-    /// Removes the unpacked root and blobs of a manifest (its caller checked nothing uses them).
-    public func remove(manifest: Digest) async throws {
-        let path = rootfsPath(manifest)
-        if let data = FileManager.default.contents(atPath: blobPath(manifest)),
-            let m = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-        {
-            var digests: [String] = []
-            if let c = m["config"] as? [String: Any], let d = c["digest"] as? String { digests.append(d) }
-            for l in (m["layers"] as? [[String: Any]]) ?? [] { if let d = l["digest"] as? String { digests.append(d) } }
-            for d in digests.compactMap(Digest.init(rawValue:)) { unlink(blobPath(d)) }
+    /// The layers' uncompressed digests the config names, one per layer of the manifest.
+    static func diffIDs(_ manifest: Manifest, _ config: ImageConfig, _ label: String) throws -> [Digest] {
+        let ids = config.rootfs.diffIds
+        guard ids.count == manifest.layers.count else {
+            throw VivariumError(
+                .invalidArgument, "\(label) has \(manifest.layers.count) layers but its config names \(ids.count)")
         }
-        unlink(blobPath(manifest))
-        try await FileSystem.removeTree(path)
+        return ids
+    }
+
+    /// Applies a manifest's stored layers in order (whiteouts included) into a new root under the unpack
+    /// rules, each layer's uncompressed digest checked against the config's diff ids; then stores the
+    /// manifest and places the root.
+    func assemble(
+        _ manifest: Manifest, data: Data, digest: Digest, rules: UnpackRules, label: String
+    ) async throws -> Imported {
+        let ids = try Self.diffIDs(manifest, try config(manifest.config.digest), label)
+        let work = "\(root)/tmp/assemble-\(randomHex(bytes: 8))"
+        try FileSystem.makeDirectory(work, mode: 0o700)
+        try FileSystem.makeDirectory(work + "/rootfs", mode: 0o755)
+        do {
+            var total: Int64 = 0
+            for (i, layer) in manifest.layers.enumerated() {
+                let summary = try apply(layer, into: work + "/rootfs", rules: rules)
+                total += summary.tarBytes
+                guard total <= rules.maxBytes else {
+                    throw VivariumError(
+                        .invalidArgument, "\(label) unpacks to more than \(Quantity.formatBytes(rules.maxBytes))")
+                }
+                if ids[i] != summary.diffID {
+                    throw VivariumError(
+                        .digestMismatch,
+                        "layer \(i + 1) of \(label) unpacks to \(summary.diffID), its config says \(ids[i])")
+                }
+            }
+            try storeBlob(data: data, digest: digest)
+            let final = rootfsPath(digest)
+            if !FileSystem.exists(final) {
+                guard rename(work + "/rootfs", final) == 0 else {
+                    throw VivariumError(.internalError, "cannot place \(final)")
+                }
+            }
+            try await FileSystem.removeTree(work)
+            return Imported(digest: digest, rootfs: final, sizeBytes: await FileSystem.diskUsage(final))
+        } catch {
+            try? await FileSystem.removeTree(work)
+            throw error
+        }
+    }
+
+    /// Applies one stored layer over the root under the unpack rules.
+    func apply(_ layer: Descriptor, into root: String, rules: UnpackRules) throws -> Unpacker.Summary {
+        let path = blobPath(layer.digest)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw VivariumError(.internalError, "cannot read layer \(layer.digest)") }
+        defer { close(fd) }
+        let unpacker = try Unpacker(root: root, rules: rules, whiteouts: true)
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else {
+                throw VivariumError(.internalError, "cannot read layer \(layer.digest): errno \(errno)")
+            }
+            if n == 0 { break }
+            try buffer.withUnsafeBytes { try unpacker.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+        return try unpacker.finish()
+    }
+
+    /// A stored manifest, or nil when the store lacks it.
+    public func manifest(_ d: Digest) -> Manifest? {
+        FileManager.default.contents(atPath: blobPath(d)).flatMap { try? JSONDecoder().decode(Manifest.self, from: $0) }
+    }
+
+    /// A stored image config.
+    public func config(_ d: Digest) throws -> ImageConfig {
+        guard let data = FileManager.default.contents(atPath: blobPath(d)) else {
+            throw VivariumError(.internalError, "the image config \(d) is not in the store")
+        }
+        return try Self.decode(ImageConfig.self, data, "the image config")
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ data: Data, _ what: String) throws -> T {
+        do { return try JSONDecoder().decode(T.self, from: data) } catch {
+            throw VivariumError(.invalidArgument, "\(what) is not valid JSON of its type")
+        }
+    }
+
+    public struct Collected: Sendable, Equatable {
+        public var blobs = 0
+        public var roots = 0
+        public var bytes: Int64 = 0
+    }
+
+    /// Garbage collection: removes every blob and unpacked root that no manifest in `keep` names, and
+    /// what interrupted work left in the store's tmp. The caller holds off every ingest meanwhile.
+    public func collect(keeping keep: Set<Digest>) async -> Collected {
+        var marked = keep
+        for m in keep {
+            guard let manifest = manifest(m) else { continue }
+            marked.insert(manifest.config.digest)
+            for l in manifest.layers { marked.insert(l.digest) }
+        }
+        var out = Collected()
+        let fm = FileManager.default
+        for name in (try? fm.contentsOfDirectory(atPath: root + "/blobs/sha256")) ?? [] {
+            if let d = Digest(rawValue: "sha256:" + name), marked.contains(d) { continue }
+            let path = root + "/blobs/sha256/" + name
+            var st = stat()
+            if lstat(path, &st) == 0 { out.bytes += Int64(st.st_size) }
+            if unlink(path) == 0 { out.blobs += 1 }
+        }
+        for name in (try? fm.contentsOfDirectory(atPath: root + "/rootfs")) ?? [] {
+            if let d = Digest(rawValue: "sha256:" + name), keep.contains(d) { continue }
+            let path = root + "/rootfs/" + name
+            out.bytes += await FileSystem.diskUsage(path)
+            if (try? await FileSystem.removeTree(path)) != nil { out.roots += 1 }
+        }
+        for name in (try? fm.contentsOfDirectory(atPath: root + "/tmp")) ?? [] {
+            try? await FileSystem.removeTree(root + "/tmp/" + name)
+        }
+        if out != Collected() {
+            logger.info(
+                "image store collected",
+                metadata: ["blobs": "\(out.blobs)", "roots": "\(out.roots)", "bytes": "\(out.bytes)"])
+        }
+        return out
     }
 
     func storeBlob(file: String, digest: Digest) throws {
         let dest = blobPath(digest)
-        if FileSystem.exists(dest) { return }
+        if FileSystem.exists(dest) {
+            unlink(file)
+            return
+        }
         guard rename(file, dest) == 0 else { throw VivariumError(.internalError, "cannot store blob \(digest)") }
         _ = chmod(dest, 0o444)
     }

@@ -51,7 +51,7 @@ public struct ImagePuller: Sendable {
             ref, reference: ref.digest?.rawValue ?? ref.tag ?? "latest", login: login)
         var digests = [fetched.digest]
         if Self.indexTypes.contains(fetched.mediaType) {
-            let index = try decode(Index.self, fetched.data, "the index of \(ref)")
+            let index = try ImageStore.decode(Index.self, fetched.data, "the index of \(ref)")
             let arch = ImageStore.architecture
             guard
                 let m = index.manifests.first(where: { $0.platform?.os == "linux" && $0.platform?.architecture == arch }
@@ -65,7 +65,7 @@ public struct ImagePuller: Sendable {
             }
             digests.append(fetched.digest)
         }
-        let manifest = try decode(Manifest.self, fetched.data, "the manifest of \(ref)")
+        let manifest = try ImageStore.decode(Manifest.self, fetched.data, "the manifest of \(ref)")
         guard manifest.layers.count <= client.options.maxLayers else {
             throw VivariumError(
                 .invalidArgument, "\(ref) has \(manifest.layers.count) layers, more than \(client.options.maxLayers)")
@@ -85,63 +85,17 @@ public struct ImagePuller: Sendable {
             return Pulled(
                 digest: digest, rootfs: store.rootfsPath(digest),
                 sizeBytes: await FileSystem.diskUsage(store.rootfsPath(digest)),
-                config: try? readConfig(manifest.config.digest))
+                config: try? store.config(manifest.config.digest))
         }
         try await fetch([manifest.config], ref, login)
-        let config = try readConfig(manifest.config.digest)
-        let ids = config.rootfs.diffIds
-        guard ids.count == manifest.layers.count else {
-            throw VivariumError(
-                .registryFailure, "\(ref) has \(manifest.layers.count) layers but its config names \(ids.count)")
-        }
+        let config = try store.config(manifest.config.digest)
+        _ = try ImageStore.diffIDs(manifest, config, "\(ref)")
         try await fetch(manifest.layers, ref, login)
-
-        let work = "\(store.root)/tmp/pull-\(randomHex(bytes: 8))"
-        try FileSystem.makeDirectory(work, mode: 0o700)
-        try FileSystem.makeDirectory(work + "/rootfs", mode: 0o755)
-        do {
-            var total: Int64 = 0
-            for (i, layer) in manifest.layers.enumerated() {
-                let summary = try apply(layer, into: work + "/rootfs")
-                total += summary.tarBytes
-                guard total <= rules.maxBytes else {
-                    throw VivariumError(
-                        .invalidArgument, "\(ref) unpacks to more than \(Quantity.formatBytes(rules.maxBytes))")
-                }
-                if ids[i] != summary.diffID {
-                    throw VivariumError(
-                        .digestMismatch,
-                        "layer \(i + 1) of \(ref) unpacks to \(summary.diffID), its config says \(ids[i])")
-                }
-            }
-            try store.storeBlob(data: fetched.data, digest: digest)
-            let final = store.rootfsPath(digest)
-            if !FileSystem.exists(final) {
-                guard rename(work + "/rootfs", final) == 0 else {
-                    throw VivariumError(.internalError, "cannot place \(final)")
-                }
-            }
-            try await FileSystem.removeTree(work)
-            let size = await FileSystem.diskUsage(final)
-            logger.info("pulled image", metadata: ["image": "\(ref)", "digest": "\(digest)", "bytes": "\(size)"])
-            return Pulled(digest: digest, rootfs: final, sizeBytes: size, config: config)
-        } catch {
-            try? await FileSystem.removeTree(work)
-            throw error
-        }
-    }
-
-    func decode<T: Decodable>(_ type: T.Type, _ data: Data, _ what: String) throws -> T {
-        do { return try JSONDecoder().decode(T.self, from: data) } catch {
-            throw VivariumError(.registryFailure, "\(what) is not valid JSON of its type")
-        }
-    }
-
-    func readConfig(_ d: Digest) throws -> ImageConfig {
-        guard let data = FileManager.default.contents(atPath: store.blobPath(d)) else {
-            throw VivariumError(.internalError, "the image config \(d) is not in the store")
-        }
-        return try decode(ImageConfig.self, data, "the image config")
+        let assembled = try await store.assemble(
+            manifest, data: fetched.data, digest: digest, rules: rules, label: "\(ref)")
+        logger.info(
+            "pulled image", metadata: ["image": "\(ref)", "digest": "\(digest)", "bytes": "\(assembled.sizeBytes)"])
+        return Pulled(digest: digest, rootfs: assembled.rootfs, sizeBytes: assembled.sizeBytes, config: config)
     }
 
     /// Fetches the blobs the store lacks, a few at once; each enters the store only after its digest
@@ -165,25 +119,5 @@ public struct ImagePuller: Sendable {
             for _ in 0..<Self.parallelLayers where !start() { break }
             while try await group.next() != nil { _ = start() }
         }
-    }
-
-    /// Applies one stored layer over the root under the unpack rules.
-    func apply(_ layer: Descriptor, into root: String) throws -> Unpacker.Summary {
-        let path = store.blobPath(layer.digest)
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw VivariumError(.internalError, "cannot read layer \(layer.digest)") }
-        defer { close(fd) }
-        let unpacker = try Unpacker(root: root, rules: rules, whiteouts: true)
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else {
-                throw VivariumError(.internalError, "cannot read layer \(layer.digest): errno \(errno)")
-            }
-            if n == 0 { break }
-            try buffer.withUnsafeBytes { try unpacker.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-        }
-        return try unpacker.finish()
     }
 }

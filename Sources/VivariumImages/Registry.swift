@@ -54,8 +54,8 @@ public struct RegistryOptions: Sendable {
 public final class RegistryClient: Sendable {
     let http: HTTPClient
     public let options: RegistryOptions
-    /// Bearer tokens by registry and scope.
-    let tokens = Mutex<[String: String]>([:])
+    /// The `Authorization` header that answered a challenge, by registry, repository and scope.
+    let authorizations = Mutex<[String: String]>([:])
 
     public static let manifestTypes = [
         MediaType.ociIndex, MediaType.ociManifest, MediaType.dockerManifestList, MediaType.dockerManifest,
@@ -89,7 +89,9 @@ public final class RegistryClient: Sendable {
         scope: String = "pull"
     ) async throws -> HTTPClientResponse {
         let url = base(registry) + path
-        let key = "\(registry) repository:\(repository):\(scope)"
+        // Per login: one tenant's credentials never answer for another tenant's request.
+        let who = login.map { Digest.of(Array("\($0.username)\u{0}\($0.password)".utf8)).hex } ?? "anonymous"
+        let key = "\(registry) repository:\(repository):\(scope) \(who)"
         func request(_ auth: String?) -> HTTPClientRequest {
             var r = HTTPClientRequest(url: url)
             r.method = method
@@ -99,7 +101,8 @@ public final class RegistryClient: Sendable {
             r.body = body
             return r
         }
-        let cached = tokens.withLock { $0[key] }.map { "Bearer " + $0 }
+        // The header that answered the last challenge goes with the first attempt (an upload is sent once).
+        let cached = authorizations.withLock { $0[key] }
         let first = try await execute(request(cached), registry)
         guard first.status == .unauthorized, let challenge = first.headers.first(name: "WWW-Authenticate") else {
             return first
@@ -115,21 +118,22 @@ public final class RegistryClient: Sendable {
             }
             auth = "Basic " + Data("\(login.username):\(login.password)".utf8).base64EncodedString()
         case "bearer":
-            let token = try await bearerToken(c, registry: registry, repository: repository, scope: scope, login: login)
-            tokens.withLock { $0[key] = token }
-            auth = "Bearer " + token
+            auth =
+                "Bearer "
+                + (try await bearerToken(c, registry: registry, repository: repository, scope: scope, login: login))
         default:
             throw VivariumError(
                 .registryFailure, "registry \(registry) asks for an unsupported authentication: \(c.scheme)")
         }
         let second = try await execute(request(auth), registry)
-        if second.status == .unauthorized || second.status == .forbidden {
+        guard second.status != .unauthorized && second.status != .forbidden else {
             throw VivariumError(
                 .registryFailure,
                 login == nil
                     ? "registry \(registry) refused anonymous access to \(repository): vivarium registry login \(registry)"
                     : "registry \(registry) refused the credentials for \(repository)")
         }
+        authorizations.withLock { $0[key] = auth }
         return second
     }
 
@@ -299,13 +303,30 @@ public final class RegistryClient: Sendable {
 
     /// Uploads a blob unless the repository has it (monolithic upload: POST, then PUT with the digest).
     public func pushBlob(_ ref: ImageReference, _ data: Data, login: RegistryLogin?) async throws -> Descriptor {
+        let d = Descriptor(mediaType: "application/octet-stream", digest: Digest.of(data), size: Int64(data.count))
+        try await pushBlob(ref, d, data, login: login)
+        return d
+    }
+
+    /// Uploads a stored blob (mapped from its file, not read into memory) unless the repository has it.
+    public func pushBlob(_ ref: ImageReference, file: String, _ d: Descriptor, login: RegistryLogin?) async throws {
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: file), options: .alwaysMapped) } catch {
+            throw VivariumError(.internalError, "cannot read blob \(d.digest) from the store: \(error)")
+        }
+        guard data.count == d.size else {
+            throw VivariumError(.internalError, "the stored blob \(d.digest) is not \(d.size) bytes")
+        }
+        try await pushBlob(ref, d, data, login: login)
+    }
+
+    func pushBlob(_ ref: ImageReference, _ d: Descriptor, _ data: Data, login: RegistryLogin?) async throws {
         guard let registry = ref.registry else { throw VivariumError(.invalidArgument, "\(ref) names no registry") }
-        let digest = Digest.of(data)
-        let d = Descriptor(mediaType: "application/octet-stream", digest: digest, size: Int64(data.count))
+        let digest = d.digest
         let head = try await send(
             .HEAD, registry: registry, repository: ref.repository, path: "/v2/\(ref.repository)/blobs/\(digest)",
             login: login, scope: "pull,push")
-        if head.status == .ok { return d }
+        if head.status == .ok { return }
         let start = try await send(
             .POST, registry: registry, repository: ref.repository, path: "/v2/\(ref.repository)/blobs/uploads/",
             login: login, scope: "pull,push")
@@ -327,7 +348,6 @@ public final class RegistryClient: Sendable {
             .PUT, registry: registry, repository: ref.repository, path: path, login: login,
             body: .bytes(ByteBuffer(data: data)), contentType: "application/octet-stream", scope: "pull,push")
         guard put.status == .created else { throw try await failure(put, "the upload of \(digest)", registry) }
-        return d
     }
 
     /// Puts a manifest under a tag (or digest).

@@ -67,7 +67,8 @@ public protocol Store: Transactional {
     func images(tenant: String?) async throws -> [ImageRecord]
     /// Deletes an image; `image_in_use` while a sandbox uses it.
     func deleteImage(tenant: String, name: ResourceName, audit: AuditEvent) async throws -> ImageRecord
-    func imageRootfsInUse(_ rootfs: String) async throws -> Bool
+    /// The manifests that image records and sandboxes name: what the image store keeps.
+    func imageDigestsInUse() async throws -> Set<Digest>
     /// The image pulled by a reference (in full) in a tenant.
     func image(tenant: String, reference: String) async throws -> ImageRecord?
     /// Records a pull: inserts the image, or moves its reference to the new digest.

@@ -315,10 +315,11 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func imageRootfsInUse(_ rootfs: String) async throws -> Bool {
+    public func imageDigestsInUse() async throws -> Set<Digest> {
         try await read("images") { db in
-            try Bool.fetchOne(db, sql: "SELECT 1 FROM images WHERE rootfs = ? LIMIT 1", arguments: [rootfs])
-                ?? false
+            Set(
+                try String.fetchAll(db, sql: "SELECT digest FROM images UNION SELECT image_digest FROM sandboxes")
+                    .compactMap(Digest.init(rawValue:)))
         }
     }
 

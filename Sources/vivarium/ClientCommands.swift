@@ -252,9 +252,62 @@ struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image", abstract: "Manage images: local ones and pulls from registries.",
         subcommands: [
-            Import.self, Upload.self, Pull.self, Sign.self, SBOMCommand.self, Scan.self, ImageList.self,
-            ImageRemove.self,
+            Import.self, Upload.self, Pull.self, Push.self, Sign.self, Inspect.self, SBOMCommand.self, Scan.self,
+            ImageList.self, ImageRemove.self,
         ])
+
+    struct Push: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "push", abstract: "Publish a local image to a registry under a tag.",
+            discussion: """
+                IMAGE is a local image name (imported, uploaded) or a reference pulled before; DESTINATION \
+                is a registry reference with a tag (registry.example.com/team/app:1.0; latest when none). \
+                The blobs the repository lacks are uploaded, then the manifest byte for byte: the image \
+                keeps its digest, so `vivarium image sign DESTINATION` and a later pull name the same \
+                content. Uses the tenant's registry login (vivarium registry login HOST).
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The local image name or pulled reference.") var image: String
+        @Argument(help: "The registry reference to push to.") var destination: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run(_ client: APIClient) async throws {
+            let d = try client.call(Endpoints.imagePush, PushImageRequest(image: image, destination: destination))
+            if json { return try printJSON(d) }
+            print("pushed \(d.pushedTo ?? destination) \(d.image.digest) (\(d.layers.count) layers)")
+        }
+    }
+
+    struct Inspect: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "inspect", abstract: "Show an image's digest, config and layers.",
+            discussion: "REF is a local image name or a reference pulled before.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The image name or reference.") var reference: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run(_ client: APIClient) async throws {
+            let d = try client.call(Endpoints.imageInspect, PullImageRequest(reference: reference))
+            if json { return try printJSON(d) }
+            var lines = [
+                "name        \(d.image.name) (tenant \(d.image.tenant))",
+                "reference   \(d.image.reference ?? "-")",
+                "digest      \(d.image.digest)",
+                "platform    \(d.os ?? "?")/\(d.architecture ?? "?")",
+                "size        \(Quantity.formatBytes(d.image.sizeBytes)) unpacked",
+                "config      \(d.configDigest)",
+            ]
+            if let e = d.entrypoint { lines.append("entrypoint  \(e.joined(separator: " "))") }
+            if let c = d.cmd { lines.append("cmd         \(c.joined(separator: " "))") }
+            if let w = d.workingDir, !w.isEmpty { lines.append("workdir     \(w)") }
+            if let u = d.user, !u.isEmpty { lines.append("user        \(u)") }
+            for e in d.env { lines.append("env         \(e)") }
+            for (i, l) in d.layers.enumerated() {
+                lines.append("layer \(i + 1)     \(l.digest) \(Quantity.formatBytes(l.sizeBytes)) \(l.mediaType)")
+            }
+            print(lines.joined(separator: "\n"))
+        }
+    }
 
     struct Pull: ClientCommand {
         static let configuration = CommandConfiguration(
@@ -367,19 +420,25 @@ struct ImageCommand: AsyncParsableCommand {
     struct Import: ClientCommand {
         static let configuration = CommandConfiguration(
             commandName: "import",
-            abstract: "Import a root file system from a directory or a tar archive on the daemon's host.",
+            abstract: "Import an image or a root file system from a path on the daemon's host.",
             discussion: """
-                For local root on the unix socket only; the path must not be or hold the state directory.
+                PATH is an OCI image layout (skopeo copy … oci:DIR, umoci), a docker-archive (docker save, \
+                skopeo copy … docker-archive:FILE), or a root file system, each as a directory or a tar; \
+                --format auto tells them apart by the layouts' marker files (oci-layout, manifest.json). \
+                An image keeps its manifest and config (its digest, env, entrypoint); its blobs are checked \
+                against their digests and its layers applied under the unpack rules, as a pull's are. For \
+                local root on the unix socket only; the path must not be or hold the state directory. \
                 Remote clients send an archive with `vivarium image upload`.
                 """)
         @OptionGroup var global: GlobalOptions
-        @Argument(help: "Directory or tar archive (gzip allowed).") var path: String
+        @Argument(help: "Directory or tar archive (gzip allowed for a root file system).") var path: String
         @Option(help: "Image name (a DNS label).") var name: String
+        @Option(help: "auto, rootfs, oci or docker-archive.") var format: ImportFormat = .auto
         @Flag(help: "Print JSON.") var json = false
         func run(_ client: APIClient) async throws {
             let abs = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
             FileHandle.standardError.write(Data("importing \(abs)…\n".utf8))
-            let i = try client.call(Endpoints.imageImport, ImportImageRequest(path: abs, name: name))
+            let i = try client.call(Endpoints.imageImport, ImportImageRequest(path: abs, name: name, format: format))
             if json {
                 try printJSON(i)
             } else {
@@ -587,3 +646,5 @@ struct VulnDBCommand: AsyncParsableCommand {
         }
     }
 }
+
+extension ImportFormat: ExpressibleByArgument {}

@@ -192,6 +192,7 @@ struct Serve: Verb {
         if sealed > 0 { logger.notice("sealed the environments of \(sealed) sandboxes stored in plain text") }
         let report = try await engine.sandboxes.reconcile()
         logger.info("reconciled", metadata: ["result": "\(report)"])
+        try await engine.images.collectGarbage()
         for w in s.weakened {
             let recorded = s.auditMode == .off ? "the audit trail is off" : "recorded in the audit trail"
             logger.warning("\(w.key) = \(w.value) weakens a default (\(w.secureDefault)); \(recorded)")

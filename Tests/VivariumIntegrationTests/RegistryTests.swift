@@ -173,10 +173,12 @@ func buildTestLayout(_ dir: String) throws -> String {
         try secure.push(layout, "v2", to: "team/tool:v2", certs: certs)
         try plain.push(layout, "v1", to: "open/tool:v1", certs: nil)
 
-        try await TestDaemon.with(extraEnv: [
-            "VIVARIUM_REGISTRY_CA": ca + "/ca.crt", "VIVARIUM_REGISTRY_PLAIN_HTTP": plain.host,
-            "VIVARIUM_REGISTRY_ALLOWED": "\(secure.host)/team,\(plain.host)",
-        ]) { d in
+        try await TestDaemon.with(
+            extraEnv: [
+                "VIVARIUM_REGISTRY_CA": ca + "/ca.crt", "VIVARIUM_REGISTRY_PLAIN_HTTP": plain.host,
+                "VIVARIUM_REGISTRY_ALLOWED": "\(secure.host)/team,\(plain.host)",
+            ], tcp: true
+        ) { d in
             // Outside the allowed scopes: refused before any connection.
             let outside = try d.cli("image", "pull", "\(secure.host)/elsewhere/tool:v2")
             #expect(
@@ -219,6 +221,14 @@ func buildTestLayout(_ dir: String) throws -> String {
             let pulled = try WireCoding.decoder().decode(ImageInfo.self, from: Data(r.stdout.utf8))
             let v2 = Digest.of(try secure.manifest("team/tool", "v2", ca: ca))
             #expect(pulled.reference == ref && pulled.digest == v2.rawValue)
+            // Another tenant, with no login of its own, gets nothing from the login this one used.
+            let globex = d.remote(try d.principalTokens(tenant: "globex", name: "bob").accessToken)
+            do {
+                let _: ImageInfo = try globex.call("POST", "/v1/images/pull", body: PullImageRequest(reference: ref))
+                Issue.record("a tenant without a login pulled from the authenticated registry")
+            } catch {
+                #expect("\(error)".contains("needs a login"), "\(error)")
+            }
             let box = try d.create(CreateSandboxRequest(name: "tool", image: ref))
             #expect(box.imageDigest == v2.rawValue)
             var (code, out, _) = try d.sh("tool", "cat /etc/second; test -e /etc/marker || echo whited-out")
@@ -283,6 +293,108 @@ func buildTestLayout(_ dir: String) throws -> String {
             #expect(r.status != 0 && r.stderr.contains("[digest_mismatch]"), "\(r.stderr)")
             #expect(!FileSystem.exists("\(images)/blobs/sha256/\(last.hex)"))
             #expect(try FileManager.default.contentsOfDirectory(atPath: images + "/tmp").isEmpty)
+        }
+    }
+
+    /// `image import` of an OCI layout, an OCI archive and a docker-archive (as skopeo writes them),
+    /// `image inspect`, `image push` to a real registry, and the store's garbage collection.
+    @Test func importsPushesAndCollects() async throws {
+        let work = "/tmp/vivarium-images-" + randomHex(bytes: 6)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        try FileSystem.makeDirectory(work, mode: 0o700)
+        let layout = try buildTestLayout(work)
+        func skopeo(_ args: String...) throws {
+            let r = try runCommand("/usr/bin/skopeo", ["copy", "-q"] + args)
+            guard r.status == 0 else { throw VivariumError(.internalError, "skopeo copy: \(r.stderr)") }
+        }
+        try skopeo("oci:\(layout):v2", "oci:\(work)/one:v2")
+        try skopeo("oci:\(layout):v3", "oci-archive:\(work)/v3.tar")
+        try skopeo("oci:\(layout):v1", "docker-archive:\(work)/v1.tar")
+        let index = try JSONSerialization.jsonObject(
+            with: Data(contentsOf: URL(fileURLWithPath: work + "/one/index.json")))
+        let v2 = try #require(
+            ((index as? [String: Any])?["manifests"] as? [[String: Any]])?.first?["digest"] as? String)
+        let plain = try TestRegistry(ca: nil)
+
+        try await TestDaemon.with(extraEnv: ["VIVARIUM_REGISTRY_PLAIN_HTTP": plain.host]) { d in
+            let blobs = d.stateDir + "/images/blobs/sha256"
+            // A layout of several images without platforms: which one is meant is not guessed.
+            var r = try d.cli("image", "import", layout, "--name", "many")
+            #expect(r.status != 0 && r.stderr.contains("holds 4 images"), "\(r.stderr)")
+            // An OCI layout keeps its manifest: the digest is the layout's, the layers applied in order.
+            r = try d.cli("image", "import", work + "/one", "--name", "two", "--json")
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(try WireCoding.decoder().decode(ImageInfo.self, from: Data(r.stdout.utf8)).digest == v2)
+            _ = try d.create(CreateSandboxRequest(name: "two", image: "two"))
+            var (code, out, _) = try d.sh("two", "cat /etc/second; test -e /etc/marker || echo whited-out")
+            #expect(code == 0 && out == "two\nwhited-out\n", "\(out)")
+            r = try d.cli("image", "inspect", "two", "--json")
+            let details = try WireCoding.decoder().decode(ImageDetails.self, from: Data(r.stdout.utf8))
+            #expect(details.image.digest == v2 && details.layers.count == 2 && details.os == "linux", "\(r.stdout)")
+
+            // An OCI archive and a docker-archive, told apart by their marker files.
+            r = try d.cli("image", "import", work + "/v3.tar", "--name", "three")
+            #expect(r.status == 0, "\(r.stderr)")
+            r = try d.cli("image", "import", work + "/v1.tar", "--name", "one")
+            #expect(r.status == 0, "\(r.stderr)")
+            _ = try d.create(CreateSandboxRequest(name: "three", image: "three"))
+            _ = try d.create(CreateSandboxRequest(name: "one", image: "one"))
+            (_, out, _) = try d.sh("three", "cat /etc/marker /etc/third")
+            #expect(out.hasPrefix("one\nthree-"), "\(out)")
+            (_, out, _) = try d.sh("one", "cat /etc/marker; ls /etc")
+            #expect(out == "one\nmarker\n", "\(out)")
+
+            // A blob that is not what its name says, or a symlink out of the layout: refused, nothing kept.
+            let bad = work + "/bad"
+            try skopeo("oci:\(layout):v4", "oci:\(bad):v4")
+            let badIndex = try JSONSerialization.jsonObject(
+                with: Data(contentsOf: URL(fileURLWithPath: bad + "/index.json")))
+            let badManifest = try #require(
+                Digest(
+                    rawValue: ((badIndex as? [String: Any])?["manifests"] as? [[String: Any]])?.first?["digest"]
+                        as? String ?? ""))
+            let m = try JSONSerialization.jsonObject(
+                with: Data(contentsOf: URL(fileURLWithPath: "\(bad)/blobs/sha256/\(badManifest.hex)")))
+            let badConfig = try #require(((m as? [String: Any])?["config"] as? [String: Any])?["digest"] as? String)
+            let layer = try #require(
+                Digest(
+                    rawValue: ((m as? [String: Any])?["layers"] as? [[String: Any]])?.last?["digest"] as? String ?? ""))
+            let fd = open("\(bad)/blobs/sha256/\(layer.hex)", O_WRONLY)
+            _ = pwrite(fd, "garbage", 7, 20)
+            close(fd)
+            let before = try FileManager.default.contentsOfDirectory(atPath: blobs).count
+            r = try d.cli("image", "import", bad, "--name", "bad")
+            #expect(r.status != 0 && r.stderr.contains("[digest_mismatch]"), "\(r.stderr)")
+            unlink("\(bad)/blobs/sha256/\(badConfig.dropFirst(7))")
+            _ = symlink("/etc/shadow", "\(bad)/blobs/sha256/\(badConfig.dropFirst(7))")
+            r = try d.cli("image", "import", bad, "--name", "bad")
+            #expect(r.status != 0 && r.stderr.contains("has no readable blobs/sha256/"), "\(r.stderr)")
+            // The blobs copied before the failure are collected.
+            #expect(try d.eventually { try FileManager.default.contentsOfDirectory(atPath: blobs).count == before })
+
+            // Push: the registry holds the same manifest, and skopeo (verifying every digest) copies it.
+            r = try d.cli("image", "push", "two", "\(plain.host)/pushed/two:1")
+            #expect(r.status == 0 && r.stdout.contains(v2), "\(r.stdout) \(r.stderr)")
+            #expect(Digest.of(try plain.manifest("pushed/two", "1", ca: nil)).rawValue == v2)
+            try skopeo("--src-tls-verify=false", "docker://\(plain.host)/pushed/two:1", "oci:\(work)/back:1")
+            r = try d.cli("image", "pull", "\(plain.host)/pushed/two:1", "--json")
+            #expect(r.status == 0 && r.stdout.contains(v2), "\(r.stderr)")
+
+            // Garbage collection: removing `three` drops its own layer and root, not the layer it shares
+            // with `two`, which still pushes.
+            let three = try WireCoding.decoder().decode(
+                ImageDetails.self, from: Data(try d.cli("image", "inspect", "three", "--json").stdout.utf8))
+            let shared = try #require(three.layers.first).digest
+            let own = try #require(three.layers.last).digest
+            #expect(details.layers.first?.digest == shared && own != shared)
+            _ = try d.cli("rm", "-f", "three")
+            r = try d.cli("image", "rm", "three")
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(!FileSystem.exists("\(blobs)/\(own.hex)") && FileSystem.exists("\(blobs)/\(shared.hex)"))
+            #expect(!FileSystem.exists(d.stateDir + "/images/rootfs/" + three.image.digest.dropFirst(7)))
+            #expect(FileSystem.exists(d.stateDir + "/images/rootfs/" + v2.dropFirst(7)))
+            r = try d.cli("image", "push", "two", "\(plain.host)/pushed/again:1")
+            #expect(r.status == 0, "\(r.stderr)")
         }
     }
 }

@@ -106,10 +106,11 @@ struct StoreKind: Sendable, CustomTestStringConvertible {
             await expectCode(.imageInUse) {
                 try await s.deleteImage(tenant: "default", name: img.name, audit: AuditEvent("test"))
             }
-            #expect(try await s.imageRootfsInUse(img.rootfs))
+            #expect(try await s.imageDigestsInUse() == [img.digest])
             try await s.deleteSandbox(a.id, audit: AuditEvent("test"))
             #expect(try await s.deleteImage(tenant: "default", name: img.name, audit: AuditEvent("test")).id == img.id)
             #expect(try await s.image(tenant: "default", name: img.name) == nil)
+            #expect(try await s.imageDigestsInUse().isEmpty)
         }
     }
 
