@@ -386,10 +386,10 @@ struct vv_inflate {
     z_stream s;
 };
 
-vv_inflate *vv_inflate_new(void) {
+vv_inflate *vv_inflate_new(int raw) {
     vv_inflate *z = calloc(1, sizeof *z);
     if (!z) return NULL;
-    if (inflateInit2(&z->s, 15 + 32) != Z_OK) {
+    if (inflateInit2(&z->s, raw ? -15 : 15 + 32) != Z_OK) {
         free(z);
         return NULL;
     }
@@ -408,6 +408,17 @@ int vv_inflate_step(vv_inflate *z, const unsigned char *in, size_t in_len, unsig
     if (rc == Z_STREAM_END) return 1;
     if (rc == Z_OK || rc == Z_BUF_ERROR) return 0;
     return -1;
+}
+
+unsigned long vv_crc32(const unsigned char *data, size_t len) {
+    uLong crc = crc32(0L, Z_NULL, 0);
+    while (len > 0) {
+        uInt n = len > (1u << 30) ? (1u << 30) : (uInt)len;
+        crc = crc32(crc, data, n);
+        data += n;
+        len -= n;
+    }
+    return crc;
 }
 
 void vv_inflate_free(vv_inflate *z) {

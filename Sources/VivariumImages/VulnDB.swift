@@ -45,9 +45,33 @@ public final class VulnDB: Sendable {
     public var version: String { state.withLock { $0.version } }
     public var count: Int { state.withLock { $0.advisories.count } }
 
+    static func isRecordName(_ name: String) -> Bool {
+        name.hasSuffix(".json") || name.hasSuffix(".yaml") || name.hasSuffix(".yml")
+    }
+
+    /// A zip archive by its first bytes.
+    static func isZip(_ path: String) -> Bool {
+        guard let h = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? h.close() }
+        return (try? h.read(upToCount: 4)) == Data([0x50, 0x4b, 0x03, 0x04])
+    }
+
+    /// The records of one file: OSV JSON (a record or an array of them) or YAML.
+    static func decodeRecords(_ data: Data, _ name: String) throws -> [Advisory] {
+        do {
+            if !name.hasSuffix(".json") { return [try decodeYAML(data)] }
+            if data.first(where: { !$0.isWhitespace }) == UInt8(ascii: "[") {
+                return try JSONDecoder().decode([Advisory].self, from: data)
+            }
+            return [try JSONDecoder().decode(Advisory.self, from: data)]
+        } catch {
+            throw VivariumError(.invalidArgument, "\(name) is not an OSV record: \(error)")
+        }
+    }
+
     /// Reads OSV records from a file or a directory of `*.json`, `*.yaml` and `*.yml` files (one record, or
-    /// a JSON array of them, per file); a record replaces one of the same id unless it is older
-    /// (`modified`).
+    /// a JSON array of them, per file) and OSV zip exports (`all.zip`); a record replaces one of the same
+    /// id unless it is older (`modified`).
     public func importRecords(from path: String) throws -> (added: Int, version: String) {
         var files: [String] = []
         var isDir: ObjCBool = false
@@ -56,7 +80,7 @@ public final class VulnDB: Sendable {
         }
         if isDir.boolValue {
             let entries = try FileManager.default.contentsOfDirectory(atPath: path).filter {
-                $0.hasSuffix(".json") || $0.hasSuffix(".yaml") || $0.hasSuffix(".yml")
+                Self.isRecordName($0) || $0.hasSuffix(".zip")
             }
             files = entries.sorted().map { path + "/" + $0 }
         } else {
@@ -64,20 +88,18 @@ public final class VulnDB: Sendable {
         }
         var records: [Advisory] = []
         for f in files {
+            if Self.isZip(f) {
+                // An OSV export (`all.zip` of an ecosystem): one record per member.
+                let zip = try ZipReader(path: f, maxMembers: Self.maxAdvisories)
+                for m in zip.members where Self.isRecordName(m.name) {
+                    records += try Self.decodeRecords(try zip.read(m, limit: Self.maxRecordBytes), "\(f): \(m.name)")
+                }
+                continue
+            }
             guard let data = FileManager.default.contents(atPath: f), data.count <= Self.maxRecordBytes else {
                 throw VivariumError(.invalidArgument, "cannot read \(f) (at most \(Self.maxRecordBytes) bytes)")
             }
-            do {
-                if !f.hasSuffix(".json") {
-                    records.append(try Self.decodeYAML(data))
-                } else if data.first(where: { !$0.isWhitespace }) == UInt8(ascii: "[") {
-                    records += try JSONDecoder().decode([Advisory].self, from: data)
-                } else {
-                    records.append(try JSONDecoder().decode(Advisory.self, from: data))
-                }
-            } catch {
-                throw VivariumError(.invalidArgument, "\(f) is not an OSV record: \(error)")
-            }
+            records += try Self.decodeRecords(data, f)
         }
         return try state.withLock { s in
             var next = s.advisories

@@ -2,13 +2,16 @@ import CVivariumOS
 import Foundation
 import VivariumCore
 
-/// A streaming gzip (or zlib) decompressor: bytes in, bytes out, never the whole stream in memory.
+/// A streaming gzip (or zlib, or with `raw` a bare deflate) decompressor: bytes in, bytes out, never
+/// the whole stream in memory.
 public final class Inflater {
     private let z: OpaquePointer
     public private(set) var finished = false
 
-    public init() throws {
-        guard let z = vv_inflate_new() else { throw VivariumError(.internalError, "cannot start a decompressor") }
+    public init(raw: Bool = false) throws {
+        guard let z = vv_inflate_new(raw ? 1 : 0) else {
+            throw VivariumError(.internalError, "cannot start a decompressor")
+        }
         self.z = z
     }
 

@@ -630,12 +630,14 @@ struct VulnDBCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "import", abstract: "Import OSV advisories from a file or directory on the daemon's host.",
             discussion: """
-                Reads OSV JSON records (one record or an array per file, *.json in a directory); a record \
-                replaces an earlier one of the same id unless it is older. For local root on the unix socket. \
+                Reads OSV records: JSON (one record or an array per file) and YAML files, a directory of \
+                them, and OSV's zip exports (all.zip of an ecosystem, one record per member; stored or \
+                deflated, each member bounded and CRC-checked). A record replaces an earlier one of the \
+                same id unless it is older. For local root on the unix socket. \
                 Prints the database's new version, which every admission decision records.
                 """)
         @OptionGroup var global: GlobalOptions
-        @Argument(help: "A JSON file or a directory of them.") var path: String
+        @Argument(help: "An OSV JSON, YAML or zip file, or a directory of them.") var path: String
         @Flag(help: "Print JSON.") var json = false
 
         func run(_ client: APIClient) async throws {

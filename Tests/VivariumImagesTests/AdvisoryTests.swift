@@ -57,6 +57,53 @@ import VivariumCore
         }
     }
 
+    /// An OSV export as osv.dev publishes it (`all.zip`: one JSON record per member), written by
+    /// Python's zipfile: deflated and stored members import as the same files do one by one; a member
+    /// that inflates past the record limit, or whose bytes fail its CRC, is refused.
+    @Test func importsOSVZipExports() throws {
+        let work = NSTemporaryDirectory() + "vivarium-osvzip-" + randomHex(bytes: 4)
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let script = """
+            import sys, os, zipfile
+            src, out = sys.argv[1], sys.argv[2]
+            names = sorted(n for n in os.listdir(src) if n.endswith(".json"))
+            with zipfile.ZipFile(out + "/all.zip", "w") as z:
+                for i, n in enumerate(names):
+                    z.write(os.path.join(src, n), n, zipfile.ZIP_DEFLATED if i % 2 else zipfile.ZIP_STORED)
+            with zipfile.ZipFile(out + "/bomb.zip", "w", zipfile.ZIP_DEFLATED) as z:
+                z.writestr("BOMB-1.json", b"[" + b" " * (80 << 20) + b"]")
+            data = bytearray(open(out + "/all.zip", "rb").read())
+            first = data.index(b"{")
+            data[first + 2] ^= 0x20
+            open(out + "/corrupt.zip", "wb").write(data)
+            print(len(names))
+            """
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        p.arguments = ["-c", script, Self.dir, work]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let printed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        let count = try #require(Int(printed.trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(count >= 10)
+
+        let fromZip = try VulnDB(path: work + "/zip.json")
+        #expect(try fromZip.importRecords(from: work + "/all.zip").added == count)
+        let fromFiles = try VulnDB(path: work + "/files.json")
+        for (name, _) in try Self.records() where !name.hasPrefix("yaml/") {
+            _ = try fromFiles.importRecords(from: "\(Self.dir)/\(name)")
+        }
+        #expect(fromZip.count == fromFiles.count && fromZip.version == fromFiles.version)
+        for bad in ["bomb", "corrupt"] {
+            let db = try VulnDB(path: work + "/\(bad).json")
+            #expect(throws: VivariumError.self) { try db.importRecords(from: work + "/\(bad).zip") }
+            #expect(db.count == 0)
+        }
+    }
+
     static func compare(_ a: Any, _ b: Any, _ at: String, _ out: inout [String]) {
         if let x = a as? [String: Any], let y = b as? [String: Any] {
             if Set(x.keys) != Set(y.keys) { out.append("\(at): keys \(x.keys.sorted()) vs \(y.keys.sorted())") }

@@ -92,7 +92,10 @@ int vv_open_in_root(int dirfd, const char *path, int flags, unsigned int mode);
 
 /// A streaming gzip/zlib decompressor (zlib's inflate with automatic header detection).
 typedef struct vv_inflate vv_inflate;
-vv_inflate *vv_inflate_new(void);
+/// `raw`: a bare deflate stream (as a zip member holds), else gzip or zlib by its header.
+vv_inflate *vv_inflate_new(int raw);
+/// The CRC-32 of `data` (zip's and gzip's).
+unsigned long vv_crc32(const unsigned char *data, size_t len);
 /// Decompresses from `in` into `out`: returns 0 while more input is wanted, 1 at the end of the
 /// stream, -1 on corrupt input; `consumed` and `produced` say how many bytes moved.
 int vv_inflate_step(vv_inflate *z, const unsigned char *in, size_t in_len, unsigned char *out, size_t out_cap,
