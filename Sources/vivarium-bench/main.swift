@@ -55,6 +55,69 @@ func spawn(_ path: String, _ args: [String], environment: [String]) async throws
     try await Reaper.shared.run(Command(path, args, environment: environment, outputLimit: 1 << 16)).status
 }
 
+/// Pull and unpack of one image (busybox, Python's standard library and Perl's, three gzip layers) from
+/// a local registry: the daemon's `image pull` against `skopeo copy` into an OCI layout plus
+/// `umoci unpack`, interleaved; each side starts from an empty store.
+func pullBenchmark(_ rounds: Int) async throws -> (ours: Stats, reference: Stats) {
+    let work = "/tmp/vivarium-bench-pull-" + randomHex(bytes: 4)
+    try FileSystem.makeDirectory(work, mode: 0o700)
+    defer { try? FileManager.default.removeItem(atPath: work) }
+    func sh(_ script: String) throws {
+        let r = try runCommand("/bin/sh", ["-c", script])
+        guard r.status == 0 else { throw VivariumError(.internalError, "\(script): \(r.stderr)") }
+    }
+    let layout = work + "/layout"
+    let bundle = work + "/bundle"
+    try sh(
+        """
+        set -e; umoci init --layout \(layout); umoci new --image \(layout):1
+        for part in busybox /usr/lib/python3.11 /usr/lib/x86_64-linux-gnu/perl; do
+          umoci unpack --image \(layout):1 \(bundle)
+          if [ $part = busybox ]; then mkdir -p \(bundle)/rootfs/bin; cp /bin/busybox \(bundle)/rootfs/bin/
+          else mkdir -p \(bundle)/rootfs$(dirname $part); cp -a $part \(bundle)/rootfs$part; fi
+          umoci repack --image \(layout):1 \(bundle); rm -rf \(bundle)
+        done
+        """)
+    let registry = try TestRegistry(ca: nil)
+    try registry.push(layout, "1", to: "bench/image:1", certs: nil)
+    let d = try TestDaemon(extraEnv: ["VIVARIUM_REGISTRY_PLAIN_HTTP": registry.host, "VIVARIUM_LOG_LEVEL": "warning"])
+    defer { d.shutdown() }
+    let ref = "\(registry.host)/bench/image:1"
+    var ours = Stats()
+    var reference = Stats()
+    for i in 0..<rounds {
+        for mine in i % 2 == 0 ? [true, false] : [false, true] {
+            if mine {
+                var name = ""
+                try await time(&ours) {
+                    let info: ImageInfo = try d.client.call(
+                        "POST", "/v1/images/pull", body: PullImageRequest(reference: ref))
+                    name = info.name
+                }
+                // Removing the only image collects its blobs and root: the next pull starts empty.
+                try d.client.callNoContent("DELETE", "/v1/images/\(name)")
+            } else {
+                try await time(&reference) {
+                    for (tool, args) in [
+                        (
+                            "/usr/bin/skopeo",
+                            ["copy", "-q", "--src-tls-verify=false", "docker://\(ref)", "oci:\(work)/copy:1"]
+                        ),
+                        ("/usr/bin/umoci", ["unpack", "--image", "\(work)/copy:1", bundle]),
+                    ] {
+                        guard
+                            try await spawn(tool, args, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+                                == .exited(0)
+                        else { throw VivariumError(.internalError, "\(tool) failed") }
+                    }
+                }
+                try sh("rm -rf \(work)/copy \(bundle)")
+            }
+        }
+    }
+    return (ours, reference)
+}
+
 let httpsPort = UInt16.random(in: 20000...40000)
 let daemon = try TestDaemon(extraEnv: [
     "VIVARIUM_LISTEN": "127.0.0.1:\(httpsPort)", "VIVARIUM_REQUESTS_PER_SECOND": "10000000",
@@ -432,6 +495,11 @@ do {
             netCreate[0].p50, netCreate[0].p99, netCreate[1].p50, netCreate[1].p99, networkCost))
     try await raw.delete("warm")
     try httpsThroughput()
+    let pulls = try await pullBenchmark(Int(env["VIVARIUM_BENCH_PULLS"] ?? "") ?? 8)
+    report(
+        "Image pull and unpack from a local registry (3 gzip layers)",
+        [("vivarium image pull", pulls.ours, pulls.reference)])
+    print("  reference: skopeo copy docker://… oci:… + umoci unpack, the same image")
     if env["VIVARIUM_BENCH_SCALE"] != "0" { try await scaling(raw: raw, initBinary: daemon.initBinary) }
 
     func target(_ name: String, _ ours: Stats, _ ref: Stats, _ limit: Double) -> String {
@@ -445,6 +513,7 @@ do {
         target("CLI exec p50 vs curl", cliExec, curlExec, 1.5),
         target("vivarium ls p50 vs curl", cliList, curlList, 2),
         target("vivarium run --rm p50 vs raw sequence", cliRun, rawSequence, 1.5),
+        target("image pull p50 vs skopeo + umoci", pulls.ours, pulls.reference, 1),
     ] { print("  " + t) }
     print(String(format: "  audit overhead < 10%%: %@ (%+.1f%%)", overhead < 10 ? "met" : "MISSED", overhead))
     print(String(format: "  disk quota adds < 2 ms at p50: %@ (%+.2f ms)", quotaCost < 2 ? "met" : "MISSED", quotaCost))
