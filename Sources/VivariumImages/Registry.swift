@@ -28,12 +28,16 @@ public struct RegistryOptions: Sendable {
     public var caFile: String?
     /// `host:port` registries reached over plain HTTP: loopback addresses only.
     public var plainHTTP: Set<String>
+    /// Pull mirrors by registry: tried in order, anonymously, for manifests and blobs; the registry
+    /// itself answers when none does. Every answer is checked against its digest as the registry's is.
+    public var mirrors: [String: [String]]
     public var maxManifestBytes = 4 << 20
     public var maxLayers = 128
 
-    public init(caFile: String? = nil, plainHTTP: Set<String> = []) {
+    public init(caFile: String? = nil, plainHTTP: Set<String> = [], mirrors: [String: [String]] = [:]) {
         self.caFile = caFile
         self.plainHTTP = plainHTTP
+        self.mirrors = mirrors
     }
 
     /// Whether a registry host is a loopback address (the only kind plain HTTP may reach).
@@ -87,6 +91,29 @@ public final class RegistryClient: Sendable {
         _ method: NIOHTTP1.HTTPMethod, registry: String, repository: String, path: String, accept: [String] = [],
         login: RegistryLogin?, body: HTTPClientRequest.Body? = nil, contentType: String? = nil,
         scope: String = "pull"
+    ) async throws -> HTTPClientResponse {
+        // A pull asks the registry's mirrors first; the first that has what is asked for answers.
+        if method == .GET && scope == "pull" {
+            for mirror in options.mirrors[registry] ?? [] {
+                do {
+                    let r = try await sendTo(
+                        mirror, .GET, repository: repository, path: path, accept: accept, login: nil, body: nil,
+                        contentType: nil, scope: scope)
+                    if r.status == .ok { return r }
+                    _ = try? await r.body.collect(upTo: 1 << 16)
+                } catch {
+                    continue
+                }
+            }
+        }
+        return try await sendTo(
+            registry, method, repository: repository, path: path, accept: accept, login: login, body: body,
+            contentType: contentType, scope: scope)
+    }
+
+    func sendTo(
+        _ registry: String, _ method: NIOHTTP1.HTTPMethod, repository: String, path: String, accept: [String],
+        login: RegistryLogin?, body: HTTPClientRequest.Body?, contentType: String?, scope: String
     ) async throws -> HTTPClientResponse {
         let url = base(registry) + path
         // Per login: one tenant's credentials never answer for another tenant's request.

@@ -109,6 +109,13 @@ public final class TestRegistry {
         return Data(r.stdout.utf8)
     }
 
+    /// Ends the registry at once (SIGKILL), as a registry that goes away does.
+    public func kill() {
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
     deinit {
         if process.isRunning {
             process.terminate()

@@ -171,7 +171,8 @@ struct Serve: Verb {
             config: config, store: store, identityStore: store, auditStore: store, tokens: tokens, runtime: runtime,
             keys: kms, content: try ImageStore(root: config.imagesDir, logger: logger),
             registry: try RegistryClient(
-                options: RegistryOptions(caFile: s.registryCA, plainHTTP: s.registryPlainHTTP)),
+                options: RegistryOptions(
+                    caFile: s.registryCA, plainHTTP: s.registryPlainHTTP, mirrors: s.registryMirrors)),
             auditKey: auditKey,
             auditKeyCreated: auditKeyCreated, checkpointer: checkpointer,
             limits: AbuseLimits(
@@ -353,6 +354,11 @@ struct ConfigCommand: AsyncParsableCommand {
                 ("ingress_certs", s.ingressCerts ?? "none"),
                 ("registry_default", s.registryDefault), ("registry_ca", s.registryCA ?? "(the system's)"),
                 ("registry_plain_http", s.registryPlainHTTP.sorted().joined(separator: ",")),
+                (
+                    "registry_mirrors",
+                    s.registryMirrors.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.joined(separator: ","))" }
+                        .joined(separator: ";")
+                ),
                 ("registry_allowed", s.registryAllowed?.joined(separator: ",") ?? "(any)"),
                 ("runtime_dir", engine.runtimeDir), ("kms", s.kms),
                 ("kms_keyring", s.kmsKeyring ?? s.stateDir + "/kms/keyring.json"),

@@ -98,6 +98,8 @@ struct Settings {
     var registryAllowed: [String]?
     /// Registries (`host:port`, loopback addresses only) spoken to over plain HTTP.
     var registryPlainHTTP: Set<String> = []
+    /// Pull mirrors per registry, tried in order before it.
+    var registryMirrors: [String: [String]] = [:]
     /// The image admission policy file (TOML): signatures and digests per registry scope.
     var imagePolicy: String?
     /// The tmpfs the daemon mounts for runtime specs, crun's state and sandboxes' secrets; nil:
@@ -125,7 +127,8 @@ struct Settings {
         "max_execs_per_tenant", "max_execs", "exec_output_budget", "image_max_bytes", "image_max_entries",
         "image_max_ratio", "image_keep_setid", "disk_pool", "disk_pool_size", "disk_default",
         "network", "network_range", "network_netns", "network_dns", "ingress", "ingress_domain", "ingress_certs",
-        "registry_default", "registry_ca", "registry_plain_http", "registry_allowed", "image_policy",
+        "registry_default", "registry_ca", "registry_plain_http", "registry_allowed", "registry_mirrors",
+        "image_policy",
         "runtime_dir", "kms",
         "kms_keyring", "kms_address", "kms_mount", "kms_key", "kms_token_file", "kms_ca",
     ]
@@ -264,6 +267,27 @@ struct Settings {
                 throw VivariumError(.invalidArgument, "registry_plain_http takes loopback registries only, not \(h)")
             }
             registryPlainHTTP = Set(hosts)
+        case "registry_mirrors":
+            // registry=mirror,mirror;registry=mirror
+            var mirrors: [String: [String]] = [:]
+            for group in value.split(separator: ";").map({ $0.trimmingCharacters(in: .whitespaces) })
+            where !group.isEmpty {
+                let parts = group.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                let hosts =
+                    parts.count == 2
+                    ? parts[1].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } : []
+                let all = parts.prefix(1) + hosts
+                guard parts.count == 2, !hosts.isEmpty, hosts.count <= 8,
+                    all.allSatisfy({ (try? ImageReference.parse($0 + "/x"))?.registry == $0 })
+                else {
+                    throw VivariumError(
+                        .invalidArgument,
+                        "registry_mirrors takes REGISTRY=MIRROR[,MIRROR…][;REGISTRY=…] with registry hosts, not \(group)"
+                    )
+                }
+                mirrors[parts[0]] = hosts
+            }
+            registryMirrors = mirrors
         case "ingress_certs": ingressCerts = try path()
         case "image_policy": imagePolicy = try path()
         case "kms":

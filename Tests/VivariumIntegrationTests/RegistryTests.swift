@@ -282,4 +282,37 @@ func buildTestLayout(_ dir: String) throws -> String {
             #expect(r.status == 0, "\(r.stderr)")
         }
     }
+
+    /// `registry_mirrors`: a mirror that does not answer and one that lacks the image are passed over for
+    /// the registry; with the registry gone, the mirror that holds the image serves it.
+    @Test func pullsThroughMirrors() async throws {
+        let work = "/tmp/vivarium-images-" + randomHex(bytes: 6)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        try FileSystem.makeDirectory(work, mode: 0o700)
+        let layout = try buildTestLayout(work)
+        let upstream = try TestRegistry(ca: nil)
+        let mirror = try TestRegistry(ca: nil)
+        let dead = "127.0.0.1:\(try freeLoopbackPort())"
+        try upstream.push(layout, "v1", to: "open/tool:v1", certs: nil)
+        try upstream.push(layout, "v2", to: "open/tool:v2", certs: nil)
+        try mirror.push(layout, "v1", to: "open/tool:v1", certs: nil)
+        try await TestDaemon.with(extraEnv: [
+            "VIVARIUM_REGISTRY_PLAIN_HTTP": "\(upstream.host),\(mirror.host),\(dead)",
+            "VIVARIUM_REGISTRY_MIRRORS": "\(upstream.host)=\(dead),\(mirror.host)",
+        ]) { d in
+            let v2 = Digest.of(try upstream.manifest("open/tool", "v2", ca: nil)).rawValue
+            let v1 = Digest.of(try mirror.manifest("open/tool", "v1", ca: nil)).rawValue
+            var r = try d.cli("image", "pull", "\(upstream.host)/open/tool:v2", "--json")
+            #expect(r.status == 0 && r.stdout.contains(v2), "\(r.stderr)")
+            upstream.kill()
+            r = try d.cli("image", "pull", "\(upstream.host)/open/tool:v1", "--json")
+            #expect(r.status == 0 && r.stdout.contains(v1), "\(r.stderr)")
+            _ = try d.create(CreateSandboxRequest(name: "m", image: "\(upstream.host)/open/tool:v1"))
+            let (_, out, _) = try d.sh("m", "cat /etc/marker")
+            #expect(out == "one\n")
+            // A reference the mirror lacks, with the registry gone: a clear failure.
+            r = try d.cli("image", "pull", "\(upstream.host)/open/other:v1")
+            #expect(r.status != 0 && r.stderr.contains("does not answer"), "\(r.stderr)")
+        }
+    }
 }
