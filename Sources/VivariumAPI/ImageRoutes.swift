@@ -10,6 +10,7 @@ struct ImageRoutes {
         r.add(Endpoints.imageList) { call in
             Page(items: try await images.list(call.caller).map(Mapping.info), nextCursor: nil)
         }
+        r.add(Endpoints.imagePulls) { call in Page(items: try await images.pulls(call.caller), nextCursor: nil) }
         r.add(Endpoints.imageImport) { call in
             let body: ImportImageRequest = try await call.body()
             let name = try ResourceName.parse(body.name, what: "image name")

@@ -128,6 +128,8 @@ public enum Endpoints {
     public static let routeDelete = Endpoint<Empty, Empty>(.delete, "/v1/routes/{name}", .routeDelete, status: 204)
 
     public static let imageList = Endpoint<Empty, Page<ImageInfo>>(.get, "/v1/images", .imageList)
+    /// The caller's tenant's pulls in flight, with their progress.
+    public static let imagePulls = Endpoint<Empty, Page<PullStatus>>(.get, "/v1/images/pulls", .imageList)
     public static let imageImport = Endpoint<ImportImageRequest, ImageInfo>(
         .post, "/v1/images", .imageImport, status: 201)
     /// The body is the archive itself (`application/x-tar`, gzip or plain): `?name=` and `?shared=true`.
@@ -173,7 +175,7 @@ public enum Endpoints {
         principalCreate.route, principalDelete.route, principalDisable.route, apiKeyCreate.route, sandboxList.route,
         sandboxCreate.route, sandboxRun.route, sandboxGet.route, sandboxDelete.route, sandboxStart.route,
         sandboxStop.route, sandboxExec.route, sandboxNetwork.route, routeCreate.route,
-        routeList.route, routeDelete.route, imageList.route, imageImport.route,
+        routeList.route, routeDelete.route, imageList.route, imagePulls.route, imageImport.route,
         imageUpload.route, imagePull.route, imageSigningPayload.route, imageSign.route,
         imageSBOM.route, imageScan.route, imageInspect.route, imagePush.route, vulndbImport.route,
         imageDelete.route, secretSet.route, secretList.route, secretDelete.route, kmsShow.route, kmsRotate.route,

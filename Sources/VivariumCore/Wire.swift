@@ -317,6 +317,31 @@ extension ImageRecord {
     }
 }
 
+/// A pull in flight: what `vivarium image pull` shows while it waits.
+public struct PullStatus: Codable, Sendable, Equatable {
+    public var reference: String
+    /// `resolving`, `fetching`, `unpacking` or `checking` (the vulnerability gate).
+    public var phase: String
+    /// Blobs to fetch (config and layers the store lacks), and those fetched.
+    public var blobs: Int
+    public var blobsDone: Int
+    public var bytes: Int64
+    public var totalBytes: Int64
+    public var elapsedSeconds: Double
+    public init(
+        reference: String, phase: String, blobs: Int, blobsDone: Int, bytes: Int64, totalBytes: Int64,
+        elapsedSeconds: Double
+    ) {
+        self.reference = reference
+        self.phase = phase
+        self.blobs = blobs
+        self.blobsDone = blobsDone
+        self.bytes = bytes
+        self.totalBytes = totalBytes
+        self.elapsedSeconds = elapsedSeconds
+    }
+}
+
 public struct PullImageRequest: Codable, Sendable {
     /// Docker's grammar: `busybox`, `registry.example.com:5000/team/app:1.0`, `…@sha256:…`.
     public var reference: String

@@ -6,6 +6,8 @@ import VivariumImages
 import VivariumOS
 import VivariumStore
 
+import struct Synchronization.Mutex
+
 /// The image use cases: list, import from a host path, remove, and the `base` image made at first start.
 public final class Images: Sendable {
     let config: EngineConfiguration
@@ -20,6 +22,8 @@ public final class Images: Sendable {
     let gate: Gate
     let logger: Logger
     let locks = KeyedLock()
+    /// Pulls in flight by tenant and reference, for `pulls`.
+    let inFlight = Mutex<[String: (tenant: String, reference: String, progress: PullProgress)]>([:])
     /// Ingests share the content store; its garbage collection runs alone.
     let ingesting = SharedExclusiveLock()
 
@@ -45,6 +49,22 @@ public final class Images: Sendable {
             guard let tenant = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
             let shared = await tenant == Identity.defaultTenant ? [] : try store.images(tenant: Identity.defaultTenant)
             return try await store.images(tenant: tenant) + shared
+        }
+    }
+
+    /// The caller's tenant's pulls in flight and how far each is.
+    public func pulls(_ caller: Caller) async throws -> [PullStatus] {
+        try await gate.perform(caller, .imageList, target: nil) {
+            guard let tenant = caller.tenant else { throw VivariumError(.unauthenticated, "authentication required") }
+            let now = ContinuousClock.now
+            return inFlight.withLock { $0.values.filter { $0.tenant == tenant } }.map {
+                let s = $0.progress.current
+                let elapsed = now - $0.progress.started
+                return PullStatus(
+                    reference: $0.reference, phase: s.phase, blobs: s.blobs, blobsDone: s.blobsDone, bytes: s.bytes,
+                    totalBytes: s.totalBytes,
+                    elapsedSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            }.sorted { $0.reference < $1.reference }
         }
     }
 
@@ -140,11 +160,16 @@ public final class Images: Sendable {
         _ admission: Admission
     ) async throws -> ImageRecord {
         try await locks.withLock("pull:\(tenant)/\(key)") { [self] in
+            let progress = PullProgress()
+            let slot = "\(tenant)/\(key)"
+            inFlight.withLock { $0[slot] = (tenant, key, progress) }
+            defer { _ = inFlight.withLock { $0.removeValue(forKey: slot) } }
             let login = try await secrets.registryLogin(tenant: tenant, registry: registry)
             let resolved = try await puller.resolve(full, login: login)
             // Admitted (or refused, and the refusal audited with the digest) before any layer is fetched.
             let decision = try await admission.check(full, digests: resolved.digests, login: login)
-            let pulled = try await puller.pull(full, resolved, login: login)
+            let pulled = try await puller.pull(full, resolved, login: login, progress: progress)
+            progress.update { $0.phase = "checking" }
             let verdict = try await vulnerabilityVerdict(full, digest: pulled.digest, rootfs: pulled.rootfs)
             let name = ResourceName(rawValue: "ref-" + Digest.of(Array("\(tenant)/\(key)".utf8)).hex.prefix(12))!
             let rec = try await store.pinImage(

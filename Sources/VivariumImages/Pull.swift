@@ -1,8 +1,27 @@
 import Foundation
 import Logging
+import Synchronization
 import VivariumCore
 import VivariumOCI
 import VivariumOS
+
+/// How far a pull is: updated by the puller as bytes arrive, read by whoever shows it.
+public final class PullProgress: Sendable {
+    public struct State: Sendable {
+        public var phase = "resolving"
+        public var blobs = 0
+        public var blobsDone = 0
+        public var bytes: Int64 = 0
+        public var totalBytes: Int64 = 0
+    }
+    let state = Mutex(State())
+    public let started = ContinuousClock.now
+
+    public init() {}
+
+    public var current: State { state.withLock { $0 } }
+    public func update(_ change: (inout State) -> Void) { state.withLock { change(&$0) } }
+}
 
 /// Pulls an image from a registry into the content store: the manifest (through an index, for this
 /// host's platform), the config and the layers, each checked against its digest while it streams and
@@ -77,7 +96,9 @@ public struct ImagePuller: Sendable {
     }
 
     /// Fetches what the store lacks of a resolved image and unpacks it.
-    public func pull(_ ref: ImageReference, _ resolved: Resolved, login: RegistryLogin?) async throws -> Pulled {
+    public func pull(
+        _ ref: ImageReference, _ resolved: Resolved, login: RegistryLogin?, progress: PullProgress = PullProgress()
+    ) async throws -> Pulled {
         let fetched = resolved.fetched
         let manifest = resolved.manifest
         let digest = fetched.digest
@@ -87,10 +108,17 @@ public struct ImagePuller: Sendable {
                 sizeBytes: await FileSystem.diskUsage(store.rootfsPath(digest)),
                 config: try? store.config(manifest.config.digest))
         }
-        try await fetch([manifest.config], ref, login)
+        let missing = ([manifest.config] + manifest.layers).filter { !FileSystem.exists(store.blobPath($0.digest)) }
+        progress.update {
+            $0.phase = "fetching"
+            $0.blobs = missing.count
+            $0.totalBytes = missing.reduce(0) { $0 + $1.size }
+        }
+        try await fetch([manifest.config], ref, login, progress)
         let config = try store.config(manifest.config.digest)
         _ = try ImageStore.diffIDs(manifest, config, "\(ref)")
-        try await fetch(manifest.layers, ref, login)
+        try await fetch(manifest.layers, ref, login, progress)
+        progress.update { $0.phase = "unpacking" }
         let assembled = try await store.assemble(
             manifest, data: fetched.data, digest: digest, rules: rules, label: "\(ref)")
         logger.info(
@@ -100,7 +128,9 @@ public struct ImagePuller: Sendable {
 
     /// Fetches the blobs the store lacks, a few at once; each enters the store only after its digest
     /// matched.
-    func fetch(_ blobs: [Descriptor], _ ref: ImageReference, _ login: RegistryLogin?) async throws {
+    func fetch(
+        _ blobs: [Descriptor], _ ref: ImageReference, _ login: RegistryLogin?, _ progress: PullProgress
+    ) async throws {
         let missing = blobs.filter { !FileSystem.exists(store.blobPath($0.digest)) }
         try await withThrowingTaskGroup(of: Void.self) { group in
             var next = missing.makeIterator()
@@ -108,11 +138,13 @@ public struct ImagePuller: Sendable {
                 guard let d = next.next() else { return false }
                 group.addTask { [store, client] in
                     let tmp = "\(store.root)/tmp/blob-\(randomHex(bytes: 8))"
-                    try await client.blob(ref, d, to: tmp, login: login)
+                    try await client.blob(ref, d, to: tmp, login: login) { n in progress.update { $0.bytes += Int64(n) }
+                    }
                     do { try store.storeBlob(file: tmp, digest: d.digest) } catch {
                         unlink(tmp)
                         throw error
                     }
+                    progress.update { $0.blobsDone += 1 }
                 }
                 return true
             }

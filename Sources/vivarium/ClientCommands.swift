@@ -316,7 +316,9 @@ struct ImageCommand: AsyncParsableCommand {
                 References follow Docker's grammar (`busybox` is docker.io/library/busybox:latest, or the \
                 daemon's registry_default). Every manifest and blob is checked against its digest while it \
                 streams; `create --image REF` then runs the pinned digest until the next pull. A private \
-                registry's login is kept by the daemon: vivarium registry login HOST.
+                registry's login is kept by the daemon: vivarium registry login HOST. On a terminal a status \
+                line shows the phase, the blobs and bytes fetched and the rate; --quiet prints nothing but \
+                errors.
                 """)
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The image reference.") var reference: String
@@ -325,13 +327,51 @@ struct ImageCommand: AsyncParsableCommand {
 
         func run(_ client: APIClient) async throws {
             let start = Date()
-            if !quiet && isatty(2) != 0 { FileHandle.standardError.write(Data("pulling \(reference)…\n".utf8)) }
-            let i = try client.call(Endpoints.imagePull, PullImageRequest(reference: reference))
+            let request = PullImageRequest(reference: reference)
+            let i: ImageInfo
+            if !quiet && isatty(2) != 0 {
+                let pull = Task.detached { try client.call(Endpoints.imagePull, request) }
+                i = try await Self.showProgress(of: reference, client, until: pull)
+            } else {
+                i = try client.call(Endpoints.imagePull, request)
+            }
             if json { return try printJSON(i) }
             if quiet { return }
             print(
                 "\(i.reference ?? i.name) \(i.digest) \(Quantity.formatBytes(i.sizeBytes)) in "
                     + String(format: "%.1f s", Date().timeIntervalSince(start)))
+        }
+
+        /// Redraws one status line on the terminal (phase, blobs, bytes, rate) from the daemon's view of
+        /// the pull, four times a second, until it ends.
+        static func showProgress(
+            of reference: String, _ client: APIClient, until pull: Task<ImageInfo, any Error>
+        ) async throws -> ImageInfo {
+            let poll = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(250))
+                    guard !Task.isCancelled,
+                        let pulls = try? client.call(Endpoints.imagePulls).items,
+                        let s = pulls.first(where: {
+                            $0.reference == reference || $0.reference.hasSuffix("/" + reference)
+                        })
+                            ?? (pulls.count == 1 ? pulls.first : nil)
+                    else { continue }
+                    var line = "pulling \(reference): \(s.phase)"
+                    if s.blobs > 0 {
+                        let rate = s.elapsedSeconds > 0 ? Int64(Double(s.bytes) / s.elapsedSeconds) : 0
+                        line +=
+                            ", \(s.blobsDone)/\(s.blobs) blobs, \(Quantity.formatBytes(s.bytes))"
+                            + " of \(Quantity.formatBytes(s.totalBytes)), \(Quantity.formatBytes(rate))/s"
+                    }
+                    FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
+                }
+            }
+            let result = await pull.result
+            poll.cancel()
+            await poll.value
+            FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+            return try result.get()
         }
     }
 

@@ -315,4 +315,114 @@ func buildTestLayout(_ dir: String) throws -> String {
             #expect(r.status != 0 && r.stderr.contains("does not answer"), "\(r.stderr)")
         }
     }
+
+    /// The progress of a pull in flight: the daemon's `GET /v1/images/pulls` and the CLI's status line
+    /// (on a terminal, through `script`), while a front server holds the last layer half sent.
+    @Test func showsAPullInFlight() async throws {
+        let work = "/tmp/vivarium-images-" + randomHex(bytes: 6)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        try FileSystem.makeDirectory(work, mode: 0o700)
+        let layout = try buildTestLayout(work)
+        let registry = try TestRegistry(ca: nil)
+        try registry.push(layout, "v4", to: "slow/tool:v4", certs: nil)
+        let manifest = try JSONSerialization.jsonObject(with: try registry.manifest("slow/tool", "v4", ca: nil))
+        let layers = try #require((manifest as? [String: Any])?["layers"] as? [[String: Any]])
+        let held = try #require(layers.last?["digest"] as? String)
+        let heldSize = try #require(layers.last?["size"] as? Int)
+        try Self.holdingServer.write(toFile: work + "/front.py", atomically: true, encoding: .utf8)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        server.arguments = [work + "/front.py", registry.base, held, work + "/release", work + "/port"]
+        try server.run()
+        defer {
+            kill(server.processIdentifier, SIGKILL)
+            server.waitUntilExit()
+        }
+        var port = ""
+        for _ in 0..<100 where port.isEmpty {
+            usleep(50_000)
+            port = (try? String(contentsOfFile: work + "/port", encoding: .utf8)) ?? ""
+        }
+        let ref = "127.0.0.1:\(port)/slow/tool:v4"
+        try await TestDaemon.with(extraEnv: ["VIVARIUM_REGISTRY_PLAIN_HTTP": "127.0.0.1:\(port)"], tcp: true) { d in
+            // The CLI on a terminal: `script` gives it one and keeps what it wrote.
+            let cli = Process()
+            cli.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+            cli.arguments = ["-qfec", "\(Paths.vivarium) image pull \(ref)", work + "/typescript"]
+            var environment = ProcessInfo.processInfo.environment
+            for (k, v) in d.environment { environment[k] = v }
+            cli.environment = environment
+            cli.standardInput = FileHandle(forReadingAtPath: "/dev/null")
+            cli.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+            try cli.run()
+            defer {
+                if cli.isRunning { kill(cli.processIdentifier, SIGKILL) }
+                cli.waitUntilExit()
+            }
+            var status: PullStatus?
+            #expect(
+                try d.eventually(20) {
+                    let pulls: Page<PullStatus> = try d.client.call("GET", "/v1/images/pulls")
+                    status = pulls.items.first
+                    return status.map { $0.phase == "fetching" && $0.bytes > 0 && $0.blobsDone == $0.blobs - 1 }
+                        ?? false
+                })
+            let s = try #require(status)
+            #expect(s.reference == ref && s.totalBytes >= Int64(heldSize) && s.bytes < s.totalBytes, "\(s)")
+            // Another tenant sees none of it.
+            let other = d.remote(try d.principalTokens(tenant: "globex", name: "bob").accessToken)
+            let theirs: Page<PullStatus> = try other.call("GET", "/v1/images/pulls")
+            #expect(theirs.items.isEmpty)
+            #expect(
+                d.eventually(5) {
+                    let shown = (try? String(contentsOfFile: work + "/typescript", encoding: .utf8)) ?? ""
+                    return shown.contains("pulling \(ref): fetching, \(s.blobs - 1)/\(s.blobs) blobs")
+                })
+            #expect(FileManager.default.createFile(atPath: work + "/release", contents: Data()))
+            #expect(d.eventually(20) { !cli.isRunning })
+            #expect(cli.terminationStatus == 0)
+            let shown = try String(contentsOfFile: work + "/typescript", encoding: .utf8)
+            #expect(shown.contains(ref) && shown.contains("sha256:"), "\(shown)")
+            let after: Page<PullStatus> = try d.client.call("GET", "/v1/images/pulls")
+            #expect(after.items.isEmpty)
+        }
+    }
+
+    /// A front for docker-registry that sends half of one blob, then waits for a file before the rest.
+    static let holdingServer = #"""
+        import os, sys, time, urllib.error, urllib.request
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        upstream, held, release, port_file = sys.argv[1:5]
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            def log_message(self, *a): pass
+            def do_HEAD(self): self.forward(False)
+            def do_GET(self): self.forward(True)
+            def forward(self, body):
+                r = urllib.request.Request(upstream + self.path, method=self.command)
+                if self.headers.get("Accept"): r.add_header("Accept", self.headers["Accept"])
+                try:
+                    resp = urllib.request.urlopen(r)
+                except urllib.error.HTTPError as e:
+                    resp = e
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.headers.items():
+                    if k.lower() in ("content-type", "docker-content-digest"): self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if not body: return
+                if self.path.endswith("/blobs/" + held):
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    while not os.path.exists(release): time.sleep(0.05)
+                    self.wfile.write(data[len(data) // 2 :])
+                else:
+                    self.wfile.write(data)
+
+        s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        open(port_file, "w").write(str(s.server_address[1]))
+        s.serve_forever()
+        """#
 }
