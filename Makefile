@@ -1,9 +1,9 @@
 # Vivarium — see README.md.
 SWIFT       ?= swift
 STATE_DIR   ?= /var/lib/vivarium
-APT_PACKAGES = crun btrfs-progs nftables busybox-static tar gzip gcc libc6-dev libsqlite3-dev zlib1g-dev iproute2 procps util-linux curl sqlite3 python3
+APT_PACKAGES = crun btrfs-progs nftables busybox-static tar gzip gcc libc6-dev libsqlite3-dev zlib1g-dev libzstd-dev iproute2 procps util-linux curl sqlite3 python3
 ## What the tests add: a real registry and the tools that build and push images to it.
-TEST_APT_PACKAGES = docker-registry skopeo umoci apache2-utils openssl python3-yaml
+TEST_APT_PACKAGES = docker-registry skopeo umoci apache2-utils openssl python3-yaml zstd
 
 .PHONY: run test build debug bench deps testdeps pydeps format lint clean
 

@@ -33,7 +33,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
-        .target(name: "CVivariumOS", linkerSettings: [.linkedLibrary("z")]),
+        .target(name: "CVivariumOS", linkerSettings: [.linkedLibrary("z"), .linkedLibrary("zstd")]),
         .target(name: "VivariumCore", dependencies: [crypto], swiftSettings: strict),
         .target(name: "VivariumOS", dependencies: ["CVivariumOS", "VivariumCore"], swiftSettings: strict),
         .target(name: "VivariumOCI", dependencies: ["VivariumCore"], swiftSettings: strict),

@@ -20,6 +20,7 @@
 #include <linux/mount.h>
 #include <linux/openat2.h>
 #include <zlib.h>
+#include <zstd.h>
 #include <endian.h>
 #include <linux/btrfs.h>
 #include <linux/btrfs_tree.h>
@@ -424,6 +425,41 @@ unsigned long vv_crc32(const unsigned char *data, size_t len) {
 void vv_inflate_free(vv_inflate *z) {
     if (!z) return;
     inflateEnd(&z->s);
+    free(z);
+}
+
+struct vv_zstd {
+    ZSTD_DStream *s;
+};
+
+vv_zstd *vv_zstd_new(void) {
+    vv_zstd *z = calloc(1, sizeof *z);
+    if (!z) return NULL;
+    z->s = ZSTD_createDStream();
+    // A frame may ask for at most a 128 MiB window: what the decoder allocates stays bounded.
+    if (!z->s || ZSTD_isError(ZSTD_initDStream(z->s)) ||
+        ZSTD_isError(ZSTD_DCtx_setParameter(z->s, ZSTD_d_windowLogMax, 27))) {
+        if (z->s) ZSTD_freeDStream(z->s);
+        free(z);
+        return NULL;
+    }
+    return z;
+}
+
+int vv_zstd_step(vv_zstd *z, const unsigned char *in, size_t in_len, unsigned char *out, size_t out_cap,
+                 size_t *consumed, size_t *produced) {
+    ZSTD_inBuffer i = {in, in_len, 0};
+    ZSTD_outBuffer o = {out, out_cap, 0};
+    size_t rc = ZSTD_decompressStream(z->s, &o, &i);
+    *consumed = i.pos;
+    *produced = o.pos;
+    if (ZSTD_isError(rc)) return -1;
+    return rc == 0 ? 1 : 0;
+}
+
+void vv_zstd_free(vv_zstd *z) {
+    if (!z) return;
+    ZSTD_freeDStream(z->s);
     free(z);
 }
 

@@ -69,7 +69,7 @@ public struct ImageStore: Sendable {
     /// Places an unpacked root and its layer blob in the store under a new manifest.
     func place(
         rootfs unpacked: String, layerBlob: String, layer layerDigest: Digest, layerSize: Int64, diffID: Digest,
-        compressed: Bool
+        mediaType: String
     ) async throws -> Imported {
         let config: [String: Any] = [
             "architecture": Self.architecture, "os": "linux",
@@ -87,8 +87,7 @@ public struct ImageStore: Sendable {
             ],
             "layers": [
                 [
-                    "mediaType": compressed
-                        ? "application/vnd.oci.image.layer.v1.tar+gzip" : "application/vnd.oci.image.layer.v1.tar",
+                    "mediaType": mediaType,
                     "digest": layerDigest.rawValue, "size": layerSize,
                 ]
             ],

@@ -52,7 +52,7 @@ public final class LayerIngest {
         let layer = Digest(sha256: hash.finalize())
         let imported = try await store.place(
             rootfs: work + "/rootfs", layerBlob: blob, layer: layer, layerSize: size, diffID: summary.diffID,
-            compressed: summary.compressed)
+            mediaType: summary.mediaType)
         try await FileSystem.removeTree(work)
         return imported
     }

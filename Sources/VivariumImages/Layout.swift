@@ -150,10 +150,11 @@ extension ImageStore {
         var layers: [Descriptor] = []
         for path in entry.Layers {
             let d = try source.copy(path, into: self)
-            let gzip = (try? source.prefix(path, 2)) == [0x1f, 0x8b]
-            layers.append(
-                Descriptor(
-                    mediaType: gzip ? MediaType.ociLayerGzip : MediaType.ociLayer, digest: d.digest, size: d.size))
+            let head = (try? source.prefix(path, 4)) ?? []
+            let type =
+                head.starts(with: [0x1f, 0x8b])
+                ? MediaType.ociLayerGzip : head == ZstdDecoder.magic ? MediaType.ociLayerZstd : MediaType.ociLayer
+            layers.append(Descriptor(mediaType: type, digest: d.digest, size: d.size))
         }
         let manifest = Manifest(
             config: Descriptor(mediaType: MediaType.ociConfig, digest: config.digest, size: config.size), layers: layers

@@ -52,7 +52,7 @@ public struct ImagePuller: Sendable {
 
     static let indexTypes: Set<String> = [MediaType.ociIndex, MediaType.dockerManifestList]
     static let layerTypes: Set<String> = [
-        MediaType.ociLayer, MediaType.ociLayerGzip, MediaType.dockerLayerGzip,
+        MediaType.ociLayer, MediaType.ociLayerGzip, MediaType.ociLayerZstd, MediaType.dockerLayerGzip,
         "application/vnd.docker.image.rootfs.diff.tar",
     ]
 

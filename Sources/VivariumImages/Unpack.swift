@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import VivariumCore
+import VivariumOCI
 import VivariumOS
 
 import struct Crypto.SHA256
@@ -38,7 +39,7 @@ public struct UnpackRules: Sendable, Equatable {
     }
 }
 
-/// Streams a tar archive, gzip-compressed or plain (detected), into a directory under `UnpackRules`:
+/// Streams a tar archive, gzip- or zstd-compressed or plain (detected), into a directory under `UnpackRules`:
 /// no device node, no member outside the root (every path resolves in the root, symlinks included), no
 /// setuid or setgid bit unless allowed, ids clamped into a sandbox's range, bounded bytes, members and
 /// expansion. Nothing is staged: bytes go from the input to their files as they arrive.
@@ -48,7 +49,8 @@ public final class Unpacker {
         public var diffID: Digest
         public var entries: Int
         public var tarBytes: Int64
-        public var compressed: Bool
+        /// The layer media type the archive's compression makes it.
+        public var mediaType: String
     }
 
     let rules: UnpackRules
@@ -56,7 +58,7 @@ public final class Unpacker {
     /// directory of what earlier layers put there.
     let whiteouts: Bool
     let rootFD: Int32
-    private var inflater: Inflater?
+    private var inflater: (any Decompressor)?
     private var sniff: [UInt8] = []
     private var detected = false
     private var compressedBytes: Int64 = 0
@@ -102,9 +104,13 @@ public final class Unpacker {
         compressedBytes += Int64(input.count)
         if !detected {
             sniff += input
-            guard sniff.count >= 2 else { return }
+            guard sniff.count >= 4 else { return }
             detected = true
-            if sniff[0] == 0x1f && sniff[1] == 0x8b { inflater = try Inflater() }
+            if sniff[0] == 0x1f && sniff[1] == 0x8b {
+                inflater = try Inflater()
+            } else if Array(sniff.prefix(4)) == ZstdDecoder.magic {
+                inflater = try ZstdDecoder()
+            }
             let head = sniff
             sniff = []
             compressedBytes -= Int64(head.count)
@@ -127,7 +133,7 @@ public final class Unpacker {
             compressedBytes -= Int64(head.count)
             try head.withUnsafeBytes { try feed($0) }
         }
-        if let inflater, !inflater.finished { throw Self.refuse("ends inside its gzip stream") }
+        if let inflater, !inflater.finished { throw Self.refuse("ends inside its compressed stream") }
         guard entries > 0 else { throw Self.refuse("is empty or not a tar archive") }
         switch state {
         case .end: break
@@ -135,7 +141,9 @@ public final class Unpacker {
         default: throw Self.refuse("ends in the middle of a member")
         }
         return Summary(
-            diffID: Digest(sha256: diff.finalize()), entries: entries, tarBytes: tarBytes, compressed: inflater != nil)
+            diffID: Digest(sha256: diff.finalize()), entries: entries, tarBytes: tarBytes,
+            mediaType: inflater is ZstdDecoder
+                ? MediaType.ociLayerZstd : inflater == nil ? MediaType.ociLayer : MediaType.ociLayerGzip)
     }
 
     // MARK: The tar stream

@@ -471,7 +471,7 @@ struct ImageCommand: AsyncParsableCommand {
                 Remote clients send an archive with `vivarium image upload`.
                 """)
         @OptionGroup var global: GlobalOptions
-        @Argument(help: "Directory or tar archive (gzip allowed for a root file system).") var path: String
+        @Argument(help: "A directory or a tar archive (gzip or zstd allowed for a root file system).") var path: String
         @Option(help: "Image name (a DNS label).") var name: String
         @Option(help: "auto, rootfs, oci or docker-archive.") var format: ImportFormat = .auto
         @Flag(help: "Print JSON.") var json = false
@@ -490,7 +490,7 @@ struct ImageCommand: AsyncParsableCommand {
     struct Upload: ClientCommand {
         static let configuration = CommandConfiguration(
             commandName: "upload",
-            abstract: "Send a tar archive (gzip allowed) from this machine as an image of your tenant.",
+            abstract: "Send a tar archive (gzip or zstd allowed) from this machine as an image of your tenant.",
             discussion: """
                 The daemon unpacks it under its unpack rules: no device nodes, no setuid or setgid bits, ids
                 above 65535 become 65534, bounded size, member count and expansion. Admins make an image

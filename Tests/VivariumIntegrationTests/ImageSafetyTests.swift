@@ -155,6 +155,13 @@ import VivariumTestSupport
             #expect(r.status == 422 && Self.code(r).contains("decompression bomb"), "\(Self.code(r))")
             #expect(before - Self.freeBytes(d.stateDir) < 256 << 20)
             try Self.expectNothingStaged(d)
+            // The same gigabyte as zstd (some 30 KiB): the same bound.
+            let zstd = try runCommand(
+                "/bin/sh", ["-c", "zcat \(d.root)/bomb.tar.gz | zstd -q -o \(d.root)/bomb.tar.zst"])
+            #expect(zstd.status == 0, "\(zstd.stderr)")
+            r = try Self.upload(d.client, d.root + "/bomb.tar.zst", name: "zbomb")
+            #expect(r.status == 422 && Self.code(r).contains("decompression bomb"), "\(Self.code(r))")
+            try Self.expectNothingStaged(d)
             // A host archive goes through the same rules.
             let local = try d.cli("image", "import", d.root + "/flood.tar.gz", "--name", "flood")
             #expect(local.status != 0 && local.stderr.contains("more than 1000 members"), "\(local.stderr)")

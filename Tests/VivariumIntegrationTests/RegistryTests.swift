@@ -280,6 +280,23 @@ func buildTestLayout(_ dir: String) throws -> String {
             #expect(FileSystem.exists(d.stateDir + "/images/rootfs/" + v2.dropFirst(7)))
             r = try d.cli("image", "push", "two", "\(plain.host)/pushed/again:1")
             #expect(r.status == 0, "\(r.stderr)")
+
+            // zstd layers (skopeo recompresses them): pulled, applied and shown as what they are.
+            try skopeo("--dest-compress-format=zstd", "oci:\(layout):v2", "oci:\(work)/zstd:v2")
+            try skopeo(
+                "--dest-tls-verify=false", "--preserve-digests", "oci:\(work)/zstd:v2",
+                "docker://\(plain.host)/zstd/tool:v2")
+            r = try d.cli("image", "pull", "\(plain.host)/zstd/tool:v2")
+            #expect(r.status == 0, "\(r.stderr)")
+            let zstd = try WireCoding.decoder().decode(
+                ImageDetails.self,
+                from: Data(try d.cli("image", "inspect", "\(plain.host)/zstd/tool:v2", "--json").stdout.utf8))
+            #expect(
+                zstd.layers.map(\.mediaType)
+                    == Array(repeating: "application/vnd.oci.image.layer.v1.tar+zstd", count: 2))
+            _ = try d.create(CreateSandboxRequest(name: "z", image: "\(plain.host)/zstd/tool:v2"))
+            (_, out, _) = try d.sh("z", "cat /etc/second; test -e /etc/marker || echo whited-out")
+            #expect(out == "two\nwhited-out\n", "\(out)")
         }
     }
 

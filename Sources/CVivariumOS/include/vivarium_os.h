@@ -102,6 +102,14 @@ int vv_inflate_step(vv_inflate *z, const unsigned char *in, size_t in_len, unsig
                     size_t *consumed, size_t *produced);
 void vv_inflate_free(vv_inflate *z);
 
+/// A streaming zstd decompressor (frames one after another; windows of at most 128 MiB).
+typedef struct vv_zstd vv_zstd;
+vv_zstd *vv_zstd_new(void);
+/// Returns 1 when the input consumed ends a frame, 0 when more is needed, -1 on corrupt input.
+int vv_zstd_step(vv_zstd *z, const unsigned char *in, size_t in_len, unsigned char *out, size_t out_cap,
+                 size_t *consumed, size_t *produced);
+void vv_zstd_free(vv_zstd *z);
+
 /// Attaches the file open at image_fd to a free loop device (LOOP_CTL_GET_FREE + LOOP_CONFIGURE) with
 /// LO_FLAGS_AUTOCLEAR: the device detaches when its last user (the mount) goes. Returns an O_CLOEXEC fd
 /// of the device and sets *number, or -errno. Keep the fd open until the device is mounted.
