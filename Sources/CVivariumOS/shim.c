@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/fsuid.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -381,6 +382,11 @@ int vv_open_in_root(int dirfd, const char *path, int flags, unsigned int mode) {
     how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
     long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
     return fd < 0 ? -errno : (int)fd;
+}
+
+void vv_set_fs_ids(unsigned uid, unsigned gid) {
+    setfsuid(uid);
+    setfsgid(gid);
 }
 
 struct vv_inflate {

@@ -20,27 +20,26 @@ public enum API {
         router.add(middleware: ErrorMiddleware(routes: Endpoints.all))
         router.add(middleware: SourceMiddleware(trust: trust))
         var routes = RouteRegistry(router: router, gate: engine.gate)
-        SystemRoutes(engine: engine, openAPI: openAPI).register(&routes)
-        IdentityRoutes(identity: engine.identity).register(&routes)
-        SandboxRoutes(sandboxes: engine.sandboxes).register(&routes)
-        RouteRoutes(exposures: engine.exposures).register(&routes)
-        SecretRoutes(secrets: engine.secrets).register(&routes)
-        ImageRoutes(images: engine.images).register(&routes)
-        AuditRoutes(audit: engine.audit, gate: engine.gate).register(&routes)
+        register(&routes, engine: engine, openAPI: openAPI)
         return router
     }
 
     /// Every route the router serves (for the completeness tests).
     public static func registeredRoutes(engine: Engine) -> [Route] {
         var routes = RouteRegistry(router: Router(context: APIRequestContext.self), gate: engine.gate)
-        SystemRoutes(engine: engine, openAPI: Data()).register(&routes)
+        register(&routes, engine: engine, openAPI: Data())
+        return routes.registered
+    }
+
+    static func register(_ routes: inout RouteRegistry, engine: Engine, openAPI: Data) {
+        SystemRoutes(engine: engine, openAPI: openAPI).register(&routes)
         IdentityRoutes(identity: engine.identity).register(&routes)
         SandboxRoutes(sandboxes: engine.sandboxes).register(&routes)
+        FileRoutes(sandboxes: engine.sandboxes).register(&routes)
         RouteRoutes(exposures: engine.exposures).register(&routes)
         SecretRoutes(secrets: engine.secrets).register(&routes)
         ImageRoutes(images: engine.images).register(&routes)
         AuditRoutes(audit: engine.audit, gate: engine.gate).register(&routes)
-        return routes.registered
     }
 
     static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {
@@ -204,6 +203,17 @@ struct RouteRegistry {
             }
             if Response.self == Empty.self { return Hummingbird.Response(status: status) }
             return try API.json(value, status: status)
+        }
+    }
+
+    /// A route answering raw bytes: `handler` makes the response (the engine authorizes inside it).
+    mutating func bytes(_ route: Route, _ handler: @escaping @Sendable (Call) async throws -> Response) {
+        registered.append(route)
+        let gate = self.gate
+        group(route.action).on(Self.routerPath(route), method: .init(rawValue: route.method.rawValue)!) {
+            request, context in
+            let caller = try await Self.caller(context, route.action, gate: gate)
+            return try await handler(Call(request: request, context: context, caller: caller))
         }
     }
 

@@ -58,6 +58,9 @@ public enum PolicyTable {
         // Talking to a sandbox's own server is a member's, like exec; only its refusals are recorded
         // (every proxied request would flood the trail).
         case .sandboxConnect: .init([.sandboxesRead], role: .member, .tenant, mutating: false)
+        // As exec: a member's, of its tenant's boxes; a token bound to a box reaches that box's files only.
+        case .filesRead: .init([.filesRead], role: .member, .tenant, mutating: false)
+        case .filesWrite: .init([.filesWrite], role: .member, .tenant, mutating: true)
 
         case .imagePull, .imageSign, .imagePush: .init([.imagesWrite], role: .member, .tenantUnbound, mutating: true)
         case .imageSigningPayload: .init([.imagesRead], role: .member, .tenantUnbound, mutating: false)

@@ -370,7 +370,11 @@ public final class TokenService: Sendable {
         switch role {
         case .admin: Set(Scope.all)
         case .tenantAdmin: Set(Scope.all).subtracting([.tenantsAdmin, .kmsAdmin])
-        case .member: [.sandboxesRead, .sandboxesWrite, .exec, .imagesRead, .imagesWrite, .secretsRead, .secretsWrite]
+        case .member:
+            [
+                .sandboxesRead, .sandboxesWrite, .exec, .imagesRead, .imagesWrite, .secretsRead, .secretsWrite,
+                .filesRead, .filesWrite,
+            ]
         case .auditor: [.sandboxesRead, .imagesRead, .auditRead, .secretsRead]
         }
     }

@@ -51,6 +51,17 @@ public struct APIClient: Sendable {
         return try WireCoding.decoder(for: Response.self).decode(Response.self, from: r.body)
     }
 
+    /// Calls a route that answers raw bytes (a file's content): the checked answer, headers included.
+    public func download(
+        _ route: Route, name: String? = nil, query: [(String, String?)], limit: Int
+    ) throws -> HTTPAnswer {
+        var client = self
+        client.http.maxResponseBytes = limit
+        let r = try client.send(route.method.rawValue, route.path(name.map { ["name": $0] } ?? [:], query: query))
+        try Self.check(r)
+        return r
+    }
+
     /// A request by method and path, decoding the answer (tests and tools that build paths themselves).
     public func call<T: Decodable>(_ method: String, _ path: String, body: (some Encodable)? = Optional<Int>.none)
         throws -> T

@@ -36,6 +36,10 @@ public enum Action: String, CaseIterable, Sendable, Codable {
     /// A request through the ingress to a sandbox port that needs a token (a token route, or the
     /// `PORT-SANDBOXID` host name).
     case sandboxConnect = "sandbox.connect"
+    /// A file's bytes, a directory's entries or a path's metadata, read inside a sandbox.
+    case filesRead = "files.read"
+    /// A file written, a directory made, a path moved or removed inside a sandbox.
+    case filesWrite = "files.write"
 
     /// A sandbox port published through the ingress (HTTP by host name, or a TCP forward).
     case routeCreate = "route.create"

@@ -2,6 +2,7 @@
 public enum HTTPMethod: String, Sendable, CaseIterable, Codable {
     case get = "GET"
     case post = "POST"
+    case put = "PUT"
     case delete = "DELETE"
 }
 
@@ -21,6 +22,8 @@ public struct Route: Sendable, Hashable, CustomStringConvertible {
         case webSocket
         /// A document served as is.
         case document
+        /// Raw bytes answered (a file's content), not JSON.
+        case bytes
     }
 
     public let method: HTTPMethod
@@ -119,6 +122,18 @@ public enum Endpoints {
     public static let sandboxStop = Endpoint<Empty, SandboxInfo>(.post, "/v1/sandboxes/{name}/stop", .sandboxStop)
     public static let sandboxExec = Endpoint<ExecRequest, ExecResult>(
         .post, "/v1/sandboxes/{name}/exec", .sandboxExec)
+    /// A file's bytes (`GET`, answered as `application/octet-stream`), or written from the request's
+    /// bytes (`PUT`); `path` in the query.
+    public static let fileRead = Route(.get, "/v1/sandboxes/{name}/files", .filesRead, kind: .bytes)
+    public static let fileWrite = Endpoint<Empty, FileInfo>(
+        .put, "/v1/sandboxes/{name}/files", .filesWrite, status: 201)
+    public static let fileDelete = Endpoint<Empty, Empty>(
+        .delete, "/v1/sandboxes/{name}/files", .filesWrite, status: 204)
+    public static let fileStat = Endpoint<Empty, FileInfo>(.get, "/v1/sandboxes/{name}/files/stat", .filesRead)
+    public static let fileList = Endpoint<Empty, Page<FileInfo>>(.get, "/v1/sandboxes/{name}/files/list", .filesRead)
+    public static let fileMkdir = Endpoint<MakeDirectoryRequest, FileInfo>(
+        .post, "/v1/sandboxes/{name}/files/mkdir", .filesWrite, status: 201)
+    public static let fileMove = Endpoint<MoveRequest, FileInfo>(.post, "/v1/sandboxes/{name}/files/move", .filesWrite)
     public static let sandboxNetwork = Endpoint<SetNetworkRequest, SandboxInfo>(
         .post, "/v1/sandboxes/{name}/network", .sandboxNetwork)
     public static let routeCreate = Endpoint<ExposeRequest, RouteInfo>(
@@ -174,7 +189,8 @@ public enum Endpoints {
         principalList.route,
         principalCreate.route, principalDelete.route, principalDisable.route, apiKeyCreate.route, sandboxList.route,
         sandboxCreate.route, sandboxRun.route, sandboxGet.route, sandboxDelete.route, sandboxStart.route,
-        sandboxStop.route, sandboxExec.route, sandboxNetwork.route, routeCreate.route,
+        sandboxStop.route, sandboxExec.route, sandboxNetwork.route, fileRead, fileWrite.route, fileDelete.route,
+        fileStat.route, fileList.route, fileMkdir.route, fileMove.route, routeCreate.route,
         routeList.route, routeDelete.route, imageList.route, imagePulls.route, imageImport.route,
         imageUpload.route, imagePull.route, imageSigningPayload.route, imageSign.route,
         imageSBOM.route, imageScan.route, imageInspect.route, imagePush.route, vulndbImport.route,

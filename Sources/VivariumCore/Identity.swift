@@ -45,9 +45,12 @@ public struct Scope: RawRepresentable, Hashable, Codable, Sendable, CustomString
     public static let secretsRead = Scope("secrets:read")
     public static let secretsWrite = Scope("secrets:write")
     public static let kmsAdmin = Scope("kms:admin")
+    /// Reading and changing the files inside a sandbox (the file API, `vivarium cp`).
+    public static let filesRead = Scope("files:read")
+    public static let filesWrite = Scope("files:write")
     public static let all: [Scope] = [
         .sandboxesRead, .sandboxesWrite, .exec, .imagesRead, .imagesWrite, .tenantsAdmin, .principalsAdmin,
-        .tokensAdmin, .auditRead, .secretsRead, .secretsWrite, .kmsAdmin,
+        .tokensAdmin, .auditRead, .secretsRead, .secretsWrite, .kmsAdmin, .filesRead, .filesWrite,
     ]
 
     /// Parses a comma-separated list ("exec,sandboxes:read"); throws on an unknown scope.

@@ -453,3 +453,52 @@ public struct HealthInfo: Codable, Sendable {
 public enum VivariumVersion {
     public static let string = "0.1.0"
 }
+
+/// A path inside a sandbox, as the file API reports it (a symlink itself, with its target).
+public struct FileInfo: Codable, Sendable, Equatable {
+    public var path: String
+    /// `file`, `directory`, `symlink`, `fifo`, `socket`, `device` or `other`.
+    public var type: String
+    public var sizeBytes: Int64
+    /// Permission bits, octal as `ls` shows them (`0644`).
+    public var mode: String
+    /// Owner and group as the sandbox sees them.
+    public var uid: Int64
+    public var gid: Int64
+    public var modifiedAt: Date
+    public var target: String?
+    public init(
+        path: String, type: String, sizeBytes: Int64, mode: String, uid: Int64, gid: Int64, modifiedAt: Date,
+        target: String? = nil
+    ) {
+        self.path = path
+        self.type = type
+        self.sizeBytes = sizeBytes
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.modifiedAt = modifiedAt
+        self.target = target
+    }
+}
+
+public struct MakeDirectoryRequest: Codable, Sendable {
+    public var path: String
+    public var parents: Bool?
+    /// Octal, `0755` when not given.
+    public var mode: String?
+    public init(path: String, parents: Bool? = nil, mode: String? = nil) {
+        self.path = path
+        self.parents = parents
+        self.mode = mode
+    }
+}
+
+public struct MoveRequest: Codable, Sendable {
+    public var from: String
+    public var to: String
+    public init(from: String, to: String) {
+        self.from = from
+        self.to = to
+    }
+}

@@ -6,9 +6,6 @@ import VivariumOS
 
 import struct Crypto.SHA256
 
-/// Glibc does not export O_PATH to Swift.
-private let O_PATH: Int32 = 0o10000000
-
 /// The one rule set for every unpack (a host archive, an upload, a registry layer): what an archive may
 /// hold and how large it may grow.
 public struct UnpackRules: Sendable, Equatable {

@@ -90,6 +90,9 @@ long vv_fs_type(const char *path);
 /// fd or -errno.
 int vv_open_in_root(int dirfd, const char *path, int flags, unsigned int mode);
 
+/// Sets the calling thread's file-system ids (setfsuid and setfsgid act on one thread).
+void vv_set_fs_ids(unsigned uid, unsigned gid);
+
 /// A streaming gzip/zlib decompressor (zlib's inflate with automatic header detection).
 typedef struct vv_inflate vv_inflate;
 /// `raw`: a bare deflate stream (as a zip member holds), else gzip or zlib by its header.
