@@ -54,7 +54,8 @@ public final class RootedFiles: Sendable {
 
     static func failure(_ code: Int32, _ path: String) -> VivariumError {
         switch code {
-        case ENOENT: VivariumError(.notFound, "no such file or directory: \(path)")
+        // Not 404: that answers for the sandbox itself; a path missing inside it is a bad argument.
+        case ENOENT: VivariumError(.invalidArgument, "no such file or directory in the sandbox: \(path)")
         case ENOTDIR: VivariumError(.invalidArgument, "not a directory: a component of \(path)")
         case EISDIR: VivariumError(.invalidArgument, "\(path) is a directory")
         case EEXIST: VivariumError(.alreadyExists, "\(path) exists")

@@ -45,7 +45,7 @@ import VivariumTestSupport
                 #expect(!String(decoding: got.body, as: UTF8.self).contains("root:"), "\(path)")
             }
             r = try d.cli("cp", "f:/tmp/shadow", local + "/shadow")
-            #expect(r.status != 0 && r.stderr.contains("[not_found]") && !FileSystem.exists(local + "/shadow"))
+            #expect(r.status != 0 && r.stderr.contains("no such file") && !FileSystem.exists(local + "/shadow"))
 
             // A directory symlink to /etc: the upload lands in the box's /etc, not the host's.
             let probe = "vivarium-probe-" + randomHex(bytes: 4)
