@@ -143,7 +143,7 @@ let package = Package(
         .testTarget(
             name: "VivariumCoreTests", dependencies: ["VivariumCore", "VivariumTestSupport"], swiftSettings: strict),
         .testTarget(
-            name: "VivariumImagesTests", dependencies: ["VivariumCore", "VivariumImages"],
+            name: "VivariumImagesTests", dependencies: ["VivariumCore", "VivariumImages", "VivariumTestSupport"],
             swiftSettings: strict),
         .testTarget(
             name: "VivariumOSTests", dependencies: ["VivariumCore", "VivariumOS", "VivariumTestSupport"],

@@ -106,11 +106,11 @@ public final class Engine: Sendable {
     }
 
     /// The engine's background work, for the daemon's ServiceGroup: what follows an init's unexpected
-    /// exit, the TTL sweeper, the reconciler's drift check, and the refresh of the revocation set (tokens
+    /// exit, the image store's collection, the TTL sweeper, the reconciler's drift check, and the refresh of the revocation set (tokens
     /// are refused while it is stale).
     public var backgroundServices: [any Service] {
         [
-            InitWatch(sandboxes: sandboxes), KeyRewrap(secrets: secrets),
+            InitWatch(sandboxes: sandboxes), KeyRewrap(secrets: secrets), ImageCollector(images: images),
             PeriodicService(every: config.ttlSweepInterval) { _ = await self.sandboxes.sweepExpired() },
             PeriodicService(every: .seconds(30)) { await self.sandboxes.checkDrift() },
             PeriodicService(every: .seconds(5)) { await self.tokens.refreshRevocations() },

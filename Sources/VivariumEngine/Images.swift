@@ -24,6 +24,8 @@ public final class Images: Sendable {
     let locks = KeyedLock()
     /// Pulls in flight by tenant and reference, for `pulls`.
     let inFlight = Mutex<[String: (tenant: String, reference: String, progress: PullProgress)]>([:])
+    /// Wakes the `ImageCollector` service.
+    let collectionWanted = WakeSignal()
     /// Ingests share the content store; its garbage collection runs alone.
     let ingesting = SharedExclusiveLock()
 
@@ -400,14 +402,9 @@ public final class Images: Sendable {
         }
     }
 
-    /// What a failed or refused ingest placed in the store leaves it, once no other ingest runs.
-    func collectInBackground() {
-        Task { [self] in
-            do { try await collectGarbage() } catch {
-                logger.warning("image store collection failed", metadata: ["error": "\(error)"])
-            }
-        }
-    }
+    /// Asks the `ImageCollector` service for a collection: what a failed or refused ingest placed in the
+    /// store leaves it, once no other ingest runs (the caller's answer does not wait for it).
+    func collectInBackground() { collectionWanted.signal() }
 
     func addLocked(
         tenant: String, name: ResourceName, source: [String: String],

@@ -64,3 +64,19 @@ public struct TrashCollector: Service {
         }
     }
 }
+
+/// Collects the image store's garbage whenever an engine operation asks for it (a failed or refused
+/// pull or import, a reference moved to a new digest), one collection at a time.
+struct ImageCollector: Service {
+    let images: Images
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            await cancelWhenGracefulShutdown { await images.collectionWanted.wait() }
+            if Task.isShuttingDownGracefully || Task.isCancelled { return }
+            do { try await images.collectGarbage() } catch {
+                images.logger.warning("image store collection failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+}

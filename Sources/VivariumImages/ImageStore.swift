@@ -41,16 +41,7 @@ public struct ImageStore: Sendable {
             throw VivariumError(.invalidArgument, "cannot read \(path): \(String(cString: strerror(errno)))")
         }
         defer { close(fd) }
-        return try await LayerIngest.run(into: self, rules: rules) { feed in
-            var buffer = [UInt8](repeating: 0, count: 1 << 20)
-            while true {
-                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if n < 0 && errno == EINTR { continue }
-                guard n >= 0 else { throw VivariumError(.invalidArgument, "cannot read \(path): errno \(errno)") }
-                if n == 0 { return }
-                try buffer.withUnsafeBytes { try feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-            }
-        }
+        return try await LayerIngest.run(into: self, rules: rules) { feed in try FileSystem.readChunks(fd, path, feed) }
     }
 
     /// Imports a directory of this host: walked without following symlinks or entering `skip` (a
@@ -160,21 +151,21 @@ public struct ImageStore: Sendable {
 
     /// Applies one stored layer over the root under the unpack rules.
     func apply(_ layer: Descriptor, into root: String, rules: UnpackRules) throws -> Unpacker.Summary {
-        let path = blobPath(layer.digest)
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw VivariumError(.internalError, "cannot read layer \(layer.digest)") }
-        defer { close(fd) }
-        let unpacker = try Unpacker(root: root, rules: rules, whiteouts: true)
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else {
-                throw VivariumError(.internalError, "cannot read layer \(layer.digest): errno \(errno)")
-            }
-            if n == 0 { break }
-            try buffer.withUnsafeBytes { try unpacker.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        guard FileSystem.exists(blobPath(layer.digest)) else {
+            throw VivariumError(.internalError, "the layer \(layer.digest) is not in the store")
         }
+        return try Self.unpack(file: blobPath(layer.digest), into: root, rules: rules, whiteouts: true)
+    }
+
+    /// Unpacks an archive file of this host (gzip, zstd or plain) into `root` under the unpack rules.
+    static func unpack(file path: String, into root: String, rules: UnpackRules, whiteouts: Bool) throws
+        -> Unpacker.Summary
+    {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { throw VivariumError(.invalidArgument, "cannot read \(path): errno \(errno)") }
+        defer { close(fd) }
+        let unpacker = try Unpacker(root: root, rules: rules, whiteouts: whiteouts)
+        try FileSystem.readChunks(fd, path) { try unpacker.feed($0) }
         return try unpacker.finish()
     }
 

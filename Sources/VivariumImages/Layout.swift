@@ -66,7 +66,7 @@ extension ImageStore {
         let work = "\(root)/tmp/archive-\(randomHex(bytes: 8))"
         try FileSystem.makeDirectory(work, mode: 0o700)
         do {
-            _ = try await importArchiveFiles(path, into: work, rules: rules)
+            _ = try Self.unpack(file: path, into: work, rules: rules, whiteouts: false)
             let imported = try await importImage(directory: work, found, rules: rules)
             try await FileSystem.removeTree(work)
             return imported
@@ -74,22 +74,6 @@ extension ImageStore {
             try? await FileSystem.removeTree(work)
             throw error
         }
-    }
-
-    func importArchiveFiles(_ path: String, into dir: String, rules: UnpackRules) async throws -> Unpacker.Summary {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else { throw VivariumError(.invalidArgument, "cannot read \(path): errno \(errno)") }
-        defer { close(fd) }
-        let unpacker = try Unpacker(root: dir, rules: rules)
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw VivariumError(.invalidArgument, "cannot read \(path): errno \(errno)") }
-            if n == 0 { break }
-            try buffer.withUnsafeBytes { try unpacker.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-        }
-        return try unpacker.finish()
     }
 
     func importImage(directory dir: String, _ format: ImportFormat, rules: UnpackRules) async throws -> Imported {
@@ -239,18 +223,10 @@ struct LayoutReader {
         }
         var hash = SHA256()
         var size: Int64 = 0
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let n = read(f, &buffer, buffer.count)
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw VivariumError(.invalidArgument, "cannot read \(label)/\(path)") }
-            if n == 0 { break }
-            try buffer.withUnsafeBytes { raw in
-                let chunk = UnsafeRawBufferPointer(rebasing: raw[0..<n])
-                hash.update(bufferPointer: chunk)
-                try Unpacker.writeAll(out, chunk, tmp)
-            }
-            size += Int64(n)
+        try FileSystem.readChunks(f, "\(label)/\(path)") { chunk in
+            hash.update(bufferPointer: chunk)
+            try Unpacker.writeAll(out, chunk, tmp)
+            size += Int64(chunk.count)
         }
         guard fsync(out) == 0 else { throw VivariumError(.unavailable, "cannot sync \(tmp): errno \(errno)") }
         let digest = Digest(sha256: hash.finalize())

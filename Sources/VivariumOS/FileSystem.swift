@@ -97,6 +97,20 @@ public enum FileSystem {
         return String(cString: p)
     }
 
+    /// Reads `fd` to its end in chunks of 1 MiB, handing each to `body`; `what` names the file in errors.
+    public static func readChunks(
+        _ fd: Int32, _ what: String, _ body: (UnsafeRawBufferPointer) throws -> Void
+    ) throws {
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw VivariumError(.invalidArgument, "cannot read \(what): errno \(errno)") }
+            if n == 0 { return }
+            try buffer.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+    }
+
     /// The whole content of a file, read until EOF. Files in /proc and /sys report size 0, and a reader
     /// that trusts the size stops early: this one does not.
     public static func readAll(_ path: String) -> String? {

@@ -124,3 +124,37 @@ public final class TestRegistry {
         try? FileManager.default.removeItem(atPath: dir)
     }
 }
+
+/// A Python HTTP server of a test (a front for a registry): `script` runs with `arguments` and, last, a
+/// file it writes its loopback port to; the server is killed (SIGKILL: children of the test runner start
+/// with SIGTERM blocked) when this goes.
+public final class FrontServer {
+    let process = Process()
+    public private(set) var port: UInt16 = 0
+    public var host: String { "127.0.0.1:\(port)" }
+
+    public init(script: String, in dir: String, _ arguments: [String]) throws {
+        let file = dir + "/front-\(randomHex(bytes: 4)).py"
+        let portFile = file + ".port"
+        try script.write(toFile: file, atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [file] + arguments + [portFile]
+        try process.run()
+        for _ in 0..<200 where port == 0 {
+            usleep(50_000)
+            port = (try? String(contentsOfFile: portFile, encoding: .utf8)).flatMap { UInt16($0) } ?? 0
+        }
+        guard port != 0 else {
+            stop()
+            throw VivariumError(.unavailable, "the test's front server did not start")
+        }
+    }
+
+    public func stop() {
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    deinit { stop() }
+}

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VivariumCore
+import VivariumTestSupport
 
 @testable import VivariumImages
 
@@ -97,9 +98,12 @@ import VivariumCore
             _ = try fromFiles.importRecords(from: "\(Self.dir)/\(name)")
         }
         #expect(fromZip.count == fromFiles.count && fromZip.version == fromFiles.version)
-        for bad in ["bomb", "corrupt"] {
+        for (bad, why) in [("bomb", "is larger than"), ("corrupt", "fails its CRC-32 check")] {
             let db = try VulnDB(path: work + "/\(bad).json")
-            #expect(throws: VivariumError.self) { try db.importRecords(from: work + "/\(bad).zip") }
+            expectCode(.invalidArgument, "\(bad).zip") { try db.importRecords(from: work + "/\(bad).zip") }
+            do { _ = try db.importRecords(from: work + "/\(bad).zip") } catch {
+                #expect("\(error)".contains(why), "\(error)")
+            }
             #expect(db.count == 0)
         }
     }

@@ -346,22 +346,10 @@ func buildTestLayout(_ dir: String) throws -> String {
         let layers = try #require((manifest as? [String: Any])?["layers"] as? [[String: Any]])
         let held = try #require(layers.last?["digest"] as? String)
         let heldSize = try #require(layers.last?["size"] as? Int)
-        try Self.holdingServer.write(toFile: work + "/front.py", atomically: true, encoding: .utf8)
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        server.arguments = [work + "/front.py", registry.base, held, work + "/release", work + "/port"]
-        try server.run()
-        defer {
-            kill(server.processIdentifier, SIGKILL)
-            server.waitUntilExit()
-        }
-        var port = ""
-        for _ in 0..<100 where port.isEmpty {
-            usleep(50_000)
-            port = (try? String(contentsOfFile: work + "/port", encoding: .utf8)) ?? ""
-        }
-        let ref = "127.0.0.1:\(port)/slow/tool:v4"
-        try await TestDaemon.with(extraEnv: ["VIVARIUM_REGISTRY_PLAIN_HTTP": "127.0.0.1:\(port)"], tcp: true) { d in
+        let server = try FrontServer(script: Self.holdingServer, in: work, [registry.base, held, work + "/release"])
+        defer { server.stop() }
+        let ref = "\(server.host)/slow/tool:v4"
+        try await TestDaemon.with(extraEnv: ["VIVARIUM_REGISTRY_PLAIN_HTTP": server.host], tcp: true) { d in
             // The CLI on a terminal: `script` gives it one and keeps what it wrote.
             let cli = Process()
             cli.executableURL = URL(fileURLWithPath: "/usr/bin/script")

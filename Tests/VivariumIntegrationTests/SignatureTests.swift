@@ -291,7 +291,6 @@ let referrersServer = #"""
         defer { try? FileManager.default.removeItem(atPath: work) }
         try FileSystem.makeDirectory(work, mode: 0o700)
         try cosignTool.write(toFile: work + "/cosign_tool.py", atomically: true, encoding: .utf8)
-        try referrersServer.write(toFile: work + "/referrers.py", atomically: true, encoding: .utf8)
         try TestRegistry.openssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + "/key.pem"])
         try TestRegistry.openssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + "/rogue.pem"])
         try TestRegistry.openssl(["pkey", "-in", work + "/key.pem", "-pubout", "-out", work + "/key.pub"])
@@ -302,21 +301,9 @@ let referrersServer = #"""
         try registry.push(layout, "v1", to: "ref/typed:v1", certs: nil)
         let good = Digest.of(try registry.manifest("ref/good", "v1", ca: nil))
         let bad = Digest.of(try registry.manifest("ref/bad", "v1", ca: nil))
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        server.arguments = ["python3", work + "/referrers.py", registry.base, work + "/table.json", work + "/port"]
-        try server.run()
-        defer {
-            // Children of the test runner start with SIGTERM blocked.
-            kill(server.processIdentifier, SIGKILL)
-            server.waitUntilExit()
-        }
-        var port = ""
-        for _ in 0..<100 where port.isEmpty {
-            usleep(50_000)
-            port = (try? String(contentsOfFile: work + "/port", encoding: .utf8)) ?? ""
-        }
-        let host = "127.0.0.1:\(port)"
+        let server = try FrontServer(script: referrersServer, in: work, [registry.base, work + "/table.json"])
+        defer { server.stop() }
+        let host = server.host
         func referrer(_ key: String, _ repo: String, _ d: Digest) throws -> [String: Any] {
             let r = try runCommand(
                 "/usr/bin/env",
