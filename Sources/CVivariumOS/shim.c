@@ -374,6 +374,14 @@ int vv_set_winsize(int fd, unsigned short rows, unsigned short cols) {
     return ioctl(fd, TIOCSWINSZ, &ws) < 0 ? -errno : 0;
 }
 
+int vv_get_winsize(int fd, unsigned short *rows, unsigned short *cols) {
+    struct winsize ws;
+    if (ioctl(fd, TIOCGWINSZ, &ws) < 0) return -errno;
+    *rows = ws.ws_row;
+    *cols = ws.ws_col;
+    return 0;
+}
+
 int vv_open_in_root(int dirfd, const char *path, int flags, unsigned int mode) {
     struct open_how how;
     memset(&how, 0, sizeof how);

@@ -46,6 +46,14 @@ enum Mapping {
             timeout: timeout, maxOutputBytes: req.maxOutputBytes)
     }
 
+    /// A streamed command: no output cap (nothing is kept), 24 h unless a timeout is given.
+    static func streamCommand(_ req: StreamExecRequest) throws -> ExecCommand {
+        try command(
+            ExecRequest(
+                argv: req.argv, shell: req.shell, env: req.env, workdir: req.workdir, user: req.user,
+                timeoutSeconds: req.timeoutSeconds ?? Double(ExecCommand.maxTimeout.components.seconds)))
+    }
+
     static func info(_ s: Sandbox) -> SandboxInfo {
         SandboxInfo(
             id: s.id.rawValue, name: s.name.rawValue, tenant: s.tenant, image: s.spec.image.description,

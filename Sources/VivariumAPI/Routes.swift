@@ -35,6 +35,7 @@ public enum API {
         SystemRoutes(engine: engine, openAPI: openAPI).register(&routes)
         IdentityRoutes(identity: engine.identity).register(&routes)
         SandboxRoutes(sandboxes: engine.sandboxes).register(&routes)
+        ExecStreamRoutes(sandboxes: engine.sandboxes, gate: engine.gate).register(&routes)
         FileRoutes(sandboxes: engine.sandboxes).register(&routes)
         RouteRoutes(exposures: engine.exposures).register(&routes)
         SecretRoutes(secrets: engine.secrets).register(&routes)
@@ -95,60 +96,7 @@ struct Call: Sendable {
         } catch let e as HTTPError where e.status == .contentTooLarge {
             throw VivariumError(.payloadTooLarge, "request body exceeds \(API.maxBodyBytes) bytes")
         }
-        let data = Data(buffer: buffer)
-        // null is never a value of a request field: an optional field is left out, not nulled.
-        if data.contains(UInt8(ascii: "n")), let json = try? JSONSerialization.jsonObject(with: data),
-            let at = Self.firstNull(json, path: "")
-        {
-            throw VivariumError(
-                .badRequest, "invalid JSON body: null at \(at.isEmpty ? "top level" : String(at.prefix(100)))")
-        }
-        if let key = StrictJSON.duplicateKey(data) {
-            throw VivariumError(.badRequest, "invalid JSON body: duplicate key \(key.prefix(100))")
-        }
-        do {
-            let value = try WireCoding.decoder().decode(T.self, from: data)
-            if let sent = try? JSONSerialization.jsonObject(with: data),
-                let known = try? JSONSerialization.jsonObject(with: WireCoding.encoder().encode(value)),
-                let field = StrictJSON.unknownField(sent: sent, known: known)
-            {
-                throw VivariumError(.badRequest, "invalid JSON body: unknown field \(field.prefix(100))")
-            }
-            return value
-        } catch let e as VivariumError {
-            throw e
-        } catch let e as DecodingError {
-            throw VivariumError(.badRequest, "invalid JSON body: \(Self.describe(e))")
-        } catch {
-            throw VivariumError(.badRequest, "invalid JSON body")
-        }
-    }
-
-    /// The path of the first null in a decoded JSON value, if any.
-    static func firstNull(_ v: Any, path: String) -> String? {
-        switch v {
-        case is NSNull: return path
-        case let o as [String: Any]:
-            for (k, x) in o { if let p = firstNull(x, path: path.isEmpty ? k : path + "." + k) { return p } }
-        case let a as [Any]:
-            for (i, x) in a.enumerated() { if let p = firstNull(x, path: path + "[\(i)]") { return p } }
-        default: break
-        }
-        return nil
-    }
-
-    static func describe(_ e: DecodingError) -> String {
-        func path(_ c: DecodingError.Context) -> String {
-            let p = c.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
-            return p.isEmpty ? "" : " at \(p.prefix(100))"
-        }
-        switch e {
-        case .typeMismatch(_, let c): return "wrong type\(path(c))"
-        case .valueNotFound(_, let c): return "missing value\(path(c))"
-        case .keyNotFound(let k, let c): return "missing field \(k.stringValue.prefix(64))\(path(c))"
-        case .dataCorrupted(let c): return "malformed\(path(c))"
-        @unknown default: return "malformed"
-        }
+        return try StrictJSON.decode(T.self, from: Data(buffer: buffer))
     }
 }
 
@@ -230,10 +178,10 @@ struct RouteRegistry {
     }
 
     /// A WebSocket route. The upgrade is refused (and the refusal recorded) unless the caller is
-    /// authenticated and the policy table allows the action; `session` then runs over the socket, with
-    /// the caller of the upgrade request.
+    /// authenticated, the policy table allows the action and `check` passes (the resource exists and is
+    /// the caller's); `session` then runs over the socket, with the caller of the upgrade request.
     mutating func webSocket(
-        _ route: Route,
+        _ route: Route, check: @escaping @Sendable (Call) async throws -> Void = { _ in },
         session: @escaping @Sendable (Call, WebSocketInboundStream, WebSocketOutboundWriter) async throws -> Void
     ) {
         registered.append(route)
@@ -242,10 +190,11 @@ struct RouteRegistry {
             Self.routerPath(route),
             shouldUpgrade: { request, context in
                 let caller = try await Self.caller(context, route.action, gate: gate)
-                try await gate.perform(caller, route.action, target: nil) {
+                try await gate.perform(caller, route.action, target: context.parameters.get("name"), check: true) {
                     guard request.headers[.upgrade]?.lowercased() == "websocket" else {
                         throw VivariumError(.badRequest, "this route needs a WebSocket upgrade")
                     }
+                    try await check(Call(request: request, context: context, caller: caller))
                 }
                 var headers: HTTPFields = [:]
                 if request.headers[.authorization] == nil, request.headers[.secWebSocketProtocol] != nil {

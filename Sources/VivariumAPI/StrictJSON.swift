@@ -4,6 +4,64 @@ import VivariumCore
 /// The checks `JSONDecoder` does not make: a request body holds no object with the same key twice, and
 /// no field the request type does not know (a misspelt `memory_byte` is an error, not a default).
 enum StrictJSON {
+    /// A request body (or a stream's first message) decoded strictly: no null, no key twice, no field the
+    /// type does not know; errors are `bad_request` naming the place.
+    static func decode<T: Codable>(_ type: T.Type, from data: Data) throws -> T {
+        // null is never a value of a request field: an optional field is left out, not nulled.
+        if data.contains(UInt8(ascii: "n")), let json = try? JSONSerialization.jsonObject(with: data),
+            let at = firstNull(json, path: "")
+        {
+            throw VivariumError(
+                .badRequest, "invalid JSON body: null at \(at.isEmpty ? "top level" : String(at.prefix(100)))")
+        }
+        if let key = duplicateKey(data) {
+            throw VivariumError(.badRequest, "invalid JSON body: duplicate key \(key.prefix(100))")
+        }
+        do {
+            let value = try WireCoding.decoder().decode(T.self, from: data)
+            if let sent = try? JSONSerialization.jsonObject(with: data),
+                let known = try? JSONSerialization.jsonObject(with: WireCoding.encoder().encode(value)),
+                let field = unknownField(sent: sent, known: known)
+            {
+                throw VivariumError(.badRequest, "invalid JSON body: unknown field \(field.prefix(100))")
+            }
+            return value
+        } catch let e as VivariumError {
+            throw e
+        } catch let e as DecodingError {
+            throw VivariumError(.badRequest, "invalid JSON body: \(describe(e))")
+        } catch {
+            throw VivariumError(.badRequest, "invalid JSON body")
+        }
+    }
+
+    /// The path of the first null in a decoded JSON value, if any.
+    static func firstNull(_ v: Any, path: String) -> String? {
+        switch v {
+        case is NSNull: return path
+        case let o as [String: Any]:
+            for (k, x) in o { if let p = firstNull(x, path: path.isEmpty ? k : path + "." + k) { return p } }
+        case let a as [Any]:
+            for (i, x) in a.enumerated() { if let p = firstNull(x, path: path + "[\(i)]") { return p } }
+        default: break
+        }
+        return nil
+    }
+
+    static func describe(_ e: DecodingError) -> String {
+        func path(_ c: DecodingError.Context) -> String {
+            let p = c.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
+            return p.isEmpty ? "" : " at \(p.prefix(100))"
+        }
+        switch e {
+        case .typeMismatch(_, let c): return "wrong type\(path(c))"
+        case .valueNotFound(_, let c): return "missing value\(path(c))"
+        case .keyNotFound(let k, let c): return "missing field \(k.stringValue.prefix(64))\(path(c))"
+        case .dataCorrupted(let c): return "malformed\(path(c))"
+        @unknown default: return "malformed"
+        }
+    }
+
     /// The first key that occurs twice in one object, by its path; nil when there is none. One linear
     /// pass over the bytes; escapes are decoded, so `"a"` and `"\u0061"` are the same key.
     static func duplicateKey(_ data: Data) -> String? {

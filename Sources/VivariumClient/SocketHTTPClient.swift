@@ -101,7 +101,7 @@ public struct SocketHTTPClient: HTTPTransport {
                 setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             }
             do {
-                if !rawPrefix.isEmpty { try writeAll(fd, rawPrefix) }
+                if !rawPrefix.isEmpty { try Self.writeAll(fd, rawPrefix) }
             } catch {
                 close(fd)
                 throw error
@@ -119,7 +119,7 @@ public struct SocketHTTPClient: HTTPTransport {
         var out = Array(head.utf8)
         if let body { out += body }
         do {
-            try writeAll(fd, out)
+            try Self.writeAll(fd, out)
         } catch {
             close(fd)
             throw reused != nil ? Retry() : error
@@ -145,7 +145,7 @@ public struct SocketHTTPClient: HTTPTransport {
         return answer
     }
 
-    private func connect() throws -> Int32 {
+    func connect() throws -> Int32 {
         switch endpoint {
         case .unix(let p):
             var addr = sockaddr_un()
@@ -193,7 +193,7 @@ public struct SocketHTTPClient: HTTPTransport {
     }
 
     /// Writes everything; MSG_NOSIGNAL so that a daemon going away is an error, never a SIGPIPE.
-    private func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
         try bytes.withUnsafeBytes { raw in
             var off = 0
             while off < raw.count {

@@ -122,6 +122,10 @@ public enum Endpoints {
     public static let sandboxStop = Endpoint<Empty, SandboxInfo>(.post, "/v1/sandboxes/{name}/stop", .sandboxStop)
     public static let sandboxExec = Endpoint<ExecRequest, ExecResult>(
         .post, "/v1/sandboxes/{name}/exec", .sandboxExec)
+    /// A streamed exec over a WebSocket: `StreamExecRequest` first, then `StreamChannel` frames and
+    /// `StreamControl` messages.
+    public static let sandboxExecStream = Route(
+        .get, "/v1/sandboxes/{name}/exec/stream", .sandboxExec, status: 101, kind: .webSocket)
     /// A file's bytes (`GET`, answered as `application/octet-stream`), or written from the request's
     /// bytes (`PUT`); `path` in the query.
     public static let fileRead = Route(.get, "/v1/sandboxes/{name}/files", .filesRead, kind: .bytes)
@@ -189,7 +193,7 @@ public enum Endpoints {
         principalList.route,
         principalCreate.route, principalDelete.route, principalDisable.route, apiKeyCreate.route, sandboxList.route,
         sandboxCreate.route, sandboxRun.route, sandboxGet.route, sandboxDelete.route, sandboxStart.route,
-        sandboxStop.route, sandboxExec.route, sandboxNetwork.route, fileRead, fileWrite.route, fileDelete.route,
+        sandboxStop.route, sandboxExec.route, sandboxExecStream, sandboxNetwork.route, fileRead, fileWrite.route, fileDelete.route,
         fileStat.route, fileList.route, fileMkdir.route, fileMove.route, routeCreate.route,
         routeList.route, routeDelete.route, imageList.route, imagePulls.route, imageImport.route,
         imageUpload.route, imagePull.route, imageSigningPayload.route, imageSign.route,

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 
 /// JSON wire types of the REST API, shared by the daemon and the CLI. Keys are snake_case on the
@@ -217,6 +218,94 @@ public struct ExecRequest: Codable, Sendable {
         self.user = user
         self.timeoutSeconds = timeoutSeconds
         self.maxOutputBytes = maxOutputBytes
+    }
+}
+
+/// The first message of a streamed exec (`/v1/sandboxes/{name}/exec/stream`), sent as JSON text: the
+/// command as `ExecRequest` has it (output is streamed, so there is no output cap), with a terminal when
+/// `tty` is set (`rows` × `columns`, 24 × 80 by default) and the caller's input when `stdin` is.
+public struct StreamExecRequest: Codable, Sendable {
+    public var argv: [String]
+    public var shell: Bool?
+    public var env: [String: String]?
+    public var workdir: String?
+    public var user: UInt32?
+    /// Kill the command after this long (the default is the 24 h cap; closing the socket kills it too).
+    public var timeoutSeconds: Double?
+    public var tty: Bool?
+    public var rows: UInt16?
+    public var columns: UInt16?
+    public var stdin: Bool?
+
+    public init(
+        argv: [String], shell: Bool? = nil, env: [String: String]? = nil, workdir: String? = nil,
+        user: UInt32? = nil, timeoutSeconds: Double? = nil, tty: Bool? = nil, rows: UInt16? = nil,
+        columns: UInt16? = nil, stdin: Bool? = nil
+    ) {
+        self.argv = argv
+        self.shell = shell
+        self.env = env
+        self.workdir = workdir
+        self.user = user
+        self.timeoutSeconds = timeoutSeconds
+        self.tty = tty
+        self.rows = rows
+        self.columns = columns
+        self.stdin = stdin
+    }
+}
+
+/// A streamed exec's data travel as binary messages whose first byte names the stream.
+public enum StreamChannel: UInt8, Sendable {
+    case stdin = 0
+    case stdout = 1
+    case stderr = 2
+}
+
+/// A streamed exec's control messages, JSON text. The client sends `resize`, `signal` and `close_stdin`;
+/// the daemon ends with `exit` (every output byte was sent before it), or `error` when the command could
+/// not run, and then closes the socket.
+public struct StreamControl: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        case resize, signal, exit, error
+        case closeStdin = "close_stdin"
+    }
+    public var type: Kind
+    public var rows: UInt16?
+    public var columns: UInt16?
+    /// A signal name (`INT`, `TERM`, `KILL`, `HUP`, `QUIT`, `USR1`, `USR2`, `WINCH`) or number.
+    public var signal: String?
+    public var exitCode: Int32?
+    public var timedOut: Bool?
+    public var code: String?
+    public var message: String?
+
+    public init(
+        _ type: Kind, rows: UInt16? = nil, columns: UInt16? = nil, signal: String? = nil, exitCode: Int32? = nil,
+        timedOut: Bool? = nil, code: String? = nil, message: String? = nil
+    ) {
+        self.type = type
+        self.rows = rows
+        self.columns = columns
+        self.signal = signal
+        self.exitCode = exitCode
+        self.timedOut = timedOut
+        self.code = code
+        self.message = message
+    }
+
+    /// The signals a caller may send, by name.
+    public static let signals: [String: Int32] = [
+        "HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15, "CONT": 18, "STOP": 19,
+        "WINCH": 28,
+    ]
+
+    /// The number of a signal given by name (`TERM`, `SIGTERM`) or number (1...64).
+    public static func signalNumber(_ s: String) -> Int32? {
+        let name = s.uppercased().hasPrefix("SIG") ? String(s.uppercased().dropFirst(3)) : s.uppercased()
+        if let n = signals[name] { return n }
+        if let n = Int32(s), (1...64).contains(n) { return n }
+        return nil
     }
 }
 
@@ -500,5 +589,13 @@ public struct MoveRequest: Codable, Sendable {
     public init(from: String, to: String) {
         self.from = from
         self.to = to
+    }
+}
+
+/// RFC 6455's handshake check: the `Sec-WebSocket-Accept` a server must answer for a client's key.
+public enum WebSocketHandshake {
+    public static func accept(key: String) -> String {
+        Data(Insecure.SHA1.hash(data: Data((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8)))
+            .base64EncodedString()
     }
 }

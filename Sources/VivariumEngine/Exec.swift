@@ -17,16 +17,7 @@ extension Sandboxes {
     /// after: the argument vector redacted, environment names but never values, never the output.
     func exec(_ r: SandboxRecord, _ command: ExecCommand) async throws -> ExecOutcome {
         _ = try r.state.requireRunning()
-        try await audit.append([
-            event(
-                "sandbox.exec", r, .started,
-                details: [
-                    "argv": Redactor.commandLine(command.argv), "user": String(command.user),
-                    "workdir": command.workdir,
-                    "timeout_seconds": Self.seconds(command.timeout),
-                    "env_keys": command.env.keys.sorted().joined(separator: ","),
-                ])
-        ])
+        try await audit.append([execIntent(r, command)])
         do {
             let result = try await runtime.exec(plan(r), command)
             await recordOutcome(
@@ -42,6 +33,17 @@ extension Sandboxes {
             await recordOutcome(event("sandbox.exec", r, .failed, details: ["error": "\(error)"]))
             throw error
         }
+    }
+
+    /// The record written before a command runs: the argument vector redacted, environment names only.
+    func execIntent(_ r: SandboxRecord, _ command: ExecCommand, _ more: [String: String] = [:]) -> AuditEvent {
+        event(
+            "sandbox.exec", r, .started,
+            details: [
+                "argv": Redactor.commandLine(command.argv), "user": String(command.user), "workdir": command.workdir,
+                "timeout_seconds": Self.seconds(command.timeout),
+                "env_keys": command.env.keys.sorted().joined(separator: ","),
+            ].merging(more) { a, _ in a })
     }
 
     /// Seconds as recorded: "60", or "0.5" for fractions.
@@ -94,7 +96,11 @@ final class ExecAdmission: Sendable {
     static func bytes(_ command: ExecCommand) -> Int64 { 2 * Int64(command.maxOutputBytes) }
 
     func admit(tenant: String, sandbox: SandboxID?, _ command: ExecCommand) throws -> Ticket {
-        let bytes = Self.bytes(command)
+        try admit(tenant: tenant, sandbox: sandbox, bytes: Self.bytes(command))
+    }
+
+    /// Admits an exec that may buffer `bytes` of output.
+    func admit(tenant: String, sandbox: SandboxID?, bytes: Int64) throws -> Ticket {
         let l = limits
         try state.withLock { s in
             func refuse(_ what: String) -> VivariumError {

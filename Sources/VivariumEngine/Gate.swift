@@ -127,9 +127,11 @@ public final class Gate: Sendable {
     /// Runs a use case for `caller`: authorizes `action`, gives the work its audit context (actor,
     /// source, request id, the tenant it acts in), and leaves a record of every denial, refusal and
     /// failure, and of a mutation that changed nothing. A `perform` for the same request and action
-    /// inside another (a door wrapping its own parsing around a use case) only authorizes.
+    /// inside another (a door wrapping its own parsing around a use case) only authorizes. A check that
+    /// precedes the use case (`check: true`: a door's test before it commits to a stream) records only
+    /// its failures.
     public func perform<T: Sendable>(
-        _ caller: Caller, _ action: Action, target: String?, _ body: () async throws -> T
+        _ caller: Caller, _ action: Action, target: String?, check: Bool = false, _ body: () async throws -> T
     ) async throws -> T {
         let scope = "\(caller.requestID)/\(action.rawValue)"
         if AuditContext.current.scope == scope {
@@ -149,7 +151,7 @@ public final class Gate: Sendable {
                     throw e
                 }
             }
-            if policy.mutating, context.tally?.count == 0 {
+            if policy.mutating, !check, context.tally?.count == 0 {
                 try await audit.append([
                     AuditEvent(action.rawValue, target: target, details: ["changed": "false"], context: context)
                 ])

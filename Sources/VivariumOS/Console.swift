@@ -61,3 +61,32 @@ public func setWindowSize(_ fd: Int32, rows: UInt16, columns: UInt16) throws {
     let rc = vv_set_winsize(fd, rows, columns)
     guard rc == 0 else { throw posixError("resize the terminal", -rc) }
 }
+
+/// A terminal's window size, when `fd` is one.
+public func windowSize(_ fd: Int32) -> (rows: UInt16, columns: UInt16)? {
+    var rows: UInt16 = 0
+    var columns: UInt16 = 0
+    guard vv_get_winsize(fd, &rows, &columns) == 0, rows > 0, columns > 0 else { return nil }
+    return (rows, columns)
+}
+
+/// Puts a terminal in raw mode (no echo, no line editing, no signals from keys) until `restore`.
+public struct RawTerminal: Sendable {
+    let fd: Int32
+    let saved: termios
+
+    public init?(_ fd: Int32) {
+        var t = termios()
+        guard isatty(fd) == 1, tcgetattr(fd, &t) == 0 else { return nil }
+        var raw = t
+        cfmakeraw(&raw)
+        guard tcsetattr(fd, TCSANOW, &raw) == 0 else { return nil }
+        self.fd = fd
+        saved = t
+    }
+
+    public func restore() {
+        var t = saved
+        tcsetattr(fd, TCSANOW, &t)
+    }
+}

@@ -67,6 +67,9 @@ public final class ExecSession: Sendable {
         }
     }
 
+    /// Whether the command (crun, which waits for it) has exited.
+    public var hasExited: Bool { crun.hasExited }
+
     public var terminal: Terminal? {
         if case .terminal(let t) = io { return t }
         return nil

@@ -58,11 +58,12 @@ public struct CommandResult: Sendable {
     public var stderr: String
 }
 
-/// Runs a program to completion and captures its output (test and bench helper).
+/// Runs a program to completion and captures its output (test and bench helper). Its stdin is `input`,
+/// or /dev/null.
 @discardableResult
-public func runCommand(_ path: String, _ args: [String], env: [String: String] = [:], unset: [String] = []) throws
-    -> CommandResult
-{
+public func runCommand(
+    _ path: String, _ args: [String], env: [String: String] = [:], unset: [String] = [], input: Data? = nil
+) throws -> CommandResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: path)
     p.arguments = args
@@ -74,7 +75,15 @@ public func runCommand(_ path: String, _ args: [String], env: [String: String] =
     let err = Pipe()
     p.standardOutput = out
     p.standardError = err
+    let stdin = input.map { _ in Pipe() }
+    p.standardInput = stdin ?? FileHandle.nullDevice
     try p.run()
+    if let stdin, let input {
+        DispatchQueue.global().async {
+            try? stdin.fileHandleForWriting.write(contentsOf: input)
+            try? stdin.fileHandleForWriting.close()
+        }
+    }
     let group = DispatchGroup()
     nonisolated(unsafe) var errData = Data()
     group.enter()
@@ -213,8 +222,8 @@ public final class TestDaemon: @unchecked Sendable {
     @discardableResult
     public func cli(_ args: String...) throws -> CommandResult { try cli(args) }
 
-    public func cli(_ args: [String]) throws -> CommandResult {
-        try runCommand(Paths.vivarium, args, env: environment)
+    public func cli(_ args: [String], input: Data? = nil) throws -> CommandResult {
+        try runCommand(Paths.vivarium, args, env: environment, input: input)
     }
 
     /// The daemon's runtime tmpfs: specs, crun's root, secrets.

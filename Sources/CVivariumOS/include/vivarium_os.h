@@ -81,6 +81,8 @@ int vv_accept(int fd);
 int vv_recv_fd(int sock);
 /// Sets a terminal's window size (TIOCSWINSZ). Returns 0 or -errno.
 int vv_set_winsize(int fd, unsigned short rows, unsigned short cols);
+/// Reads a terminal's window size (TIOCGWINSZ). Returns 0 or -errno.
+int vv_get_winsize(int fd, unsigned short *rows, unsigned short *cols);
 
 /// statfs f_type of path, or -errno.
 long vv_fs_type(const char *path);
