@@ -93,7 +93,8 @@ let package = Package(
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "HTTPTypes", package: "swift-http-types"), nio,
-                .product(name: "NIOHTTP1", package: "swift-nio"), logging,
+                .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio"),
+                logging,
             ],
             swiftSettings: strict),
         .target(
@@ -200,7 +201,7 @@ let package = Package(
             name: "VivariumIntegrationTests",
             dependencies: [
                 "VivariumCore", "VivariumOS", "VivariumAudit", "VivariumClient", "VivariumTestSupport", logging,
-                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"), nio,
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: strict),

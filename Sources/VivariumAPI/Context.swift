@@ -14,6 +14,8 @@ public struct APIRequestContext: RequestContext, WebSocketRequestContext {
     public let remote: SocketAddress?
     /// The source a trusted proxy announced in a PROXY protocol header on this connection.
     public let proxied: String?
+    /// The connection (its channel), for what a request leaves for the connection's handlers.
+    let connection: ObjectIdentifier
     /// The client address as the source middleware determined it ("local" for the unix socket).
     public var source = "unknown"
     /// Set by the authentication middleware: the caller, or why there is none.
@@ -25,6 +27,7 @@ public struct APIRequestContext: RequestContext, WebSocketRequestContext {
         requestID = randomHex(bytes: 8)
         remote = source.channel.remoteAddress
         proxied = ProxiedSources.get(source.channel)
+        connection = ObjectIdentifier(source.channel)
     }
 
     public var maxUploadSize: Int { API.maxBodyBytes }

@@ -92,18 +92,19 @@ struct ExecStreamRoutes {
 
     enum Part: Sendable {
         case output(StreamChannel, Int64)
+        case exited
         case input(Int64)
     }
 
-    /// Moves bytes until both output streams end (the command exited, or was killed), or until the caller
-    /// goes away or breaks the protocol.
+    /// Moves bytes until the command has exited and both output streams ended (everything it wrote was
+    /// sent), or until the caller goes away or breaks the protocol.
     static func pump(_ io: ExecStreamIO, _ input: Inbound, _ outbound: WebSocketOutboundWriter) async
         -> StreamTally
     {
         await withTaskGroup(of: Part.self) { tasks in
-            var outputs = 0
+            var pending = 1
             for channel in io.outputs {
-                outputs += 1
+                pending += 1
                 tasks.addTask {
                     var sent: Int64 = 0
                     while let chunk = await io.next(channel) {
@@ -118,23 +119,38 @@ struct ExecStreamRoutes {
                     return .output(channel, sent)
                 }
             }
+            tasks.addTask {
+                await io.exited()
+                return .exited
+            }
             tasks.addTask { .input(await Self.feed(io, input, outbound)) }
             var tally = StreamTally()
-            while outputs > 0, let part = await tasks.next() {
+            var fedAll = false
+            while pending > 0, let part = await tasks.next() {
                 switch part {
                 case .output(.stderr, let n):
                     tally.stderrBytes = n
-                    outputs -= 1
+                    pending -= 1
                 case .output(_, let n):
                     tally.stdoutBytes = n
-                    outputs -= 1
+                    pending -= 1
+                case .exited:
+                    pending -= 1
                 case .input(let n):
                     tally.stdinBytes = n
+                    fedAll = true
                     // The caller is gone (or broke the protocol): the command goes too.
-                    outputs = 0
+                    pending = 0
                 }
             }
             tasks.cancelAll()
+            // The input's count, once its reader stops.
+            while !fedAll, let part = await tasks.next() {
+                if case .input(let n) = part {
+                    tally.stdinBytes = n
+                    fedAll = true
+                }
+            }
             return tally
         }
     }

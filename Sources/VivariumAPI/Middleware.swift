@@ -123,15 +123,18 @@ extension VivariumError: HTTPResponseError {
         HTTPResponse.Status(code: httpStatus, reasonPhrase: HTTPResponseStatus(statusCode: httpStatus).reasonPhrase)
     }
 
-    /// The JSON error body. A 500 says only that it failed: internals never leave the daemon.
+    /// The error as an HTTP response.
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        let requestID = (context as? APIRequestContext)?.requestID ?? ""
-        let message = status == .internalServerError && code == .internalError ? "internal error" : self.message
-        let body = ErrorBody(error: .init(code: code.rawValue, message: message, requestId: requestID))
-        var response = try API.json(body, status: status)
+        var response = try API.json(body(requestID: (context as? APIRequestContext)?.requestID ?? ""), status: status)
         if let wait = retryAfterSeconds { response.headers[.retryAfter] = String(wait) }
         if code == .unauthenticated { response.headers[.wwwAuthenticate] = "Bearer" }
         return response
+    }
+
+    /// The JSON error body. A 500 says only that it failed: internals never leave the daemon.
+    func body(requestID: String) -> ErrorBody {
+        let message = status == .internalServerError && code == .internalError ? "internal error" : self.message
+        return ErrorBody(error: .init(code: code.rawValue, message: message, requestId: requestID))
     }
 
     /// Any error as the one the API answers with.

@@ -189,12 +189,22 @@ struct RouteRegistry {
         group(route.action).ws(
             Self.routerPath(route),
             shouldUpgrade: { request, context in
-                let caller = try await Self.caller(context, route.action, gate: gate)
-                try await gate.perform(caller, route.action, target: context.parameters.get("name"), check: true) {
-                    guard request.headers[.upgrade]?.lowercased() == "websocket" else {
-                        throw VivariumError(.badRequest, "this route needs a WebSocket upgrade")
+                do {
+                    let caller = try await Self.caller(context, route.action, gate: gate)
+                    try await gate.perform(caller, route.action, target: context.parameters.get("name"), check: true) {
+                        guard request.headers[.upgrade]?.lowercased() == "websocket" else {
+                            throw VivariumError(.badRequest, "this route needs a WebSocket upgrade")
+                        }
+                        try await check(Call(request: request, context: context, caller: caller))
                     }
-                    try await check(Call(request: request, context: context, caller: caller))
+                } catch {
+                    // The upgrade machinery answers a refusal with a bare 400: the connection's
+                    // `UpgradeRefusalAnswer` sends this one instead.
+                    if request.headers[.upgrade] != nil {
+                        UpgradeRefusals.leave(
+                            VivariumError.from(error), requestID: context.requestID, on: context.connection)
+                    }
+                    throw error
                 }
                 var headers: HTTPFields = [:]
                 if request.headers[.authorization] == nil, request.headers[.secWebSocketProtocol] != nil {

@@ -5,6 +5,8 @@ import HummingbirdWebSocket
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOWebSocket
+import Synchronization
 import VivariumCore
 
 extension API {
@@ -50,6 +52,7 @@ public struct GuardedChannel: ServerChildChannel {
             let decoder = try channel.pipeline.syncOperations.context(
                 handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
             try channel.pipeline.syncOperations.addHandler(ParserErrorAnswer(), position: .after(decoder.handler))
+            try channel.pipeline.syncOperations.addHandler(UpgradeRefusalAnswer())
             return value
         }
     }
@@ -181,5 +184,51 @@ final class ParserErrorAnswer: ChannelDuplexHandler, RemovableChannelHandler {
             promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(data: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+    }
+}
+
+/// Refused WebSocket upgrades, by connection, until the connection's `UpgradeRefusalAnswer` sends them.
+enum UpgradeRefusals {
+    static let table = Mutex<[ObjectIdentifier: (error: VivariumError, requestID: String)]>([:])
+
+    static func leave(_ e: VivariumError, requestID: String, on connection: ObjectIdentifier) {
+        table.withLock { $0[connection] = (e, requestID) }
+    }
+
+    static func take(_ connection: ObjectIdentifier) -> (error: VivariumError, requestID: String)? {
+        table.withLock { $0.removeValue(forKey: connection) }
+    }
+}
+
+/// Answers a refused WebSocket upgrade as any refused request is answered (its status, the JSON error
+/// body, `X-Request-Id`), where the upgrade machinery would send a bare 400; then closes the connection.
+/// Last in the pipeline, it sees the upgrade handler's failure and nothing else of interest.
+final class UpgradeRefusalAnswer: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = Never
+    typealias OutboundOut = HTTPServerResponsePart
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard error is NIOWebSocketUpgradeError,
+            let (e, requestID) = UpgradeRefusals.take(ObjectIdentifier(context.channel))
+        else { return context.fireErrorCaught(error) }
+        let body = (try? WireCoding.encoder().encode(e.body(requestID: requestID))) ?? Data()
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.count))
+        headers.add(name: "Connection", value: "close")
+        headers.add(name: "X-Request-Id", value: requestID)
+        if let wait = e.retryAfterSeconds { headers.add(name: "Retry-After", value: String(wait)) }
+        if e.code == .unauthenticated { headers.add(name: "WWW-Authenticate", value: "Bearer") }
+        let status = HTTPResponseStatus(statusCode: e.httpStatus)
+        let channel = context.channel
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(channel.allocator.buffer(data: body)))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        _ = UpgradeRefusals.take(ObjectIdentifier(context.channel))
+        context.fireChannelInactive()
     }
 }

@@ -81,7 +81,9 @@ public final class BlockingWebSocket: Sendable {
             frame += [0x80 | 126, UInt8(n >> 8), UInt8(n & 0xFF)]
         } else {
             frame.append(0x80 | 127)
-            for shift in stride(from: 56, through: 0, by: -8) { frame.append(UInt8((UInt64(n) >> UInt64(shift)) & 0xFF)) }
+            for shift in stride(from: 56, through: 0, by: -8) {
+                frame.append(UInt8((UInt64(n) >> UInt64(shift)) & 0xFF))
+            }
         }
         let mask = (0..<4).map { _ in UInt8.random(in: 0...255) }
         frame += mask
@@ -109,7 +111,8 @@ public final class BlockingWebSocket: Sendable {
                     length = try reader.take(8).reduce(0) { $0 << 8 | UInt64($1) }
                 }
                 guard length <= UInt64(Self.maxMessageBytes), message.count + Int(length) <= Self.maxMessageBytes else {
-                    throw VivariumError(.payloadTooLarge, "the daemon sent a message over \(Self.maxMessageBytes) bytes")
+                    throw VivariumError(
+                        .payloadTooLarge, "the daemon sent a message over \(Self.maxMessageBytes) bytes")
                 }
                 let payload = try reader.take(Int(length))
                 switch opcode {

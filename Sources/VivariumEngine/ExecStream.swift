@@ -62,6 +62,9 @@ public struct ExecStreamIO: Sendable {
 
     /// Sends a signal to the command's process.
     public func signal(_ number: Int32) { session.signal(number) }
+
+    /// Returns once the command has exited (or the task is cancelled).
+    public func exited() async { await session.exited() }
 }
 
 extension Sandboxes {
@@ -77,7 +80,8 @@ extension Sandboxes {
     }
 
     /// Runs a command with its input and output streamed by a door: `pump` moves the session's bytes
-    /// (it returns once both output streams ended, or when its caller went away) and reports what passed.
+    /// (it returns once the command exited and its output was sent, or when its caller went away) and
+    /// reports what passed.
     /// The command is killed at its timeout, when `stillValid` says the caller's credentials no longer hold
     /// (asked every 2 s), and when `pump` returns while it still runs. Recorded like `exec`: an intent
     /// before it runs, then the outcome with byte counts, never the bytes.

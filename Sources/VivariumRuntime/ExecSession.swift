@@ -70,6 +70,9 @@ public final class ExecSession: Sendable {
     /// Whether the command (crun, which waits for it) has exited.
     public var hasExited: Bool { crun.hasExited }
 
+    /// Returns once the command has exited (or the task is cancelled); the session stays open.
+    public func exited() async { _ = await crun.wait() }
+
     public var terminal: Terminal? {
         if case .terminal(let t) = io { return t }
         return nil

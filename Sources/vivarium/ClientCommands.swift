@@ -255,7 +255,8 @@ struct Exec: ClientCommand {
         let request = try command.request(argv, env: env)
         guard !json, client.transport == nil else {
             guard !tty, !interactive else {
-                throw VivariumError(.invalidArgument, "-i and -t need the daemon's socket (or loopback TCP), not --json")
+                throw VivariumError(
+                    .invalidArgument, "-i and -t need the daemon's socket (or loopback TCP), not --json")
             }
             let result = try client.call(Endpoints.sandboxExec, request, name: name)
             if json { return try printJSON(result) }
@@ -303,7 +304,9 @@ func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
     while off < bytes.count {
         let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         if n < 0 && errno == EINTR { continue }
-        guard n > 0 else { throw VivariumError(.unavailable, "cannot write the output: \(String(cString: strerror(errno)))") }
+        guard n > 0 else {
+            throw VivariumError(.unavailable, "cannot write the output: \(String(cString: strerror(errno)))")
+        }
         off += n
     }
 }
