@@ -36,6 +36,7 @@ public enum API {
         IdentityRoutes(identity: engine.identity).register(&routes)
         SandboxRoutes(sandboxes: engine.sandboxes).register(&routes)
         ExecStreamRoutes(sandboxes: engine.sandboxes, gate: engine.gate).register(&routes)
+        ProcessRoutes(sandboxes: engine.sandboxes).register(&routes)
         FileRoutes(sandboxes: engine.sandboxes).register(&routes)
         RouteRoutes(exposures: engine.exposures).register(&routes)
         SecretRoutes(secrets: engine.secrets).register(&routes)

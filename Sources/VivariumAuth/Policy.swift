@@ -61,6 +61,10 @@ public enum PolicyTable {
         // As exec: a member's, of its tenant's boxes; a token bound to a box reaches that box's files only.
         case .filesRead: .init([.filesRead], role: .member, .tenant, mutating: false)
         case .filesWrite: .init([.filesWrite], role: .member, .tenant, mutating: true)
+        // A detached process is an exec that outlives its call: the same scope, and its output is as
+        // private as an exec's.
+        case .processList: .init([.exec], role: .member, .tenant, mutating: false)
+        case .processControl: .init([.exec], role: .member, .tenant, mutating: true)
 
         case .imagePull, .imageSign, .imagePush: .init([.imagesWrite], role: .member, .tenantUnbound, mutating: true)
         case .imageSigningPayload: .init([.imagesRead], role: .member, .tenantUnbound, mutating: false)

@@ -40,6 +40,10 @@ public enum Action: String, CaseIterable, Sendable, Codable {
     case filesRead = "files.read"
     /// A file written, a directory made, a path moved or removed inside a sandbox.
     case filesWrite = "files.write"
+    /// A sandbox's detached processes listed, or their kept output read.
+    case processList = "process.list"
+    /// A signal or input sent to a detached process.
+    case processControl = "process.control"
 
     /// A sandbox port published through the ingress (HTTP by host name, or a TCP forward).
     case routeCreate = "route.create"

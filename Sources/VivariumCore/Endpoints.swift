@@ -126,6 +126,20 @@ public enum Endpoints {
     /// `StreamControl` messages.
     public static let sandboxExecStream = Route(
         .get, "/v1/sandboxes/{name}/exec/stream", .sandboxExec, status: 101, kind: .webSocket)
+    /// Detached processes: started, listed, their output read (`id` in the query) or followed, signalled,
+    /// fed input.
+    public static let processStart = Endpoint<StartProcessRequest, ProcessSummary>(
+        .post, "/v1/sandboxes/{name}/processes", .sandboxExec, status: 201)
+    public static let processList = Endpoint<Empty, Page<ProcessSummary>>(
+        .get, "/v1/sandboxes/{name}/processes", .processList)
+    public static let processLogs = Endpoint<Empty, ProcessLogs>(
+        .get, "/v1/sandboxes/{name}/processes/logs", .processList)
+    public static let processFollow = Route(
+        .get, "/v1/sandboxes/{name}/processes/follow", .processList, status: 101, kind: .webSocket)
+    public static let processSignal = Endpoint<SignalProcessRequest, ProcessSummary>(
+        .post, "/v1/sandboxes/{name}/processes/signal", .processControl)
+    public static let processInput = Endpoint<ProcessInputRequest, ProcessSummary>(
+        .post, "/v1/sandboxes/{name}/processes/input", .processControl)
     /// A file's bytes (`GET`, answered as `application/octet-stream`), or written from the request's
     /// bytes (`PUT`); `path` in the query.
     public static let fileRead = Route(.get, "/v1/sandboxes/{name}/files", .filesRead, kind: .bytes)
@@ -193,7 +207,9 @@ public enum Endpoints {
         principalList.route,
         principalCreate.route, principalDelete.route, principalDisable.route, apiKeyCreate.route, sandboxList.route,
         sandboxCreate.route, sandboxRun.route, sandboxGet.route, sandboxDelete.route, sandboxStart.route,
-        sandboxStop.route, sandboxExec.route, sandboxExecStream, sandboxNetwork.route, fileRead, fileWrite.route,
+        sandboxStop.route, sandboxExec.route, sandboxExecStream, processStart.route, processList.route,
+        processLogs.route, processFollow, processSignal.route, processInput.route, sandboxNetwork.route, fileRead,
+        fileWrite.route,
         fileDelete.route,
         fileStat.route, fileList.route, fileMkdir.route, fileMove.route, routeCreate.route,
         routeList.route, routeDelete.route, imageList.route, imagePulls.route, imageImport.route,

@@ -255,6 +255,98 @@ public struct StreamExecRequest: Codable, Sendable {
     }
 }
 
+/// A command to start detached: it runs until it ends, is signalled, or its sandbox stops; its output is
+/// kept (the last `max_output_bytes`, 8 MiB by default) and can be read or followed later.
+public struct StartProcessRequest: Codable, Sendable {
+    public var argv: [String]
+    public var shell: Bool?
+    public var env: [String: String]?
+    public var workdir: String?
+    public var user: UInt32?
+    /// Keep a stdin the process can be fed through `processes/input`.
+    public var stdin: Bool?
+    public var maxOutputBytes: Int?
+
+    public init(
+        argv: [String], shell: Bool? = nil, env: [String: String]? = nil, workdir: String? = nil,
+        user: UInt32? = nil, stdin: Bool? = nil, maxOutputBytes: Int? = nil
+    ) {
+        self.argv = argv
+        self.shell = shell
+        self.env = env
+        self.workdir = workdir
+        self.user = user
+        self.stdin = stdin
+        self.maxOutputBytes = maxOutputBytes
+    }
+}
+
+/// A detached process: `running`, `exited` (with its exit code) or `lost` (killed with its sandbox).
+public struct ProcessSummary: Codable, Sendable, Equatable {
+    public var id: String
+    public var argv: [String]
+    public var user: UInt32
+    public var workdir: String
+    public var state: String
+    public var pid: Int32?
+    public var exitCode: Int32?
+    public var stdin: Bool
+    public var startedAt: Date
+    public var endedAt: Date?
+
+    public init(
+        id: String, argv: [String], user: UInt32, workdir: String, state: String, pid: Int32?, exitCode: Int32?,
+        stdin: Bool, startedAt: Date, endedAt: Date?
+    ) {
+        self.id = id
+        self.argv = argv
+        self.user = user
+        self.workdir = workdir
+        self.state = state
+        self.pid = pid
+        self.exitCode = exitCode
+        self.stdin = stdin
+        self.startedAt = startedAt
+        self.endedAt = endedAt
+    }
+}
+
+/// A detached process's kept output, each stream in order; `dropped_bytes` were dropped at the front to
+/// stay in bounds.
+public struct ProcessLogs: Codable, Sendable {
+    public var process: ProcessSummary
+    public var stdout: Data
+    public var stderr: Data
+    public var droppedBytes: Int64
+
+    public init(process: ProcessSummary, stdout: Data, stderr: Data, droppedBytes: Int64) {
+        self.process = process
+        self.stdout = stdout
+        self.stderr = stderr
+        self.droppedBytes = droppedBytes
+    }
+}
+
+public struct SignalProcessRequest: Codable, Sendable {
+    public var id: String
+    /// A name (`TERM`, `KILL`, …) or number, as `StreamControl.signal`.
+    public var signal: String
+    public init(id: String, signal: String) {
+        self.id = id
+        self.signal = signal
+    }
+}
+
+public struct ProcessInputRequest: Codable, Sendable {
+    public var id: String
+    /// Bytes (base64) for the process's stdin, at most a pipe's worth (64 KiB) at a time.
+    public var data: Data
+    public init(id: String, data: Data) {
+        self.id = id
+        self.data = data
+    }
+}
+
 /// A streamed exec's data travel as binary messages whose first byte names the stream.
 public enum StreamChannel: UInt8, Sendable {
     case stdin = 0

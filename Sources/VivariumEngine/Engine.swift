@@ -55,8 +55,11 @@ public final class Engine: Sendable {
     }
 
     /// Makes the state directory's layout and installs the init there (read-only, reachable by every
-    /// sandbox's id range), so that sandboxes never depend on where the binary was installed.
-    public static func prepareStateDirectory(_ config: EngineConfiguration, initBinary: Data) throws {
+    /// sandbox's id range) and the shim of detached commands (root's only), so that sandboxes never
+    /// depend on where the binary was installed.
+    public static func prepareStateDirectory(_ config: EngineConfiguration, initBinary: Data, shimBinary: Data)
+        throws
+    {
         for d in [config.stateDir, config.sandboxesDir] { try FileSystem.makeDirectory(d, mode: 0o700) }
         try prepareRuntimeDirectory(config)
         // The sandboxes dir must be traversable by the sandboxes' id ranges (the overlay upper dirs).
@@ -66,6 +69,9 @@ public final class Engine: Sendable {
         try FileSystem.makeDirectory(config.stateDir + "/init", mode: 0o711)
         if FileManager.default.contents(atPath: config.initBinary) != initBinary {
             try FileSystem.writeAtomically(initBinary, to: config.initBinary, mode: 0o555)
+        }
+        if FileManager.default.contents(atPath: config.shimBinary) != shimBinary {
+            try FileSystem.writeAtomically(shimBinary, to: config.shimBinary, mode: 0o500)
         }
         try FileSystem.makeDirectory(config.auditDir, mode: 0o700)
     }

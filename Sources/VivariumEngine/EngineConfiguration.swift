@@ -94,6 +94,8 @@ public struct EngineConfiguration: Sendable {
     public var secretsDir: String { runtimeDir + "/secrets" }
     /// Where the sandbox init is installed (read-only, reachable by every sandbox's id range).
     public var initBinary: String { stateDir + "/init/vivarium-init" }
+    /// The installed keeper of detached commands (root's only).
+    public var shimBinary: String { stateDir + "/init/vivarium-shim" }
     public var sandboxesDir: String { stateDir + "/sandboxes" }
     public var imagesDir: String { stateDir + "/images" }
     /// In a 0700 directory: the database (secrets and environments only sealed).

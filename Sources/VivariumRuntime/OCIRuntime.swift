@@ -35,6 +35,8 @@ public protocol OCIRuntime: Sendable {
         id: String, processFile: String, cgroup: String, pidFile: String, consoleSocket: String?, stdin: Bool,
         oomScoreAdjust: Int
     ) throws -> ChildProcess
+    /// The command line of an exec that another process (a detached command's shim) runs.
+    func detachedExec(id: String, processFile: String, cgroup: String, pidFile: String) -> Command
 }
 
 /// The crun driver. Every host-wide crun state lives under `root`, one per Vivarium instance.
@@ -108,5 +110,9 @@ public struct Crun: OCIRuntime {
         var c = command(args + [id])
         c.oomScoreAdjust = oomScoreAdjust
         return try Reaper.shared.spawn(c, stdin: stdin)
+    }
+
+    public func detachedExec(id: String, processFile: String, cgroup: String, pidFile: String) -> Command {
+        command(["exec", "--cgroup", cgroup, "--process", processFile, "--pid-file", pidFile, id])
     }
 }

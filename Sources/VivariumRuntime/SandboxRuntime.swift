@@ -75,6 +75,11 @@ public protocol SandboxRuntime: Sendable {
     /// Starts a command in a running sandbox.
     func start(_ plan: BoxPlan, _ command: ExecCommand, terminal: RuntimeSpec.ConsoleSize?, stdin: Bool)
         async throws -> ExecSession
+    /// Starts a command detached: its shim keeps it and its output (at most `maxOutputBytes`).
+    func detach(_ plan: BoxPlan, _ command: ExecCommand, stdin: Bool, maxOutputBytes: Int) async throws
+        -> DetachedProcess
+    /// The sandbox's detached processes, oldest first.
+    func processes(_ plan: BoxPlan) -> [DetachedProcess]
     /// Bytes in the sandbox's writable layer.
     func diskUsage(_ plan: BoxPlan) async -> Int64
     /// True while the sandbox is being stopped on purpose (its init's exit is expected).
@@ -108,6 +113,8 @@ public struct RuntimeLayout: Sendable {
     public var cgroupParent: String
     /// The installed sandbox init, bind-mounted at /dev/init.
     public var initBinary: String
+    /// The installed keeper of detached commands (`vivarium-shim`).
+    public var shimBinary: String
     public var stopTimeout: Duration
     /// The OOM score adjustment of every sandbox process: 0 when the daemon runs at -1000, higher when
     /// the host refused the daemon that (no CAP_SYS_RESOURCE), so that a box is still taken first.
@@ -115,8 +122,9 @@ public struct RuntimeLayout: Sendable {
 
     public init(
         sandboxesDir: String, specsDir: String, trashDir: String, cgroupParent: String, initBinary: String,
-        stopTimeout: Duration, oomScoreAdjust: Int = 0
+        shimBinary: String = "/nonexistent/vivarium-shim", stopTimeout: Duration, oomScoreAdjust: Int = 0
     ) {
+        self.shimBinary = shimBinary
         self.specsDir = specsDir
         self.oomScoreAdjust = oomScoreAdjust
         self.sandboxesDir = sandboxesDir
@@ -326,7 +334,8 @@ public final class HostRuntime: SandboxRuntime {
     /// empty once the init is gone, since the PID namespace died with it).
     func removeCgroups(_ p: BoxPlan) {
         for root in cgroups.directories(p.cgroupPath) where FileSystem.exists(root) {
-            for e in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] where e.hasPrefix("exec-") {
+            for e in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+            where e.hasPrefix("exec-") || e.hasPrefix("proc-") {
                 rmdir(root + "/" + e)
             }
             rmdir(root)

@@ -3,7 +3,6 @@ import Foundation
 import VivariumClient
 import VivariumCore
 import VivariumImages
-import VivariumOS
 
 /// The options of a new sandbox, shared by `create` and `run`.
 struct SandboxOptions: ParsableArguments {
@@ -225,89 +224,6 @@ struct Remove: ClientCommand {
             }
         }
         if failed { throw ExitCode(failureExitCode) }
-    }
-}
-
-struct Exec: ClientCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "exec",
-        abstract: "Run a command in a sandbox and exit with its status.",
-        discussion: """
-            Output is streamed as the command writes it. When vivarium's own stdin is not a terminal it is \
-            passed to the command (`tar c . | vivarium exec box -- tar x -C /work`); -n turns that off, -i \
-            forces it. -t gives the command a terminal (window size and resizes follow yours; keys such as \
-            ^C go to the command): `vivarium exec -it box -- sh` is an interactive shell. Ending vivarium \
-            (^C without -t) kills the command. There is no timeout unless --timeout is given; when it fires \
-            every process the command started is killed and vivarium exits 124. --json (and a daemon reached \
-            over HTTPS, for now) collects the output instead, with a 60 s default timeout.
-            """)
-    @OptionGroup var global: GlobalOptions
-    @OptionGroup var command: CommandOptions
-    @Option(name: .customLong("env"), help: "Environment variable K=V (repeatable).") var env: [String] = []
-    @Flag(name: .shortAndLong, help: "Pass stdin to the command even when it is a terminal.") var interactive = false
-    @Flag(name: .customShort("t"), help: "Give the command a terminal.") var tty = false
-    @Flag(name: .customShort("n"), help: "Never pass stdin to the command.") var noStdin = false
-    @Flag(help: "Print the JSON result instead of the output (collected, not streamed).") var json = false
-    @Argument(help: "Sandbox name.") var name: String
-    @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var argv: [String]
-
-    func run(_ client: APIClient) async throws {
-        let request = try command.request(argv, env: env)
-        guard !json, client.transport == nil else {
-            guard !tty, !interactive else {
-                throw VivariumError(
-                    .invalidArgument, "-i and -t need the daemon's socket (or loopback TCP), not --json")
-            }
-            let result = try client.call(Endpoints.sandboxExec, request, name: name)
-            if json { return try printJSON(result) }
-            return try finish(result)
-        }
-        let stdin = !noStdin && (interactive || isatty(0) != 1)
-        let size = tty ? windowSize(1) ?? windowSize(0) : nil
-        let stream = StreamExecRequest(
-            argv: request.argv, env: request.env, workdir: request.workdir, user: request.user,
-            timeoutSeconds: command.timeout, tty: tty ? true : nil, rows: size?.rows, columns: size?.columns,
-            stdin: stdin ? true : nil)
-        let raw = tty && stdin ? RawTerminal(0) : nil
-        defer { raw?.restore() }
-        var resizes: (any DispatchSourceSignal)?
-        let end = try StreamedExec.run(
-            client.http, name: name, stream, input: stdin ? 0 : nil,
-            opened: { ws in
-                guard tty else { return }
-                signal(SIGWINCH, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: SIGWINCH)
-                source.setEventHandler {
-                    guard let s = windowSize(1) ?? windowSize(0) else { return }
-                    let resize = StreamControl(.resize, rows: s.rows, columns: s.columns)
-                    if let text = try? WireCoding.encoder().encode(resize) {
-                        try? ws.send(.text(String(decoding: text, as: UTF8.self)))
-                    }
-                }
-                source.resume()
-                resizes = source
-            },
-            output: { channel, bytes in try writeAll(channel == .stderr ? 2 : 1, bytes) })
-        resizes?.cancel()
-        raw?.restore()
-        if end.timedOut == true {
-            FileHandle.standardError.write(Data("vivarium: timed out; every process of the command was killed\n".utf8))
-            throw ExitCode(124)
-        }
-        if let code = end.exitCode, code != 0 { throw ExitCode(code) }
-    }
-}
-
-/// Writes all of `bytes` to `fd`.
-func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
-    var off = 0
-    while off < bytes.count {
-        let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        guard n > 0 else {
-            throw VivariumError(.unavailable, "cannot write the output: \(String(cString: strerror(errno)))")
-        }
-        off += n
     }
 }
 

@@ -143,14 +143,15 @@ struct Serve: Verb {
         } else {
             initBinary = Assets.initBinary
         }
-        try Engine.prepareStateDirectory(config, initBinary: initBinary)
+        try Engine.prepareStateDirectory(config, initBinary: initBinary, shimBinary: Assets.shimBinary)
         try FileSystem.makeDirectory(config.databaseDir, mode: 0o700)
         let store = try SQLiteStore(path: config.databasePath, audit: s.auditMode, logger: logger)
         let kms = try await keyProvider(s, store: store, stateDir: config.stateDir, logger: logger)
         let runtime = try HostRuntime(
             layout: RuntimeLayout(
                 sandboxesDir: config.sandboxesDir, specsDir: config.specsDir, trashDir: config.stateDir + "/trash",
-                cgroupParent: config.cgroupParent, initBinary: config.initBinary, stopTimeout: config.stopTimeout,
+                cgroupParent: config.cgroupParent, initBinary: config.initBinary, shimBinary: config.shimBinary,
+                stopTimeout: config.stopTimeout,
                 oomScoreAdjust: boxOOMScore),
             oci: Crun(binary: config.crunBinary, root: config.crunRoot, cgroupMode: config.cgroupMode, logger: logger),
             cgroups: CgroupHost(mode: config.cgroupMode), pool: pool, logger: logger)

@@ -16,7 +16,8 @@ struct Vivarium: AsyncParsableCommand {
         version: VivariumVersion.string,
         subcommands: [
             Serve.self, ConfigCommand.self, Create.self, Run.self, List.self, Inspect.self, Start.self, Stop.self,
-            Remove.self, Exec.self, CopyCommand.self, FilesCommand.self, ImageCommand.self, VulnDBCommand.self,
+            Remove.self, Exec.self, ProcessList.self, ProcessLogsCommand.self, ProcessKill.self, ProcessInput.self,
+            CopyCommand.self, FilesCommand.self, ImageCommand.self, VulnDBCommand.self,
             TenantCommand.self, PrincipalCommand.self,
             TokenCommand.self,
             Login.self, Logout.self, KeysCommand.self, AuditCommand.self, NetworkCommand.self, ExposeCommand.self,

@@ -122,6 +122,13 @@ public final class FakeRuntime: SandboxRuntime {
         throw VivariumError(.runtimeFailure, "no exec in this test")
     }
 
+    public func detach(_ plan: BoxPlan, _ command: ExecCommand, stdin: Bool, maxOutputBytes: Int) async throws
+        -> DetachedProcess
+    {
+        throw VivariumError(.runtimeFailure, "no detached processes in this test")
+    }
+
+    public func processes(_ plan: BoxPlan) -> [DetachedProcess] { [] }
     public func diskUsage(_ plan: BoxPlan) async -> Int64 { 0 }
     public func isStopping(_ id: SandboxID) -> Bool { false }
     public func containers() async throws -> [ContainerState] { state.withLock { $0.containers } }
