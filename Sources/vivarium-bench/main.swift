@@ -312,6 +312,14 @@ func scaling(raw: Raw, initBinary: String) async throws {
 
 do {
     print("vivarium-bench: \(iterations) iterations each, cgroups \(CgroupMode.detect().rawValue)")
+    // VIVARIUM_BENCH_ONLY=streams: the stream and file rows alone (while working on them).
+    if env["VIVARIUM_BENCH_ONLY"] == "streams" {
+        try await streamBenchmark(daemon, rounds: iterations, bulkRounds: Int(env["VIVARIUM_BENCH_BULK"] ?? "") ?? 3)
+        for d in [daemon, unaudited, unquoted, networked] { d.shutdown() }
+        lab.close()
+        baseline?.shutdown()
+        exit(0)
+    }
     let raw = try Raw(daemon: daemon)
     defer { raw.removeCgroups() }
     let daemons = [daemon] + (baseline.map { [$0] } ?? [])
@@ -494,6 +502,8 @@ do {
                 "\nnetwork public vs none (interleaved): create→ready public p50 %.2f / p99 %.2f ms, none p50 %.2f / p99 %.2f ms (network setup %+.2f ms)",
             netCreate[0].p50, netCreate[0].p99, netCreate[1].p50, netCreate[1].p99, networkCost))
     try await raw.delete("warm")
+    try await streamBenchmark(
+        daemon, rounds: iterations, bulkRounds: Int(env["VIVARIUM_BENCH_BULK"] ?? "") ?? 3)
     try httpsThroughput()
     let pulls = try await pullBenchmark(Int(env["VIVARIUM_BENCH_PULLS"] ?? "") ?? 8)
     report(
