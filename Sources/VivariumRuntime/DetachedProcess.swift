@@ -208,12 +208,7 @@ extension HostRuntime {
         let dir = processesDir(p) + "/" + id
         try FileSystem.makeDirectory(processesDir(p), mode: 0o700)
         try FileSystem.makeDirectory(dir, mode: 0o700)
-        var env = box.env
-        for (k, v) in command.env { env[k] = v }
-        if command.user != 0 && env["HOME"] == nil { env["HOME"] = "/" }
-        let spec = HardenedSpec.process(
-            args: command.argv, env: env, cwd: command.workdir, uid: command.user, gid: command.user,
-            terminal: nil, oomScoreAdjust: layout.oomScoreAdjust)
+        let spec = processSpec(box, command, terminal: nil)
         // The spec holds environment values: on the runtime tmpfs, and only until crun has read it.
         let specFile = specDir(p.id) + "/exec/" + id + ".json"
         try FileSystem.writeAtomically(try JSONEncoder().encode(spec), to: specFile, durable: false)

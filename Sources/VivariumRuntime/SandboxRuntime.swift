@@ -423,12 +423,7 @@ public final class HostRuntime: SandboxRuntime {
         async throws -> ExecSession
     {
         guard let box = box(p.id) else { throw VivariumError(.invalidState, "sandbox must be running") }
-        var env = box.env
-        for (k, v) in command.env { env[k] = v }
-        if command.user != 0 && env["HOME"] == nil { env["HOME"] = "/" }
-        let process = HardenedSpec.process(
-            args: command.argv, env: env, cwd: command.workdir, uid: command.user, gid: command.user,
-            terminal: terminal, oomScoreAdjust: layout.oomScoreAdjust)
+        let process = processSpec(box, command, terminal: terminal)
         let token = randomHex(bytes: 8)
         let files = specDir(p.id) + "/exec/" + token
         try FileSystem.writeAtomically(try JSONEncoder().encode(process), to: files + ".json", durable: false)
@@ -470,6 +465,18 @@ public final class HostRuntime: SandboxRuntime {
             cleanup()
             throw error
         }
+    }
+
+    /// The process spec of a command: the init's hardening and environment, the command's own on top.
+    func processSpec(_ box: RunningBox, _ command: ExecCommand, terminal: RuntimeSpec.ConsoleSize?)
+        -> RuntimeSpec.Process
+    {
+        var env = box.env
+        for (k, v) in command.env { env[k] = v }
+        if command.user != 0 && env["HOME"] == nil { env["HOME"] = "/" }
+        return HardenedSpec.process(
+            args: command.argv, env: env, cwd: command.workdir, uid: command.user, gid: command.user,
+            terminal: terminal, oomScoreAdjust: layout.oomScoreAdjust)
     }
 
     /// An empty exec cgroup of the sandbox: an idle one, or a new one (a directory per hierarchy, about
