@@ -178,6 +178,14 @@ public enum StreamedExec {
             }
             reader.start()
         }
+        return try receive(ws, output: output)
+    }
+
+    /// Delivers a stream's output frames until its `exit` message, which it returns; an `error` message
+    /// is thrown as the daemon's error.
+    public static func receive(_ ws: BlockingWebSocket, output: (StreamChannel, [UInt8]) throws -> Void) throws
+        -> StreamControl
+    {
         while let message = try ws.receive() {
             switch message {
             case .binary(let b):

@@ -157,17 +157,8 @@ struct ProcessLogsCommand: ClientCommand {
         let ws = try BlockingWebSocket.connect(
             client.http, path: Endpoints.processFollow.path(["name": name], query: [("id", id)]))
         defer { ws.close() }
-        while let message = try ws.receive() {
-            switch message {
-            case .binary(let b):
-                guard let channel = b.first else { continue }
-                try writeAll(channel == StreamChannel.stderr.rawValue ? 2 : 1, Array(b.dropFirst()))
-            case .text(let t):
-                let c = try WireCoding.decoder().decode(StreamControl.self, from: Data(t.utf8))
-                if c.type == .exit, let code = c.exitCode, code != 0 { throw ExitCode(code) }
-                if c.type == .exit { return }
-            }
-        }
+        let end = try StreamedExec.receive(ws) { channel, bytes in try writeAll(channel == .stderr ? 2 : 1, bytes) }
+        if let code = end.exitCode, code != 0 { throw ExitCode(code) }
     }
 }
 

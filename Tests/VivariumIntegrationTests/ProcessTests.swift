@@ -104,8 +104,7 @@ import VivariumTestSupport
             #expect(bounded.stdout.count <= 4096 && bounded.droppedBytes > 40_000, "\(bounded.droppedBytes)")
             #expect(text(bounded.stdout).hasSuffix("line 4999\n"))
 
-            let sleeper = try d.client.call(
-                Endpoints.processStart, StartProcessRequest(argv: ["sleep", "1007"]), name: "feed")
+            _ = try d.client.call(Endpoints.processStart, StartProcessRequest(argv: ["sleep", "1007"]), name: "feed")
             #expect(try runCommand("/usr/bin/pgrep", ["-f", "sleep 1007"]).status == 0)
             try d.client.callNoContent("DELETE", "/v1/sandboxes/feed?force=true")
             var left = try runCommand("/usr/bin/pgrep", ["-f", "sleep 1007|while read l"])
@@ -115,7 +114,6 @@ import VivariumTestSupport
             }
             #expect(left.status == 1, "no process of the deleted sandbox is left: \(left.stdout)")
             #expect(try runCommand("/usr/bin/pgrep", ["-f", "vivarium-shim " + d.stateDir]).status == 1, "nor a shim")
-            _ = sleeper
         }
     }
 
